@@ -1,0 +1,386 @@
+"""The actor process: policy, episodes, session log and experience streaming.
+
+Each observation from the daemon is answered first (random actions until the first weights
+arrive and the prefill is done, then the policy network), and only then is the previous step
+completed with what the daemon really applied, written to the episode file, and added to the
+current chunk. New weights are swapped in between steps.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import signal
+import socket as pysocket
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import zmq
+
+from actor.spool import ChunkSpool
+from actor.stream import ExperienceStream
+from actor.weights import WeightSubscriber
+from learner.dreamer import Policy
+from learner.sizes import model_config
+from robotd import session, steps, tasks, wire
+from robotd.config import Config
+from robotd.episodes import EpisodeWriter
+from robotd.metrics import MetricsWriter
+from robotd.status import StatusPublisher
+
+log = logging.getLogger("actor")
+
+HELLO_TIMEOUT_S = 10.0
+
+
+class DaemonError(RuntimeError):
+    """The daemon cannot be reached or refused this actor."""
+
+
+@dataclasses.dataclass
+class Pending:
+    """The step of the last observation, waiting for what the daemon applied."""
+    tick: int
+    record: dict
+    sent_action: np.ndarray
+
+
+class Actor:
+    """Runs episodes against a daemon and streams them to a learner."""
+
+    def __init__(self, config: Config, *, logdir: str, learner_address: str | None = None,
+                 max_steps: int | None = None, actor_id: str | None = None):
+        self.config = config
+        self.logdir = Path(logdir)
+        self.max_steps = max_steps
+        self.actor_id = actor_id or f"{pysocket.gethostname()}-{os.getpid()}"
+        self.stream_id = uuid.uuid4().hex[:12]
+        self.learner_address = learner_address or config.network.experience
+        self.stop_requested = threading.Event()
+        self.rng = np.random.default_rng(config.seed + 7)
+        self.counters = {"env_steps": 0, "episodes": 0, "late_steps": 0, "chunks": 0, "weight_swaps": 0,
+                         "policy_version_max": 0, "network_steps": 0, "random_steps": 0,
+                         "daemon_timeouts": 0, "act_ms_max": 0.0}
+        self.policy_version = 0
+        self.published_at = 0.0
+        self.last_return = 0.0
+
+    # ----------------------------------------------------------------------------------------
+    def _connect_daemon(self, context):
+        socket = context.socket(zmq.DEALER)
+        socket.setsockopt(zmq.LINGER, 0)
+        socket.connect(self.config.network.control)
+        wire.send(socket, wire.Kind.HELLO, {"role": "actor", "session": self.config.session,
+                                             "actor_id": self.actor_id, "config_digest": self.config.digest()})
+        deadline = time.monotonic() + HELLO_TIMEOUT_S
+        while time.monotonic() < deadline and not self.stop_requested.is_set():
+            if socket.poll(100):
+                message = self.receiver.decode(socket.recv_multipart(copy=False))
+                if message is None:
+                    continue
+                if message.kind == wire.Kind.REFUSE:
+                    raise DaemonError(f"daemon at {self.config.network.control} refused this actor: {message.meta['reason']}")
+                if message.kind == wire.Kind.HELLO:
+                    return socket, message.meta
+        socket.close(0)
+        raise DaemonError(f"daemon at {self.config.network.control} did not answer within {HELLO_TIMEOUT_S:.0f} s: "
+                          f"start `robotd daemon` first or fix network.control")
+
+    def run(self) -> dict:
+        """Runs until max_steps, a stop signal or the daemon stopping; returns the final stats."""
+        config = self.config
+        session.prepare(self.logdir)
+        max_bytes = int(config.network.max_message_mb * 2**20)
+        self.receiver = wire.Receiver("actor", max_bytes=max_bytes)
+        import torch
+        torch.set_num_threads(config.actor.threads)
+        context = zmq.Context()
+        daemon, hello = self._connect_daemon(context)
+        reading_spec = {device: {key: (tuple(shape), dtype) for key, (shape, dtype) in spec.items()}
+                        for device, spec in hello["reading_spec"].items()}
+        self.devices = list(reading_spec)
+        self.task = tasks.make(config.task.name, robot=hello["robot_name"], cameras=hello["cameras"],
+                               episode_steps=config.task.episode_steps, seed=config.seed, args=config.task.args)
+        self.obs_spec = self.task.observation_spec(reading_spec)
+        self.action_dim = int(hello["action_dim"])
+        self.step_spec = steps.step_spec(self.obs_spec, self.action_dim, self.devices)
+        self.policy = Policy(self.obs_spec, self.action_dim, model_config(config.learner.model))
+        hello_meta = {"role": "actor", "session": config.session, "actor_id": self.actor_id,
+                      "stream": self.stream_id, "config_digest": config.digest(),
+                      "spec": {key: [list(shape), dtype] for key, (shape, dtype) in self.step_spec.items()}}
+        spool = ChunkSpool(self.logdir / "spool" / self.actor_id, config.actor.spool_memory_chunks)
+        self.stream = ExperienceStream(context, self.learner_address, hello_meta, spool,
+                                       resend_after_s=config.actor.resend_after_s, max_bytes=max_bytes)
+        self.stream.start()
+        self.weights = None
+        self.metrics = MetricsWriter(self.logdir, process="actor")
+        self.status = StatusPublisher(context, config.network.status, "actor")
+        log.info("actor %s up: task %s, obs %s, action dim %d, learner %s", self.actor_id, self.task.name,
+                 sorted(self.obs_spec), self.action_dim, self.learner_address)
+        try:
+            self._loop(daemon, context, max_bytes)
+        finally:
+            self._finish(daemon)
+            daemon.close(0)
+            context.term()
+        return self.stats
+
+    # ----------------------------------------------------------------------------------------
+    def _loop(self, daemon, context, max_bytes) -> None:
+        config = self.config
+        period_s = 1.0 / config.control.rate_hz
+        silence_s = max(1.0, 20 * period_s)
+        self.pending: Pending | None = None
+        self.episode = None
+        self.episode_step = 0
+        self.seq = 0
+        self.stream_step = 0
+        self.chunk_rows: list[dict] = []
+        last_obs_s = time.monotonic()
+        while not self.stop_requested.is_set():
+            if self.weights is None and self.stream.accepted.is_set():
+                self._subscribe_weights(context, max_bytes)
+            if not daemon.poll(50):
+                if time.monotonic() - last_obs_s > silence_s and self.pending is not None:
+                    self.counters["daemon_timeouts"] += 1
+                    log.warning("no observation from the daemon for %.1f s: ending the episode", silence_s)
+                    self._complete_pending(None, None, force_last=True)
+                continue
+            message = self.receiver.decode(daemon.recv_multipart(copy=False))
+            if message is None:
+                continue
+            if message.kind == wire.Kind.STOP:
+                log.info("daemon stopped: %s", message.meta["reason"])
+                return
+            if message.kind != wire.Kind.OBS:
+                continue
+            last_obs_s = time.monotonic()
+            if self._on_observation(daemon, message):
+                return
+            self._maybe_swap_weights()
+            self._publish_status()
+
+    def _on_observation(self, daemon, message: wire.Message) -> bool:
+        """Answers one observation and completes the previous step; True when max_steps is reached."""
+        meta, arrays = message.meta, message.arrays
+        readings = {device: {} for device in self.devices}
+        for name, value in arrays.items():
+            device, _, key = name.partition("/")
+            if device in readings:
+                readings[device][key] = value
+        pending_last = self.pending is not None and self.pending.record[steps.IS_LAST]
+        is_first = (self.episode is None and self.pending is None) or pending_last
+        if is_first:
+            self.task.new_episode()
+        obs = self.task.observe(readings)
+        reward = 0.0 if is_first else self.task.reward(obs)
+        status = meta.get("robot_status", {})
+        stopped = bool(status.get("protective_stop") or status.get("emergency_stop"))
+        terminal = self.task.is_terminal(obs)
+        episode_step = 0 if is_first else self.episode_step
+        total_steps = self.counters["env_steps"] + (self.pending is not None) + 1
+        at_max = self.max_steps is not None and total_steps >= self.max_steps
+        is_last = terminal or stopped or episode_step + 1 >= self.task.episode_steps or at_max
+        t0 = time.perf_counter()
+        action, version = self._choose_action(obs, is_first)
+        self.counters["act_ms_max"] = max(self.counters["act_ms_max"], (time.perf_counter() - t0) * 1000)
+        reset = bool(is_last and (self.task.reset_request or terminal or stopped))
+        wire.send(daemon, wire.Kind.ACT, {"tick": meta["tick"], "policy_version": version, "reset": reset},
+                  {"action": action})
+        # The action is out; everything below is bookkeeping off the robot's critical path.
+        self._complete_pending(meta["prev"], arrays.get("prev_action"))
+        if is_first:
+            self._open_episode()
+        record = {steps.OBS_PREFIX + key: np.array(value) for key, value in obs.items()}
+        record.update({steps.REWARD: np.float32(reward), steps.IS_FIRST: is_first, steps.IS_LAST: is_last,
+                       steps.IS_TERMINAL: bool(terminal), steps.TICK: meta["tick"], steps.T_TICK_NS: meta["t_tick_ns"],
+                       steps.POLICY_VERSION: version})
+        for device, timing in meta["devices"].items():
+            for field in steps.DEVICE_FIELDS:
+                record[f"timing/{device}/{field}"] = timing[field]
+        if stopped:
+            self.episode_flags.add("protective_stop")
+        self.pending = Pending(meta["tick"], record, action)
+        self.episode_step = episode_step + 1
+        return at_max
+
+    def _choose_action(self, obs, is_first) -> tuple[np.ndarray, int]:
+        use_network = self.policy_version > 0 and self.counters["env_steps"] >= self.config.actor.prefill_steps
+        if use_network:
+            self.counters["network_steps"] += 1
+            return np.asarray(self.policy.act(obs, is_first), np.float32), self.policy_version
+        self.counters["random_steps"] += 1
+        if self.policy_version > 0:
+            self.policy.act(obs, is_first)  # keep the recurrent state in step for when the network takes over
+        return self.rng.uniform(-1.0, 1.0, self.action_dim).astype(np.float32), 0
+
+    def _complete_pending(self, prev: dict | None, applied: np.ndarray | None, *, force_last: bool = False) -> None:
+        """Finishes the pending step with the applied action and late flag, writes and streams it."""
+        pending = self.pending
+        if pending is None:
+            return
+        record = pending.record
+        if prev is not None and prev.get("tick") == pending.tick and applied is not None and applied.shape == (self.action_dim,):
+            record[steps.ACTION] = np.asarray(applied, np.float32)
+            record[steps.LATE] = bool(prev.get("late"))
+            record[steps.CLIPPED] = bool(prev.get("clipped"))
+        else:
+            record[steps.ACTION] = pending.sent_action
+            record[steps.LATE] = True
+            record[steps.CLIPPED] = False
+        if force_last:
+            record[steps.IS_LAST] = True
+        self.counters["late_steps"] += int(record[steps.LATE])
+        self.episode.append(record)
+        self.episode_return += float(record[steps.REWARD])
+        self.episode_timing.append({key: record[key] for key in self.step_spec
+                                    if key.startswith("timing/") or key == steps.REWARD})
+        self.chunk_rows.append(record)
+        self.counters["env_steps"] += 1
+        self.counters["policy_version_max"] = max(self.counters["policy_version_max"], int(record[steps.POLICY_VERSION]))
+        self.pending = None
+        if record[steps.IS_LAST] or len(self.chunk_rows) >= self.config.actor.chunk_steps:
+            self._emit_chunk()
+        if record[steps.IS_LAST]:
+            self._close_episode()
+
+    def _emit_chunk(self) -> None:
+        rows = self.chunk_rows
+        if not rows:
+            return
+        arrays = {key: np.stack([np.asarray(row[key], dtype) for row in rows]).reshape(len(rows), *shape)
+                  for key, (shape, dtype) in self.step_spec.items()}
+        meta = {"actor_id": self.actor_id, "stream": self.stream_id, "episode_id": self.episode_id,
+                "seq": self.seq, "n_steps": len(rows), "stream_step": self.stream_step}
+        self.stream.put(self.seq, wire.encode(wire.Kind.CHUNK, meta, arrays), len(rows))
+        self.seq += 1
+        self.stream_step += len(rows)
+        self.counters["chunks"] += 1
+        self.chunk_rows = []
+
+    def _open_episode(self) -> None:
+        self.episode_id = self.counters["episodes"]
+        attrs = {"session": self.config.session, "actor_id": self.actor_id, "episode_id": self.episode_id,
+                 "robot": self.config.robot.driver, "task": self.task.name,
+                 "control_rate_hz": self.config.control.rate_hz,
+                 "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        self.episode = EpisodeWriter(session.episode_path(self.logdir, self.actor_id, self.episode_id),
+                                     self.step_spec, attrs)
+        self.episode_return = 0.0
+        self.episode_flags: set[str] = set()
+        self.episode_timing: list[dict] = []
+
+    def _close_episode(self) -> None:
+        writer = self.episode
+        stats = episode_stats(self.episode_timing, self.config.control.rate_hz, self.devices)
+        writer.close(stats=stats, flags=sorted(self.episode_flags))
+        self.counters["episodes"] += 1
+        self.last_return = self.episode_return
+        self.metrics.write(self.counters["env_steps"], {"episode/return": self.episode_return,
+                                                        "episode/length": stats["length"],
+                                                        "episode/late_steps": stats["late_steps"],
+                                                        "episode/period_p99_ms": stats["period_ms_p99"],
+                                                        "policy_version": self.policy_version})
+        self.episode = None
+
+    # ----------------------------------------------------------------------------------------
+    def _subscribe_weights(self, context, max_bytes) -> None:
+        port = self.stream.learner_reply.get("weights_port")
+        if port is None:
+            return
+        host = self.learner_address.rsplit(":", 1)[0]
+        self.weights = WeightSubscriber(context, f"{host}:{port}", max_bytes=max_bytes)
+        self.weights.start()
+
+    def _maybe_swap_weights(self) -> None:
+        if self.weights is None:
+            return
+        newest = self.weights.take()
+        if newest is None:
+            return
+        version, published_at, arrays = newest
+        try:
+            self.policy.load(arrays)
+        except ValueError as exc:
+            log.error("weights v%d not usable: %s", version, exc)
+            return
+        self.policy_version, self.published_at = version, published_at
+        self.counters["weight_swaps"] += 1
+
+    def _publish_status(self) -> None:
+        age = time.time() - self.published_at if self.published_at else -1.0
+        self.status.publish({"env_steps": self.counters["env_steps"], "episodes": self.counters["episodes"],
+                             "policy_version": self.policy_version, "policy_age_s": age,
+                             "last_return": self.last_return, "unacked_chunks": self.stream.pending,
+                             "learner_connected": self.stream.accepted.is_set()})
+
+    def _finish(self, daemon) -> None:
+        """Closes the episode, says bye to the daemon, drains the stream and writes the stats."""
+        if self.pending is not None:
+            message = None
+            if daemon.poll(int(2000 / self.config.control.rate_hz) + 50):
+                message = self.receiver.decode(daemon.recv_multipart(copy=False))
+            if message is not None and message.kind == wire.Kind.OBS:
+                self._complete_pending(message.meta["prev"], message.arrays.get("prev_action"), force_last=True)
+            else:
+                self._complete_pending(None, None, force_last=True)
+        if self.episode is not None:
+            self._emit_chunk()
+            self._close_episode()
+        try:
+            wire.send(daemon, wire.Kind.BYE, {"reason": "actor finished"}, flags=zmq.NOBLOCK)
+        except zmq.ZMQError:
+            pass
+        drained = self.stream.close(self.config.actor.drain_timeout_s)
+        if not drained:
+            log.warning("%d chunks not acknowledged by the learner at exit; they are in the episode files",
+                        self.stream.pending)
+        if self.weights is not None:
+            self.weights.stop()
+        self.stats = {**self.counters, "actor_id": self.actor_id, "unacked_chunks": self.stream.pending,
+                      "sent_chunks": self.stream.sent_chunks, "resent_chunks": self.stream.resent_chunks,
+                      "acked_chunks": self.stream.acked_chunks, "learner_restarts": self.stream.reconnects,
+                      "spilled_chunks": self.stream.spool.spilled_total,
+                      "refused_by_learner": self.stream.refused_reason, "malformed": self.receiver.malformed}
+        self.status.publish(self.stats_for_status(), force=True)
+        self.status.close()
+        self.metrics.close()
+        session.write_stats(self.logdir, "actor", self.stats)
+
+    def stats_for_status(self) -> dict:
+        """Final counters in the status line's terms."""
+        return {"env_steps": self.counters["env_steps"], "episodes": self.counters["episodes"],
+                "policy_version": self.policy_version, "last_return": self.last_return,
+                "unacked_chunks": self.stream.pending}
+
+
+def episode_stats(rows: list[dict], rate_hz: float, devices: list[str]) -> dict:
+    """Timing quality of an episode from its steps' timing fields."""
+    data = {key: np.asarray([row[key] for row in rows]) for key in (rows[0] if rows else {})}
+    t_ns = data.get(steps.T_TICK_NS, np.zeros(0)).astype(np.float64)
+    periods_ms = np.diff(t_ns) / 1e6 if len(t_ns) > 1 else np.zeros(1)
+    versions = data.get(steps.POLICY_VERSION, np.zeros(1, np.int64))
+    stats = {"length": len(rows), "late_steps": int(np.sum(data.get(steps.LATE, 0))),
+             "period_ms_p50": float(np.percentile(periods_ms, 50)), "period_ms_p99": float(np.percentile(periods_ms, 99)),
+             "target_period_ms": 1000.0 / rate_hz, "return": float(np.sum(data.get(steps.REWARD, 0.0))),
+             "policy_version_min": int(versions.min(initial=0)), "policy_version_max": int(versions.max(initial=0))}
+    for device in devices:
+        stats[f"{device}_stale"] = int(np.sum(data.get(f"timing/{device}/stale", 0)))
+        ages_ms = data.get(f"timing/{device}/age_ns", np.zeros(1)) / 1e6
+        stats[f"{device}_age_ms_p99"] = float(np.percentile(ages_ms, 99)) if len(ages_ms) else 0.0
+    return stats
+
+
+def run(config: Config, *, logdir: str, learner_address: str | None = None, max_steps: int | None = None,
+        actor_id: str | None = None) -> dict:
+    """Entry point of ``robotd actor``: runs until done or SIGINT/SIGTERM."""
+    actor = Actor(config, logdir=logdir, learner_address=learner_address, max_steps=max_steps, actor_id=actor_id)
+
+    def request_stop(signum, _frame):
+        actor.stop_requested.set()
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+    return actor.run()

@@ -1,0 +1,154 @@
+"""Streams numbered experience chunks to the learner, off the control loop.
+
+A background thread owns the DEALER socket. The control loop only puts encoded chunks on a
+queue (never blocks). The thread keeps every chunk in the spool until the learner acks it,
+resends chunks not acked in time, and after the learner restarts (a new instance id in its
+hello or heartbeat) says hello again and resends everything pending. The learner drops
+duplicates, so resending is always safe.
+"""
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+
+import zmq
+
+from actor.spool import ChunkSpool
+from robotd import wire
+
+log = logging.getLogger("actor.stream")
+
+HELLO_RETRY_S = 1.0
+HEARTBEAT_S = 1.0
+UNREACHABLE_WARN_S = 5.0
+
+
+class ExperienceStream(threading.Thread):
+    """The actor's side of the experience channel."""
+
+    def __init__(self, context: zmq.Context, address: str, hello_meta: dict, spool: ChunkSpool, *,
+                 resend_after_s: float, max_bytes: int):
+        super().__init__(name="experience-stream", daemon=True)
+        self.context = context
+        self.address = address
+        self.hello_meta = hello_meta
+        self.spool = spool
+        self.resend_after_s = resend_after_s
+        self.receiver = wire.Receiver("actor-stream", max_bytes=max_bytes)
+        self.inbox: queue.SimpleQueue = queue.SimpleQueue()
+        self.accepted = threading.Event()
+        self.refused_reason: str | None = None
+        self.learner_reply: dict = {}
+        self.instance: str | None = None
+        self.sent_chunks = 0
+        self.acked_chunks = 0
+        self.resent_chunks = 0
+        self.reconnects = 0
+        self._stop = threading.Event()
+        self._drain_deadline: float | None = None
+        self._lock = threading.Lock()
+        self.last_heard_s = time.monotonic()
+
+    def put(self, seq: int, frames: list, n_steps: int) -> None:
+        """Hands a chunk to the stream (called by the control loop; returns at once)."""
+        self.inbox.put((seq, frames, n_steps))
+
+    @property
+    def pending(self) -> int:
+        """Chunks not yet acknowledged (queued or in the spool)."""
+        with self._lock:
+            return len(self.spool) + self.inbox.qsize()
+
+    def close(self, drain_timeout_s: float) -> bool:
+        """Stops after every chunk is acked or ``drain_timeout_s`` passes; True if all were acked."""
+        self._drain_deadline = time.monotonic() + drain_timeout_s
+        self._stop.set()
+        self.join(drain_timeout_s + 5.0)
+        return self.pending == 0
+
+    def run(self) -> None:
+        socket = self.context.socket(zmq.DEALER)
+        socket.setsockopt(zmq.LINGER, 0)
+        socket.setsockopt(zmq.SNDHWM, 10_000)
+        socket.connect(self.address)
+        last_hello = last_heartbeat = 0.0
+        warned = False
+        try:
+            while True:
+                now = time.monotonic()
+                self._take_inbox()
+                if self._stop.is_set() and (self.pending == 0 or now >= self._drain_deadline):
+                    break
+                if not self.accepted.is_set():
+                    if now - last_hello >= HELLO_RETRY_S and self.refused_reason is None:
+                        wire.send(socket, wire.Kind.HELLO, self.hello_meta, flags=zmq.NOBLOCK)
+                        last_hello = now
+                else:
+                    self._send_due(socket, now)
+                    if now - last_heartbeat >= HEARTBEAT_S:
+                        wire.send(socket, wire.Kind.HEARTBEAT, {"actor_id": self.hello_meta["actor_id"]},
+                                  flags=zmq.NOBLOCK)
+                        last_heartbeat = now
+                if not warned and now - self.last_heard_s > UNREACHABLE_WARN_S:
+                    log.warning("learner at %s not answering for %.0f s: is `robotd learner` running there? "
+                                "Experience is kept and sent when it answers", self.address, now - self.last_heard_s)
+                    warned = True
+                if socket.poll(10):
+                    while socket.poll(0):
+                        message = self.receiver.decode(socket.recv_multipart(copy=False))
+                        if message is not None:
+                            self.last_heard_s = time.monotonic()
+                            warned = False
+                            self._on_message(message)
+        except zmq.Again:
+            log.warning("experience send buffer full; will retry")
+        finally:
+            socket.close(0)
+
+    def _take_inbox(self) -> None:
+        while True:
+            try:
+                seq, frames, n_steps = self.inbox.get_nowait()
+            except queue.Empty:
+                return
+            with self._lock:
+                self.spool.add(seq, frames, n_steps)
+
+    def _send_due(self, socket, now: float) -> None:
+        for seq in self.spool.due(now, self.resend_after_s):
+            first_time = not self.spool.was_sent(seq)
+            try:
+                socket.send_multipart(self.spool.frames(seq), flags=zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            self.spool.mark_sent(seq, now)
+            self.sent_chunks += 1
+            self.resent_chunks += int(not first_time)
+
+    def _on_message(self, message: wire.Message) -> None:
+        kind, meta = message.kind, message.meta
+        if kind == wire.Kind.ACK:
+            with self._lock:
+                self.acked_chunks += int(self.spool.ack(meta["seq"]))
+        elif kind in (wire.Kind.HELLO, wire.Kind.HEARTBEAT):
+            instance = meta.get("instance")
+            if kind == wire.Kind.HELLO:
+                self.learner_reply = meta
+            if instance is not None and self.instance is not None and instance != self.instance:
+                log.warning("learner restarted (instance %s -> %s): saying hello again and resending %d chunks",
+                            self.instance, instance, len(self.spool))
+                self.reconnects += 1
+                self.accepted.clear()
+            if kind == wire.Kind.HELLO:
+                self.instance = instance
+                self.accepted.set()
+                with self._lock:
+                    self.spool.resend_all()
+        elif kind == wire.Kind.REFUSE:
+            if meta.get("code") == "hello_required":
+                self.accepted.clear()
+                return
+            self.refused_reason = meta["reason"]
+            log.error("learner refused this actor: %s", meta["reason"])

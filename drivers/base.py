@@ -1,0 +1,138 @@
+"""Hardware interfaces the daemon drives: every real, simulated and mock device implements one of these."""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+
+import numpy as np
+
+# Where a reading's hw_time_ns comes from. The daemon aligns each domain to host time differently:
+# a device's own free-running clock, a clock already synchronised to the host, or the host clock itself.
+TIMESTAMP_DOMAINS = ("hardware_clock", "global_time", "system_time")
+
+
+@dataclass
+class Reading:
+    """One timestamped sample from one device."""
+
+    values: dict[str, np.ndarray]
+    hw_time_ns: int
+    host_time_ns: int
+    domain: str
+    frame_number: int | None = None
+
+    def __post_init__(self) -> None:
+        """Reject an unknown timestamp domain, since the daemon could not align it."""
+        if self.domain not in TIMESTAMP_DOMAINS:
+            raise ValueError(
+                f"Reading.domain {self.domain!r} is unknown; use one of {', '.join(TIMESTAMP_DOMAINS)}"
+            )
+
+
+@dataclass
+class DeviceStatus:
+    """Health of a device as the device itself reports it."""
+
+    ok: bool = True
+    protective_stop: bool = False
+    emergency_stop: bool = False
+    fallen: bool = False
+    fault: str | None = None
+
+
+class Device(abc.ABC):
+    """A device the daemon polls at a fixed rate."""
+
+    name: str
+
+    @abc.abstractmethod
+    def connect(self) -> None:
+        """Open the connection and start streaming."""
+
+    @abc.abstractmethod
+    def disconnect(self) -> None:
+        """Stop streaming and close the connection, leaving the device in a safe state."""
+
+    @abc.abstractmethod
+    def read(self) -> Reading:
+        """Return the latest sample; never blocks longer than a few milliseconds."""
+
+    @abc.abstractmethod
+    def status(self) -> DeviceStatus:
+        """Return the device's current health."""
+
+    @abc.abstractmethod
+    def reading_spec(self) -> dict[str, tuple[tuple[int, ...], str]]:
+        """Return key -> (shape, dtype name) for every array read().values holds."""
+
+
+class Arm(Device):
+    """A joint-position/velocity controlled manipulator (a UR5 in this project)."""
+
+    dof: int
+    joint_limits_rad: np.ndarray  # (dof, 2): lower, upper
+    home_q_rad: np.ndarray  # (dof,)
+
+    @abc.abstractmethod
+    def command_joint_position(self, q_rad: np.ndarray) -> None:
+        """Set the servo target for every joint (what servoJ does on a UR)."""
+
+    @abc.abstractmethod
+    def command_joint_velocity(self, qd_rad_s: np.ndarray) -> None:
+        """Set the target velocity for every joint (what speedJ does on a UR)."""
+
+    @abc.abstractmethod
+    def stop(self) -> None:
+        """Decelerate to zero velocity and hold position."""
+
+    @abc.abstractmethod
+    def reset(self) -> None:
+        """Move to the home pose and clear a protective stop."""
+
+    @abc.abstractmethod
+    def tcp_position(self, q_rad: np.ndarray) -> np.ndarray:
+        """Return the tool centre point position in metres, (3,), for joint angles q_rad."""
+
+
+class Legged(Device):
+    """A quadruped driven with per-motor PD targets (a Unitree A1 in low-level mode)."""
+
+    n_motors: int
+    stand_q_rad: np.ndarray  # (n_motors,)
+    joint_limits_rad: np.ndarray  # (n_motors, 2): lower, upper
+
+    @abc.abstractmethod
+    def command_motors(
+        self,
+        q_rad: np.ndarray,
+        dq_rad_s: np.ndarray,
+        kp: np.ndarray,
+        kd: np.ndarray,
+        tau_nm: np.ndarray,
+    ) -> None:
+        """Command every motor: torque = kp * (q_rad - q) + kd * (dq_rad_s - dq) + tau_nm."""
+
+    @abc.abstractmethod
+    def damp(self) -> None:
+        """Enter damping mode (kp = 0, kd = damping), used on falls and stops."""
+
+    @abc.abstractmethod
+    def stop(self) -> None:
+        """Bring the robot to a safe passive state."""
+
+    @abc.abstractmethod
+    def reset(self) -> None:
+        """Return to the standing pose and clear a fall."""
+
+
+class Camera(Device):
+    """A colour (and optionally depth) camera; read() returns the newest frame.
+
+    read().values holds "image": (height, width, 3) uint8 and, when the camera streams depth,
+    "depth": (height, width) uint16 in millimetres; read().frame_number numbers the frames.
+    """
+
+    width: int
+    height: int
+    fps: float

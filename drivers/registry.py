@@ -1,0 +1,39 @@
+"""Name -> driver class registry, so a config can say `driver: mock_arm`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from drivers.base import Device
+
+_DRIVERS: dict[str, type[Device]] = {}
+
+
+def register(name: str) -> Callable[[type[Device]], type[Device]]:
+    """Class decorator that makes a Device subclass constructible by make(name)."""
+
+    def decorate(cls: type[Device]) -> type[Device]:
+        if not (isinstance(cls, type) and issubclass(cls, Device)):
+            raise TypeError(f"driver {name!r}: {cls!r} is not a Device subclass; register only Device classes")
+        if name in _DRIVERS:
+            raise ValueError(
+                f"driver name {name!r} is already registered to {_DRIVERS[name].__qualname__}; pick another name"
+            )
+        _DRIVERS[name] = cls
+        return cls
+
+    return decorate
+
+
+def names() -> list[str]:
+    """Return the registered driver names, sorted."""
+    return sorted(_DRIVERS)
+
+
+def make(name: str, **kwargs: object) -> Device:
+    """Construct the driver registered under name with the given constructor kwargs."""
+    try:
+        cls = _DRIVERS[name]
+    except KeyError:
+        raise ValueError(f"unknown driver {name!r}; known drivers: {', '.join(names())}") from None
+    return cls(**kwargs)

@@ -1,0 +1,213 @@
+"""Ingest: receives experience chunks, checks them, de-duplicates them, stores them, acks them.
+
+An actor must say hello first; its hello carries the step spec and the config digest, which
+must agree with the learner's (the first accepted spec fixes the learner's model inputs). A
+chunk is acked only after replay has stored it, so an ack means the data is safe; a chunk
+seen before is acked again and dropped. Gaps in a stream's step numbering that are never
+filled are what ``lost_steps`` counts.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from typing import Callable
+
+import numpy as np
+import zmq
+
+from robotd import steps, wire
+from robotd.netutil import bind_or_explain
+
+log = logging.getLogger("learner.ingest")
+
+
+class _Intervals:
+    """Disjoint half-open step intervals of one stream (what has been received)."""
+
+    def __init__(self):
+        self.spans: list[list[int]] = []
+
+    def covers(self, start: int, end: int) -> bool:
+        return any(lo <= start and end <= hi for lo, hi in self.spans)
+
+    def add(self, start: int, end: int) -> None:
+        self.spans.append([start, end])
+        self.spans.sort()
+        merged = [self.spans[0]]
+        for lo, hi in self.spans[1:]:
+            if lo <= merged[-1][1]:
+                merged[-1][1] = max(merged[-1][1], hi)
+            else:
+                merged.append([lo, hi])
+        self.spans = merged
+
+    @property
+    def covered(self) -> int:
+        return sum(hi - lo for lo, hi in self.spans)
+
+    @property
+    def end(self) -> int:
+        return self.spans[-1][1] if self.spans else 0
+
+
+class IngestLedger:
+    """Which chunks of which streams arrived: new or duplicate, and what is missing."""
+
+    def __init__(self):
+        self.streams: dict[str, _Intervals] = {}
+        self.seqs: dict[str, set[int]] = {}
+        self.duplicate_chunks = 0
+
+    def is_duplicate(self, stream: str, seq: int, stream_step: int, n_steps: int) -> bool:
+        """True when this chunk (by sequence number or by its steps) was stored already."""
+        if seq in self.seqs.get(stream, ()):
+            return True
+        intervals = self.streams.get(stream)
+        return intervals is not None and intervals.covers(stream_step, stream_step + n_steps)
+
+    def record(self, stream: str, seq: int, stream_step: int, n_steps: int) -> None:
+        """Marks a stored chunk."""
+        self.seqs.setdefault(stream, set()).add(seq)
+        self.streams.setdefault(stream, _Intervals()).add(stream_step, stream_step + n_steps)
+
+    @property
+    def ingested_steps(self) -> int:
+        """Unique steps stored."""
+        return sum(i.covered for i in self.streams.values())
+
+    @property
+    def lost_steps(self) -> int:
+        """Steps inside each stream's received range that never arrived."""
+        return sum(i.end - i.covered for i in self.streams.values())
+
+
+class IngestServer(threading.Thread):
+    """ROUTER thread of the experience channel."""
+
+    def __init__(self, context: zmq.Context, address: str, *, config_digest: str, store: Callable[[str, int, dict], None],
+                 weights_port: int, spec: dict | None, on_spec: Callable[[dict], None], max_bytes: int):
+        super().__init__(name="ingest", daemon=True)
+        self.socket = context.socket(zmq.ROUTER)
+        self.socket.setsockopt(zmq.LINGER, 0)
+        self.socket.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        self.address = bind_or_explain(self.socket, address, "experience channel (network.experience / --bind)")
+        self.config_digest = config_digest
+        self.store = store
+        self.weights_port = weights_port
+        self.spec = spec
+        self.on_spec = on_spec
+        self.instance = uuid.uuid4().hex[:12]
+        self.receiver = wire.Receiver("ingest", max_bytes=max_bytes)
+        self.ledger = IngestLedger()
+        self.peers: dict[bytes, dict] = {}
+        self.counters = {"chunks": 0, "refused_chunks": 0, "refused_hellos": 0, "heartbeats": 0}
+        self._stop = threading.Event()
+        self.lock = threading.Lock()
+
+    def stop(self) -> None:
+        """Ends the thread and closes the socket."""
+        self._stop.set()
+        self.join(5.0)
+
+    def run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                if not self.socket.poll(100):
+                    continue
+                frames = self.socket.recv_multipart(copy=False)
+                identity = frames[0].bytes
+                message = self.receiver.decode(frames[1:])
+                if message is not None:
+                    try:
+                        self._handle(identity, message)
+                    except Exception:  # noqa: BLE001 - one bad chunk must not stop ingest
+                        log.exception("ingest: message %s from %r dropped", message.kind.name, identity)
+        finally:
+            self.socket.close(0)
+
+    def _reply(self, identity: bytes, kind: wire.Kind, meta: dict) -> None:
+        try:
+            wire.send_to(self.socket, identity, kind, meta, flags=zmq.NOBLOCK)
+        except zmq.Again:
+            pass
+
+    def _handle(self, identity: bytes, message: wire.Message) -> None:
+        kind, meta = message.kind, message.meta
+        if kind == wire.Kind.HELLO:
+            self._hello(identity, meta)
+        elif kind == wire.Kind.HEARTBEAT:
+            self.counters["heartbeats"] += 1
+            self._reply(identity, wire.Kind.HEARTBEAT, {"instance": self.instance})
+        elif kind == wire.Kind.CHUNK:
+            self._chunk(identity, message)
+
+    def _hello(self, identity: bytes, meta: dict) -> None:
+        reason = None
+        if meta.get("config_digest") != self.config_digest:
+            reason = (f"config digest {meta.get('config_digest')!r} differs from the learner's {self.config_digest!r}: "
+                      f"start the actor and the learner with the same robot, cameras, task and model config")
+        spec = meta.get("spec")
+        if reason is None and not isinstance(spec, dict):
+            reason = "hello has no step spec: upgrade the actor"
+        if reason is None:
+            spec = {key: (tuple(shape), dtype) for key, (shape, dtype) in spec.items()}
+            if self.spec is None:
+                self.spec = spec
+                self.on_spec(spec)
+            else:
+                mismatch = _spec_mismatch(self.spec, spec)
+                if mismatch:
+                    reason = f"step spec differs from the learner's: {mismatch}: use the same robot, cameras and task"
+        if reason is not None:
+            self.counters["refused_hellos"] += 1
+            log.warning("refused actor %s: %s", meta.get("actor_id"), reason)
+            self._reply(identity, wire.Kind.REFUSE, {"reason": reason})
+            return
+        self.peers[identity] = {"actor_id": meta.get("actor_id"), "stream": meta.get("stream")}
+        log.info("actor %s (stream %s) connected", meta.get("actor_id"), meta.get("stream"))
+        self._reply(identity, wire.Kind.HELLO, {"role": "learner", "session": meta.get("session", ""),
+                                                "instance": self.instance, "weights_port": self.weights_port})
+
+    def _chunk(self, identity: bytes, message: wire.Message) -> None:
+        meta = message.meta
+        peer = self.peers.get(identity)
+        if peer is None:
+            self._reply(identity, wire.Kind.REFUSE, {"reason": "say hello first", "code": "hello_required"})
+            return
+        stream = f"{meta['actor_id']}/{meta.get('stream', peer['stream'])}"
+        stream_step, n_steps, seq = meta.get("stream_step"), meta["n_steps"], meta["seq"]
+        problem = None if isinstance(stream_step, int) and stream_step >= 0 else "stream_step missing"
+        problem = problem or steps.check_against(self.spec, message.arrays, n_steps)
+        if problem:
+            self.counters["refused_chunks"] += 1
+            log.warning("chunk %s seq %d dropped: %s", stream, seq, problem)
+            return
+        with self.lock:
+            duplicate = self.ledger.is_duplicate(stream, seq, stream_step, n_steps)
+            if duplicate:
+                self.ledger.duplicate_chunks += 1
+            else:
+                self.store(stream, stream_step, {key: np.array(value) for key, value in message.arrays.items()})
+                self.ledger.record(stream, seq, stream_step, n_steps)
+                self.counters["chunks"] += 1
+        self._reply(identity, wire.Kind.ACK, {"seq": seq})
+
+    def stats(self) -> dict:
+        """Counters for status and the session summary."""
+        with self.lock:
+            return {**self.counters, "ingested_steps": self.ledger.ingested_steps,
+                    "duplicate_chunks": self.ledger.duplicate_chunks, "lost_steps": self.ledger.lost_steps,
+                    "malformed": self.receiver.malformed, "actors": len(self.peers)}
+
+
+def _spec_mismatch(expected: dict, got: dict) -> str | None:
+    for key in sorted(set(expected) | set(got)):
+        if key not in got:
+            return f"key {key!r} missing"
+        if key not in expected:
+            return f"unexpected key {key!r}"
+        if tuple(expected[key][0]) != tuple(got[key][0]) or expected[key][1] != got[key][1]:
+            return f"key {key!r} is {got[key]}, expected {expected[key]}"
+    return None

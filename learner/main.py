@@ -1,0 +1,183 @@
+"""The learner process: Ray, the replay actor, ingest, the trainer loop and weight publishing.
+
+Ray starts locally unless ``learner.ray_address`` names a cluster. The replay lives in a Ray
+actor; the ingest thread stores acknowledged chunks in it; the main thread trains. A restarted
+learner resumes from ``checkpoints/latest.pt`` in its log directory: its weights version,
+update count and optimiser state continue.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import torch
+import zmq
+
+from learner.ingest import IngestServer
+from learner.replay import ReplayBuffer
+from learner.trainer import CHECKPOINT_FILE, Prefetcher, Trainer, WeightPublisher, read_checkpoint
+from robotd import session
+from robotd.config import Config
+from robotd.metrics import MetricsWriter
+from robotd.netutil import bind_or_explain
+from robotd.status import StatusPublisher
+
+log = logging.getLogger("learner")
+
+
+def _start_ray(config: Config):
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    import ray
+    address = config.learner.ray_address
+    if address:
+        ray.init(address=address, log_to_driver=False, configure_logging=False)
+    else:
+        ray.init(num_cpus=max(1, os.cpu_count() or 1), include_dashboard=False, log_to_driver=False,
+                 configure_logging=False, _temp_dir=tempfile.mkdtemp(prefix="robotd-ray-"))
+    return ray
+
+
+def _device(choice: str) -> str:
+    if choice == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("learner.device = cuda but torch sees no CUDA device: set learner.device=cpu or auto")
+    return choice
+
+
+class Learner:
+    """Wires Ray replay, ingest, trainer and publisher together for one session."""
+
+    def __init__(self, config: Config, *, logdir: str):
+        self.config = config
+        self.logdir = session.prepare(logdir)
+        self.stop_requested = threading.Event()
+        self.trainer: Trainer | None = None
+        self.spec_ready = threading.Event()
+        self.device = _device(config.learner.device)
+
+    def run(self) -> dict:
+        """Runs until a stop is requested; returns the final stats."""
+        config = self.config
+        torch.set_num_threads(config.learner.threads)
+        max_bytes = int(config.network.max_message_mb * 2**20)
+        context = zmq.Context()
+        weights_socket = context.socket(zmq.PUB)
+        weights_socket.setsockopt(zmq.LINGER, 0)
+        weights_socket.setsockopt(zmq.SNDHWM, 4)
+        weights_address = bind_or_explain(weights_socket, config.network.weights, "weights channel (network.weights)")
+        publisher = WeightPublisher(context, weights_socket)
+        checkpoint = read_checkpoint(self.logdir / session.CHECKPOINTS / CHECKPOINT_FILE)
+        spec = None
+        if checkpoint is not None:
+            spec = {key: (tuple(shape), dtype) for key, (shape, dtype) in checkpoint["spec"].items()}
+        ray = _start_ray(config)
+        try:
+            replay = ray.remote(num_cpus=0.25)(ReplayBuffer).remote(config.learner.replay_capacity_steps, config.seed)
+            ingest = IngestServer(context, config.network.experience, config_digest=config.digest(),
+                                  store=lambda stream, step, arrays: ray.get(replay.add.remote(stream, step, arrays)),
+                                  weights_port=int(weights_address.rsplit(":", 1)[1]), spec=spec,
+                                  on_spec=lambda s: self.spec_ready.set(), max_bytes=max_bytes)
+            if spec is not None:
+                self.spec_ready.set()
+            ingest.start()
+            status = StatusPublisher(context, config.network.status, "learner")
+            metrics = MetricsWriter(self.logdir, process="learner")
+            log.info("learner up: experience %s, weights %s, device %s, Ray %s", ingest.address, weights_address,
+                     self.device, config.learner.ray_address or "local")
+            try:
+                self._train_loop(ray, replay, ingest, publisher, status, metrics, checkpoint)
+            finally:
+                ingest.stop()
+                stats = self._final_stats(ray, replay, ingest, publisher)
+                status.publish({"replay_steps": stats["replay_steps"], "updates": stats["learner_updates"],
+                                "updates_per_s": 0.0, "published_version": publisher.version}, force=True)
+                status.close()
+                metrics.close()
+                session.write_stats(self.logdir, "learner", stats)
+        finally:
+            ray.shutdown()
+            weights_socket.close(0)
+            context.term()
+        return stats
+
+    def _train_loop(self, ray, replay, ingest, publisher, status, metrics, checkpoint) -> None:
+        config = self.config.learner
+        while not self.spec_ready.wait(0.2):
+            status.publish({"replay_steps": 0, "updates": 0, "updates_per_s": 0.0, "published_version": 0})
+            if self.stop_requested.is_set():
+                return
+        self.trainer = trainer = Trainer(self.config, ingest.spec, self.device, self.logdir)
+        log.info("agent built: %d parameters (%s preset)", trainer.parameter_count(), config.model.preset)
+        if checkpoint is not None:
+            publisher.version = trainer.load(checkpoint)
+            log.info("resumed from checkpoint: %d updates, weights v%d", trainer.updates, publisher.version)
+        prefetch = Prefetcher(lambda: ray.get(replay.sample.remote(config.batch_size, config.batch_length))
+                              if ray.get(replay.stats.remote())["replay_steps"] >= config.min_replay_steps else None)
+        prefetch.start()
+        last_checkpoint = time.monotonic()
+        window_start, window_updates = time.monotonic(), 0
+        updates_per_s = 0.0
+        batch_steps = config.batch_size * config.batch_length
+        try:
+            while not self.stop_requested.is_set():
+                publisher.republish()
+                if config.train_ratio > 0 and trainer.replayed_steps + batch_steps > config.train_ratio * ingest.ledger.ingested_steps:
+                    self.stop_requested.wait(0.05)
+                    self._status(status, ray, replay, trainer, publisher, updates_per_s)
+                    continue
+                batch = prefetch.get(timeout_s=0.2)
+                if batch is None:
+                    self._status(status, ray, replay, trainer, publisher, updates_per_s)
+                    continue
+                result = trainer.train(batch)
+                window_updates += 1
+                if trainer.updates % config.publish_every_updates == 0:
+                    publisher.publish(trainer.agent.policy_state_dict())
+                now = time.monotonic()
+                if now - window_start >= 2.0:
+                    updates_per_s = window_updates / (now - window_start)
+                    window_start, window_updates = now, 0
+                    metrics.write(trainer.updates, {**result, "updates_per_s": updates_per_s,
+                                                    "weights_version": publisher.version,
+                                                    "ingested_steps": ingest.ledger.ingested_steps})
+                if now - last_checkpoint >= config.checkpoint_every_s:
+                    trainer.save(publisher.version)
+                    last_checkpoint = now
+                self._status(status, ray, replay, trainer, publisher, updates_per_s)
+        finally:
+            prefetch.stop()
+            if trainer.updates > 0:
+                trainer.save(publisher.version)
+
+    def _status(self, status, ray, replay, trainer, publisher, updates_per_s) -> None:
+        if time.monotonic() - status._last < status.interval_s:
+            return
+        replay_steps = ray.get(replay.stats.remote())["replay_steps"]
+        status.publish({"replay_steps": replay_steps, "updates": trainer.updates, "updates_per_s": updates_per_s,
+                        "published_version": publisher.version})
+
+    def _final_stats(self, ray, replay, ingest, publisher) -> dict:
+        trainer = self.trainer
+        replay_stats = ray.get(replay.stats.remote())
+        return {**ingest.stats(), **replay_stats, "learner_updates": trainer.updates if trainer else 0,
+                "replayed_steps": trainer.replayed_steps if trainer else 0,
+                "published_version": publisher.version, "device": self.device,
+                "parameters": trainer.parameter_count() if trainer else 0,
+                "last_losses": trainer.last_metrics if trainer else {}}
+
+
+def run(config: Config, *, logdir: str) -> dict:
+    """Entry point of ``robotd learner``: runs until SIGINT/SIGTERM, then checkpoints and exits."""
+    learner = Learner(config, logdir=logdir)
+
+    def request_stop(signum, _frame):
+        learner.stop_requested.set()
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+    return learner.run()

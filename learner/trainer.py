@@ -1,0 +1,148 @@
+"""The trainer loop: sample replay, update the agent, publish versioned weights, checkpoint.
+
+Batches are prefetched by a thread so sampling (a Ray call) overlaps the update. The loop runs
+free (as fast as it can, DayDreamer style) or, with ``train_ratio > 0``, holds replayed steps
+at that multiple of collected steps by waiting, never by slowing the robot.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import zmq
+
+from learner.dreamer import Dreamer
+from learner.sizes import model_config
+from robotd import session, steps, wire
+from robotd.config import Config
+
+log = logging.getLogger("learner.trainer")
+
+CHECKPOINT_FILE = "latest.pt"
+REPUBLISH_S = 2.0
+
+
+class Prefetcher(threading.Thread):
+    """Keeps up to ``depth`` training batches ready."""
+
+    def __init__(self, sample: Callable[[], dict | None], depth: int = 2):
+        super().__init__(name="prefetch", daemon=True)
+        self.sample = sample
+        self.batches: queue.Queue = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+
+    def run(self) -> None:
+        while not self._stop.is_set():
+            batch = self.sample()
+            if batch is None:
+                time.sleep(0.05)
+                continue
+            while not self._stop.is_set():
+                try:
+                    self.batches.put(batch, timeout=0.1)
+                    break
+                except queue.Full:
+                    continue
+
+    def get(self, timeout_s: float) -> dict | None:
+        """The next batch, or None if none came within ``timeout_s``."""
+        try:
+            return self.batches.get(timeout=timeout_s)
+        except queue.Empty:
+            return None
+
+    def stop(self) -> None:
+        """Ends the thread."""
+        self._stop.set()
+        self.join(5.0)
+
+
+class WeightPublisher:
+    """PUB socket that sends the policy weights with a version number (latest only)."""
+
+    def __init__(self, context: zmq.Context, socket: zmq.Socket):
+        self.socket = socket
+        self.version = 0
+        self._last: list | None = None
+        self._last_sent = 0.0
+
+    def publish(self, state: dict[str, torch.Tensor]) -> int:
+        """Publishes a new version; returns it."""
+        self.version += 1
+        arrays = {name: tensor.detach().to("cpu", torch.float32 if tensor.is_floating_point() else tensor.dtype).numpy()
+                  for name, tensor in state.items()}
+        self._last = wire.encode(wire.Kind.WEIGHTS, {"version": self.version, "published_at": time.time()}, arrays)
+        self._send()
+        return self.version
+
+    def republish(self) -> None:
+        """Sends the latest version again so actors that joined late get it."""
+        if self._last is not None and time.monotonic() - self._last_sent > REPUBLISH_S:
+            self._send()
+
+    def _send(self) -> None:
+        try:
+            self.socket.send_multipart(self._last, flags=zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            pass
+        self._last_sent = time.monotonic()
+
+
+class Trainer:
+    """Owns the agent; built once the step spec is known (first actor hello or a checkpoint)."""
+
+    def __init__(self, config: Config, spec: dict, device: str, logdir: Path):
+        self.config = config
+        self.spec = spec
+        self.device = device
+        self.logdir = logdir
+        obs_spec = steps.obs_spec_of(spec)
+        self.action_dim = int(spec[steps.ACTION][0][0])
+        self.agent = Dreamer(obs_spec, self.action_dim, model_config(config.learner.model), device=device)
+        self.replayed_steps = 0
+        self.last_metrics: dict[str, float] = {}
+
+    @property
+    def updates(self) -> int:
+        """Updates done, resumed ones included."""
+        return self.agent.updates
+
+    def parameter_count(self) -> int:
+        """Trainable parameters of the whole agent."""
+        return sum(p.numel() for p in self.agent.parameters())
+
+    def train(self, batch: dict[str, np.ndarray]) -> dict[str, float]:
+        """One full update (world model + actor + critic)."""
+        metrics = self.agent.train_step(steps.training_batch(batch))
+        self.replayed_steps += int(np.prod(batch[steps.REWARD].shape))
+        self.last_metrics = metrics
+        return metrics
+
+    def save(self, version: int) -> Path:
+        """Writes checkpoints/latest.pt atomically (loadable with weights_only=True)."""
+        path = self.logdir / session.CHECKPOINTS / CHECKPOINT_FILE
+        tmp = path.with_suffix(".tmp")
+        torch.save({"agent": self.agent.checkpoint(), "version": version, "replayed_steps": self.replayed_steps,
+                    "spec": {key: [list(shape), dtype] for key, (shape, dtype) in self.spec.items()}}, tmp)
+        os.replace(tmp, path)
+        return path
+
+    def load(self, state: dict) -> int:
+        """Restores from a checkpoint dict; returns its weights version."""
+        self.agent.load_checkpoint(state["agent"])
+        self.replayed_steps = int(state.get("replayed_steps", 0))
+        return int(state.get("version", 0))
+
+
+def read_checkpoint(path: Path) -> dict | None:
+    """A checkpoint saved by Trainer.save, or None when there is none."""
+    if not path.exists():
+        return None
+    return torch.load(path, map_location="cpu", weights_only=True)

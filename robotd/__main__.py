@@ -1,0 +1,6 @@
+"""``python -m robotd`` is the ``robotd`` command."""
+import sys
+
+from robotd.cli import main
+
+sys.exit(main())

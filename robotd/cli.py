@@ -1,0 +1,113 @@
+"""The ``robotd`` command line: train (all three processes on one machine), daemon, actor, learner.
+
+``robotd`` never imports the actor or learner packages: it starts them as separate processes
+by module name (``python -m actor``, ``python -m learner``), as a session does anyway.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from robotd import config as config_module
+from robotd import session
+
+EXIT_USAGE = 2
+
+USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, RuntimeError, OSError)
+
+
+def add_common(parser: argparse.ArgumentParser, *, logdir_required: bool = False) -> None:
+    """Arguments every process takes: the config file, overrides and the log directory."""
+    parser.add_argument("config", help="YAML config file (see configs/)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override any config key by its dotted path, e.g. --set control.rate_hz=50")
+    parser.add_argument("--logdir", required=logdir_required, default=None, help="session directory")
+
+
+def setup_logging(process: str) -> None:
+    """One log format for every process."""
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {process} %(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
+
+
+def fail(process: str, error: BaseException) -> int:
+    """Prints a user-facing error as one line and returns the exit code."""
+    print(f"robotd {process}: error: {error}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def load_config(args) -> config_module.Config:
+    """Loads the config named on the command line with its overrides."""
+    return config_module.load(args.config, args.overrides)
+
+
+def default_logdir(config_path: str) -> str:
+    """runs/<config name>-<date-time>."""
+    return str(Path("runs") / f"{Path(config_path).stem}-{time.strftime('%Y%m%d-%H%M%S')}")
+
+
+# ------------------------------------------------------------------------------------------------
+def cmd_daemon(args) -> int:
+    from robotd import daemon
+    setup_logging("daemon")
+    try:
+        config = load_config(args)
+        if args.logdir:
+            session.prepare(args.logdir)
+        stats = daemon.run(config, logdir=args.logdir)
+    except USER_ERRORS as exc:
+        return fail("daemon", exc)
+    logging.getLogger("robotd.daemon").info("stopped after %d ticks (%d with an actor), %d late",
+                                            stats["ticks"], stats["actor_ticks"], stats["late_steps"])
+    return 0
+
+
+def _exec_module(module: str, argv: list[str]) -> int:
+    os.execv(sys.executable, [sys.executable, "-m", module, *argv])
+    return 0  # not reached
+
+
+def cmd_train(args) -> int:
+    from robotd.orchestrator import train
+    setup_logging("train")
+    try:
+        config = load_config(args)
+        logdir = args.logdir or default_logdir(args.config)
+        return train(config, logdir=logdir, steps=args.steps, config_path=args.config)
+    except USER_ERRORS as exc:
+        return fail("train", exc)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="robotd", description="Real-robot asynchronous world-model learning.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    train = sub.add_parser("train", help="run daemon, actor and learner on this machine")
+    add_common(train)
+    train.add_argument("--steps", type=int, default=None, help="stop after this many environment steps")
+    train.set_defaults(func=cmd_train)
+    daemon = sub.add_parser("daemon", help="the robot daemon (on the robot PC)")
+    add_common(daemon)
+    daemon.set_defaults(func=cmd_daemon)
+    actor = sub.add_parser("actor", help="the actor (on the robot PC)", add_help=False)
+    actor.set_defaults(func=lambda a: _exec_module("actor", a.rest))
+    learner = sub.add_parser("learner", help="the learner (on the GPU box)", add_help=False)
+    learner.set_defaults(func=lambda a: _exec_module("learner", a.rest))
+    for p in (actor, learner):
+        p.add_argument("rest", nargs=argparse.REMAINDER)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``robotd`` console script."""
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

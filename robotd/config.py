@@ -1,0 +1,317 @@
+"""Typed, validated session configuration.
+
+A config is a YAML file loaded into the dataclasses below. Every field declares its type and,
+where it matters, its allowed range or choices; loading fails at start with one line that names
+the key, the value and what is allowed. ``--set key=value`` overrides any key by its dotted path.
+The resolved config (after overrides) is what a session saves in its directory.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config value that cannot be used; the message is one line naming key, value and fix."""
+
+
+def spec(default=dataclasses.MISSING, *, range=None, choices=None, help="", default_factory=dataclasses.MISSING):
+    """A dataclass field with validation metadata: ``range=(lo, hi)`` inclusive, or ``choices``."""
+    meta = {"range": range, "choices": choices, "help": help}
+    if default_factory is not dataclasses.MISSING:
+        return field(default_factory=default_factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class DeviceConfig:
+    """One device: a driver name from the driver registry and the keyword arguments it takes."""
+    name: str = spec("robot", help="name used in observations and timing records")
+    driver: str = spec("mock_arm", help="registered driver name, e.g. mock_arm, mock_legged, mock_camera")
+    args: dict = spec(default_factory=dict, help="keyword arguments for the driver")
+
+
+@dataclass
+class ControlConfig:
+    """The daemon's fixed-rate loop and what happens when the actor is late or gone."""
+    rate_hz: float = spec(20.0, range=(1.0, 1000.0))
+    action_deadline_ms: float = spec(30.0, range=(0.1, 1000.0),
+                                     help="time after an observation is sent within which the action must arrive")
+    fallback: str = spec("hold", choices=("hold", "stop"), help="applied when the action misses its deadline")
+    watchdog_s: float = spec(1.0, range=(0.01, 60.0), help="actor silence that brings the robot to a safe stop")
+    realtime: str = spec("auto", choices=("auto", "on", "off"), help="SCHED_FIFO for the daemon")
+    max_age_ms: float = spec(200.0, range=(1.0, 10000.0), help="older readings count as stale")
+    reset_timeout_s: float = spec(10.0, range=(0.1, 600.0))
+
+
+@dataclass
+class ArmSafetyConfig:
+    """Arm limits enforced below the policy (joint limits come from the driver unless given)."""
+    max_delta_rad: float = spec(0.05, range=(1e-4, 0.5), help="joint target change for action = 1, per step")
+    max_joint_vel_rad_s: float = spec(1.0, range=(0.01, 3.2))
+    workspace_min_m: list = spec(default_factory=lambda: [-1.0, -1.0, -0.5])
+    workspace_max_m: list = spec(default_factory=lambda: [1.0, 1.0, 1.2])
+
+
+@dataclass
+class LeggedSafetyConfig:
+    """Legged-robot limits enforced below the policy."""
+    action_scale_rad: float = spec(0.3, range=(0.01, 1.5))
+    max_delta_rad: float = spec(0.1, range=(1e-3, 1.0))
+    kp: float = spec(40.0, range=(0.0, 200.0))
+    kd: float = spec(1.0, range=(0.0, 10.0))
+    kp_max: float = spec(100.0, range=(0.0, 500.0))
+    kd_max: float = spec(5.0, range=(0.0, 50.0))
+    tau_max_nm: float = spec(33.5, range=(0.0, 60.0))
+    max_tilt_rad: float = spec(0.8, range=(0.05, 1.6))
+
+
+@dataclass
+class SafetyConfig:
+    """Safety limits for every robot kind; only the section of the configured kind is used."""
+    arm: ArmSafetyConfig = spec(default_factory=ArmSafetyConfig)
+    legged: LeggedSafetyConfig = spec(default_factory=LeggedSafetyConfig)
+
+
+@dataclass
+class TaskConfig:
+    """Which task defines observations, reward and episode ends."""
+    name: str = spec("mock_reach", help="registered task name")
+    episode_steps: int = spec(200, range=(2, 10_000_000))
+    args: dict = spec(default_factory=dict, help="task-specific keyword arguments")
+
+
+@dataclass
+class ActorConfig:
+    """The policy process on the robot PC."""
+    prefill_steps: int = spec(200, range=(0, 10_000_000), help="random-policy steps before the network acts")
+    chunk_steps: int = spec(32, range=(1, 4096), help="steps per experience chunk")
+    spool_memory_chunks: int = spec(256, range=(1, 1_000_000), help="unacked chunks kept in memory before spilling to disk")
+    resend_after_s: float = spec(2.0, range=(0.05, 600.0), help="resend an unacked chunk after this long")
+    drain_timeout_s: float = spec(10.0, range=(0.0, 600.0), help="at exit, wait this long for the learner to ack")
+    threads: int = spec(1, range=(1, 64))
+
+
+@dataclass
+class ModelSection:
+    """World-model size: a preset name plus per-dimension overrides."""
+    preset: str = spec("tiny", choices=("tiny", "small"))
+    overrides: dict = spec(default_factory=dict, help="ModelConfig fields to override, e.g. {deter: 128}")
+
+
+@dataclass
+class LearnerConfig:
+    """The training process (Ray replay, ingest, trainer, weight publisher)."""
+    model: ModelSection = spec(default_factory=ModelSection)
+    batch_size: int = spec(8, range=(1, 4096))
+    batch_length: int = spec(32, range=(2, 4096))
+    min_replay_steps: int = spec(100, range=(1, 100_000_000), help="steps in replay before training starts")
+    replay_capacity_steps: int = spec(1_000_000, range=(100, 1_000_000_000))
+    train_ratio: float = spec(0.0, range=(0.0, 100_000.0),
+                              help="replayed steps per collected step; 0 trains as fast as possible")
+    publish_every_updates: int = spec(10, range=(1, 1_000_000))
+    checkpoint_every_s: float = spec(120.0, range=(1.0, 1e6))
+    threads: int = spec(1, range=(1, 256), help="torch threads; keep low when sharing a machine with the daemon")
+    device: str = spec("auto", choices=("auto", "cpu", "cuda"))
+    ray_address: str = spec("", help="empty starts Ray locally; 'auto' or ray://host:port joins a cluster")
+
+
+@dataclass
+class NetworkConfig:
+    """Addresses of the channels; ``robotd train`` picks free loopback ports for port 0."""
+    control: str = spec("tcp://127.0.0.1:5560", help="daemon <-> actor")
+    experience: str = spec("tcp://127.0.0.1:5555", help="actor -> learner chunks")
+    weights: str = spec("tcp://127.0.0.1:5556", help="learner -> actor weights")
+    status: str = spec("", help="status collector of robotd train; empty disables status publishing")
+    max_message_mb: float = spec(64.0, range=(0.01, 4096.0))
+
+
+@dataclass
+class Config:
+    """A whole session: robot, cameras, control loop, safety, task, actor, learner, network."""
+    robot: DeviceConfig = spec(default_factory=DeviceConfig)
+    cameras: list[DeviceConfig] = spec(default_factory=list)
+    control: ControlConfig = spec(default_factory=ControlConfig)
+    safety: SafetyConfig = spec(default_factory=SafetyConfig)
+    task: TaskConfig = spec(default_factory=TaskConfig)
+    actor: ActorConfig = spec(default_factory=ActorConfig)
+    learner: LearnerConfig = spec(default_factory=LearnerConfig)
+    network: NetworkConfig = spec(default_factory=NetworkConfig)
+    seed: int = spec(0, range=(0, 2**31 - 1))
+    session: str = spec("", help="session name; empty takes the log directory's name")
+
+    def to_dict(self) -> dict:
+        """Plain nested dict (what YAML and the session directory store)."""
+        return dataclasses.asdict(self)
+
+    def digest(self) -> str:
+        """Short hash of what processes must agree on (robot, cameras, task, model)."""
+        keyed = {k: self.to_dict()[k] for k in ("robot", "cameras", "task")}
+        keyed["model"] = dataclasses.asdict(self.learner.model)
+        return hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _convert(value: Any, tp, key: str, meta: dict) -> Any:
+    """Checks ``value`` against type ``tp`` and the field's range/choices; returns the typed value."""
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"config: {key} = {value!r} is not a mapping: write it as a YAML mapping of {tp.__name__} fields")
+        return _build(tp, value, key)
+    if origin is list:
+        (item_tp,) = typing.get_args(tp) or (Any,)
+        if not isinstance(value, list):
+            raise ConfigError(f"config: {key} = {value!r} is not a list: write it as a YAML list")
+        return [_convert(v, item_tp, f"{key}[{i}]", {}) for i, v in enumerate(value)]
+    if tp is Any:
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"config: {key} = {value!r} is not a number: give a number")
+        value = float(value)
+    elif tp is int:
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"config: {key} = {value!r} is not an integer: give a whole number")
+    elif tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"config: {key} = {value!r} is not a boolean: give true or false")
+    elif tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"config: {key} = {value!r} is not a string: quote it")
+    elif tp in (dict, list):
+        if not isinstance(value, tp):
+            raise ConfigError(f"config: {key} = {value!r} is not a {_type_name(tp)}: write it as a YAML {'mapping' if tp is dict else 'list'}")
+    lo_hi = meta.get("range")
+    if lo_hi is not None and not (lo_hi[0] <= value <= lo_hi[1]):
+        raise ConfigError(f"config: {key} = {value!r} is out of range: allowed {lo_hi[0]} to {lo_hi[1]}")
+    choices = meta.get("choices")
+    if choices is not None and value not in choices:
+        raise ConfigError(f"config: {key} = {value!r} is not allowed: choose one of {', '.join(map(str, choices))}")
+    return value
+
+
+def _build(cls, data: dict, prefix: str = ""):
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in fields:
+            where = f"{prefix}.{key}" if prefix else str(key)
+            raise ConfigError(f"config: unknown key {where!r}: known keys here are {', '.join(sorted(fields))}")
+    kwargs = {}
+    for name, f in fields.items():
+        if name in data:
+            where = f"{prefix}.{name}" if prefix else name
+            kwargs[name] = _convert(data[name], hints[name], where, dict(f.metadata))
+    return cls(**kwargs)
+
+
+def from_dict(data: dict) -> Config:
+    """Builds and validates a Config from a nested dict."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"config: top level is {type(data).__name__}, not a mapping: the file must be a YAML mapping")
+    config = _build(Config, data)
+    _check_cross_field(config)
+    return config
+
+
+def _check_cross_field(config: Config) -> None:
+    period_ms = 1000.0 / config.control.rate_hz
+    if config.control.action_deadline_ms >= period_ms:
+        raise ConfigError(
+            f"config: control.action_deadline_ms = {config.control.action_deadline_ms} is not below the control period "
+            f"{period_ms:.3g} ms at control.rate_hz = {config.control.rate_hz}: lower the deadline or the rate")
+    for axis, (lo, hi) in enumerate(zip(config.safety.arm.workspace_min_m, config.safety.arm.workspace_max_m)):
+        if lo >= hi:
+            raise ConfigError(f"config: safety.arm.workspace_min_m[{axis}] = {lo} is not below workspace_max_m[{axis}] = {hi}: fix the box")
+    names = [config.robot.name] + [c.name for c in config.cameras]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"config: device names {names} repeat: give every robot and camera its own name")
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Splits ``a.b.c=value`` into a key path and a YAML-parsed value."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r} has no '=': write --set key.path=value")
+    key, raw = text.split("=", 1)
+    if not key:
+        raise ConfigError(f"--set {text!r} has an empty key: write --set key.path=value")
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set {text!r}: value is not valid YAML ({exc.__class__.__name__}): quote it") from None
+    return key.split("."), value
+
+
+def apply_override(data: dict, path: list[str], value: Any) -> None:
+    """Sets ``value`` at ``path`` in a nested dict; list items are addressed by index (cameras.0.args.fps)."""
+    node: Any = data
+    for depth, part in enumerate(path[:-1]):
+        where = ".".join(path[: depth + 1])
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise ConfigError(f"--set: {where} is not an item of a list of {len(node)}: use an index below {len(node)}")
+            node = node[int(part)]
+        else:
+            if part not in node or node[part] is None:
+                node[part] = {}
+            node = node[part]
+    last = path[-1]
+    if isinstance(node, list):
+        if not last.isdigit() or int(last) >= len(node):
+            raise ConfigError(f"--set: {'.'.join(path)} is not an item of a list of {len(node)}")
+        node[int(last)] = value
+    elif isinstance(node, dict):
+        node[last] = value
+    else:
+        raise ConfigError(f"--set: {'.'.join(path[:-1])} is a value, not a section: check the key path")
+
+
+def load(path: str | Path | None, overrides: list[str] = ()) -> Config:
+    """Loads a YAML config, applies ``key=value`` overrides, validates, and returns the Config."""
+    data: dict = {}
+    if path is not None:
+        path = Path(path)
+        try:
+            text = path.read_text()
+        except OSError as exc:
+            raise ConfigError(f"config file {str(path)!r} cannot be read ({exc.strerror}): check the path") from None
+        try:
+            data = yaml.safe_load(text) or {}
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}" if mark else ""
+            raise ConfigError(f"config file {str(path)!r} is not valid YAML{where}: fix the syntax") from None
+    base = Config().to_dict()
+    _deep_merge(base, data, "")
+    for text in overrides:
+        key_path, value = parse_override(text)
+        apply_override(base, key_path, value)
+    return from_dict(base)
+
+
+def _deep_merge(base: dict, update: dict, prefix: str) -> None:
+    if not isinstance(update, dict):
+        raise ConfigError(f"config: {prefix or 'top level'} = {update!r} is not a mapping: write a YAML mapping")
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict) and key not in ("args", "overrides"):
+            _deep_merge(base[key], value, f"{prefix}.{key}" if prefix else key)
+        else:
+            base[key] = value
+
+
+def save(config: Config, path: str | Path) -> None:
+    """Writes the resolved config as YAML."""
+    Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))

@@ -1,0 +1,217 @@
+"""``robotd train``: daemon, actor and learner as separate processes on one machine.
+
+It picks free loopback ports, saves the resolved config, starts the three processes (each in
+its own process group, with its log in LOGDIR/logs/), shows a live status line, and on exit
+(end of --steps, Ctrl-C, or a process dying) stops them in the safe order: the daemon first
+(the robot stops), then the actor (it closes its episode and drains its chunks), then the
+learner (final checkpoint). Whatever is still alive after that is killed, group and all.
+Finally it writes summary.json.
+"""
+from __future__ import annotations
+
+import dataclasses
+import glob
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import zmq
+
+from robotd import session
+from robotd.config import Config, save
+from robotd.episodes import count_steps
+from robotd.netutil import free_tcp_ports
+from robotd.status import StatusCollector, format_line
+
+log = logging.getLogger("robotd.train")
+
+STOP_ORDER = ("daemon", "actor", "learner")
+
+
+class Child:
+    """One process of the session."""
+
+    def __init__(self, name: str, argv: list[str], logdir: Path):
+        self.name = name
+        self.log_path = logdir / "logs" / f"{name}.log"
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log = open(self.log_path, "ab")
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        self.process = subprocess.Popen(argv, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                        start_new_session=True, env=env)
+
+    @property
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def signal(self, signum: int) -> None:
+        if self.alive:
+            try:
+                os.kill(self.process.pid, signum)
+            except ProcessLookupError:
+                pass
+
+    def wait(self, timeout_s: float) -> int | None:
+        try:
+            return self.process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def kill_group(self) -> None:
+        """Kills the process group (the child and anything it started, such as Ray's processes)."""
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        self.wait(5.0)
+        self._log.close()
+
+    def last_error(self) -> str:
+        """The last error line of the child's log, for a one-line report."""
+        try:
+            lines = self.log_path.read_text(errors="replace").strip().splitlines()
+        except OSError:
+            return ""
+        for line in reversed(lines):
+            if "error" in line.lower():
+                return line.strip()
+        return lines[-1].strip() if lines else ""
+
+
+def _local_network(config: Config) -> Config:
+    control, experience, weights, status = free_tcp_ports(4)
+    network = dataclasses.replace(config.network, control=f"tcp://127.0.0.1:{control}",
+                                  experience=f"tcp://127.0.0.1:{experience}",
+                                  weights=f"tcp://127.0.0.1:{weights}", status=f"tcp://127.0.0.1:{status}")
+    return dataclasses.replace(config, network=network)
+
+
+def train(config: Config, *, logdir: str, steps: int | None, config_path: str) -> int:
+    """Runs a whole session; returns the exit code."""
+    root = session.prepare(logdir)
+    if not config.session:
+        config = dataclasses.replace(config, session=root.name)
+    config = _local_network(config)
+    resolved = root / session.CONFIG
+    save(config, resolved)
+    python = sys.executable
+    common = [str(resolved), "--logdir", str(root)]
+    context = zmq.Context()
+    collector = StatusCollector(context, config.network.status)
+    started = time.monotonic()
+    children = {"learner": Child("learner", [python, "-m", "learner", *common], root)}
+    children["daemon"] = Child("daemon", [python, "-m", "robotd", "daemon", *common], root)
+    actor_argv = [python, "-m", "actor", *common, "--actor-id", "actor0"]
+    if steps is not None:
+        actor_argv += ["--steps", str(steps)]
+    children["actor"] = Child("actor", actor_argv, root)
+    print(f"robotd train: session {root} ({config.robot.driver}, task {config.task.name}, "
+          f"{config.control.rate_hz:g} Hz); Ctrl-C stops the robot and ends the session", file=sys.stderr)
+    interrupted = []
+    signal.signal(signal.SIGINT, lambda *_: interrupted.append(time.monotonic()))
+    signal.signal(signal.SIGTERM, lambda *_: interrupted.append(time.monotonic()))
+    reason = "steps done"
+    tty = sys.stderr.isatty()
+    last_print = 0.0
+    try:
+        while True:
+            collector.poll(100)
+            now = time.monotonic()
+            if now - last_print >= (0.5 if tty else 10.0):
+                line = format_line(collector.latest)
+                print(f"\r{line[:200]:<200}" if tty else line, end="" if tty else "\n", file=sys.stderr, flush=True)
+                last_print = now
+            if interrupted:
+                reason = "interrupted"
+                break
+            dead = [c for c in children.values() if not c.alive]
+            if any(c.name == "actor" for c in dead):
+                reason = "steps done" if children["actor"].process.returncode == 0 else "actor failed"
+                break
+            if dead:
+                reason = f"{dead[0].name} exited (code {dead[0].process.returncode})"
+                break
+    finally:
+        if tty:
+            print(file=sys.stderr)
+        codes = _shutdown(children, collector, interrupted, config)
+        collector.close()
+        context.term()
+    for child in children.values():
+        if child.process.returncode not in (0, None, -signal.SIGTERM) and reason != "interrupted":
+            print(f"robotd train: {child.name} failed: {child.last_error()} (log: {child.log_path})", file=sys.stderr)
+    summary = summarize(root, reason=reason, wall_s=time.monotonic() - started, exit_codes=codes)
+    session.write_json(root / session.SUMMARY, summary)
+    print(format_summary(summary, root), file=sys.stderr)
+    failed = any(code not in (0, None) for code in codes.values())
+    return 130 if reason == "interrupted" else (1 if failed or reason not in ("steps done",) else 0)
+
+
+def _shutdown(children: dict[str, Child], collector: StatusCollector, interrupted: list, config: Config) -> dict:
+    """Stops the processes in the safe order; a further Ctrl-C meanwhile kills everything at once."""
+    budgets = {"daemon": 5.0, "actor": config.actor.drain_timeout_s + 10.0, "learner": 60.0}
+    interrupts_before = len(interrupted)
+    for name in STOP_ORDER:
+        child = children[name]
+        child.signal(signal.SIGTERM)
+        deadline = time.monotonic() + budgets[name]
+        while child.alive and time.monotonic() < deadline and len(interrupted) == interrupts_before:
+            collector.poll(100)
+        if len(interrupted) > interrupts_before:
+            print("robotd train: interrupted again: killing every process now", file=sys.stderr)
+            break
+    codes = {}
+    for name, child in children.items():
+        codes[name] = child.process.poll()
+        child.kill_group()
+    return codes
+
+
+def summarize(root: Path, *, reason: str, wall_s: float, exit_codes: dict) -> dict:
+    """summary.json: the session's counters from each process's stats and the episode files."""
+    daemon, actor, learner = (session.read_stats(root, name) for name in ("daemon", "actor", "learner"))
+    logged = 0
+    unreadable = []
+    for path in sorted(glob.glob(str(root / session.EPISODES / "*.h5"))):
+        try:
+            logged += count_steps(path)
+        except ValueError as exc:
+            unreadable.append(f"{Path(path).name}: {exc}")
+    return {
+        "env_steps": actor.get("env_steps", 0), "episodes": actor.get("episodes", 0), "logged_steps": logged,
+        "ingested_steps": learner.get("ingested_steps", 0), "duplicate_chunks": learner.get("duplicate_chunks", 0),
+        "lost_steps": learner.get("lost_steps", 0), "learner_updates": learner.get("learner_updates", 0),
+        "policy_version_max": actor.get("policy_version_max", 0),
+        "published_version": learner.get("published_version", 0),
+        "control_rate_hz": daemon.get("control_rate_hz", 0.0), "target_rate_hz": daemon.get("target_rate_hz", 0.0),
+        "period_error_ms": daemon.get("period_error_ms", {}),
+        "period_error_ms_while_training": daemon.get("period_error_ms_while_training", {}),
+        "late_steps": actor.get("late_steps", 0), "stale_readings": daemon.get("stale_readings", 0),
+        "daemon_late_ticks": daemon.get("late_steps", 0), "watchdog_stops": daemon.get("watchdog_stops", 0),
+        "protective_stops": daemon.get("protective_stops", 0), "safety_clipped": daemon.get("safety_clipped", 0),
+        "scheduling": daemon.get("scheduling", ""), "unacked_chunks": actor.get("unacked_chunks", 0),
+        "resent_chunks": actor.get("resent_chunks", 0),
+        "malformed_messages": sum(s.get("malformed", 0) for s in (daemon, actor, learner)),
+        "unreadable_episodes": unreadable, "exit_reason": reason, "exit_codes": exit_codes, "wall_s": round(wall_s, 2),
+    }
+
+
+def format_summary(summary: dict, root: Path) -> str:
+    """A few readable lines for the end of a session."""
+    period = summary.get("period_error_ms") or {}
+    training = summary.get("period_error_ms_while_training") or {}
+    return "\n".join([
+        f"session {root}: {summary['exit_reason']} after {summary['wall_s']:.0f} s",
+        f"  steps: env {summary['env_steps']}, logged {summary['logged_steps']}, ingested {summary['ingested_steps']}, "
+        f"lost {summary['lost_steps']}, duplicate chunks {summary['duplicate_chunks']}, episodes {summary['episodes']}",
+        f"  control: {summary['control_rate_hz']:.2f} Hz, period error p50/p99/max "
+        f"{period.get('p50', 0):.3f}/{period.get('p99', 0):.3f}/{period.get('max', 0):.3f} ms "
+        f"(while training p99 {training.get('p99', 0):.3f} ms), late steps {summary['late_steps']}, "
+        f"stale readings {summary['stale_readings']}, {summary['scheduling']}",
+        f"  learner: {summary['learner_updates']} updates, newest policy used v{summary['policy_version_max']}",
+        f"  summary: {root / session.SUMMARY}",
+    ])

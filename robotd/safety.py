@@ -1,0 +1,350 @@
+"""The safety layer: turns a normalised policy action into a bounded robot command.
+
+Every action passes through here before any driver sees it. Nothing in ``command`` or
+``fallback`` raises on bad data in the control loop: malformed actions or states become a hold,
+stop or damp command whose ``reasons`` say why.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+
+def _as_float_array(owner: str, field: str, value, shape: tuple[int | None, ...]) -> np.ndarray:
+    """Convert a limits field to a finite float64 array of ``shape`` (None matches any size) or raise."""
+    try:
+        array = np.array(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"{owner}.{field}={value!r} is not numeric; give an array of numbers of shape {shape}") from None
+    if array.ndim != len(shape) or any(want is not None and got != want for got, want in zip(array.shape, shape)):
+        raise ValueError(f"{owner}.{field} has shape {array.shape}; expected {shape}, fix the limits config")
+    if not np.all(np.isfinite(array)):
+        raise ValueError(f"{owner}.{field}={array.tolist()} contains NaN or inf; give finite limits")
+    return array
+
+
+def _check_bounds(owner: str, field: str, lower: np.ndarray, upper: np.ndarray) -> None:
+    """Raise unless every lower bound is strictly below its upper bound."""
+    bad = np.flatnonzero(lower >= upper)
+    if bad.size:
+        k = int(bad[0])
+        raise ValueError(
+            f"{owner}.{field}[{k}] = [{lower[k]}, {upper[k]}]: lower bound must be below upper; fix or swap the bounds"
+        )
+
+
+def _check_positive(owner: str, field: str, value, *, allow_zero: bool = False) -> float:
+    """Return ``value`` as a float or raise unless it is finite and positive (or zero if allowed)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{owner}.{field}={value!r} is not a number; give a positive number") from None
+    if not math.isfinite(number) or number < 0 or (number == 0 and not allow_zero):
+        wanted = "a finite number >= 0" if allow_zero else "a finite number > 0"
+        raise ValueError(f"{owner}.{field}={value!r} must be {wanted}; fix the limits config")
+    return number
+
+
+@dataclass
+class ArmLimits:
+    """Limits for a position-controlled arm; validated and converted to float arrays on construction."""
+
+    joint_limits_rad: np.ndarray  # (dof, 2): lower, upper
+    max_joint_vel_rad_s: np.ndarray | float  # scalar or (dof,)
+    max_delta_rad: float  # per control step, what action = +-1 means (joint-delta action mode)
+    workspace_min_m: np.ndarray  # (3,) Cartesian box for the tcp
+    workspace_max_m: np.ndarray
+
+    def __post_init__(self) -> None:
+        owner = "ArmLimits"
+        self.joint_limits_rad = _as_float_array(owner, "joint_limits_rad", self.joint_limits_rad, (None, 2))
+        dof = self.joint_limits_rad.shape[0]
+        if dof == 0:
+            raise ValueError("ArmLimits.joint_limits_rad has no joints; give one [lower, upper] row per joint")
+        _check_bounds(owner, "joint_limits_rad", self.joint_limits_rad[:, 0], self.joint_limits_rad[:, 1])
+        if np.ndim(self.max_joint_vel_rad_s) == 0:
+            self.max_joint_vel_rad_s = np.full(dof, _check_positive(owner, "max_joint_vel_rad_s", self.max_joint_vel_rad_s))
+        else:
+            velocity = _as_float_array(owner, "max_joint_vel_rad_s", self.max_joint_vel_rad_s, (dof,))
+            if np.any(velocity <= 0):
+                raise ValueError(f"ArmLimits.max_joint_vel_rad_s={velocity.tolist()} must be > 0 for every joint; fix the limits config")
+            self.max_joint_vel_rad_s = velocity
+        self.max_delta_rad = _check_positive(owner, "max_delta_rad", self.max_delta_rad)
+        self.workspace_min_m = _as_float_array(owner, "workspace_min_m", self.workspace_min_m, (3,))
+        self.workspace_max_m = _as_float_array(owner, "workspace_max_m", self.workspace_max_m, (3,))
+        _check_bounds(owner, "workspace_min_m/workspace_max_m", self.workspace_min_m, self.workspace_max_m)
+
+    @property
+    def dof(self) -> int:
+        """Number of joints."""
+        return self.joint_limits_rad.shape[0]
+
+
+@dataclass
+class LeggedLimits:
+    """Limits for a quadruped under joint PD control; validated and converted on construction."""
+
+    joint_limits_rad: np.ndarray  # (12, 2): lower, upper
+    action_scale_rad: float  # action +-1 = stand pose +- this
+    max_delta_rad: float  # per-step change of the joint target
+    kp_max: float
+    kd_max: float
+    tau_max_nm: float
+    kp: float  # gains used for position targets (clipped to the max)
+    kd: float
+    max_tilt_rad: float  # |roll| or |pitch| beyond this = fall -> damping
+
+    def __post_init__(self) -> None:
+        owner = "LeggedLimits"
+        self.joint_limits_rad = _as_float_array(owner, "joint_limits_rad", self.joint_limits_rad, (None, 2))
+        if self.joint_limits_rad.shape[0] == 0:
+            raise ValueError("LeggedLimits.joint_limits_rad has no joints; give one [lower, upper] row per joint")
+        _check_bounds(owner, "joint_limits_rad", self.joint_limits_rad[:, 0], self.joint_limits_rad[:, 1])
+        for field in ("action_scale_rad", "max_delta_rad", "kp_max", "tau_max_nm"):
+            setattr(self, field, _check_positive(owner, field, getattr(self, field)))
+        for field in ("kd_max", "kp", "kd"):
+            setattr(self, field, _check_positive(owner, field, getattr(self, field), allow_zero=True))
+        self.max_tilt_rad = _check_positive(owner, "max_tilt_rad", self.max_tilt_rad)
+        if self.max_tilt_rad > math.pi:
+            raise ValueError(f"LeggedLimits.max_tilt_rad={self.max_tilt_rad!r} exceeds pi, so a fall could never trigger; use e.g. 0.8")
+
+    @property
+    def dof(self) -> int:
+        """Number of joints."""
+        return self.joint_limits_rad.shape[0]
+
+
+@dataclass(frozen=True)
+class SafeCommand:
+    """A command the drivers may execute as is.
+
+    kind: "joint_position" (arm target), "motors" (legged PD targets), "hold" (keep the last
+    safe target), "stop" (decelerate and stop, no target) or "damp" (zero stiffness, damping only).
+    """
+
+    kind: str
+    values: dict[str, np.ndarray]  # e.g. {"q_rad"} or {"q_rad", "dq_rad_s", "kp", "kd", "tau_nm"}
+    clipped: bool  # any limit changed the request
+    reasons: tuple[str, ...]  # which limits acted, e.g. ("joint_limit", "workspace")
+
+
+def _finite_vector(value, size: int) -> np.ndarray | None:
+    """``value`` as a float64 vector of ``size`` finite entries, or None if it is not one."""
+    if value is None:
+        return None
+    try:
+        array = np.array(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        return None
+    if array.shape != (size,) or not np.all(np.isfinite(array)):
+        return None
+    return array
+
+
+def _bounded_step(desired: np.ndarray, base: np.ndarray, step: np.ndarray, lower: np.ndarray, upper: np.ndarray):
+    """Move from ``base`` toward ``desired`` by at most ``step`` per joint, inside [lower, upper].
+
+    Returns (target, step_acted, limit_acted). When ``base`` lies outside the joint limits the
+    step bound wins, so the target walks back inside rather than jumping.
+    """
+    stepped = np.clip(desired, base - step, base + step)
+    limited = np.clip(stepped, lower, upper)
+    target = np.clip(limited, base - step, base + step)
+    return target, bool(np.any(stepped != desired)), bool(np.any(limited != stepped))
+
+
+class ArmSafety:
+    """Safety layer for a joint-position-controlled arm in joint-delta action mode."""
+
+    def __init__(self, limits: ArmLimits, tcp_position: Callable[[np.ndarray], np.ndarray], period_s: float) -> None:
+        if not callable(tcp_position):
+            raise ValueError(f"ArmSafety tcp_position={tcp_position!r} is not callable; pass forward kinematics q_rad -> xyz_m")
+        self.limits = limits
+        self.period_s = _check_positive("ArmSafety", "period_s", period_s)
+        self._tcp_position = tcp_position
+        # The largest per-step move: what the action may ask for, further capped by the joint speed limit.
+        self.max_step_rad = np.minimum(limits.max_delta_rad, limits.max_joint_vel_rad_s * self.period_s)
+
+    def command(self, action: np.ndarray, q_now_rad: np.ndarray, q_last_target_rad: np.ndarray | None) -> SafeCommand:
+        """Map ``action`` in [-1, 1]^dof to a joint target ``max_delta_rad`` per unit away from the last target."""
+        dof = self.limits.dof
+        reasons: list[str] = []
+        last_target = _finite_vector(q_last_target_rad, dof)
+        if q_last_target_rad is not None and last_target is None:
+            reasons.append("invalid_state")
+        base = last_target if last_target is not None else _finite_vector(q_now_rad, dof)
+        if base is None:
+            return SafeCommand("stop", {}, True, tuple(reasons) + ("invalid_state",))
+        vector = _finite_vector(action, dof)
+        if vector is None:
+            return SafeCommand("hold", {"q_rad": base.copy()}, True, tuple(reasons) + ("invalid_action",))
+        unit = np.clip(vector, -1.0, 1.0)
+        if np.any(unit != vector):
+            reasons.append("action_range")
+        target, step_acted, limit_acted = _bounded_step(
+            base + unit * self.limits.max_delta_rad,
+            base,
+            self.max_step_rad,
+            self.limits.joint_limits_rad[:, 0],
+            self.limits.joint_limits_rad[:, 1],
+        )
+        if step_acted:
+            reasons.append("joint_velocity")
+        if limit_acted:
+            reasons.append("joint_limit")
+        workspace_reason = self._workspace_violation(target)
+        if workspace_reason:
+            return SafeCommand("hold", {"q_rad": base.copy()}, True, tuple(reasons) + (workspace_reason,))
+        return SafeCommand("joint_position", {"q_rad": target}, bool(reasons), tuple(reasons))
+
+    def fallback(self, mode: str, q_now_rad: np.ndarray, q_last_target_rad: np.ndarray | None) -> SafeCommand:
+        """Command to send when no fresh action is available: mode "hold" (keep the last target) or "stop"."""
+        if mode not in ("hold", "stop"):
+            raise ValueError(f"ArmSafety fallback mode={mode!r} is unknown; use 'hold' or 'stop'")
+        if mode == "hold":
+            dof = self.limits.dof
+            held = _finite_vector(q_last_target_rad, dof)
+            if held is None:
+                held = _finite_vector(q_now_rad, dof)
+            if held is not None:
+                return SafeCommand("hold", {"q_rad": held}, False, ("fallback",))
+            # Nothing trustworthy to hold on to; stopping is the only safe command left.
+            return SafeCommand("stop", {}, True, ("fallback", "invalid_state"))
+        return SafeCommand("stop", {}, False, ("fallback",))
+
+    def _workspace_violation(self, q_target_rad: np.ndarray) -> str | None:
+        """Reason to hold if the tcp at ``q_target_rad`` leaves the workspace box or cannot be computed."""
+        try:
+            tcp_m = np.asarray(self._tcp_position(q_target_rad.copy()), dtype=np.float64)
+        except Exception:  # broken kinematics must stop motion, not crash the control loop
+            return "kinematics_error"
+        if tcp_m.shape != (3,) or not np.all(np.isfinite(tcp_m)):
+            return "kinematics_error"
+        if np.any(tcp_m < self.limits.workspace_min_m) or np.any(tcp_m > self.limits.workspace_max_m):
+            return "workspace"
+        return None
+
+
+class LeggedSafety:
+    """Safety layer for a quadruped: PD position targets around a stand pose, damping on a fall."""
+
+    def __init__(self, limits: LeggedLimits, stand_q_rad: np.ndarray, period_s: float) -> None:
+        self.limits = limits
+        self.period_s = _check_positive("LeggedSafety", "period_s", period_s)
+        stand = _as_float_array("LeggedSafety", "stand_q_rad", stand_q_rad, (limits.dof,))
+        lower, upper = limits.joint_limits_rad[:, 0], limits.joint_limits_rad[:, 1]
+        outside = np.flatnonzero((stand < lower) | (stand > upper))
+        if outside.size:
+            k = int(outside[0])
+            raise ValueError(
+                f"LeggedSafety stand_q_rad[{k}]={stand[k]} is outside joint limits [{lower[k]}, {upper[k]}]; fix the stand pose or limits"
+            )
+        self.stand_q_rad = stand
+        self.kp = min(limits.kp, limits.kp_max)
+        self.kd = min(limits.kd, limits.kd_max)
+        self._gains_clipped = self.kp != limits.kp or self.kd != limits.kd
+
+    def command(self, action: np.ndarray, q_now_rad: np.ndarray, q_last_target_rad: np.ndarray | None, rpy_rad: np.ndarray) -> SafeCommand:
+        """Map ``action`` in [-1, 1]^12 to PD targets stand + action * action_scale_rad, bounded per step."""
+        dof = self.limits.dof
+        q_now = _finite_vector(q_now_rad, dof)
+        rpy = _finite_vector(rpy_rad, 3)
+        if rpy is None:
+            return self._damp(q_now, ("invalid_state",))
+        if abs(rpy[0]) > self.limits.max_tilt_rad or abs(rpy[1]) > self.limits.max_tilt_rad:
+            return self._damp(q_now, ("fall",))
+        reasons: list[str] = ["gain_limit"] if self._gains_clipped else []
+        last_target = _finite_vector(q_last_target_rad, dof)
+        if q_now is None or (q_last_target_rad is not None and last_target is None):
+            reasons.append("invalid_state")
+        base = last_target if last_target is not None else q_now
+        if base is None:
+            return self._damp(None, tuple(reasons))
+        vector = _finite_vector(action, dof)
+        if vector is None:
+            return SafeCommand("hold", self._motors(base), True, tuple(reasons) + ("invalid_action",))
+        unit = np.clip(vector, -1.0, 1.0)
+        if np.any(unit != vector):
+            reasons.append("action_range")
+        desired = self.stand_q_rad + unit * self.limits.action_scale_rad
+        if q_now is not None and self.kp > 0:
+            # Bound the PD torque kp * (q_target - q_now) before the step and joint bounds, which take precedence.
+            reach = self.limits.tau_max_nm / self.kp
+            torque_bounded = np.clip(desired, q_now - reach, q_now + reach)
+            if np.any(torque_bounded != desired):
+                reasons.append("torque")
+            desired = torque_bounded
+        target, step_acted, limit_acted = _bounded_step(
+            desired,
+            base,
+            np.full(dof, self.limits.max_delta_rad),
+            self.limits.joint_limits_rad[:, 0],
+            self.limits.joint_limits_rad[:, 1],
+        )
+        if step_acted:
+            reasons.append("step_delta")
+        if limit_acted:
+            reasons.append("joint_limit")
+        return SafeCommand("motors", self._motors(target), bool(reasons), tuple(reasons))
+
+    def fallback(self, mode: str, q_now_rad: np.ndarray, q_last_target_rad: np.ndarray | None) -> SafeCommand:
+        """Command when no fresh action is available: "hold" keeps the last target; "damp" or "stop" damps.
+
+        A quadruped has no brake, so "stop" means damping it down rather than freezing the motors.
+        """
+        if mode not in ("hold", "damp", "stop"):
+            raise ValueError(f"LeggedSafety fallback mode={mode!r} is unknown; use 'hold', 'damp' or 'stop'")
+        dof = self.limits.dof
+        q_now = _finite_vector(q_now_rad, dof)
+        if mode == "hold":
+            held = _finite_vector(q_last_target_rad, dof)
+            if held is None:
+                held = q_now
+            if held is not None:
+                return SafeCommand("hold", self._motors(held), False, ("fallback",))
+            return self._damp(None, ("fallback", "invalid_state"))
+        return self._damp(q_now, ("fallback",), clipped=False)
+
+    def _motors(self, q_target_rad: np.ndarray) -> dict[str, np.ndarray]:
+        """Per-motor PD command values for position targets (no velocity target, no feed-forward torque)."""
+        dof = self.limits.dof
+        return {
+            "q_rad": q_target_rad.copy(),
+            "dq_rad_s": np.zeros(dof),
+            "kp": np.full(dof, self.kp),
+            "kd": np.full(dof, self.kd),
+            "tau_nm": np.zeros(dof),
+        }
+
+    def _damp(self, q_now: np.ndarray | None, reasons: tuple[str, ...], *, clipped: bool = True) -> SafeCommand:
+        """Zero-stiffness command that only resists joint velocity, letting the robot settle."""
+        values = self._motors(q_now if q_now is not None else self.stand_q_rad)
+        values["kp"] = np.zeros(self.limits.dof)
+        return SafeCommand("damp", values, clipped, reasons)
+
+
+class ActionWatchdog:
+    """Notices when actions stop arriving; the silence is counted from construction until the first feed()."""
+
+    def __init__(self, timeout_s: float, *, now_ns: Callable[[], int] = time.monotonic_ns) -> None:
+        self.timeout_s = _check_positive("ActionWatchdog", "timeout_s", timeout_s)
+        self._timeout_ns = round(self.timeout_s * 1e9)
+        self._now_ns = now_ns
+        self._last_feed_ns = now_ns()
+
+    def feed(self) -> None:
+        """Record that a fresh action just arrived."""
+        self._last_feed_ns = self._now_ns()
+
+    def silent_for_s(self) -> float:
+        """Seconds since the last feed (or construction)."""
+        return (self._now_ns() - self._last_feed_ns) / 1e9
+
+    def expired(self) -> bool:
+        """True once the silence is longer than timeout_s."""
+        return self._now_ns() - self._last_feed_ns > self._timeout_ns

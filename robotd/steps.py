@@ -1,0 +1,76 @@
+"""The step record: the one layout shared by episode files, experience chunks and replay.
+
+A step is a flat mapping of '/'-separated keys to per-step arrays:
+
+- ``obs/<key>``: the observation at the tick (images uint8 HxWx3, vectors float32)
+- ``action``: the action applied after this observation, in the policy's [-1, 1] space, as the
+  safety layer let it through (a late step records the fallback)
+- ``reward``, ``is_first``, ``is_last``, ``is_terminal``
+- ``timing/tick``, ``timing/t_tick_ns`` (host monotonic ns), ``timing/late``, ``timing/clipped``,
+  ``timing/policy_version``
+- ``timing/<device>/hw_time_ns``, ``host_time_ns``, ``age_ns``, ``frame_number``, ``stale``
+"""
+from __future__ import annotations
+
+import numpy as np
+
+OBS_PREFIX = "obs/"
+ACTION = "action"
+REWARD = "reward"
+IS_FIRST = "is_first"
+IS_LAST = "is_last"
+IS_TERMINAL = "is_terminal"
+TICK = "timing/tick"
+T_TICK_NS = "timing/t_tick_ns"
+LATE = "timing/late"
+CLIPPED = "timing/clipped"
+POLICY_VERSION = "timing/policy_version"
+DEVICE_FIELDS = {"hw_time_ns": "int64", "host_time_ns": "int64", "age_ns": "int64",
+                 "frame_number": "int64", "stale": "bool"}
+
+Spec = dict[str, tuple[tuple[int, ...], str]]
+
+
+def step_spec(obs_spec: Spec, action_dim: int, devices: list[str]) -> Spec:
+    """Every key of a step record with its per-step shape and dtype."""
+    spec: Spec = {OBS_PREFIX + key: (tuple(shape), dtype) for key, (shape, dtype) in obs_spec.items()}
+    spec[ACTION] = ((action_dim,), "float32")
+    spec[REWARD] = ((), "float32")
+    for key in (IS_FIRST, IS_LAST, IS_TERMINAL, LATE, CLIPPED):
+        spec[key] = ((), "bool")
+    for key in (TICK, T_TICK_NS, POLICY_VERSION):
+        spec[key] = ((), "int64")
+    for device in devices:
+        for field, dtype in DEVICE_FIELDS.items():
+            spec[f"timing/{device}/{field}"] = ((), dtype)
+    return spec
+
+
+def obs_spec_of(spec: Spec) -> Spec:
+    """The observation part of a step spec, without the ``obs/`` prefix."""
+    return {key[len(OBS_PREFIX):]: value for key, value in spec.items() if key.startswith(OBS_PREFIX)}
+
+
+def training_batch(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The keys the world model trains on, renamed (``obs/image`` -> ``image``)."""
+    batch = {key[len(OBS_PREFIX):]: value for key, value in arrays.items() if key.startswith(OBS_PREFIX)}
+    for key in (ACTION, REWARD, IS_FIRST, IS_LAST, IS_TERMINAL):
+        batch[key] = arrays[key]
+    return batch
+
+
+def check_against(spec: Spec, arrays: dict[str, np.ndarray], n_steps: int) -> str | None:
+    """Why ``arrays`` (n_steps of steps) do not match ``spec``, or None when they do."""
+    missing = sorted(set(spec) - set(arrays))
+    if missing:
+        return f"missing key {missing[0]!r}"
+    extra = sorted(set(arrays) - set(spec))
+    if extra:
+        return f"unexpected key {extra[0]!r}"
+    for key, (shape, dtype) in spec.items():
+        value = arrays[key]
+        if value.shape != (n_steps, *shape):
+            return f"key {key!r} has shape {value.shape}, expected {(n_steps, *shape)}"
+        if value.dtype != np.dtype(dtype):
+            return f"key {key!r} has dtype {value.dtype}, expected {dtype}"
+    return None

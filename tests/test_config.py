@@ -1,0 +1,96 @@
+"""Config loading: typed, validated, overridable, with one-line errors naming key, value and fix."""
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from robotd import config as cfg
+
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+
+
+def write(tmp_path, text: str) -> Path:
+    path = tmp_path / "c.yaml"
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in CONFIGS.glob("*.yaml")))
+def test_every_shipped_config_loads(name):
+    config = cfg.load(CONFIGS / name)
+    assert config.control.rate_hz > 0
+
+
+def test_unknown_key_names_the_key_and_the_known_ones(tmp_path):
+    with pytest.raises(cfg.ConfigError, match=r"unknown key 'control.rate'.*rate_hz"):
+        cfg.load(write(tmp_path, "control: {rate: 10}\n"))
+
+
+def test_wrong_type_names_key_and_value(tmp_path):
+    with pytest.raises(cfg.ConfigError, match=r"control.rate_hz = 'fast' is not a number"):
+        cfg.load(write(tmp_path, "control: {rate_hz: fast}\n"))
+
+
+def test_out_of_range_names_the_allowed_range(tmp_path):
+    with pytest.raises(cfg.ConfigError, match=r"control.rate_hz = 5000.0 is out of range: allowed 1.0 to 1000.0"):
+        cfg.load(write(tmp_path, "control: {rate_hz: 5000}\n"))
+
+
+def test_bad_choice_lists_the_choices(tmp_path):
+    with pytest.raises(cfg.ConfigError, match=r"control.fallback = 'drift' is not allowed: choose one of hold, stop"):
+        cfg.load(write(tmp_path, "control: {fallback: drift}\n"))
+
+
+def test_bool_is_not_accepted_as_an_integer(tmp_path):
+    with pytest.raises(cfg.ConfigError, match=r"task.episode_steps = True is not an integer"):
+        cfg.load(write(tmp_path, "task: {episode_steps: true}\n"))
+
+
+def test_errors_are_one_line(tmp_path):
+    with pytest.raises(cfg.ConfigError) as info:
+        cfg.load(write(tmp_path, "learner: {batch_size: -3}\n"))
+    assert "\n" not in str(info.value)
+
+
+def test_set_overrides_any_key_by_dotted_path(tmp_path):
+    config = cfg.load(CONFIGS / "mock_arm.yaml", ["control.rate_hz=50", "control.action_deadline_ms=10",
+                                                  "cameras.0.args.fps=15", "learner.model.overrides={deter: 32}"])
+    assert config.control.rate_hz == 50.0
+    assert config.cameras[0].args["fps"] == 15
+    assert config.learner.model.overrides == {"deter": 32}
+
+
+def test_set_is_validated_like_the_file():
+    with pytest.raises(cfg.ConfigError, match=r"actor.chunk_steps = 0 is out of range"):
+        cfg.load(CONFIGS / "mock_arm.yaml", ["actor.chunk_steps=0"])
+
+
+def test_set_without_equals_says_how():
+    with pytest.raises(cfg.ConfigError, match=r"write --set key.path=value"):
+        cfg.load(None, ["control.rate_hz"])
+
+
+def test_deadline_must_fit_in_the_period(tmp_path):
+    with pytest.raises(cfg.ConfigError, match=r"action_deadline_ms = 80.0 is not below the control period 50 ms"):
+        cfg.load(write(tmp_path, "control: {rate_hz: 20, action_deadline_ms: 80}\n"))
+
+
+def test_missing_file_and_bad_yaml_are_clear(tmp_path):
+    with pytest.raises(cfg.ConfigError, match=r"cannot be read.*check the path"):
+        cfg.load(tmp_path / "nope.yaml")
+    with pytest.raises(cfg.ConfigError, match=r"not valid YAML at line \d"):
+        cfg.load(write(tmp_path, "a: 1\nb: [\n"))
+
+
+def test_resolved_config_round_trips_through_yaml(tmp_path):
+    config = cfg.load(CONFIGS / "mock_arm.yaml", ["seed=3"])
+    cfg.save(config, tmp_path / "resolved.yaml")
+    again = cfg.load(tmp_path / "resolved.yaml")
+    assert again == config
+    assert again.digest() == config.digest()
+
+
+def test_digest_changes_with_what_processes_must_share():
+    base = cfg.load(CONFIGS / "mock_arm.yaml")
+    assert cfg.load(CONFIGS / "mock_arm.yaml", ["control.rate_hz=10"]).digest() == base.digest()
+    assert cfg.load(CONFIGS / "mock_arm.yaml", ["task.episode_steps=50"]).digest() != base.digest()
