@@ -46,7 +46,7 @@ class ExperienceStream(threading.Thread):
         self.acked_chunks = 0
         self.resent_chunks = 0
         self.reconnects = 0
-        self._stop = threading.Event()
+        self._halt = threading.Event()
         self._drain_deadline: float | None = None
         self._lock = threading.Lock()
         self.last_heard_s = time.monotonic()
@@ -64,7 +64,7 @@ class ExperienceStream(threading.Thread):
     def close(self, drain_timeout_s: float) -> bool:
         """Stops after every chunk is acked or ``drain_timeout_s`` passes; True if all were acked."""
         self._drain_deadline = time.monotonic() + drain_timeout_s
-        self._stop.set()
+        self._halt.set()
         self.join(drain_timeout_s + 5.0)
         return self.pending == 0
 
@@ -79,7 +79,7 @@ class ExperienceStream(threading.Thread):
             while True:
                 now = time.monotonic()
                 self._take_inbox()
-                if self._stop.is_set() and (self.pending == 0 or now >= self._drain_deadline):
+                if self._halt.is_set() and (self.pending == 0 or now >= self._drain_deadline):
                     break
                 if not self.accepted.is_set():
                     if now - last_hello >= HELLO_RETRY_S and self.refused_reason is None:

@@ -23,7 +23,7 @@ class WeightSubscriber(threading.Thread):
         self._lock = threading.Lock()
         self._newest: tuple[int, float, dict[str, np.ndarray]] | None = None
         self._seen_version = 0
-        self._stop = threading.Event()
+        self._halt = threading.Event()
         self.received = 0
 
     def take(self) -> tuple[int, float, dict[str, np.ndarray]] | None:
@@ -34,7 +34,7 @@ class WeightSubscriber(threading.Thread):
 
     def stop(self) -> None:
         """Ends the thread."""
-        self._stop.set()
+        self._halt.set()
         self.join(2.0)
 
     def run(self) -> None:
@@ -44,7 +44,7 @@ class WeightSubscriber(threading.Thread):
         socket.setsockopt(zmq.SUBSCRIBE, b"")
         socket.connect(self.address)
         try:
-            while not self._stop.is_set():
+            while not self._halt.is_set():
                 if not socket.poll(100):
                     continue
                 message = self.receiver.decode(socket.recv_multipart(copy=False), expect=[wire.Kind.WEIGHTS])

@@ -102,7 +102,6 @@ class _MockDevice:
     ) -> None:
         """Set up the clock, latency, noise streams and fault schedule; see the subclasses for the kwargs."""
         self.name = name
-        self._owner = f"{type(self).__name__} {name!r}"
         self.noise_std = _non_negative(self._owner, "noise_std", noise_std)
         self._latency_ns = round(_non_negative(self._owner, "latency_ms", latency_ms) * _NS_PER_MS)
         self._jitter_ns = round(_non_negative(self._owner, "latency_jitter_ms", latency_jitter_ms) * _NS_PER_MS)
@@ -117,6 +116,11 @@ class _MockDevice:
         self._pending_late_ns = 0
         self._last_sample_host_ns: int | None = None
         self._last_reading: Reading | None = None
+
+    @property
+    def _owner(self) -> str:
+        """How messages name this device; follows `name`, which the owner may set after construction."""
+        return f"{type(self).__name__} {self.name!r}"
 
     def _parse_faults(self, faults: Mapping[str, float]) -> list[tuple[int, str, float | None]]:
         """Validate a faults dict into (offset_ns after connect, key, parameter) sorted by time."""

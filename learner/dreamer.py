@@ -153,9 +153,9 @@ class WorldModel(nn.Module):
         reconstruction = self.decoder.loss(features, obs)
         parts: dict[str, torch.Tensor] = {}
         if self.decoder.image_shapes:
-            parts["image"] = sum(reconstruction[key] for key in self.decoder.image_shapes).mean()
+            parts["image"] = sum(reconstruction[key] for key in self.decoder.image_shapes)
         if self.decoder.vector_shapes:
-            parts["vector"] = sum(reconstruction[key] for key in self.decoder.vector_shapes).mean()
+            parts["vector"] = sum(reconstruction[key] for key in self.decoder.vector_shapes)
         parts["reward"] = self.reward_head.loss(self.reward_head(features), reward).mean()
         parts["continue"] = F.binary_cross_entropy_with_logits(
             self.continue_head(features), 1.0 - is_terminal.float()

@@ -103,17 +103,17 @@ class IngestServer(threading.Thread):
         self.ledger = IngestLedger()
         self.peers: dict[bytes, dict] = {}
         self.counters = {"chunks": 0, "refused_chunks": 0, "refused_hellos": 0, "heartbeats": 0}
-        self._stop = threading.Event()
+        self._halt = threading.Event()
         self.lock = threading.Lock()
 
     def stop(self) -> None:
         """Ends the thread and closes the socket."""
-        self._stop.set()
+        self._halt.set()
         self.join(5.0)
 
     def run(self) -> None:
         try:
-            while not self._stop.is_set():
+            while not self._halt.is_set():
                 if not self.socket.poll(100):
                     continue
                 frames = self.socket.recv_multipart(copy=False)

@@ -172,9 +172,11 @@ def straight_through_sample(log_probs: torch.Tensor) -> torch.Tensor:
     the sample were the probabilities themselves.
     """
     probs = log_probs.exp()
-    classes = probs.shape[-1]
-    index = torch.multinomial(probs.reshape(-1, classes), 1).reshape(probs.shape[:-1])
-    sample = F.one_hot(index, classes).to(probs.dtype)
+    # Gumbel-max trick in its exponential form: argmax(log p - log E) with E ~ Exp(1) is an
+    # exact categorical sample, and cheaper than multinomial for many small categoricals.
+    noise = torch.empty_like(log_probs).exponential_().log()
+    index = (log_probs.detach() - noise).argmax(-1)
+    sample = F.one_hot(index, probs.shape[-1]).to(probs.dtype)
     return sample + probs - probs.detach()
 
 

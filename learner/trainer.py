@@ -36,15 +36,15 @@ class Prefetcher(threading.Thread):
         super().__init__(name="prefetch", daemon=True)
         self.sample = sample
         self.batches: queue.Queue = queue.Queue(maxsize=depth)
-        self._stop = threading.Event()
+        self._halt = threading.Event()
 
     def run(self) -> None:
-        while not self._stop.is_set():
+        while not self._halt.is_set():
             batch = self.sample()
             if batch is None:
                 time.sleep(0.05)
                 continue
-            while not self._stop.is_set():
+            while not self._halt.is_set():
                 try:
                     self.batches.put(batch, timeout=0.1)
                     break
@@ -60,7 +60,7 @@ class Prefetcher(threading.Thread):
 
     def stop(self) -> None:
         """Ends the thread."""
-        self._stop.set()
+        self._halt.set()
         self.join(5.0)
 
 

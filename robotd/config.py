@@ -67,9 +67,9 @@ class LeggedSafetyConfig:
     max_delta_rad: float = spec(0.1, range=(1e-3, 1.0))
     kp: float = spec(40.0, range=(0.0, 200.0))
     kd: float = spec(1.0, range=(0.0, 10.0))
-    kp_max: float = spec(100.0, range=(0.0, 500.0))
-    kd_max: float = spec(5.0, range=(0.0, 50.0))
-    tau_max_nm: float = spec(33.5, range=(0.0, 60.0))
+    kp_max: float = spec(100.0, range=(0.01, 500.0))
+    kd_max: float = spec(5.0, range=(0.01, 50.0))
+    tau_max_nm: float = spec(33.5, range=(0.01, 60.0))
     max_tilt_rad: float = spec(0.8, range=(0.05, 1.6))
 
 

@@ -367,7 +367,7 @@ class Daemon:
 
     def _status_counters(self, clock, *, actor_connected: bool) -> dict:
         summary = clock.stats.summary()
-        return {"rate_hz": summary.get("rate_hz", 0.0), "error_p99_ms": summary["period_error_ms"]["p99"],
+        return {"rate_hz": summary.get("rate_hz") or 0.0, "error_p99_ms": summary["period_error_ms"]["p99"] or 0.0,
                 "late_steps": self.counters["late_steps"], "ticks": self.counters["ticks"],
                 "stale_readings": self.counters["stale_readings"], "actor_connected": actor_connected}
 
@@ -375,7 +375,7 @@ class Daemon:
         """The daemon's counters and timing for summary.json."""
         summary = clock.stats.summary()
         training = self.training_stats.summary()
-        return {**self.counters, "control_rate_hz": summary.get("rate_hz", 0.0),
+        return {**self.counters, "control_rate_hz": summary.get("rate_hz") or 0.0,
                 "target_rate_hz": self.config.control.rate_hz,
                 "period_error_ms": summary["period_error_ms"], "overruns": summary.get("overruns", 0),
                 "period_error_ms_while_training": training["period_error_ms"],

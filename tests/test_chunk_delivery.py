@@ -1,0 +1,164 @@
+"""Chunks over real ZeroMQ sockets: acked after storage, resent until acked, de-duplicated, nothing lost
+when the learner restarts."""
+import time
+
+import numpy as np
+import pytest
+import zmq
+
+from actor.spool import ChunkSpool
+from actor.stream import ExperienceStream
+from learner.ingest import IngestLedger, IngestServer
+from learner.replay import ReplayBuffer
+from robotd import steps, wire
+from robotd.netutil import free_tcp_ports
+
+SPEC = steps.step_spec({"x": ((3,), "float32")}, action_dim=2, devices=["arm"])
+
+
+def make_chunk(seq: int, stream_step: int, n: int = 8) -> list:
+    arrays = {}
+    for key, (shape, dtype) in SPEC.items():
+        arrays[key] = np.zeros((n, *shape), dtype)
+    arrays[steps.TICK] = np.arange(stream_step, stream_step + n, dtype=np.int64)
+    meta = {"actor_id": "a0", "stream": "s0", "episode_id": 0, "seq": seq, "n_steps": n, "stream_step": stream_step}
+    return wire.encode(wire.Kind.CHUNK, meta, arrays)
+
+
+HELLO = {"role": "actor", "session": "t", "actor_id": "a0", "stream": "s0", "config_digest": "d1",
+         "spec": {k: [list(s), d] for k, (s, d) in SPEC.items()}}
+
+
+class Learner:
+    """An ingest server storing into a plain replay buffer."""
+
+    def __init__(self, context, address, spec=None):
+        self.replay = ReplayBuffer(100_000)
+        self.server = IngestServer(context, address, config_digest="d1", store=self.replay.add, weights_port=1,
+                                   spec=spec, on_spec=lambda s: None, max_bytes=2**24)
+        self.server.start()
+
+    def stop(self):
+        self.server.stop()
+
+
+def wait_for(predicate, timeout_s=10.0):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return False
+
+
+@pytest.fixture
+def context():
+    ctx = zmq.Context()
+    yield ctx
+    ctx.term()
+
+
+def test_ledger_counts_duplicates_and_unfilled_gaps():
+    ledger = IngestLedger()
+    ledger.record("s", 0, 0, 10)
+    assert ledger.is_duplicate("s", 0, 0, 10)
+    assert ledger.is_duplicate("s", 7, 0, 10)          # same steps under another number
+    ledger.record("s", 2, 20, 10)
+    assert ledger.lost_steps == 10 and ledger.ingested_steps == 20
+    ledger.record("s", 1, 10, 10)
+    assert ledger.lost_steps == 0 and ledger.ingested_steps == 30
+
+
+def test_every_chunk_is_acked_after_storage_and_resends_are_dropped(context, tmp_path):
+    (port,) = free_tcp_ports(1)
+    address = f"tcp://127.0.0.1:{port}"
+    learner = Learner(context, address)
+    spool = ChunkSpool(tmp_path / "spool", memory_chunks=4)
+    stream = ExperienceStream(context, address, HELLO, spool, resend_after_s=0.05, max_bytes=2**24)
+    stream.start()
+    for seq in range(20):
+        stream.put(seq, make_chunk(seq, seq * 8), 8)
+    assert wait_for(lambda: stream.pending == 0)
+    assert stream.close(1.0)
+    stats = learner.server.stats()
+    learner.stop()
+    assert stats["ingested_steps"] == 160 and stats["lost_steps"] == 0
+    assert learner.replay.steps == 160
+    assert spool.spilled_total > 0                      # the small memory budget forced spilling, and it came back
+
+
+def test_a_restarted_learner_gets_every_unacked_chunk_and_nothing_is_lost(context, tmp_path):
+    (port,) = free_tcp_ports(1)
+    address = f"tcp://127.0.0.1:{port}"
+    first = Learner(context, address)
+    spool = ChunkSpool(tmp_path / "spool", memory_chunks=64)
+    stream = ExperienceStream(context, address, HELLO, spool, resend_after_s=0.2, max_bytes=2**24)
+    stream.start()
+    for seq in range(5):
+        stream.put(seq, make_chunk(seq, seq * 8), 8)
+    assert wait_for(lambda: stream.pending == 0)
+    first.stop()
+    for seq in range(5, 10):                            # produced while no learner is listening
+        stream.put(seq, make_chunk(seq, seq * 8), 8)
+    time.sleep(0.3)
+    assert stream.pending == 5
+    second = Learner(context, address, spec=first.server.spec)
+    assert wait_for(lambda: stream.pending == 0, timeout_s=15)
+    stream.close(1.0)
+    stats = second.server.stats()
+    second.stop()
+    assert stats["ingested_steps"] == 40                # the 5 chunks the first learner never saw
+    assert first.server.stats()["ingested_steps"] == 40
+
+
+def test_a_duplicate_chunk_is_acked_but_stored_once(context):
+    (port,) = free_tcp_ports(1)
+    address = f"tcp://127.0.0.1:{port}"
+    learner = Learner(context, address)
+    dealer = context.socket(zmq.DEALER)
+    dealer.connect(address)
+    wire.send(dealer, wire.Kind.HELLO, HELLO)
+    assert wire.recv(dealer).kind == wire.Kind.HELLO
+    for _ in range(3):
+        dealer.send_multipart(make_chunk(0, 0), copy=False)
+        reply = wire.recv(dealer)
+        assert reply.kind == wire.Kind.ACK and reply.meta["seq"] == 0
+    stats = learner.server.stats()
+    learner.stop()
+    dealer.close(0)
+    assert stats["duplicate_chunks"] == 2 and stats["ingested_steps"] == 8 and learner.replay.steps == 8
+
+
+def test_chunks_before_hello_and_off_spec_chunks_are_refused_not_stored(context):
+    (port,) = free_tcp_ports(1)
+    address = f"tcp://127.0.0.1:{port}"
+    learner = Learner(context, address)
+    dealer = context.socket(zmq.DEALER)
+    dealer.connect(address)
+    dealer.send_multipart(make_chunk(0, 0), copy=False)
+    reply = wire.recv(dealer)
+    assert reply.kind == wire.Kind.REFUSE and reply.meta["code"] == "hello_required"
+    wire.send(dealer, wire.Kind.HELLO, HELLO)
+    assert wire.recv(dealer).kind == wire.Kind.HELLO
+    bad = wire.encode(wire.Kind.CHUNK, {"actor_id": "a0", "stream": "s0", "episode_id": 0, "seq": 1, "n_steps": 2,
+                                        "stream_step": 0}, {"reward": np.zeros(2, np.float32)})
+    dealer.send_multipart(bad, copy=False)
+    dealer.send_multipart([b"garbage"], copy=False)
+    assert wait_for(lambda: learner.server.stats()["refused_chunks"] == 1 and learner.server.stats()["malformed"] == 1)
+    assert learner.replay.steps == 0
+    learner.stop()
+    dealer.close(0)
+
+
+def test_hello_with_another_spec_is_refused_naming_the_key(context):
+    (port,) = free_tcp_ports(1)
+    address = f"tcp://127.0.0.1:{port}"
+    learner = Learner(context, address, spec={k: v for k, v in SPEC.items()})
+    dealer = context.socket(zmq.DEALER)
+    dealer.connect(address)
+    other = dict(HELLO, spec={**HELLO["spec"], "obs/x": [[4], "float32"]})
+    wire.send(dealer, wire.Kind.HELLO, other)
+    reply = wire.recv(dealer)
+    learner.stop()
+    dealer.close(0)
+    assert reply.kind == wire.Kind.REFUSE and "'obs/x'" in reply.meta["reason"]
