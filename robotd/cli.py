@@ -18,13 +18,15 @@ from robotd import config as config_module
 from robotd import session
 
 EXIT_USAGE = 2
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "mock_arm.yaml"
 
 USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, RuntimeError, OSError)
 
 
 def add_common(parser: argparse.ArgumentParser, *, logdir_required: bool = False) -> None:
     """Arguments every process takes: the config file, overrides and the log directory."""
-    parser.add_argument("config", help="YAML config file (see configs/)")
+    parser.add_argument("config", nargs="?", default=str(DEFAULT_CONFIG),
+                        help="YAML config file (see configs/); default: the mock arm session")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override any config key by its dotted path, e.g. --set control.rate_hz=50")
     parser.add_argument("--logdir", required=logdir_required, default=None, help="session directory")

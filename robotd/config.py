@@ -189,6 +189,8 @@ def _convert(value: Any, tp, key: str, meta: dict) -> Any:
         if not isinstance(value, bool):
             raise ConfigError(f"config: {key} = {value!r} is not a boolean: give true or false")
     elif tp is str:
+        if isinstance(value, bool) and {"on", "off"} <= set(meta.get("choices") or ()):
+            value = "on" if value else "off"          # YAML 1.1 reads a bare on/off as a boolean
         if not isinstance(value, str):
             raise ConfigError(f"config: {key} = {value!r} is not a string: quote it")
     elif tp in (dict, list):

@@ -185,7 +185,7 @@ class Daemon:
         socket.setsockopt(zmq.ROUTER_HANDOVER, 1)
         bind_or_explain(socket, self.config.network.control, "control channel (network.control)")
         status = StatusPublisher(context, self.config.network.status, "daemon")
-        receiver = wire.Receiver("daemon", max_bytes=int(self.config.network.max_message_mb * 2**20))
+        self.receiver = receiver = wire.Receiver("daemon", max_bytes=int(self.config.network.max_message_mb * 2**20))
         for device in self.devices:
             device.connect()
         if hasattr(self.cameras[0] if self.cameras else None, "set_scene") and self.kind == "arm":

@@ -94,3 +94,8 @@ def test_digest_changes_with_what_processes_must_share():
     base = cfg.load(CONFIGS / "mock_arm.yaml")
     assert cfg.load(CONFIGS / "mock_arm.yaml", ["control.rate_hz=10"]).digest() == base.digest()
     assert cfg.load(CONFIGS / "mock_arm.yaml", ["task.episode_steps=50"]).digest() != base.digest()
+
+
+def test_bare_on_and_off_in_yaml_mean_the_words(tmp_path):
+    assert cfg.load(write(tmp_path, "control: {realtime: off}\n")).control.realtime == "off"
+    assert cfg.load(write(tmp_path, "control: {realtime: on}\n")).control.realtime == "on"
