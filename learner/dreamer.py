@@ -212,8 +212,12 @@ class Dreamer(nn.Module):
         self.model_optimiser = torch.optim.Adam(
             self.world_model.parameters(), lr=config.model_lr, eps=config.adam_eps
         )
-        self.actor_optimiser = torch.optim.Adam(self.actor.parameters(), lr=config.actor_lr, eps=config.adam_eps)
-        self.critic_optimiser = torch.optim.Adam(self.critic.parameters(), lr=config.critic_lr, eps=config.adam_eps)
+        self.actor_optimiser = torch.optim.Adam(
+            self.actor.parameters(), lr=config.actor_lr, eps=config.adam_eps
+        )
+        self.critic_optimiser = torch.optim.Adam(
+            self.critic.parameters(), lr=config.critic_lr, eps=config.adam_eps
+        )
         self.updates = 0
 
     def _policy_modules(self) -> dict[str, nn.Module]:
@@ -224,7 +228,7 @@ class Dreamer(nn.Module):
         return {"model": self.model_optimiser, "actor": self.actor_optimiser, "critic": self.critic_optimiser}
 
     def policy_state_dict(self) -> dict[str, torch.Tensor]:
-        """Copies, on the CPU, of only what ``Policy`` needs (encoder, RSSM, actor), keyed ``"<module>.<name>"``."""
+        """CPU copies of only what ``Policy`` needs (encoder, RSSM, actor), keyed ``"<module>.<name>"``."""
         return {
             f"{module_name}.{name}": value.detach().to("cpu", copy=True)
             for module_name, module in self._policy_modules().items()
@@ -305,6 +309,9 @@ class Dreamer(nn.Module):
         data["reward"] = to_tensor(batch["reward"], torch.float32)
         for key in ("is_first", "is_last", "is_terminal"):
             data[key] = to_tensor(batch[key], torch.bool)
+        if data["reward"].dim() != 2 or data["reward"].shape[1] < 2:
+            # Replayed returns need a next step to bootstrap from.
+            raise ValueError(f"reward must be (B, T) with T >= 2, got {tuple(data['reward'].shape)}")
         return data
 
     @torch.no_grad()
@@ -331,11 +338,11 @@ class Dreamer(nn.Module):
         """Actor and critic losses from imagination started at every posterior state ``(B, T, ...)``."""
         config = self.config
         batch, length = reward.shape
-        heads = self.world_model
+        world_model = self.world_model
         with torch.no_grad():
             features, actions = self._imagine(LatentState(start.deter.flatten(0, 1), start.stoch.flatten(0, 1)))
-            rewards = heads.reward_head.predict(heads.reward_head(features))
-            continues = torch.sigmoid(heads.continue_head(features))
+            rewards = world_model.reward_head.predict(world_model.reward_head(features))
+            continues = torch.sigmoid(world_model.continue_head(features))
             # The start state is real, so whether it continues is known.
             continues[:, 0] = 1.0 - is_terminal.flatten().float()
             values = self.critic.predict(self.critic(features))
@@ -360,7 +367,8 @@ class Dreamer(nn.Module):
             )
         ).mean()
 
-        replay_loss = self._replay_critic_loss(start, reward, is_last, is_terminal, returns[:, 0].reshape(batch, length))
+        imagined_returns = returns[:, 0].reshape(batch, length)
+        replay_loss = self._replay_critic_loss(start, reward, is_last, is_terminal, imagined_returns)
 
         metrics = {
             "loss/actor": actor_loss.detach(),
@@ -398,7 +406,8 @@ class Dreamer(nn.Module):
             )
             slow_values = self.slow_critic.predict(self.slow_critic(features[:, :-1]))
         logits = self.critic(features[:, :-1])
-        losses = self.critic.loss(logits, targets) + config.slow_critic_reg * self.critic.loss(logits, slow_values)
+        losses = self.critic.loss(logits, targets)
+        losses = losses + config.slow_critic_reg * self.critic.loss(logits, slow_values)
         return (not_last[:, :-1] * losses).mean()
 
     @torch.no_grad()

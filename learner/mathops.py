@@ -76,7 +76,7 @@ def twohot_decode(weights: torch.Tensor, bins: torch.Tensor) -> torch.Tensor:
 
 
 def twohot_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, bins: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy between the softmax of ``logits`` (..., num_bins) and the two-hot encoding of ``targets`` (...)."""
+    """Cross-entropy of the softmax of ``logits`` (..., num_bins) against the two-hot encoding of ``targets`` (...)."""
     return -(twohot_encode(targets, bins) * F.log_softmax(logits, dim=-1)).sum(-1)
 
 
@@ -133,7 +133,8 @@ class ReturnNormaliser(nn.Module):
         super().__init__()
         self.decay = decay
         self.limit = limit
-        self.register_buffer("quantiles", torch.tensor([low_percentile, high_percentile]) / 100.0, persistent=False)
+        quantiles = torch.tensor([low_percentile, high_percentile]) / 100.0
+        self.register_buffer("quantiles", quantiles, persistent=False)
         self.register_buffer("range_average", torch.zeros(()))
         self.register_buffer("count", torch.zeros((), dtype=torch.long))
 
@@ -186,5 +187,5 @@ def categorical_kl(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
 
 
 def free_bits(kl: torch.Tensor, free_nats: float) -> torch.Tensor:
-    """Clip a KL term below at ``free_nats``: once under it, the term stops pushing the model (zero gradient)."""
+    """Clip a KL term below at ``free_nats``: under it, the term stops pushing the model (zero gradient)."""
     return torch.clamp(kl, min=free_nats)

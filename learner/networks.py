@@ -43,7 +43,7 @@ def split_obs_spec(obs_spec: ObsSpec) -> tuple[dict[str, tuple[int, int, int]], 
             raise ValueError(f"observation key {key!r} must be non-empty and contain no '.'")
         shape = tuple(int(size) for size in shape)
         if np.dtype(dtype) == np.uint8 and len(shape) == 3:
-            images[key] = shape  # type: ignore[assignment]
+            images[key] = (shape[0], shape[1], shape[2])
         else:
             vectors[key] = shape
     return images, vectors
@@ -279,14 +279,17 @@ class NormGRUCell(nn.Module):
 
 
 class LatentState(NamedTuple):
-    """RSSM state: deterministic ``deter`` (..., deter) and one-hot stochastic ``stoch`` (..., stoch, classes)."""
+    """RSSM state: deterministic ``deter`` (..., deter), one-hot stochastic ``stoch`` (..., stoch, classes)."""
 
     deter: torch.Tensor
     stoch: torch.Tensor
 
 
 class RSSM(nn.Module):
-    """Recurrent state-space model: ``h_t = f(h_{t-1}, z_{t-1}, a_{t-1})``, ``z_t ~ q(z | h_t, x_t)`` or ``p(z | h_t)``.
+    """Recurrent state-space model.
+
+    ``h_t = f(h_{t-1}, z_{t-1}, a_{t-1})``; ``z_t ~ q(z | h_t, x_t)`` when observing, ``p(z | h_t)``
+    when imagining.
 
     The stochastic state is ``stoch`` categorical latents with ``classes`` classes each,
     mixed with ``unimix`` of uniform and sampled with straight-through gradients. Episodes
@@ -317,7 +320,10 @@ class RSSM(nn.Module):
             nn.Linear(deter, hidden), nn.RMSNorm(hidden), nn.SiLU(), nn.Linear(hidden, stoch * classes)
         )
         self.posterior_net = nn.Sequential(
-            nn.Linear(deter + embed_dim, hidden), nn.RMSNorm(hidden), nn.SiLU(), nn.Linear(hidden, stoch * classes)
+            nn.Linear(deter + embed_dim, hidden),
+            nn.RMSNorm(hidden),
+            nn.SiLU(),
+            nn.Linear(hidden, stoch * classes),
         )
         self.feature_dim = deter + stoch * classes
 
@@ -355,7 +361,7 @@ class RSSM(nn.Module):
     def observe_step(
         self, state: LatentState, action: torch.Tensor, embed: torch.Tensor
     ) -> tuple[LatentState, torch.Tensor]:
-        """One step filtered with an embedded observation; returns the state and the posterior log-probabilities."""
+        """One step filtered with an embedded observation; returns the state and posterior log-probabilities."""
         deter = self.recurrent_step(state, action)
         posterior = self.posterior_log_probs(deter, embed)
         return LatentState(deter, straight_through_sample(posterior)), posterior
@@ -385,9 +391,9 @@ class RSSM(nn.Module):
             deters.append(state.deter)
             stochs.append(state.stoch)
             posteriors.append(posterior)
-        deter = torch.stack(deters, dim=1)
+        states = LatentState(torch.stack(deters, dim=1), torch.stack(stochs, dim=1))
         # The prior depends on h alone, so it is computed for all steps at once after the loop.
-        return LatentState(deter, torch.stack(stochs, dim=1)), torch.stack(posteriors, dim=1), self.prior_log_probs(deter)
+        return states, torch.stack(posteriors, dim=1), self.prior_log_probs(states.deter)
 
 
 class TwoHotHead(nn.Module):

@@ -40,7 +40,8 @@ def test_bins_are_255_symmetric_symexp_spaced_bins_spanning_symlog_20():
     assert bins.shape == (255,)
     assert bins[127] == 0.0
     assert torch.equal(bins, -bins.flip(0))
-    torch.testing.assert_close(symlog(bins.double()), torch.linspace(-20, 20, 255, dtype=torch.float64), rtol=1e-5, atol=1e-5)
+    expected = torch.linspace(-20, 20, 255, dtype=torch.float64)
+    torch.testing.assert_close(symlog(bins.double()), expected, rtol=1e-5, atol=1e-5)
 
 
 def test_twohot_round_trip_recovers_values_including_large_and_negative():

@@ -1,0 +1,140 @@
+"""Whole sessions: `robotd train` with daemon, actor and learner as real processes."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from robotd.episodes import count_steps, read_episode
+
+ROOT = Path(__file__).resolve().parent.parent
+FAST = ["--set", "control.rate_hz=50", "--set", "control.action_deadline_ms=15", "--set", "actor.prefill_steps=100",
+        "--set", "learner.min_replay_steps=64", "--set", "learner.batch_size=4", "--set", "learner.batch_length=16",
+        "--set", "learner.publish_every_updates=2"]
+
+
+def session_processes(marker: str) -> list[str]:
+    """Command lines of live processes that mention ``marker`` (the session's log directory)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            state = (entry / "stat").read_text().split()[2]
+        except OSError:
+            continue
+        if marker in cmdline and state != "Z":
+            found.append(cmdline)
+    return found
+
+
+def ray_processes_since(pids_before: set[int]) -> list[str]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) not in pids_before:
+            try:
+                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if "ray" in cmdline and ("raylet" in cmdline or "gcs_server" in cmdline or "default_worker" in cmdline):
+                found.append(cmdline)
+    return found
+
+
+def train(config: str, logdir: Path, steps: int, extra=(), timeout_s=240) -> subprocess.CompletedProcess:
+    argv = [sys.executable, "-m", "robotd", "train", str(ROOT / "configs" / config), "--steps", str(steps),
+            "--logdir", str(logdir), *FAST, *extra]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s, cwd=ROOT)
+
+
+def assert_session_invariants(logdir: Path, steps: int | None) -> dict:
+    summary = json.loads((logdir / "summary.json").read_text())
+    if steps is not None:
+        assert summary["env_steps"] == steps
+    assert summary["logged_steps"] == summary["ingested_steps"] == summary["env_steps"] > 0
+    assert summary["lost_steps"] == 0
+    assert summary["unreadable_episodes"] == []
+    episode_files = sorted((logdir / "episodes").glob("*.h5"))
+    assert len(episode_files) == summary["episodes"]
+    assert sum(count_steps(p) for p in episode_files) == summary["logged_steps"]
+    return summary
+
+
+def test_a_short_arm_session_streams_trains_and_uses_new_weights(tmp_path):
+    pids_before = {int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()}
+    logdir = tmp_path / "arm"
+    result = train("mock_arm.yaml", logdir, 600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = assert_session_invariants(logdir, 600)
+    assert summary["policy_version_max"] >= 2, "weights never flowed back to the robot"
+    assert summary["learner_updates"] > 0
+    assert summary["control_rate_hz"] == pytest.approx(50, rel=0.05)
+    assert summary["period_error_ms"]["p50"] < 5
+    assert (logdir / "config.yaml").exists() and (logdir / "checkpoints" / "latest.pt").exists()
+    episode = read_episode(sorted((logdir / "episodes").glob("*.h5"))[0])
+    assert episode.steps["obs/image"].shape[1:] == (64, 64, 3)
+    assert episode.steps["is_first"][0] and episode.steps["is_last"][-1]
+    assert session_processes(str(logdir)) == []
+    assert ray_processes_since(pids_before) == []
+
+
+def test_ctrl_c_stops_everything_and_leaves_a_readable_session(tmp_path):
+    pids_before = {int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()}
+    logdir = tmp_path / "interrupted"
+    argv = [sys.executable, "-m", "robotd", "train", str(ROOT / "configs" / "mock_arm.yaml"), "--steps", "100000",
+            "--logdir", str(logdir), *FAST]
+    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline and len(list((logdir / "episodes").glob("*.h5"))) < 2:
+        time.sleep(0.5)
+    assert len(list((logdir / "episodes").glob("*.h5"))) >= 2, "the session never got going"
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr[-3000:]
+    summary = assert_session_invariants(logdir, None)
+    assert summary["exit_reason"] == "interrupted"
+    daemon = json.loads((logdir / "stats" / "daemon.json").read_text())
+    assert daemon["ticks"] > 0
+    assert session_processes(str(logdir)) == []
+    assert ray_processes_since(pids_before) == []
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("config", ["mock_arm.yaml", "mock_legged.yaml"])
+def test_the_acceptance_session_of_3000_steps(tmp_path, config):
+    logdir = tmp_path / config
+    argv = [sys.executable, "-m", "robotd", "train", str(ROOT / "configs" / config), "--steps", "3000",
+            "--logdir", str(logdir)]
+    started = time.monotonic()
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=400, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert time.monotonic() - started < 180
+    summary = assert_session_invariants(logdir, 3000)
+    assert summary["policy_version_max"] >= 2
+    assert session_processes(str(logdir)) == []
+
+
+def test_a_bad_config_fails_in_one_line_before_anything_starts(tmp_path):
+    argv = [sys.executable, "-m", "robotd", "train", str(ROOT / "configs" / "mock_arm.yaml"),
+            "--set", "control.rate_hz=0", "--logdir", str(tmp_path / "x")]
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "robotd train: error: config: control.rate_hz = 0.0 is out of range: allowed 1.0 to 1000.0"]
+    assert not (tmp_path / "x").exists()
+
+
+def test_an_unwritable_logdir_fails_in_one_line(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    argv = [sys.executable, "-m", "robotd", "train", str(ROOT / "configs" / "mock_arm.yaml"),
+            "--logdir", str(blocker / "session")]
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "is not writable" in lines[0] and "--logdir" in lines[0]
