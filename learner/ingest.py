@@ -165,8 +165,10 @@ class IngestServer(threading.Thread):
             log.warning("refused actor %s: %s", meta.get("actor_id"), reason)
             self._reply(identity, wire.Kind.REFUSE, {"reason": reason})
             return
-        self.peers[identity] = {"actor_id": meta.get("actor_id"), "stream": meta.get("stream")}
-        log.info("actor %s (stream %s) connected", meta.get("actor_id"), meta.get("stream"))
+        peer = {"actor_id": meta.get("actor_id"), "stream": meta.get("stream")}
+        if self.peers.get(identity) != peer:
+            log.info("actor %s (stream %s) connected", meta.get("actor_id"), meta.get("stream"))
+        self.peers[identity] = peer
         self._reply(identity, wire.Kind.HELLO, {"role": "learner", "session": meta.get("session", ""),
                                                 "instance": self.instance, "weights_port": self.weights_port})
 

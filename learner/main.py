@@ -55,6 +55,7 @@ class Learner:
 
     def __init__(self, config: Config, *, logdir: str):
         self.config = config
+        self.on_ray_started = lambda: None
         self.logdir = session.prepare(logdir)
         self.stop_requested = threading.Event()
         self.trainer: Trainer | None = None
@@ -77,6 +78,7 @@ class Learner:
         if checkpoint is not None:
             spec = {key: (tuple(shape), dtype) for key, (shape, dtype) in checkpoint["spec"].items()}
         ray = _start_ray(config)
+        self.on_ray_started()
         try:
             replay = ray.remote(num_cpus=0.25)(ReplayBuffer).remote(config.learner.replay_capacity_steps, config.seed)
             ingest = IngestServer(context, config.network.experience, config_digest=config.digest(),
@@ -156,7 +158,7 @@ class Learner:
                 trainer.save(publisher.version)
 
     def _status(self, status, ray, replay, trainer, publisher, updates_per_s) -> None:
-        if time.monotonic() - status._last < status.interval_s:
+        if not status.due():
             return
         replay_steps = ray.get(replay.stats.remote())["replay_steps"]
         status.publish({"replay_steps": replay_steps, "updates": trainer.updates, "updates_per_s": updates_per_s,
@@ -178,6 +180,11 @@ def run(config: Config, *, logdir: str) -> dict:
 
     def request_stop(signum, _frame):
         learner.stop_requested.set()
-    signal.signal(signal.SIGINT, request_stop)
-    signal.signal(signal.SIGTERM, request_stop)
+
+    def install_handlers():
+        # Ray's core worker installs its own SIGTERM handler (which aborts); ours must win.
+        signal.signal(signal.SIGINT, request_stop)
+        signal.signal(signal.SIGTERM, request_stop)
+    install_handlers()
+    learner.on_ray_started = install_handlers
     return learner.run()

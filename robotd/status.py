@@ -26,6 +26,10 @@ class StatusPublisher:
             self._socket.setsockopt(zmq.SNDHWM, 10)
             self._socket.connect(address)
 
+    def due(self) -> bool:
+        """True when the next publish would go out (lets callers skip gathering counters)."""
+        return self._socket is not None and time.monotonic() - self._last >= self.interval_s
+
     def publish(self, counters: dict, *, force: bool = False) -> None:
         """Sends the counters if the interval has passed (or ``force``); never blocks."""
         if self._socket is None:
