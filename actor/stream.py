@@ -132,20 +132,22 @@ class ExperienceStream(threading.Thread):
         if kind == wire.Kind.ACK:
             with self._lock:
                 self.acked_chunks += int(self.spool.ack(meta["seq"]))
-        elif kind in (wire.Kind.HELLO, wire.Kind.HEARTBEAT):
+        elif kind == wire.Kind.HELLO:
+            self.learner_reply = meta
             instance = meta.get("instance")
-            if kind == wire.Kind.HELLO:
-                self.learner_reply = meta
-            if instance is not None and self.instance is not None and instance != self.instance:
+            if self.accepted.is_set() and instance == self.instance:
+                return                      # the answer to a repeated hello: nothing new
+            self.instance = instance
+            self.accepted.set()
+            with self._lock:
+                self.spool.resend_all()
+        elif kind == wire.Kind.HEARTBEAT:
+            instance = meta.get("instance")
+            if self.instance is not None and instance != self.instance and self.accepted.is_set():
                 log.warning("learner restarted (instance %s -> %s): saying hello again and resending %d chunks",
                             self.instance, instance, len(self.spool))
                 self.reconnects += 1
                 self.accepted.clear()
-            if kind == wire.Kind.HELLO:
-                self.instance = instance
-                self.accepted.set()
-                with self._lock:
-                    self.spool.resend_all()
         elif kind == wire.Kind.REFUSE:
             if meta.get("code") == "hello_required":
                 self.accepted.clear()

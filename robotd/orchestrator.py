@@ -200,6 +200,10 @@ def summarize(root: Path, *, reason: str, wall_s: float, exit_codes: dict) -> di
     }
 
 
+def _ms(value) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
 def format_summary(summary: dict, root: Path) -> str:
     """A few readable lines for the end of a session."""
     period = summary.get("period_error_ms") or {}
@@ -208,9 +212,9 @@ def format_summary(summary: dict, root: Path) -> str:
         f"session {root}: {summary['exit_reason']} after {summary['wall_s']:.0f} s",
         f"  steps: env {summary['env_steps']}, logged {summary['logged_steps']}, ingested {summary['ingested_steps']}, "
         f"lost {summary['lost_steps']}, duplicate chunks {summary['duplicate_chunks']}, episodes {summary['episodes']}",
-        f"  control: {summary['control_rate_hz']:.2f} Hz, period error p50/p99/max "
-        f"{period.get('p50', 0):.3f}/{period.get('p99', 0):.3f}/{period.get('max', 0):.3f} ms "
-        f"(while training p99 {training.get('p99', 0):.3f} ms), late steps {summary['late_steps']}, "
+        f"  control: {summary['control_rate_hz'] or 0:.2f} Hz, period error p50/p99/max "
+        f"{_ms(period.get('p50'))}/{_ms(period.get('p99'))}/{_ms(period.get('max'))} ms "
+        f"(while training p99 {_ms(training.get('p99'))} ms), late steps {summary['late_steps']}, "
         f"stale readings {summary['stale_readings']}, {summary['scheduling']}",
         f"  learner: {summary['learner_updates']} updates, newest policy used v{summary['policy_version_max']}",
         f"  summary: {root / session.SUMMARY}",
