@@ -33,8 +33,6 @@ from robotd.status import StatusPublisher
 
 log = logging.getLogger("actor")
 
-HELLO_TIMEOUT_S = 10.0
-
 
 class DaemonError(RuntimeError):
     """The daemon cannot be reached or refused this actor."""
@@ -75,7 +73,8 @@ class Actor:
         socket.connect(self.config.network.control)
         wire.send(socket, wire.Kind.HELLO, {"role": "actor", "session": self.config.session,
                                              "actor_id": self.actor_id, "config_digest": self.config.digest()})
-        deadline = time.monotonic() + HELLO_TIMEOUT_S
+        timeout_s = self.config.actor.daemon_timeout_s
+        deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline and not self.stop_requested.is_set():
             if socket.poll(100):
                 message = self.receiver.decode(socket.recv_multipart(copy=False))
@@ -86,7 +85,7 @@ class Actor:
                 if message.kind == wire.Kind.HELLO:
                     return socket, message.meta
         socket.close(0)
-        raise DaemonError(f"daemon at {self.config.network.control} did not answer within {HELLO_TIMEOUT_S:.0f} s: "
+        raise DaemonError(f"daemon at {self.config.network.control} did not answer within {timeout_s:g} s: "
                           f"start `robotd daemon` first or fix network.control")
 
     def run(self) -> dict:

@@ -97,6 +97,7 @@ class ActorConfig:
     resend_after_s: float = spec(2.0, range=(0.05, 600.0), help="resend an unacked chunk after this long")
     drain_timeout_s: float = spec(10.0, range=(0.0, 600.0), help="at exit, wait this long for the learner to ack")
     threads: int = spec(1, range=(1, 64))
+    daemon_timeout_s: float = spec(10.0, range=(0.1, 600.0), help="how long to wait for the daemon's hello")
 
 
 @dataclass

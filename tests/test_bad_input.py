@@ -1,0 +1,67 @@
+"""Bad input from the outside: each gives one clear line, and nothing already collected is lost."""
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import zmq
+
+from robotd.episodes import count_steps
+from robotd.netutil import free_tcp_ports
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFIG = str(ROOT / "configs" / "mock_arm.yaml")
+
+
+def run(argv, timeout_s=60):
+    return subprocess.run([sys.executable, "-m", *argv], capture_output=True, text=True, timeout=timeout_s, cwd=ROOT)
+
+
+def error_lines(result) -> list[str]:
+    return [line for line in result.stderr.splitlines() if "error" in line.lower()]
+
+
+def test_a_port_already_in_use_is_named_with_what_to_do(tmp_path):
+    (port,) = free_tcp_ports(1)
+    context = zmq.Context()
+    holder = context.socket(zmq.ROUTER)
+    holder.bind(f"tcp://127.0.0.1:{port}")
+    try:
+        result = run(["robotd", "daemon", CONFIG, "--set", f"network.control=tcp://127.0.0.1:{port}",
+                      "--set", "control.realtime=off"])
+    finally:
+        holder.close(0)
+        context.term()
+    assert result.returncode == 2
+    assert error_lines(result) == [f"robotd daemon: error: control channel (network.control): tcp://127.0.0.1:{port} "
+                                   f"is already in use (another robotd running?): stop it or choose another port with --set"]
+
+
+def test_an_unreachable_daemon_is_named_in_one_line(tmp_path):
+    (port,) = free_tcp_ports(1)
+    result = run(["actor", CONFIG, "--set", f"network.control=tcp://127.0.0.1:{port}",
+                  "--set", "actor.daemon_timeout_s=0.5", "--logdir", str(tmp_path / "s")])
+    assert result.returncode == 2
+    assert error_lines(result) == [f"robotd actor: error: daemon at tcp://127.0.0.1:{port} did not answer within 0.5 s: "
+                                   f"start `robotd daemon` first or fix network.control"]
+
+
+def test_an_unreachable_learner_loses_nothing_the_robot_collected(tmp_path):
+    control, learner = free_tcp_ports(2)
+    logdir = tmp_path / "s"
+    common = [CONFIG, "--set", f"network.control=tcp://127.0.0.1:{control}", "--set", "control.rate_hz=50",
+              "--set", "control.action_deadline_ms=15", "--set", "control.realtime=off", "--logdir", str(logdir)]
+    daemon = subprocess.Popen([sys.executable, "-m", "robotd", "daemon", *common], cwd=ROOT,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        result = run(["actor", *common, "--learner", f"tcp://127.0.0.1:{learner}", "--steps", "320",
+                      "--set", "actor.drain_timeout_s=0.5"], timeout_s=90)
+    finally:
+        daemon.terminate()
+        daemon.wait(10)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "not answering" in result.stderr and "Experience is kept" in result.stderr
+    stats = json.loads((logdir / "stats" / "actor.json").read_text())
+    assert stats["env_steps"] == 320 and stats["unacked_chunks"] > 0
+    assert sum(count_steps(p) for p in (logdir / "episodes").glob("*.h5")) == 320
