@@ -65,12 +65,19 @@ def assert_session_invariants(logdir: Path, steps: int | None) -> dict:
     return summary
 
 
-def test_a_short_arm_session_streams_trains_and_uses_new_weights(tmp_path):
+def test_a_short_arm_session_streams_trains_uses_new_weights_and_survives_faults(tmp_path):
     pids_before = {int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()}
     logdir = tmp_path / "arm"
-    result = train("mock_arm.yaml", logdir, 600)
+    faults = ["--set", "robot.args.faults={protective_stop_at_s: 5.0}",
+              "--set", "cameras.0.args.faults={frozen_at_s: 3.0, frozen_for_s: 0.5}"]
+    result = train("mock_arm.yaml", logdir, 600, faults)
     assert result.returncode == 0, result.stderr[-3000:]
     summary = assert_session_invariants(logdir, 600)
+    assert summary["protective_stops"] == 1
+    assert summary["stale_readings"] > 0                                  # the frozen camera aged past max_age_ms
+    stopped = [read_episode(p) for p in sorted((logdir / "episodes").glob("*.h5"))]
+    stopped = [e for e in stopped if "protective_stop" in list(e.attrs.get("flags", []))]
+    assert len(stopped) == 1 and stopped[0].steps["is_last"][-1]
     assert summary["policy_version_max"] >= 2, "weights never flowed back to the robot"
     assert summary["learner_updates"] > 0
     assert summary["control_rate_hz"] == pytest.approx(50, rel=0.05)
