@@ -72,7 +72,7 @@ class Learner:
         weights_socket.setsockopt(zmq.LINGER, 0)
         weights_socket.setsockopt(zmq.SNDHWM, 4)
         weights_address = bind_or_explain(weights_socket, config.network.weights, "weights channel (network.weights)")
-        publisher = WeightPublisher(context, weights_socket)
+        publisher = WeightPublisher(weights_socket)
         checkpoint = read_checkpoint(self.logdir / session.CHECKPOINTS / CHECKPOINT_FILE)
         spec = None
         if checkpoint is not None:

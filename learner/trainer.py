@@ -67,7 +67,7 @@ class Prefetcher(threading.Thread):
 class WeightPublisher:
     """PUB socket that sends the policy weights with a version number (latest only)."""
 
-    def __init__(self, context: zmq.Context, socket: zmq.Socket):
+    def __init__(self, socket: zmq.Socket):
         self.socket = socket
         self.version = 0
         self._last: list | None = None
@@ -120,7 +120,9 @@ class Trainer:
 
     def train(self, batch: dict[str, np.ndarray]) -> dict[str, float]:
         """One full update (world model + actor + critic)."""
-        metrics = self.agent.train_step(steps.training_batch(batch))
+        # Ray hands back read-only arrays; torch wants writable ones.
+        writable = {key: np.require(value, requirements="W") for key, value in steps.training_batch(batch).items()}
+        metrics = self.agent.train_step(writable)
         self.replayed_steps += int(np.prod(batch[steps.REWARD].shape))
         self.last_metrics = metrics
         return metrics

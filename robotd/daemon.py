@@ -102,7 +102,7 @@ class Daemon:
         for device in self.devices:
             reading = device.read()
             estimator = self.estimators[device.name]
-            previous = timing_prev = self._last_hw.get(device.name)
+            previous = self._last_hw.get(device.name)
             if previous is None or reading.hw_time_ns != previous:
                 estimator.update(reading.hw_time_ns, reading.host_time_ns)
             self._last_hw[device.name] = reading.hw_time_ns
@@ -112,7 +112,7 @@ class Daemon:
             timing[device.name] = {"hw_time_ns": int(reading.hw_time_ns), "host_time_ns": int(reading.host_time_ns),
                                    "age_ns": int(age_ns), "domain": reading.domain, "stale": bool(stale),
                                    "frame_number": -1 if reading.frame_number is None else int(reading.frame_number),
-                                   "repeated": timing_prev == reading.hw_time_ns}
+                                   "repeated": previous == reading.hw_time_ns}
             for key, value in reading.values.items():
                 arrays[f"{device.name}/{key}"] = np.ascontiguousarray(value)
         return arrays, timing

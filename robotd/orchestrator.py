@@ -13,6 +13,7 @@ import dataclasses
 import glob
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -123,7 +124,11 @@ def train(config: Config, *, logdir: str, steps: int | None, config_path: str) -
             now = time.monotonic()
             if now - last_print >= (0.5 if tty else 10.0):
                 line = format_line(collector.latest)
-                print(f"\r{line[:200]:<200}" if tty else line, end="" if tty else "\n", file=sys.stderr, flush=True)
+                if tty:
+                    width = shutil.get_terminal_size((120, 20)).columns - 1
+                    print(f"\r{line[:width]:<{width}}", end="", file=sys.stderr, flush=True)
+                else:
+                    print(line, file=sys.stderr, flush=True)
                 last_print = now
             if interrupted:
                 reason = "interrupted"
