@@ -254,7 +254,7 @@ class Actor:
                   for key, (shape, dtype) in self.step_spec.items()}
         meta = {"actor_id": self.actor_id, "stream": self.stream_id, "episode_id": self.episode_id,
                 "seq": self.seq, "n_steps": len(rows), "stream_step": self.stream_step}
-        self.stream.put(self.seq, wire.encode(wire.Kind.CHUNK, meta, arrays), len(rows))
+        self.stream.put(self.seq, wire.encode(wire.Kind.CHUNK, meta, arrays), len(rows), self.stream_step)
         self.seq += 1
         self.stream_step += len(rows)
         self.counters["chunks"] += 1

@@ -25,6 +25,7 @@ class ChunkSpool:
         self._spilled: dict[int, Path] = {}
         self._sent_at: dict[int, float | None] = {}
         self._steps: dict[int, int] = {}
+        self._first_step: dict[int, int] = {}
         self.spilled_total = 0
 
     def __len__(self) -> int:
@@ -35,11 +36,12 @@ class ChunkSpool:
         """Steps in chunks not yet acknowledged."""
         return sum(self._steps.values())
 
-    def add(self, seq: int, frames: list, n_steps: int) -> None:
+    def add(self, seq: int, frames: list, n_steps: int, stream_step: int) -> None:
         """Keeps a new chunk (its frames are copied to bytes here)."""
         self._memory[seq] = [bytes(frame) for frame in frames]
         self._sent_at[seq] = None
         self._steps[seq] = n_steps
+        self._first_step[seq] = stream_step
         while len(self._memory) > self.memory_chunks:
             self._spill_oldest()
 
@@ -77,11 +79,16 @@ class ChunkSpool:
             return False
         del self._sent_at[seq]
         del self._steps[seq]
+        del self._first_step[seq]
         self._memory.pop(seq, None)
         path = self._spilled.pop(seq, None)
         if path is not None:
             path.unlink(missing_ok=True)
         return True
+
+    def lowest_pending_step(self) -> int | None:
+        """The first stream step of the oldest unacknowledged chunk (None when all are acked)."""
+        return min(self._first_step.values(), default=None)
 
     def due(self, now_s: float, resend_after_s: float, limit: int = 64) -> list[int]:
         """Chunks never sent, or sent longer than ``resend_after_s`` ago, oldest first."""

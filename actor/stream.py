@@ -50,10 +50,11 @@ class ExperienceStream(threading.Thread):
         self._drain_deadline: float | None = None
         self._lock = threading.Lock()
         self.last_heard_s = time.monotonic()
+        self.emitted_steps = 0
 
-    def put(self, seq: int, frames: list, n_steps: int) -> None:
+    def put(self, seq: int, frames: list, n_steps: int, stream_step: int) -> None:
         """Hands a chunk to the stream (called by the control loop; returns at once)."""
-        self.inbox.put((seq, frames, n_steps))
+        self.inbox.put((seq, frames, n_steps, stream_step))
 
     @property
     def pending(self) -> int:
@@ -83,7 +84,7 @@ class ExperienceStream(threading.Thread):
                     break
                 if not self.accepted.is_set():
                     if now - last_hello >= HELLO_RETRY_S and self.refused_reason is None:
-                        wire.send(socket, wire.Kind.HELLO, self.hello_meta, flags=zmq.NOBLOCK)
+                        wire.send(socket, wire.Kind.HELLO, self._hello(), flags=zmq.NOBLOCK)
                         last_hello = now
                 else:
                     self._send_due(socket, now)
@@ -107,14 +108,21 @@ class ExperienceStream(threading.Thread):
         finally:
             socket.close(0)
 
+    def _hello(self) -> dict:
+        """Hello with ``acked_through``: every stream step below it was acknowledged by some learner."""
+        with self._lock:
+            lowest = self.spool.lowest_pending_step()
+        return {**self.hello_meta, "acked_through": self.emitted_steps if lowest is None else lowest}
+
     def _take_inbox(self) -> None:
         while True:
             try:
-                seq, frames, n_steps = self.inbox.get_nowait()
+                seq, frames, n_steps, stream_step = self.inbox.get_nowait()
             except queue.Empty:
                 return
             with self._lock:
-                self.spool.add(seq, frames, n_steps)
+                self.spool.add(seq, frames, n_steps, stream_step)
+                self.emitted_steps = max(self.emitted_steps, stream_step + n_steps)
 
     def _send_due(self, socket, now: float) -> None:
         for seq in self.spool.due(now, self.resend_after_s):
@@ -137,17 +145,18 @@ class ExperienceStream(threading.Thread):
             instance = meta.get("instance")
             if self.accepted.is_set() and instance == self.instance:
                 return                      # the answer to a repeated hello: nothing new
+            if self.instance is not None and instance != self.instance:
+                self.reconnects += 1
+                log.warning("learner restarted (instance %s -> %s): resending %d unacknowledged chunks",
+                            self.instance, instance, len(self.spool))
             self.instance = instance
             self.accepted.set()
             with self._lock:
                 self.spool.resend_all()
         elif kind == wire.Kind.HEARTBEAT:
             instance = meta.get("instance")
-            if self.instance is not None and instance != self.instance and self.accepted.is_set():
-                log.warning("learner restarted (instance %s -> %s): saying hello again and resending %d chunks",
-                            self.instance, instance, len(self.spool))
-                self.reconnects += 1
-                self.accepted.clear()
+            if self.instance is not None and instance != self.instance:
+                self.accepted.clear()       # a new learner: say hello again
         elif kind == wire.Kind.REFUSE:
             if meta.get("code") == "hello_required":
                 self.accepted.clear()

@@ -58,7 +58,12 @@ class IngestLedger:
     def __init__(self):
         self.streams: dict[str, _Intervals] = {}
         self.seqs: dict[str, set[int]] = {}
+        self.bases: dict[str, int] = {}
         self.duplicate_chunks = 0
+
+    def start_stream(self, stream: str, acked_through: int) -> None:
+        """Steps of ``stream`` below ``acked_through`` were acknowledged before (by an earlier learner)."""
+        self.bases.setdefault(stream, acked_through)
 
     def is_duplicate(self, stream: str, seq: int, stream_step: int, n_steps: int) -> bool:
         """True when this chunk (by sequence number or by its steps) was stored already."""
@@ -79,8 +84,9 @@ class IngestLedger:
 
     @property
     def lost_steps(self) -> int:
-        """Steps inside each stream's received range that never arrived."""
-        return sum(i.end - i.covered for i in self.streams.values())
+        """Steps of each stream, from where this learner took it over to the newest received, that never arrived."""
+        return sum(max(0, i.end - self.bases.get(stream, 0) - i.covered)
+                   for stream, i in self.streams.items() if i.spans)
 
 
 class IngestServer(threading.Thread):
@@ -166,6 +172,10 @@ class IngestServer(threading.Thread):
             self._reply(identity, wire.Kind.REFUSE, {"reason": reason})
             return
         peer = {"actor_id": meta.get("actor_id"), "stream": meta.get("stream")}
+        acked_through = meta.get("acked_through", 0)
+        with self.lock:
+            self.ledger.start_stream(f"{peer['actor_id']}/{peer['stream']}",
+                                     acked_through if isinstance(acked_through, int) else 0)
         if self.peers.get(identity) != peer:
             log.info("actor %s (stream %s) connected", meta.get("actor_id"), meta.get("stream"))
         self.peers[identity] = peer

@@ -69,6 +69,14 @@ def test_ledger_counts_duplicates_and_unfilled_gaps():
     assert ledger.lost_steps == 0 and ledger.ingested_steps == 30
 
 
+def test_ledger_of_a_restarted_learner_counts_only_from_where_it_took_over():
+    ledger = IngestLedger()
+    ledger.start_stream("s", 96)                     # the actor says: everything below 96 was acked before
+    ledger.record("s", 12, 96, 32)
+    ledger.record("s", 14, 160, 32)
+    assert ledger.lost_steps == 32 and ledger.ingested_steps == 64
+
+
 def test_every_chunk_is_acked_after_storage_and_resends_are_dropped(context, tmp_path):
     (port,) = free_tcp_ports(1)
     address = f"tcp://127.0.0.1:{port}"
@@ -77,7 +85,7 @@ def test_every_chunk_is_acked_after_storage_and_resends_are_dropped(context, tmp
     stream = ExperienceStream(context, address, HELLO, spool, resend_after_s=0.05, max_bytes=2**24)
     stream.start()
     for seq in range(20):
-        stream.put(seq, make_chunk(seq, seq * 8), 8)
+        stream.put(seq, make_chunk(seq, seq * 8), 8, seq * 8)
     assert wait_for(lambda: stream.pending == 0)
     assert stream.close(1.0)
     stats = learner.server.stats()
@@ -95,11 +103,11 @@ def test_a_restarted_learner_gets_every_unacked_chunk_and_nothing_is_lost(contex
     stream = ExperienceStream(context, address, HELLO, spool, resend_after_s=0.2, max_bytes=2**24)
     stream.start()
     for seq in range(5):
-        stream.put(seq, make_chunk(seq, seq * 8), 8)
+        stream.put(seq, make_chunk(seq, seq * 8), 8, seq * 8)
     assert wait_for(lambda: stream.pending == 0)
     first.stop()
     for seq in range(5, 10):                            # produced while no learner is listening
-        stream.put(seq, make_chunk(seq, seq * 8), 8)
+        stream.put(seq, make_chunk(seq, seq * 8), 8, seq * 8)
     time.sleep(0.3)
     assert stream.pending == 5
     second = Learner(context, address, spec=first.server.spec)
@@ -108,6 +116,8 @@ def test_a_restarted_learner_gets_every_unacked_chunk_and_nothing_is_lost(contex
     stats = second.server.stats()
     second.stop()
     assert stats["ingested_steps"] == 40                # the 5 chunks the first learner never saw
+    assert stats["lost_steps"] == 0
+    assert stream.reconnects == 1
     assert first.server.stats()["ingested_steps"] == 40
 
 
