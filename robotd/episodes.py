@@ -2,39 +2,40 @@
 
 Layout (LAYOUT_VERSION = 1), defined here and nowhere else::
 
-    <path>.h5
+    <name>.h5
       attrs    layout_version, session, actor_id, episode_id, robot, task,
                control_rate_hz, started_at (ISO 8601 str), any extra attrs given,
-               closed (bool, False until close() succeeds), flags (list of str, set by close())
-      n_steps  scalar int64: how many leading rows of every steps/ dataset hold whole steps
-      steps/<key>  (T, *shape) one dataset per step key, resizable and chunked along time;
-               uint8 arrays with ndim >= 3 per step (images) are compressed, one frame per chunk
+               closed (bool), flags (list of str, set by close() and recover())
+      steps/<key>  (T, *shape) one dataset per step key, chunked along time;
+               uint8 arrays with ndim >= 3 per step (images) are gzip-compressed, one frame per chunk
       stats/   attrs: the per-episode stats given to close()
+    <name>.h5.journal   only while the episode is open, or after its writer died
 
-Durability. HDF5 is not crash safe by itself: a file open for ordinary writing is
-marked open in its superblock and cannot be opened after its writer dies, and the
-library writes metadata in no particular order. The writer therefore uses HDF5's
-single-writer/multiple-reader (SWMR) mode, whose flush orders every metadata write
-so that the file on disk is consistent at every instant. Each append writes the step,
-flushes, then bumps ``n_steps`` and flushes again, so ``n_steps`` never counts a step
-whose data is not on disk; readers trust ``n_steps``, not the dataset extents (which
-grow ahead in blocks). A file appears under its final name only once it is in SWMR
-mode, and close() finishes a copy of the file and renames it over the original, so a
-process killed at any instant, during close() included, leaves a readable file
-holding every step whose append() returned. A replay of every write the writer makes,
-cut after each write and at each page boundary within a write, opened and verified
-at every cut, is how this scheme was chosen. The guarantee covers the process dying,
-not the machine losing power: that would need an fsync per step.
+Durability. An HDF5 file is not crash safe: one killed while open for writing is
+marked open in its superblock and no longer opens, and HDF5's SWMR mode, which keeps
+the file consistent between writes, still leaves metadata blocks that a kill can cut
+mid-write, after which a SWMR reader retries for many minutes and then fails. So the
+durable record of an open episode is a sidecar journal: a header with the spec and
+attrs, then one fixed-size record per step (step number, every key's raw bytes, a
+CRC-32), each written with a single pwrite at its own offset. An append is on disk
+(in the kernel's page cache) when it returns; a record cut short by a kill fails its
+CRC and is the only one lost. The HDF5 file is written alongside without per-step
+flushes, and close() finishes it and only then deletes the journal. Readers use the
+HDF5 file once it is closed and the journal otherwise, so a process killed at any
+instant, during close() included, leaves every step whose append() returned.
+recover() turns a dead writer's journal into an ordinary HDF5 file. The guarantee
+covers the process dying, not the machine losing power: that needs an fsync per step.
 """
 
 from __future__ import annotations
 
-import contextlib
 import datetime
+import json
 import math
 import os
-import shutil
-from collections.abc import Iterator, Mapping
+import struct
+import zlib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -48,16 +49,19 @@ _WRITER_ATTRS = ("layout_version", "closed", "flags")
 
 _STEPS = "steps"
 _STATS = "stats"
-_COUNT = "n_steps"
+_JOURNAL_SUFFIX = ".journal"
+_JOURNAL_MAGIC = b"RBTDJRN1"
+_U32 = struct.Struct("<I")
+_U64 = struct.Struct("<Q")
+_STEP_NUMBER = "/step_number"
+_CRC = "/crc"
 
-# Datasets grow this many steps at a time: a resize rewrites every dataset's header,
-# which is the slowest part of an append, and readers go by n_steps anyway.
+# Datasets grow this many steps at a time and are trimmed on close(): growing rewrites
+# every dataset's header, the slowest part of an append.
 _GROW_STEPS = 256
-# Small per-step arrays are rewritten in place at every flush, so their chunks stay
-# uncompressed (a compressed chunk changes size and moves) and about this big.
-_SMALL_CHUNK_BYTES = 8192
-_MAX_CHUNK_STEPS = 1024
-# gzip is readable by every HDF5 tool; level 1 keeps a 64x64x3 frame well under 1 ms.
+_SMALL_CHUNK_BYTES = 65536
+_MAX_CHUNK_STEPS = 4096
+# gzip is readable by every HDF5 tool; level 1 compresses a 64x64x3 frame in well under 1 ms.
 _IMAGE_COMPRESSION = {"compression": "gzip", "compression_opts": 1}
 
 
@@ -66,7 +70,7 @@ class LayoutVersionError(ValueError):
 
 
 class EpisodeData(NamedTuple):
-    """Everything read back from one episode file."""
+    """Everything read back from one episode."""
 
     steps: dict[str, np.ndarray]
     attrs: dict[str, Any]
@@ -81,36 +85,29 @@ class EpisodeWriter:
     per-step shape and dtype, e.g. ``{"obs/image": ((64, 64, 3), "uint8")}``.
     ``attrs`` must hold session, actor_id, episode_id, robot, task and
     control_rate_hz; started_at defaults to now (UTC); any other attrs are kept too.
-    The file is created at ``path`` and is never overwritten.
+    The file is created at ``path`` and never overwritten.
     """
 
     def __init__(self, path: str | Path, spec: dict[str, tuple[tuple[int, ...], str]], attrs: dict) -> None:
         self._path = Path(path)
-        if self._path.exists():
-            raise FileExistsError(f"episode file {self._path} already exists; give each episode its own path")
+        for existing in (self._path, _journal_path(self._path)):
+            if existing.exists():
+                raise FileExistsError(f"episode file {existing} already exists; give each episode its own path")
         self._spec = _checked_spec(spec)
         file_attrs = _checked_attrs(attrs)
         self._n_steps = 0
         self._capacity_steps = 0
         self._closed = False
         self._path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = _tmp_path(self._path)
-        # Built under a temporary name, so the final name only ever names a file in
-        # SWMR mode: a file killed before that is marked open and cannot be read.
-        # 8-byte alignment keeps n_steps inside one page, so no write of it is torn.
-        self._file = h5py.File(tmp, "w", libver="latest", alignment_threshold=8, alignment_interval=8)
+        # The journal comes first, so an HDF5 file that exists always has its steps
+        # somewhere readable until it is closed.
+        self._journal = _JournalWriter(_journal_path(self._path), self._spec, file_attrs)
         try:
-            self._count = self._file.create_dataset(_COUNT, data=np.int64(0))
-            self._file.attrs.update(file_attrs)
-            self._file.create_group(_STATS)
-            self._rows = {key: _RowWriter(_create_step_dataset(self._file, key, shape, dtype)) for key, (shape, dtype) in self._spec.items()}
-            self._file.swmr_mode = True
-            self._file.flush()
-            os.replace(tmp, self._path)
+            self._file = _create_h5(self._path, self._spec, file_attrs)
         except BaseException:
-            self._file.close()
-            tmp.unlink(missing_ok=True)
+            self._journal.discard()
             raise
+        self._rows = {key: _RowWriter(self._file[f"{_STEPS}/{key}"]) for key in self._spec}
 
     @property
     def path(self) -> Path:
@@ -130,40 +127,36 @@ class EpisodeWriter:
         if self._closed:
             raise ValueError(f"episode {self._path} is closed; start a new EpisodeWriter for more steps")
         values = self._checked_step(step)
-        row = self._n_steps
-        if row >= self._capacity_steps:
+        index = self._n_steps
+        if index >= self._capacity_steps:
             self._capacity_steps += _GROW_STEPS
             for rows in self._rows.values():
                 rows.resize(self._capacity_steps)
         for key, value in values.items():
-            self._rows[key].write(row, value)
-        # The step must be on disk before n_steps counts it, hence two flushes.
-        self._file.flush()
-        self._count[()] = row + 1
-        self._file.flush()
-        self._n_steps = row + 1
+            self._rows[key].write(index, value)
+        # Last, so the journal never holds a step whose append raised.
+        self._journal.write(index, values)
+        self._n_steps = index + 1
 
     def close(self, stats: dict | None = None, flags: list[str] | None = None) -> None:
         """Marks the episode complete, storing its stats and flags (e.g. "timeout").
 
-        The finished file replaces the open one in a single rename, so a kill
-        during close() leaves either of them, each with every step.
+        A kill during close() leaves the journal, so the steps survive; only the
+        stats and flags would be lost.
         """
         if self._closed:
             raise ValueError(f"episode {self._path} is already closed")
         stored_stats = {name: _storable("stat", name, value) for name, value in (stats or {}).items()}
         stored_flags = _checked_flags(flags or [])
         self._closed = True
+        for rows in self._rows.values():
+            rows.resize(self._n_steps)
+        self._file[_STATS].attrs.update(stored_stats)
+        self._file.attrs["flags"] = stored_flags
+        self._file.attrs["closed"] = True
+        # HDF5 marks the file closed in its superblock only after everything else is written.
         self._file.close()
-        tmp = _tmp_path(self._path)
-        shutil.copyfile(self._path, tmp)
-        with h5py.File(tmp, "r+", libver="latest") as file:
-            for dataset in _step_datasets(file).values():
-                dataset.resize(self._n_steps, axis=0)
-            file[_STATS].attrs.update(stored_stats)
-            file.attrs["flags"] = stored_flags
-            file.attrs["closed"] = True
-        os.replace(tmp, self._path)
+        self._journal.discard()
 
     def __enter__(self) -> EpisodeWriter:
         return self
@@ -188,6 +181,159 @@ class EpisodeWriter:
                 raise ValueError(f"step key {key!r} has dtype {value.dtype}, which does not fit the spec's {dtype}; convert the value first")
             values[key] = value
         return values
+
+
+def read_episode(path: str | Path) -> EpisodeData:
+    """Reads every whole step of an episode, whether it was closed or its writer died.
+
+    Raises ValueError naming the file when it cannot be read, and
+    LayoutVersionError when it was written with another layout.
+    """
+    path = Path(path)
+    file = _open_closed_h5(path)
+    if file is None:
+        header, records = _read_journal(_journal_path(path))
+        spec = _spec_from_header(header)
+        steps = {key: records[key].astype(dtype) for key, (_, dtype) in spec.items()}
+        return EpisodeData(steps=steps, attrs=dict(header["attrs"]), stats={}, complete=False)
+    with file:
+        try:
+            steps = {key: dataset[()] for key, dataset in _step_datasets(file).items()}
+            attrs = {name: _plain(value) for name, value in file.attrs.items()}
+            stats = {name: _plain(value) for name, value in file[_STATS].attrs.items()} if _STATS in file else {}
+        except (OSError, KeyError, RuntimeError) as error:
+            raise ValueError(f"episode file {path} cannot be read: {error}") from error
+    return EpisodeData(steps=steps, attrs=attrs, stats=stats, complete=bool(attrs.get("closed", False)))
+
+
+def count_steps(path: str | Path) -> int:
+    """Whole steps in an episode, found without reading the step data."""
+    path = Path(path)
+    file = _open_closed_h5(path)
+    if file is None:
+        return _count_journal_steps(_journal_path(path))
+    with file:
+        lengths = {dataset.shape[0] for dataset in _step_datasets(file).values()}
+    if len(lengths) != 1:
+        raise ValueError(f"episode file {path} has step datasets of lengths {sorted(lengths)}; expected one common length")
+    return lengths.pop()
+
+
+def recover(path: str | Path) -> int:
+    """Rewrites an episode whose writer died as an ordinary HDF5 file and returns its step count.
+
+    The steps come from the journal; the file gets closed=False and flags
+    ["recovered"], and the journal is removed. A closed episode is left as it is,
+    apart from removing a journal that a close() cut short left behind.
+    """
+    path = Path(path)
+    journal = _journal_path(path)
+    file = _open_closed_h5(path)
+    if file is not None:
+        file.close()
+        journal.unlink(missing_ok=True)
+        return count_steps(path)
+    header, records = _read_journal(journal)
+    spec = _spec_from_header(header)
+    attrs = {name: _storable("attr", name, value) for name, value in header["attrs"].items()}
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.unlink(missing_ok=True)
+    with _create_h5(tmp, spec, attrs) as rebuilt:
+        for key in spec:
+            dataset = rebuilt[f"{_STEPS}/{key}"]
+            dataset.resize(len(records), axis=0)
+            dataset[...] = records[key]
+        rebuilt.attrs["flags"] = _checked_flags(["recovered"])
+    # The journal goes only once the rebuilt file is in place, so a kill here loses nothing.
+    os.replace(tmp, path)
+    journal.unlink()
+    return len(records)
+
+
+def _journal_path(path: Path) -> Path:
+    return path.with_name(path.name + _JOURNAL_SUFFIX)
+
+
+def _open_closed_h5(path: Path) -> h5py.File | None:
+    """Opens the episode's HDF5 file, or returns None when its steps must come from the journal."""
+    has_journal = _journal_path(path).exists()
+    if not path.exists():
+        if has_journal:
+            return None
+        raise FileNotFoundError(f"episode file {path} does not exist")
+    try:
+        file = h5py.File(path, "r")
+    except OSError as error:
+        if has_journal:
+            return None
+        raise ValueError(f"episode file {path} cannot be opened ({error}) and has no journal to read its steps from") from error
+    try:
+        _check_layout_version(path, file.attrs.get("layout_version"))
+    except LayoutVersionError:
+        file.close()
+        raise
+    # An unclosed file beside a journal is being written by this very process, or is a
+    # recovery cut short; either way the journal has every step.
+    if has_journal and not file.attrs.get("closed", False):
+        file.close()
+        return None
+    return file
+
+
+def _check_layout_version(path: Path, version: Any) -> None:
+    version = _plain(version)
+    if version != LAYOUT_VERSION:
+        raise LayoutVersionError(
+            f"episode file {path} has layout_version {version}, but this build reads layout_version {LAYOUT_VERSION}; "
+            "read it with the robotd version that wrote it"
+        )
+
+
+def _create_h5(path: Path, spec: dict[str, tuple[tuple[int, ...], np.dtype]], attrs: dict[str, Any]) -> h5py.File:
+    """Creates an episode file with its attrs and empty step datasets, open for writing."""
+    # The latest format records "open for writing" in the superblock, so a file whose
+    # writer died is refused by HDF5 instead of read half-written.
+    file = h5py.File(path, "x", libver="latest")
+    try:
+        file.attrs.update(attrs)
+        file.create_group(_STATS)
+        for key, (shape, dtype) in spec.items():
+            _create_step_dataset(file, key, shape, dtype)
+    except BaseException:
+        file.close()
+        path.unlink()
+        raise
+    return file
+
+
+def _create_step_dataset(file: h5py.File, key: str, shape: tuple[int, ...], dtype: np.dtype) -> h5py.Dataset:
+    if dtype == np.uint8 and len(shape) >= 3:
+        # An image per chunk: replay samples frames one by one.
+        chunk_steps, compression = 1, _IMAGE_COMPRESSION
+    else:
+        row_bytes = math.prod(shape) * dtype.itemsize
+        chunk_steps, compression = max(1, min(_MAX_CHUNK_STEPS, _SMALL_CHUNK_BYTES // row_bytes)), {}
+    return file.create_dataset(
+        f"{_STEPS}/{key}",
+        shape=(0, *shape),
+        maxshape=(None, *shape),
+        dtype=dtype,
+        chunks=(chunk_steps, *shape),
+        **compression,
+    )
+
+
+def _step_datasets(file: h5py.File) -> dict[str, h5py.Dataset]:
+    if _STEPS not in file:
+        raise ValueError(f"episode file {file.filename} has no '{_STEPS}' group; it is not an episode file")
+    datasets = {}
+
+    def collect(name: str, item: h5py.HLObject) -> None:
+        if isinstance(item, h5py.Dataset):
+            datasets[name] = item
+
+    file[_STEPS].visititems(collect)
+    return datasets
 
 
 class _RowWriter:
@@ -217,64 +363,127 @@ class _RowWriter:
         self._id.write(self._memory_space, self._file_space, data)
 
 
-def read_episode(path: str | Path) -> EpisodeData:
-    """Reads every whole step of an episode, whether it was closed or its writer died.
+class _JournalWriter:
+    """Appends steps to an episode's journal: the durable record until close().
 
-    Raises ValueError naming the file when it cannot be read, and
-    LayoutVersionError when it was written with another layout.
+    Layout: magic, header length, JSON header (layout_version, spec, attrs), its CRC-32,
+    then fixed-size records of step number, each key's bytes in spec order and a CRC-32.
     """
-    with _open_episode(path) as (file, n_steps):
+
+    def __init__(self, path: Path, spec: dict[str, tuple[tuple[int, ...], np.dtype]], attrs: dict[str, Any]) -> None:
+        self._path = path
+        header = _journal_header(spec, attrs)
+        self._records_offset = len(header)
+        self._record = np.zeros((), dtype=_record_dtype(spec, with_crc=False))
+        self._record_size = self._record.itemsize + _U32.size
+        # Written aside and renamed, so a journal never exists with half a header.
+        tmp = path.with_name(path.name + ".tmp")
+        self._fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
-            steps = {}
-            for key, dataset in _step_datasets(file).items():
-                if dataset.shape[0] < n_steps:
-                    raise ValueError(f"episode file {path}: steps/{key} holds {dataset.shape[0]} steps but n_steps is {n_steps}; the file is damaged")
-                steps[key] = dataset[:n_steps]
-            attrs = {name: _plain(value) for name, value in file.attrs.items()}
-            stats = {name: _plain(value) for name, value in file[_STATS].attrs.items()} if _STATS in file else {}
-        except (OSError, KeyError, RuntimeError) as error:
-            raise ValueError(f"episode file {path} cannot be read: {error}") from error
-    return EpisodeData(steps=steps, attrs=attrs, stats=stats, complete=bool(attrs.get("closed", False)))
+            _pwrite_all(self._fd, header, 0)
+            os.replace(tmp, path)
+        except BaseException:
+            os.close(self._fd)
+            tmp.unlink(missing_ok=True)
+            raise
+
+    def write(self, index: int, values: Mapping[str, np.ndarray]) -> None:
+        """Writes step number index; rewriting an index replaces that record."""
+        self._record[_STEP_NUMBER] = index
+        for key, value in values.items():
+            self._record[key] = value
+        body = self._record.tobytes()
+        _pwrite_all(self._fd, body + _U32.pack(zlib.crc32(body)), self._records_offset + index * self._record_size)
+
+    def discard(self) -> None:
+        """Closes and deletes the journal."""
+        os.close(self._fd)
+        self._path.unlink()
 
 
-def count_steps(path: str | Path) -> int:
-    """Whole steps in an episode file, read without touching the step data."""
-    with _open_episode(path) as (_, n_steps):
-        return n_steps
+def _journal_header(spec: dict[str, tuple[tuple[int, ...], np.dtype]], attrs: dict[str, Any]) -> bytes:
+    content = {
+        "layout_version": LAYOUT_VERSION,
+        "spec": {key: [list(shape), dtype.str] for key, (shape, dtype) in spec.items()},
+        "attrs": {name: _plain(value) for name, value in attrs.items()},
+    }
+    text = json.dumps(content).encode()
+    return _JOURNAL_MAGIC + _U32.pack(len(text)) + text + _U32.pack(zlib.crc32(text))
 
 
-@contextlib.contextmanager
-def _open_episode(path: str | Path) -> Iterator[tuple[h5py.File, int]]:
-    """Opens an episode read-only, checks its layout version and yields it with its n_steps."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"episode file {path} does not exist")
-    try:
-        file = h5py.File(path, "r")
-    except OSError as plain_error:
-        # A file still being written, or whose writer died, is open for SWMR writing
-        # in its superblock, and only a SWMR reader may open it.
-        try:
-            file = h5py.File(path, "r", swmr=True)
-        except OSError:
-            raise ValueError(f"episode file {path} cannot be opened: {plain_error}") from plain_error
-    with file:
-        version = _plain(file.attrs.get("layout_version"))
-        if version != LAYOUT_VERSION:
-            raise LayoutVersionError(
-                f"episode file {path} has layout_version {version}, but this build reads layout_version {LAYOUT_VERSION}; "
-                "read it with the robotd version that wrote it"
-            )
-        try:
-            n_steps = int(file[_COUNT][()])
-        except (OSError, KeyError) as error:
-            raise ValueError(f"episode file {path} has no readable {_COUNT}: {error}") from error
-        yield file, n_steps
+def _record_dtype(spec: dict[str, tuple[tuple[int, ...], np.dtype]], *, with_crc: bool) -> np.dtype:
+    # Little-endian and packed, so a journal reads the same on any machine.
+    # The extra fields' leading '/' keeps them apart from every valid step key.
+    fields = [(_STEP_NUMBER, "<u8")] + [(key, dtype.newbyteorder("<"), shape) for key, (shape, dtype) in spec.items()]
+    if with_crc:
+        fields.append((_CRC, "<u4"))
+    return np.dtype(fields)
 
 
-def _tmp_path(path: Path) -> Path:
-    # Not ending in .h5, so a directory scan for episodes never picks it up.
-    return path.with_name(path.name + ".tmp")
+def _spec_from_header(header: dict[str, Any]) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    return {key: (tuple(shape), np.dtype(dtype).newbyteorder("=")) for key, (shape, dtype) in header["spec"].items()}
+
+
+def _read_journal_header(path: Path, head: bytes) -> tuple[dict[str, Any], int]:
+    """Parses the header at the start of a journal; returns it and where the records start."""
+    start = len(_JOURNAL_MAGIC) + _U32.size
+    if len(head) < start or not head.startswith(_JOURNAL_MAGIC):
+        raise ValueError(f"episode journal {path} does not start with a robotd journal header; it is not a journal")
+    (text_size,) = _U32.unpack_from(head, len(_JOURNAL_MAGIC))
+    text = head[start : start + text_size]
+    crc = head[start + text_size : start + text_size + _U32.size]
+    if len(crc) < _U32.size or _U32.unpack(crc)[0] != zlib.crc32(text):
+        raise ValueError(f"episode journal {path} has a damaged header; its steps cannot be read")
+    header = json.loads(text)
+    _check_layout_version(path, header.get("layout_version"))
+    return header, start + text_size + _U32.size
+
+
+def _read_journal(path: Path) -> tuple[dict[str, Any], np.ndarray]:
+    """Returns a journal's header and its whole records, in order, up to the first damaged one."""
+    data = path.read_bytes()
+    header, offset = _read_journal_header(path, data)
+    record_dtype = _record_dtype(_spec_from_header(header), with_crc=True)
+    n_stored = (len(data) - offset) // record_dtype.itemsize
+    records = np.frombuffer(data, dtype=record_dtype, count=n_stored, offset=offset)
+    body_size = record_dtype.itemsize - _U32.size
+    view = memoryview(data)
+    n_whole = 0
+    for index in range(n_stored):
+        start = offset + index * record_dtype.itemsize
+        if records[_STEP_NUMBER][index] != index or zlib.crc32(view[start : start + body_size]) != records[_CRC][index]:
+            break
+        n_whole += 1
+    return header, records[:n_whole]
+
+
+def _count_journal_steps(path: Path) -> int:
+    """Counts a journal's whole records from its size, checking only the last one.
+
+    Records are written one after another, so only the last can be cut short.
+    """
+    with path.open("rb") as journal:
+        head = journal.read(len(_JOURNAL_MAGIC) + _U32.size)
+        if head.startswith(_JOURNAL_MAGIC) and len(head) == len(_JOURNAL_MAGIC) + _U32.size:
+            head += journal.read(_U32.unpack_from(head, len(_JOURNAL_MAGIC))[0] + _U32.size)
+        header, offset = _read_journal_header(path, head)
+        record_size = _record_dtype(_spec_from_header(header), with_crc=True).itemsize
+        n_stored = (path.stat().st_size - offset) // record_size
+        if n_stored == 0:
+            return 0
+        journal.seek(offset + (n_stored - 1) * record_size)
+        last = journal.read(record_size)
+    (index,) = _U64.unpack_from(last)
+    (crc,) = _U32.unpack_from(last, record_size - _U32.size)
+    last_is_whole = index == n_stored - 1 and crc == zlib.crc32(last[: record_size - _U32.size])
+    return n_stored if last_is_whole else n_stored - 1
+
+
+def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view, offset = view[written:], offset + written
 
 
 def _checked_spec(spec: Mapping[str, tuple[tuple[int, ...], str]]) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
@@ -343,40 +552,11 @@ def _storable(kind: str, name: str, value: Any) -> Any:
 
 
 def _plain(value: Any) -> Any:
-    """Turns an attribute as h5py returns it into plain Python values where one fits."""
+    """Turns an attribute as h5py returns it into plain Python values (str, int, float, bool, list)."""
     if isinstance(value, bytes):
         return value.decode()
     if isinstance(value, np.generic):
         return value.item()
-    if isinstance(value, np.ndarray) and value.dtype.kind in "OSU":
-        return [item.decode() if isinstance(item, bytes) else str(item) for item in value.tolist()]
+    if isinstance(value, np.ndarray):
+        return [item.decode() if isinstance(item, bytes) else item for item in value.tolist()]
     return value
-
-
-def _create_step_dataset(file: h5py.File, key: str, shape: tuple[int, ...], dtype: np.dtype) -> h5py.Dataset:
-    is_image = dtype == np.uint8 and len(shape) >= 3
-    if is_image:
-        # One frame per chunk: each frame is compressed once and never rewritten.
-        chunk_steps, compression = 1, _IMAGE_COMPRESSION
-    else:
-        row_bytes = math.prod(shape) * dtype.itemsize
-        chunk_steps, compression = max(1, min(_MAX_CHUNK_STEPS, _SMALL_CHUNK_BYTES // row_bytes)), {}
-    return file.create_dataset(
-        f"{_STEPS}/{key}",
-        shape=(0, *shape),
-        maxshape=(None, *shape),
-        dtype=dtype,
-        chunks=(chunk_steps, *shape),
-        **compression,
-    )
-
-
-def _step_datasets(file: h5py.File) -> dict[str, h5py.Dataset]:
-    datasets = {}
-
-    def collect(name: str, item: h5py.HLObject) -> None:
-        if isinstance(item, h5py.Dataset):
-            datasets[name] = item
-
-    file[_STEPS].visititems(collect)
-    return datasets
