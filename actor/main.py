@@ -232,6 +232,7 @@ class Actor:
             record[steps.CLIPPED] = False
         if force_last:
             record[steps.IS_LAST] = True
+        record[steps.STREAM_STEP] = self.counters["env_steps"]
         self.counters["late_steps"] += int(record[steps.LATE])
         self.episode.append(record)
         self.episode_return += float(record[steps.REWARD])
@@ -262,7 +263,8 @@ class Actor:
 
     def _open_episode(self) -> None:
         self.episode_id = self.counters["episodes"]
-        attrs = {"session": self.config.session, "actor_id": self.actor_id, "episode_id": self.episode_id,
+        attrs = {"session": self.config.session, "actor_id": self.actor_id, "stream": self.stream_id,
+                 "episode_id": self.episode_id,
                  "robot": self.config.robot.driver, "task": self.task.name,
                  "control_rate_hz": self.config.control.rate_hz,
                  "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}

@@ -32,6 +32,13 @@ class _Intervals:
     def covers(self, start: int, end: int) -> bool:
         return any(lo <= start and end <= hi for lo, hi in self.spans)
 
+    def covered_until(self, start: int) -> int:
+        """The first step at or after ``start`` that is not covered."""
+        for lo, hi in self.spans:
+            if lo <= start < hi:
+                return hi
+        return start
+
     def add(self, start: int, end: int) -> None:
         self.spans.append([start, end])
         self.spans.sort()
@@ -72,9 +79,16 @@ class IngestLedger:
         intervals = self.streams.get(stream)
         return intervals is not None and intervals.covers(stream_step, stream_step + n_steps)
 
-    def record(self, stream: str, seq: int, stream_step: int, n_steps: int) -> None:
-        """Marks a stored chunk."""
-        self.seqs.setdefault(stream, set()).add(seq)
+    def already_stored_until(self, stream: str, stream_step: int) -> int:
+        """How far from ``stream_step`` on the stream's steps are stored already (a chunk may overlap data
+        refilled from episode files)."""
+        intervals = self.streams.get(stream)
+        return intervals.covered_until(stream_step) if intervals else stream_step
+
+    def record(self, stream: str, seq: int | None, stream_step: int, n_steps: int) -> None:
+        """Marks stored steps (``seq`` None for steps refilled from episode files)."""
+        if seq is not None:
+            self.seqs.setdefault(stream, set()).add(seq)
         self.streams.setdefault(stream, _Intervals()).add(stream_step, stream_step + n_steps)
 
     @property
@@ -93,7 +107,8 @@ class IngestServer(threading.Thread):
     """ROUTER thread of the experience channel."""
 
     def __init__(self, context: zmq.Context, address: str, *, config_digest: str, store: Callable[[str, int, dict], None],
-                 weights_port: int, spec: dict | None, on_spec: Callable[[dict], None], max_bytes: int):
+                 weights_port: int, spec: dict | None, on_spec: Callable[[dict], None], max_bytes: int,
+                 refill: Callable[[dict, "IngestLedger"], int] | None = None):
         super().__init__(name="ingest", daemon=True)
         self.socket = context.socket(zmq.ROUTER)
         self.socket.setsockopt(zmq.LINGER, 0)
@@ -104,6 +119,8 @@ class IngestServer(threading.Thread):
         self.weights_port = weights_port
         self.spec = spec
         self.on_spec = on_spec
+        self.refill = refill
+        self.refilled_steps = 0
         self.instance = uuid.uuid4().hex[:12]
         self.receiver = wire.Receiver("ingest", max_bytes=max_bytes)
         self.ledger = IngestLedger()
@@ -117,7 +134,15 @@ class IngestServer(threading.Thread):
         self._halt.set()
         self.join(5.0)
 
+    def _refill(self) -> None:
+        """Loads what this session already logged (a restarted learner on the robot's log directory)."""
+        if self.refill is not None and self.spec is not None:
+            with self.lock:
+                self.refilled_steps += self.refill(self.spec, self.ledger)
+            self.refill = None
+
     def run(self) -> None:
+        self._refill()
         try:
             while not self._halt.is_set():
                 if not self.socket.poll(100):
@@ -162,6 +187,7 @@ class IngestServer(threading.Thread):
             if self.spec is None:
                 self.spec = spec
                 self.on_spec(spec)
+                self._refill()
             else:
                 mismatch = _spec_mismatch(self.spec, spec)
                 if mismatch:
@@ -201,15 +227,17 @@ class IngestServer(threading.Thread):
             if duplicate:
                 self.ledger.duplicate_chunks += 1
             else:
-                self.store(stream, stream_step, {key: np.array(value) for key, value in message.arrays.items()})
-                self.ledger.record(stream, seq, stream_step, n_steps)
+                skip = self.ledger.already_stored_until(stream, stream_step) - stream_step
+                arrays = {key: np.array(value[skip:]) for key, value in message.arrays.items()}
+                self.store(stream, stream_step + skip, arrays)
+                self.ledger.record(stream, seq, stream_step + skip, n_steps - skip)
                 self.counters["chunks"] += 1
         self._reply(identity, wire.Kind.ACK, {"seq": seq})
 
     def stats(self) -> dict:
         """Counters for status and the session summary."""
         with self.lock:
-            return {**self.counters, "ingested_steps": self.ledger.ingested_steps,
+            return {**self.counters, "ingested_steps": self.ledger.ingested_steps, "refilled_steps": self.refilled_steps,
                     "duplicate_chunks": self.ledger.duplicate_chunks, "lost_steps": self.ledger.lost_steps,
                     "malformed": self.receiver.malformed, "actors": len(self.peers)}
 

@@ -19,6 +19,7 @@ import torch
 import zmq
 
 from learner.ingest import IngestServer
+from learner.refill import refill_from_episodes
 from learner.replay import ReplayBuffer
 from learner.trainer import CHECKPOINT_FILE, Prefetcher, Trainer, WeightPublisher, read_checkpoint
 from robotd import session
@@ -81,10 +82,12 @@ class Learner:
         self.on_ray_started()
         try:
             replay = ray.remote(num_cpus=0.25)(ReplayBuffer).remote(config.learner.replay_capacity_steps, config.seed)
-            ingest = IngestServer(context, config.network.experience, config_digest=config.digest(),
-                                  store=lambda stream, step, arrays: ray.get(replay.add.remote(stream, step, arrays)),
+            def store(stream, step, arrays):
+                ray.get(replay.add.remote(stream, step, arrays))
+            ingest = IngestServer(context, config.network.experience, config_digest=config.digest(), store=store,
                                   weights_port=int(weights_address.rsplit(":", 1)[1]), spec=spec,
-                                  on_spec=lambda s: self.spec_ready.set(), max_bytes=max_bytes)
+                                  on_spec=lambda s: self.spec_ready.set(), max_bytes=max_bytes,
+                                  refill=lambda spec, ledger: refill_from_episodes(self.logdir, spec, ledger, store))
             if spec is not None:
                 self.spec_ready.set()
             ingest.start()

@@ -63,6 +63,7 @@ _SMALL_CHUNK_BYTES = 65536
 _MAX_CHUNK_STEPS = 4096
 # gzip is readable by every HDF5 tool; level 1 compresses a 64x64x3 frame in well under 1 ms.
 _IMAGE_COMPRESSION = {"compression": "gzip", "compression_opts": 1}
+_IMAGE_CACHE_FRAMES = 2
 
 
 class LayoutVersionError(ValueError):
@@ -103,11 +104,11 @@ class EpisodeWriter:
         # somewhere readable until it is closed.
         self._journal = _JournalWriter(_journal_path(self._path), self._spec, file_attrs)
         try:
-            self._file = _create_h5(self._path, self._spec, file_attrs)
+            self._file, datasets = _create_h5(self._path, self._spec, file_attrs)
         except BaseException:
             self._journal.discard()
             raise
-        self._rows = {key: _RowWriter(self._file[f"{_STEPS}/{key}"]) for key in self._spec}
+        self._rows = {key: _RowWriter(dataset) for key, dataset in datasets.items()}
 
     @property
     def path(self) -> Path:
@@ -238,9 +239,9 @@ def recover(path: str | Path) -> int:
     attrs = {name: _storable("attr", name, value) for name, value in header["attrs"].items()}
     tmp = path.with_name(path.name + ".tmp")
     tmp.unlink(missing_ok=True)
-    with _create_h5(tmp, spec, attrs) as rebuilt:
-        for key in spec:
-            dataset = rebuilt[f"{_STEPS}/{key}"]
+    rebuilt, datasets = _create_h5(tmp, spec, attrs)
+    with rebuilt:
+        for key, dataset in datasets.items():
             dataset.resize(len(records), axis=0)
             dataset[...] = records[key]
         rebuilt.attrs["flags"] = _checked_flags(["recovered"])
@@ -289,27 +290,33 @@ def _check_layout_version(path: Path, version: Any) -> None:
         )
 
 
-def _create_h5(path: Path, spec: dict[str, tuple[tuple[int, ...], np.dtype]], attrs: dict[str, Any]) -> h5py.File:
-    """Creates an episode file with its attrs and empty step datasets, open for writing."""
+def _create_h5(
+    path: Path, spec: dict[str, tuple[tuple[int, ...], np.dtype]], attrs: dict[str, Any]
+) -> tuple[h5py.File, dict[str, h5py.Dataset]]:
+    """Creates an episode file with its attrs and empty step datasets, open for writing.
+
+    The datasets are returned as created: opened again they would lose their chunk cache settings.
+    """
     # The latest format records "open for writing" in the superblock, so a file whose
     # writer died is refused by HDF5 instead of read half-written.
     file = h5py.File(path, "x", libver="latest")
     try:
         file.attrs.update(attrs)
         file.create_group(_STATS)
-        for key, (shape, dtype) in spec.items():
-            _create_step_dataset(file, key, shape, dtype)
+        datasets = {key: _create_step_dataset(file, key, shape, dtype) for key, (shape, dtype) in spec.items()}
     except BaseException:
         file.close()
         path.unlink()
         raise
-    return file
+    return file, datasets
 
 
 def _create_step_dataset(file: h5py.File, key: str, shape: tuple[int, ...], dtype: np.dtype) -> h5py.Dataset:
     if dtype == np.uint8 and len(shape) >= 3:
-        # An image per chunk: replay samples frames one by one.
-        chunk_steps, compression = 1, _IMAGE_COMPRESSION
+        # An image per chunk, as replay samples frames one by one. A small chunk cache
+        # compresses each frame as it is written rather than a backlog of them in close().
+        frame_bytes = math.prod(shape)
+        chunk_steps, compression = 1, {**_IMAGE_COMPRESSION, "rdcc_nbytes": _IMAGE_CACHE_FRAMES * frame_bytes}
     else:
         row_bytes = math.prod(shape) * dtype.itemsize
         chunk_steps, compression = max(1, min(_MAX_CHUNK_STEPS, _SMALL_CHUNK_BYTES // row_bytes)), {}

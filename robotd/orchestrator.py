@@ -31,6 +31,7 @@ from robotd.status import StatusCollector, format_line
 log = logging.getLogger("robotd.train")
 
 STOP_ORDER = ("daemon", "actor", "learner")
+LEARNER_RESTARTS = 3
 
 
 class Child:
@@ -110,6 +111,7 @@ def train(config: Config, *, logdir: str, steps: int | None, config_path: str) -
     if steps is not None:
         actor_argv += ["--steps", str(steps)]
     children["actor"] = Child("actor", actor_argv, root)
+    retired: list[Child] = []
     print(f"robotd train: session {root} ({config.robot.driver}, task {config.task.name}, "
           f"{config.control.rate_hz:g} Hz); Ctrl-C stops the robot and ends the session", file=sys.stderr)
     interrupted = []
@@ -134,6 +136,15 @@ def train(config: Config, *, logdir: str, steps: int | None, config_path: str) -
                 reason = "interrupted"
                 break
             dead = [c for c in children.values() if not c.alive]
+            if children["learner"] in dead and len(retired) < LEARNER_RESTARTS and children["actor"].alive:
+                # The robot keeps going; a new learner resumes from the checkpoint and refills replay
+                # from the episode files, and the actor resends whatever was not acknowledged.
+                print(f"\nrobotd train: learner exited (code {children['learner'].process.returncode}): "
+                      f"restarting it ({children['learner'].last_error()})", file=sys.stderr)
+                children["learner"].kill_group()           # what it left behind (Ray's processes)
+                retired.append(children["learner"])
+                children["learner"] = Child("learner", [python, "-m", "learner", *common], root)
+                continue
             if any(c.name == "actor" for c in dead):
                 reason = "steps done" if children["actor"].process.returncode == 0 else "actor failed"
                 break
@@ -150,6 +161,7 @@ def train(config: Config, *, logdir: str, steps: int | None, config_path: str) -
         if child.process.returncode not in (0, None, -signal.SIGTERM) and reason != "interrupted":
             print(f"robotd train: {child.name} failed: {child.last_error()} (log: {child.log_path})", file=sys.stderr)
     summary = summarize(root, reason=reason, wall_s=time.monotonic() - started, exit_codes=codes)
+    summary["learner_restarts"] = len(retired)
     session.write_json(root / session.SUMMARY, summary)
     print(format_summary(summary, root), file=sys.stderr)
     failed = any(code not in (0, None) for code in codes.values())

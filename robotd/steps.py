@@ -7,7 +7,8 @@ A step is a flat mapping of '/'-separated keys to per-step arrays:
   safety layer let it through (a late step records the fallback)
 - ``reward``, ``is_first``, ``is_last``, ``is_terminal``
 - ``timing/tick``, ``timing/t_tick_ns`` (host monotonic ns), ``timing/late``, ``timing/clipped``,
-  ``timing/policy_version``
+  ``timing/policy_version``, ``timing/stream_step`` (index of the step in its actor's stream, the
+  numbering chunks and acks use)
 - ``timing/<device>/hw_time_ns``, ``host_time_ns``, ``age_ns``, ``frame_number``, ``stale``
 """
 from __future__ import annotations
@@ -25,6 +26,7 @@ T_TICK_NS = "timing/t_tick_ns"
 LATE = "timing/late"
 CLIPPED = "timing/clipped"
 POLICY_VERSION = "timing/policy_version"
+STREAM_STEP = "timing/stream_step"
 DEVICE_FIELDS = {"hw_time_ns": "int64", "host_time_ns": "int64", "age_ns": "int64",
                  "frame_number": "int64", "stale": "bool"}
 
@@ -38,7 +40,7 @@ def step_spec(obs_spec: Spec, action_dim: int, devices: list[str]) -> Spec:
     spec[REWARD] = ((), "float32")
     for key in (IS_FIRST, IS_LAST, IS_TERMINAL, LATE, CLIPPED):
         spec[key] = ((), "bool")
-    for key in (TICK, T_TICK_NS, POLICY_VERSION):
+    for key in (TICK, T_TICK_NS, POLICY_VERSION, STREAM_STEP):
         spec[key] = ((), "int64")
     for device in devices:
         for field, dtype in DEVICE_FIELDS.items():

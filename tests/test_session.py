@@ -145,3 +145,36 @@ def test_an_unwritable_logdir_fails_in_one_line(tmp_path):
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "is not writable" in lines[0] and "--logdir" in lines[0]
+
+
+def find_learner_pid(logdir: Path) -> int | None:
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if b"learner" in cmdline and str(logdir).encode() in b" ".join(cmdline) and b"-m" in cmdline:
+                return int(entry.name)
+    return None
+
+
+def test_a_learner_that_dies_is_restarted_and_the_session_loses_nothing(tmp_path):
+    logdir = tmp_path / "restart"
+    argv = [sys.executable, "-m", "robotd", "train", str(ROOT / "configs" / "mock_arm.yaml"), "--steps", "1200",
+            "--logdir", str(logdir), *FAST, "--set", "learner.checkpoint_every_s=1", "--set", "actor.resend_after_s=0.5"]
+    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline and not (logdir / "checkpoints" / "latest.pt").exists():
+        time.sleep(0.3)
+    pid = find_learner_pid(logdir)
+    assert pid is not None, "no learner process found"
+    os.kill(pid, signal.SIGKILL)
+    _, stderr = process.communicate(timeout=180)
+    assert process.returncode == 0, stderr[-3000:]
+    assert "learner exited" in stderr and "restarting" in stderr
+    summary = assert_session_invariants(logdir, 1200)
+    assert summary["learner_restarts"] == 1
+    learner = json.loads((logdir / "stats" / "learner.json").read_text())
+    assert learner["refilled_steps"] > 0
+    assert session_processes(str(logdir)) == []

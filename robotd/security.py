@@ -1,0 +1,380 @@
+"""CurveZMQ keys and authentication for the actor <-> learner sockets when they leave the machine.
+
+Every connection between a robot PC and the learner is encrypted and both ends are checked: the
+actor knows the learner's public key (so it never takes weights from another peer) and the learner
+admits only the actor public keys it was given (so it never takes experience from another peer).
+
+Key layout made by ``init_keys(keys_dir, actors=["arm0", ...])``::
+
+    keys_dir/learner.key              learner public key
+    keys_dir/learner.key_secret       learner public + secret key (0600)
+    keys_dir/actors/<actor>.key        one public key per actor
+    keys_dir/actors/<actor>.key_secret one public + secret key per actor (0600)
+
+Where the files go:
+
+* robot PC: copy ``learner.key``, ``actors/<actor>.key`` and ``actors/<actor>.key_secret`` into
+  the same relative places under its own ``keys_dir``. ``configure_client`` also accepts the flat
+  layout ``keys_dir/learner.key`` + ``keys_dir/<actor>.key_secret`` on a robot PC that holds only
+  its own files.
+* learner: keeps ``learner.key_secret`` and the public ``actors/*.key`` files; it admits every
+  public key in ``keys_dir/actors/``. Remove an actor's ``.key`` there (and restart the learner) to
+  lock that robot out; no actor secret needs to stay on the learner.
+
+Files use the ZeroMQ certificate format, so ``zmq.auth.load_certificate`` reads them too.
+"""
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import logging
+import os
+import stat
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+import zmq
+from zmq.utils import z85
+
+log = logging.getLogger(__name__)
+
+PUBLIC_SUFFIX = ".key"
+SECRET_SUFFIX = ".key_secret"
+LEARNER = "learner"
+ACTORS_DIR = "actors"
+AUTH_MODES = ("auto", "always", "never")
+
+# libzmq sends every handshake on this context to whichever socket is bound here (RFC 27).
+_ZAP_ENDPOINT = "inproc://zeromq.zap.01"
+_KEY_TEXT_LEN = 40  # Z85 text of a 32-byte CURVE key
+_KEY_BYTES_LEN = 32
+
+
+class SecurityError(RuntimeError):
+    """A key file or setup that cannot be used safely; the message is one line naming it and the fix."""
+
+
+def curve_available() -> bool:
+    """Whether the installed libzmq was built with CURVE (libsodium) support."""
+    return bool(zmq.has("curve"))
+
+
+def is_loopback(address: str) -> bool:
+    """Whether a ZeroMQ address stays on this machine; decided from the text alone, nothing is resolved.
+
+    ``ipc://`` and ``inproc://`` are local; ``tcp://`` is local only for 127.0.0.0/8, ``[::1]`` and
+    the name ``localhost``. Wildcards (``*``, ``0.0.0.0``), interface names, other host names and
+    other transports count as leaving the machine, so the safe answer is the default.
+    """
+    scheme, sep, rest = address.partition("://")
+    if not sep:
+        return False
+    scheme = scheme.lower()
+    if scheme in ("ipc", "inproc"):
+        return True
+    if scheme != "tcp":
+        return False
+    # A connect address may name a source first ("tcp://src:port;dst:port"); the peer is the last part.
+    endpoint = rest.rsplit(";", 1)[-1]
+    if endpoint.startswith("["):
+        host = endpoint[1:].partition("]")[0]
+    else:
+        host = endpoint.rsplit(":", 1)[0]
+    if host.lower() == "localhost":
+        return True
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return ip.is_loopback or (mapped is not None and mapped.is_loopback)
+
+
+def needs_auth(mode: str, *addresses: str) -> bool:
+    """Whether sockets on ``addresses`` must use CURVE: ``auto`` (when any leaves the machine), ``always``, ``never``."""
+    if mode == "auto":
+        return any(not is_loopback(address) for address in addresses)
+    if mode == "always":
+        return True
+    if mode == "never":
+        return False
+    raise ValueError(f"auth mode {mode!r} is not one of {', '.join(AUTH_MODES)}: choose one of those")
+
+
+def _check_name(name: str) -> None:
+    """Rejects key names that would land outside the key directory or be hidden files."""
+    if not name or name != Path(name).name or name.startswith("."):
+        raise ValueError(f"key name {name!r} is not a plain file name: use letters, digits, '-' or '_'")
+
+
+def _certificate(public: bytes, secret: bytes | None) -> str:
+    """The text of a ZeroMQ certificate file holding ``public`` and, for a secret file, ``secret``."""
+    kind = "secret" if secret is not None else "public"
+    lines = [
+        f"#   ****  robotd CURVE {kind} key, made {datetime.datetime.now().isoformat(timespec='seconds')}  ****",
+        "#   ZeroMQ certificate format (zmq.auth / czmq zcert)",
+        "metadata",
+        "curve",
+        f'    public-key = "{public.decode("ascii")}"',
+    ]
+    if secret is not None:
+        lines.append(f'    secret-key = "{secret.decode("ascii")}"')
+    return "\n".join(lines) + "\n"
+
+
+def generate_keys(keys_dir: str | Path, name: str) -> tuple[Path, Path]:
+    """Writes a new key pair as ``keys_dir/<name>.key`` (public) and ``<name>.key_secret`` (0600).
+
+    Returns (public file, secret file). An existing secret is never overwritten: peers already
+    trust the public key that belongs to it.
+    """
+    _check_name(name)
+    keys_dir = Path(keys_dir)
+    keys_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    public_path = keys_dir / f"{name}{PUBLIC_SUFFIX}"
+    secret_path = keys_dir / f"{name}{SECRET_SUFFIX}"
+    public, secret = zmq.curve_keypair()
+    try:
+        # O_EXCL makes the refusal race-free, and the mode is set at creation so the secret is never
+        # readable by others, not even for a moment.
+        fd = os.open(secret_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise SecurityError(f"{secret_path} already exists: keep using it, or delete it and {public_path.name} "
+                            f"to make a new pair (then hand out the new public key)") from None
+    with os.fdopen(fd, "w") as f:
+        os.fchmod(f.fileno(), 0o600)
+        f.write(_certificate(public, secret))
+    public_path.write_text(_certificate(public, None))
+    public_path.chmod(0o644)
+    return public_path, secret_path
+
+
+def init_keys(keys_dir: str | Path, *, actors: Sequence[str] = ("actor",)) -> list[Path]:
+    """Makes the lab layout (see the module docstring): the learner's pair and one pair per actor.
+
+    Returns every file written. Nothing is written when any of the secrets already exists.
+    """
+    keys_dir = Path(keys_dir)
+    actors = list(actors)
+    if not actors:
+        raise ValueError("init_keys needs at least one actor name: pass actors=['arm0', ...]")
+    if len(set(actors)) != len(actors):
+        raise ValueError(f"actor names {actors!r} repeat a name: give each robot its own name")
+    for name in actors:
+        _check_name(name)
+    planned = [(keys_dir, LEARNER)] + [(keys_dir / ACTORS_DIR, name) for name in actors]
+    # Check every secret first so a refusal does not leave a half-made layout behind.
+    for directory, name in planned:
+        secret_path = directory / f"{name}{SECRET_SUFFIX}"
+        if secret_path.exists():
+            raise SecurityError(f"{secret_path} already exists: keep the existing keys, or delete "
+                                f"{keys_dir} (or that file) to make new ones")
+    written: list[Path] = []
+    for directory, name in planned:
+        written.extend(generate_keys(directory, name))
+    return written
+
+
+def _read_field(path: Path, field: str) -> bytes | None:
+    """The Z85 value of ``field`` (``public-key`` / ``secret-key``) in a certificate file, or None."""
+    try:
+        text = path.read_bytes()
+    except FileNotFoundError:
+        raise SecurityError(f"key file {path} does not exist: create keys with robotd.security.init_keys "
+                            f"or copy the file from the machine that made them") from None
+    except OSError as exc:
+        raise SecurityError(f"cannot read key file {path} ({exc.strerror}): check the path and its permissions") from None
+    for line in text.splitlines():
+        line = line.strip()
+        if line.startswith(field.encode()) and b"=" in line:
+            value = line.split(b"=", 1)[1].strip(b" \t'\"")
+            if len(value) != _KEY_TEXT_LEN:
+                return None
+            try:
+                if len(z85.decode(value)) != _KEY_BYTES_LEN:
+                    return None
+            except (ValueError, KeyError, IndexError):
+                return None
+            return value
+    return None
+
+
+def load_public(path: str | Path) -> bytes:
+    """The Z85 public key in a key file (a ``.key`` or a ``.key_secret``)."""
+    path = Path(path)
+    public = _read_field(path, "public-key")
+    if public is None:
+        raise SecurityError(f"key file {path} has no valid public-key line: "
+                            f"replace it with the file init_keys wrote")
+    return public
+
+
+def load_secret(path: str | Path) -> tuple[bytes, bytes]:
+    """(public, secret) Z85 keys from a ``.key_secret`` file that only its owner can read."""
+    path = Path(path)
+    public = load_public(path)
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & 0o077:
+        raise SecurityError(f"secret key file {path} is open to group/others (mode {mode:04o}): "
+                            f"run chmod 600 {path}")
+    secret = _read_field(path, "secret-key")
+    if secret is None:
+        raise SecurityError(f"key file {path} has no valid secret-key line: "
+                            f"use the .key_secret file init_keys wrote, not the public .key")
+    if zmq.curve_public(secret) != public:
+        raise SecurityError(f"key file {path} has a public key that does not belong to its secret key: "
+                            f"replace it with the file init_keys wrote")
+    return public, secret
+
+
+def configure_client(socket: zmq.Socket, keys_dir: str | Path, actor: str = "actor") -> None:
+    """Makes ``socket`` a CURVE client of the learner; call before ``connect``.
+
+    The learner's key is ``keys_dir/learner.key``; the actor's own pair is
+    ``keys_dir/actors/<actor>.key_secret``, or ``keys_dir/<actor>.key_secret`` in the flat layout.
+    """
+    _check_name(actor)
+    keys_dir = Path(keys_dir)
+    nested = keys_dir / ACTORS_DIR / f"{actor}{SECRET_SUFFIX}"
+    flat = keys_dir / f"{actor}{SECRET_SUFFIX}"
+    if nested.exists():
+        secret_path = nested
+    elif flat.exists():
+        secret_path = flat
+    else:
+        raise SecurityError(f"no secret key for actor {actor!r}: expected {nested} or {flat}; "
+                            f"copy actors/{actor}.key_secret from the machine that ran init_keys")
+    public, secret = load_secret(secret_path)
+    server_key = load_public(keys_dir / f"{LEARNER}{PUBLIC_SUFFIX}")
+    socket.curve_publickey = public
+    socket.curve_secretkey = secret
+    socket.curve_serverkey = server_key
+
+
+class CurveServer:
+    """Authenticator for one zmq.Context (a ZAP handler thread) that admits only the public keys in keys_dir/actors/*.key.
+
+    The learner's secret and the actor keys are read when the server is made, so a new or removed
+    actor key takes effect on the next learner start. ``rejected`` counts refused handshakes.
+    Use ``with CurveServer(context, keys_dir) as server:`` or ``start()`` / ``stop()``; stop only
+    after closing the sockets it secures, since libzmq admits every client once no handler runs.
+    """
+
+    def __init__(self, context: zmq.Context, keys_dir: str | Path) -> None:
+        keys_dir = Path(keys_dir)
+        self._context = context
+        self._public, self._secret = load_secret(keys_dir / f"{LEARNER}{SECRET_SUFFIX}")
+        actors_dir = keys_dir / ACTORS_DIR
+        self._actors: dict[bytes, str] = {}
+        for path in sorted(actors_dir.glob(f"*{PUBLIC_SUFFIX}")):
+            self._actors[z85.decode(load_public(path))] = path.stem
+        if not self._actors:
+            raise SecurityError(f"no actor public keys in {actors_dir}: copy each robot's actors/<actor>.key "
+                                f"there (init_keys makes them)")
+        self.rejected = 0
+        self._refused_logged: set[bytes] = set()
+        self._thread: threading.Thread | None = None
+        self._stop_pipe: zmq.Socket | None = None
+
+    @property
+    def actors(self) -> list[str]:
+        """Names of the admitted actors (the file stems in keys_dir/actors/)."""
+        return sorted(self._actors.values())
+
+    def start(self) -> None:
+        """Starts answering handshakes for this context; call before any CURVE server socket binds."""
+        if self._thread is not None:
+            return
+        zap = self._context.socket(zmq.REP)
+        zap.linger = 0
+        try:
+            zap.bind(_ZAP_ENDPOINT)
+        except zmq.ZMQError as exc:
+            zap.close()
+            if exc.errno == zmq.EADDRINUSE:
+                raise SecurityError("this zmq.Context already has a ZAP authenticator: "
+                                    "use one CurveServer per context") from None
+            raise
+        endpoint = f"inproc://robotd-curve-stop-{id(self)}"
+        self._stop_pipe = self._context.socket(zmq.PAIR)
+        self._stop_pipe.linger = 0
+        self._stop_pipe.bind(endpoint)
+        thread_pipe = self._context.socket(zmq.PAIR)
+        thread_pipe.linger = 0
+        thread_pipe.connect(endpoint)
+        # Both sockets are made here so bind errors reach the caller; Thread.start is the memory
+        # barrier libzmq needs before another thread uses them.
+        self._thread = threading.Thread(target=self._serve, args=(zap, thread_pipe),
+                                        name="robotd-curve-auth", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stops the handler thread; safe to call twice."""
+        if self._thread is None:
+            return
+        self._stop_pipe.send(b"")
+        self._thread.join()
+        self._stop_pipe.close()
+        self._thread = None
+        self._stop_pipe = None
+
+    def __enter__(self) -> CurveServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()
+
+    def configure(self, socket: zmq.Socket) -> None:
+        """Makes ``socket`` a CURVE server with the learner's secret key; call before ``bind``."""
+        # Without a running handler on the socket's own context libzmq admits any client key.
+        if self._thread is None:
+            raise SecurityError("CurveServer.configure called before start(): start the server first, "
+                                "otherwise every client key would be admitted")
+        if socket.context.underlying != self._context.underlying:
+            raise SecurityError("CurveServer.configure got a socket from another zmq.Context: "
+                                "make the socket from the context the CurveServer was given")
+        socket.curve_server = True
+        socket.curve_publickey = self._public
+        socket.curve_secretkey = self._secret
+
+    def _serve(self, zap: zmq.Socket, pipe: zmq.Socket) -> None:
+        """Handler thread: answers ZAP requests until the stop pipe fires."""
+        poller = zmq.Poller()
+        poller.register(zap, zmq.POLLIN)
+        poller.register(pipe, zmq.POLLIN)
+        try:
+            while True:
+                events = dict(poller.poll())
+                if pipe in events:
+                    return
+                if zap in events:
+                    zap.send_multipart(self._answer(zap.recv_multipart()))
+        except zmq.ContextTerminated:
+            # The context was terminated without stop(); closing below lets that term() finish.
+            pass
+        finally:
+            zap.close()
+            pipe.close()
+
+    def _answer(self, request: list[bytes]) -> list[bytes]:
+        """The ZAP reply (RFC 27) to one handshake: 200 with the actor name as user id, or 400."""
+        # Frames: version, request id, domain, address, identity, mechanism, credentials...
+        if len(request) < 6 or request[0] != b"1.0":
+            self.rejected += 1
+            request_id = request[1] if len(request) > 1 else b""
+            return [b"1.0", request_id, b"500", b"malformed ZAP request", b"", b""]
+        request_id, address, mechanism = request[1], request[3], request[5]
+        key = request[6] if len(request) > 6 else b""
+        actor = self._actors.get(key) if mechanism == b"CURVE" else None
+        if actor is not None:
+            return [b"1.0", request_id, b"200", b"OK", actor.encode(), b""]
+        self.rejected += 1
+        # Once per key: a refused peer reconnects every few hundred ms and would flood the log.
+        if key not in self._refused_logged:
+            self._refused_logged.add(key)
+            shown = z85.encode(key).decode() if mechanism == b"CURVE" and len(key) == _KEY_BYTES_LEN else "-"
+            log.warning("refused %s handshake from %s: public key %s is not in %s/*.key",
+                        mechanism.decode(errors="replace"), address.decode(errors="replace"), shown, ACTORS_DIR)
+        return [b"1.0", request_id, b"400", b"unknown public key", b"", b""]
