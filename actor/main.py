@@ -29,6 +29,7 @@ from robotd import session, steps, tasks, wire
 from robotd.config import Config
 from robotd.episodes import EpisodeWriter
 from robotd.metrics import MetricsWriter
+from robotd.security import SecurityError, configure_client, needs_auth
 from robotd.status import StatusPublisher
 
 log = logging.getLogger("actor")
@@ -67,6 +68,24 @@ class Actor:
         self.last_return = 0.0
 
     # ----------------------------------------------------------------------------------------
+    def _curve_client(self):
+        """CurveZMQ client setup for the learner's sockets when they leave this machine, else None."""
+        network = self.config.network
+        if not needs_auth(network.auth, self.learner_address):
+            return None
+        if not network.keys_dir:
+            raise SecurityError(f"learner {self.learner_address} is on another machine: copy its keys here and set "
+                                f"network.keys_dir (see `robotd keys`), or network.auth=never on a trusted network")
+        keys_dir, actor_key = network.keys_dir, network.actor_key
+        probe_context = zmq.Context()
+        probe = probe_context.socket(zmq.DEALER)
+        try:
+            configure_client(probe, keys_dir, actor_key)     # unusable keys fail here, in one line, before threads start
+        finally:
+            probe.close(0)
+            probe_context.term()
+        return lambda socket: configure_client(socket, keys_dir, actor_key)
+
     def _connect_daemon(self, context):
         socket = context.socket(zmq.DEALER)
         socket.setsockopt(zmq.LINGER, 0)
@@ -111,8 +130,10 @@ class Actor:
                       "stream": self.stream_id, "config_digest": config.digest(),
                       "spec": {key: [list(shape), dtype] for key, (shape, dtype) in self.step_spec.items()}}
         spool = ChunkSpool(self.logdir / "spool" / self.actor_id, config.actor.spool_memory_chunks)
+        self.secure = self._curve_client()
         self.stream = ExperienceStream(context, self.learner_address, hello_meta, spool,
-                                       resend_after_s=config.actor.resend_after_s, max_bytes=max_bytes)
+                                       resend_after_s=config.actor.resend_after_s, max_bytes=max_bytes,
+                                       secure=self.secure)
         self.stream.start()
         self.weights = None
         self.metrics = MetricsWriter(self.logdir, process="actor")
@@ -293,7 +314,7 @@ class Actor:
         if port is None:
             return
         host = self.learner_address.rsplit(":", 1)[0]
-        self.weights = WeightSubscriber(context, f"{host}:{port}", max_bytes=max_bytes)
+        self.weights = WeightSubscriber(context, f"{host}:{port}", max_bytes=max_bytes, secure=self.secure)
         self.weights.start()
 
     def _maybe_swap_weights(self) -> None:

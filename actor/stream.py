@@ -29,7 +29,7 @@ class ExperienceStream(threading.Thread):
     """The actor's side of the experience channel."""
 
     def __init__(self, context: zmq.Context, address: str, hello_meta: dict, spool: ChunkSpool, *,
-                 resend_after_s: float, max_bytes: int):
+                 resend_after_s: float, max_bytes: int, secure=None):
         super().__init__(name="experience-stream", daemon=True)
         self.context = context
         self.address = address
@@ -37,6 +37,7 @@ class ExperienceStream(threading.Thread):
         self.spool = spool
         self.resend_after_s = resend_after_s
         self.receiver = wire.Receiver("actor-stream", max_bytes=max_bytes)
+        self.secure = secure
         self.inbox: queue.SimpleQueue = queue.SimpleQueue()
         self.accepted = threading.Event()
         self.refused_reason: str | None = None
@@ -73,6 +74,8 @@ class ExperienceStream(threading.Thread):
         socket = self.context.socket(zmq.DEALER)
         socket.setsockopt(zmq.LINGER, 0)
         socket.setsockopt(zmq.SNDHWM, 10_000)
+        if self.secure is not None:
+            self.secure(socket)
         socket.connect(self.address)
         last_hello = last_heartbeat = 0.0
         warned = False

@@ -15,11 +15,12 @@ log = logging.getLogger("actor.weights")
 class WeightSubscriber(threading.Thread):
     """SUB socket thread that keeps only the newest weights newer than what the actor runs."""
 
-    def __init__(self, context: zmq.Context, address: str, *, max_bytes: int):
+    def __init__(self, context: zmq.Context, address: str, *, max_bytes: int, secure=None):
         super().__init__(name="weights", daemon=True)
         self.context = context
         self.address = address
         self.receiver = wire.Receiver("actor-weights", max_bytes=max_bytes)
+        self.secure = secure
         self._lock = threading.Lock()
         self._newest: tuple[int, float, dict[str, np.ndarray]] | None = None
         self._seen_version = 0
@@ -42,6 +43,8 @@ class WeightSubscriber(threading.Thread):
         socket.setsockopt(zmq.LINGER, 0)
         socket.setsockopt(zmq.RCVHWM, 4)
         socket.setsockopt(zmq.SUBSCRIBE, b"")
+        if self.secure is not None:
+            self.secure(socket)
         socket.connect(self.address)
         try:
             while not self._halt.is_set():

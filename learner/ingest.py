@@ -108,11 +108,14 @@ class IngestServer(threading.Thread):
 
     def __init__(self, context: zmq.Context, address: str, *, config_digest: str, store: Callable[[str, int, dict], None],
                  weights_port: int, spec: dict | None, on_spec: Callable[[dict], None], max_bytes: int,
-                 refill: Callable[[dict, "IngestLedger"], int] | None = None):
+                 refill: Callable[[dict, "IngestLedger"], int] | None = None,
+                 secure: Callable[[zmq.Socket], None] | None = None):
         super().__init__(name="ingest", daemon=True)
         self.socket = context.socket(zmq.ROUTER)
         self.socket.setsockopt(zmq.LINGER, 0)
         self.socket.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        if secure is not None:
+            secure(self.socket)
         self.address = bind_or_explain(self.socket, address, "experience channel (network.experience / --bind)")
         self.config_digest = config_digest
         self.store = store

@@ -26,6 +26,7 @@ from robotd import session
 from robotd.config import Config
 from robotd.metrics import MetricsWriter
 from robotd.netutil import bind_or_explain
+from robotd.security import CurveServer, SecurityError, needs_auth
 from robotd.status import StatusPublisher
 
 log = logging.getLogger("learner")
@@ -41,6 +42,20 @@ def _start_ray(config: Config):
         ray.init(num_cpus=max(1, os.cpu_count() or 1), include_dashboard=False, log_to_driver=False,
                  configure_logging=False, _temp_dir=tempfile.mkdtemp(prefix="robotd-ray-"))
     return ray
+
+
+def _curve_server(config: Config, context: zmq.Context):
+    """A CurveZMQ authenticator when the learner's sockets need one (see robotd.security), else None."""
+    network = config.network
+    if not needs_auth(network.auth, network.experience, network.weights):
+        return None
+    if not network.keys_dir:
+        raise SecurityError(f"network.experience {network.experience} is reachable from other machines: make keys with "
+                            f"`robotd keys DIR` and set network.keys_dir=DIR (or network.auth=never on a trusted network)")
+    server = CurveServer(context, network.keys_dir)
+    server.start()
+    log.info("CurveZMQ on: admitting actors %s", ", ".join(server.actors))
+    return server
 
 
 def _device(choice: str) -> str:
@@ -69,9 +84,13 @@ class Learner:
         torch.set_num_threads(config.learner.threads)
         max_bytes = int(config.network.max_message_mb * 2**20)
         context = zmq.Context()
+        self.curve = _curve_server(config, context)
+        secure = self.curve.configure if self.curve else None
         weights_socket = context.socket(zmq.PUB)
         weights_socket.setsockopt(zmq.LINGER, 0)
         weights_socket.setsockopt(zmq.SNDHWM, 4)
+        if secure:
+            secure(weights_socket)
         weights_address = bind_or_explain(weights_socket, config.network.weights, "weights channel (network.weights)")
         publisher = WeightPublisher(weights_socket)
         checkpoint = read_checkpoint(self.logdir / session.CHECKPOINTS / CHECKPOINT_FILE)
@@ -87,7 +106,8 @@ class Learner:
             ingest = IngestServer(context, config.network.experience, config_digest=config.digest(), store=store,
                                   weights_port=int(weights_address.rsplit(":", 1)[1]), spec=spec,
                                   on_spec=lambda s: self.spec_ready.set(), max_bytes=max_bytes,
-                                  refill=lambda spec, ledger: refill_from_episodes(self.logdir, spec, ledger, store))
+                                  refill=lambda spec, ledger: refill_from_episodes(self.logdir, spec, ledger, store),
+                                  secure=secure)
             if spec is not None:
                 self.spec_ready.set()
             ingest.start()
@@ -108,6 +128,8 @@ class Learner:
         finally:
             ray.shutdown()
             weights_socket.close(0)
+            if self.curve:
+                self.curve.stop()
             context.term()
         return stats
 

@@ -86,6 +86,19 @@ def cmd_train(args) -> int:
         return fail("train", exc)
 
 
+def cmd_keys(args) -> int:
+    from robotd import security
+    try:
+        written = security.init_keys(args.keys_dir, actors=args.actors.split(","))
+    except (security.SecurityError, ValueError) as exc:
+        return fail("keys", exc)
+    for path in written:
+        print(path)
+    print(f"copy learner.key and actors/<name>.key* to each robot PC; keep learner.key_secret on the learner; "
+          f"set network.keys_dir={args.keys_dir} on both sides", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="robotd", description="Real-robot asynchronous world-model learning.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -100,6 +113,10 @@ def build_parser() -> argparse.ArgumentParser:
     actor.set_defaults(func=lambda a: _exec_module("actor", a.rest))
     learner = sub.add_parser("learner", help="the learner (on the GPU box)", add_help=False)
     learner.set_defaults(func=lambda a: _exec_module("learner", a.rest))
+    keys = sub.add_parser("keys", help="make CurveZMQ keys for a learner and its actors")
+    keys.add_argument("keys_dir", help="directory for the keys (made if missing)")
+    keys.add_argument("--actors", default="actor", help="comma-separated actor key names (default: actor)")
+    keys.set_defaults(func=cmd_keys)
     for p in (actor, learner):
         p.add_argument("rest", nargs=argparse.REMAINDER)
     return parser

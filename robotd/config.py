@@ -132,6 +132,10 @@ class NetworkConfig:
     weights: str = spec("tcp://127.0.0.1:5556", help="learner -> actor weights")
     status: str = spec("", help="status collector of robotd train; empty disables status publishing")
     max_message_mb: float = spec(64.0, range=(0.01, 4096.0))
+    auth: str = spec("auto", choices=("auto", "always", "never"),
+                     help="CurveZMQ on the experience and weights channels: auto = when they leave this machine")
+    keys_dir: str = spec("", help="key directory made by `robotd keys DIR`")
+    actor_key: str = spec("actor", help="this actor's key name in keys_dir")
 
 
 @dataclass

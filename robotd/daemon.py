@@ -22,6 +22,7 @@ from robotd import session, wire
 from robotd.clock import FixedRateClock, PeriodStats, try_realtime
 from robotd.config import Config, DeviceConfig
 from robotd.netutil import bind_or_explain
+from robotd.security import SecurityError, is_loopback
 from robotd.safety import ActionWatchdog, ArmLimits, ArmSafety, LeggedLimits, LeggedSafety, SafeCommand
 from robotd.status import StatusPublisher
 from robotd.timesync import ClockOffsetEstimator
@@ -47,6 +48,9 @@ class Daemon:
     def __init__(self, config: Config, *, logdir: str | None = None):
         self.config = config
         self.logdir = logdir
+        if not is_loopback(config.network.control) and config.network.auth != "never":
+            raise SecurityError(f"network.control {config.network.control} is reachable from other machines: the "
+                                f"daemon takes actions only from this machine; use tcp://127.0.0.1:PORT or ipc://PATH")
         self.period_s = 1.0 / config.control.rate_hz
         self.robot = make_device(config.robot, config.seed)
         self.robot.name = config.robot.name

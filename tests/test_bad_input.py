@@ -65,3 +65,18 @@ def test_an_unreachable_learner_loses_nothing_the_robot_collected(tmp_path):
     stats = json.loads((logdir / "stats" / "actor.json").read_text())
     assert stats["env_steps"] == 320 and stats["unacked_chunks"] > 0
     assert sum(count_steps(p) for p in (logdir / "episodes").glob("*.h5")) == 320
+
+
+def test_a_daemon_refuses_a_control_address_other_machines_can_reach():
+    result = run(["robotd", "daemon", CONFIG, "--set", "network.control=tcp://0.0.0.0:5999"])
+    assert result.returncode == 2
+    assert error_lines(result) == ["robotd daemon: error: network.control tcp://0.0.0.0:5999 is reachable from other "
+                                   "machines: the daemon takes actions only from this machine; use "
+                                   "tcp://127.0.0.1:PORT or ipc://PATH"]
+
+
+def test_a_learner_bound_beyond_loopback_without_keys_says_how_to_make_them(tmp_path):
+    result = run(["learner", CONFIG, "--bind", "tcp://0.0.0.0:5998", "--logdir", str(tmp_path / "l")])
+    assert result.returncode == 2
+    lines = error_lines(result)
+    assert len(lines) == 1 and "robotd keys DIR" in lines[0] and "network.keys_dir" in lines[0]

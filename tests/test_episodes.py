@@ -2,6 +2,7 @@
 
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -18,6 +19,7 @@ from robotd.episodes import (
     LayoutVersionError,
     count_steps,
     read_episode,
+    recover,
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -65,6 +67,23 @@ def write_episode(path: Path, n_steps: int, **close_args) -> Path:
         writer.append(step_for(index))
     writer.close(**close_args)
     return path
+
+
+def journal_of(path: Path) -> Path:
+    """Where the writer keeps an open episode's journal."""
+    return path.with_name(path.name + ".journal")
+
+
+def killed_episode(tmp_path: Path, n_steps: int) -> Path:
+    """Leaves the files of a writer killed right after its n_steps-th append returned."""
+    writer = EpisodeWriter(tmp_path / "live.h5", SPEC, ATTRS)
+    for index in range(n_steps):
+        writer.append(step_for(index))
+    killed = tmp_path / "killed.h5"
+    shutil.copyfile(writer.path, killed)
+    shutil.copyfile(journal_of(writer.path), journal_of(killed))
+    writer.close()
+    return killed
 
 
 def test_closed_episode_reads_back_every_step_with_its_shape_and_dtype(tmp_path):
@@ -207,6 +226,93 @@ def test_images_are_compressed_one_frame_per_chunk_and_other_steps_are_not(tmp_p
         image, joints = file["steps/obs/image"], file["steps/obs/joint_pos"]
         assert (image.compression, image.chunks[0], image.maxshape[0]) == ("gzip", 1, None)
         assert (joints.compression, joints.maxshape[0]) == (None, None)
+
+
+def test_closing_removes_the_journal(tmp_path):
+    path = write_episode(tmp_path / "ep.h5", 2)
+
+    assert sorted(tmp_path.iterdir()) == [path]
+
+
+def test_open_episode_reads_back_the_steps_so_far_as_incomplete(tmp_path):
+    writer = EpisodeWriter(tmp_path / "ep.h5", SPEC, ATTRS)
+    writer.append(step_for(0))
+    writer.append(step_for(1))
+
+    episode = read_episode(writer.path)
+
+    assert_steps_are_the_first(episode.steps, 2)
+    assert episode.complete is False
+    assert count_steps(writer.path) == 2
+    writer.close()
+
+
+def test_killed_episode_reads_back_from_its_journal(tmp_path):
+    path = killed_episode(tmp_path, 3)
+
+    episode = read_episode(path)
+
+    assert_steps_are_the_first(episode.steps, 3)
+    assert {name: episode.attrs[name] for name in ATTRS} == ATTRS
+    assert (episode.stats, episode.complete) == ({}, False)
+
+
+def test_step_cut_short_in_the_journal_is_not_counted(tmp_path):
+    path = killed_episode(tmp_path, 3)
+    with journal_of(path).open("ab") as journal:
+        journal.write(b"\x07" * 100)
+
+    assert_steps_are_the_first(read_episode(path).steps, 3)
+    assert count_steps(path) == 3
+
+
+def test_step_torn_inside_the_journal_is_not_counted(tmp_path):
+    path = killed_episode(tmp_path, 3)
+    journal = bytearray(journal_of(path).read_bytes())
+    journal[-1] ^= 0xFF
+    journal_of(path).write_bytes(journal)
+
+    assert_steps_are_the_first(read_episode(path).steps, 2)
+    assert count_steps(path) == 2
+
+
+def test_journal_left_beside_a_closed_episode_is_ignored(tmp_path):
+    path = write_episode(tmp_path / "ep.h5", 2, flags=["done"])
+    journal_of(path).write_bytes(b"left by a close() that was cut short")
+
+    episode = read_episode(path)
+
+    assert (episode.complete, episode.attrs["flags"]) == (True, ["done"])
+    assert_steps_are_the_first(episode.steps, 2)
+
+
+def test_killed_episode_without_its_journal_raises_naming_the_file(tmp_path):
+    path = killed_episode(tmp_path, 2)
+    journal_of(path).unlink()
+
+    with pytest.raises(ValueError, match="killed.h5 cannot be opened .* no journal"):
+        read_episode(path)
+
+
+def test_recover_rewrites_a_killed_episode_as_a_plain_hdf5_file(tmp_path):
+    path = killed_episode(tmp_path, 4)
+
+    n_steps = recover(path)
+
+    assert n_steps == 4
+    assert not journal_of(path).exists()
+    with h5py.File(path, "r") as file:
+        assert file["steps/index"].shape == (4,)
+    episode = read_episode(path)
+    assert_steps_are_the_first(episode.steps, 4)
+    assert (episode.complete, episode.attrs["flags"]) == (False, ["recovered"])
+
+
+def test_recover_leaves_a_closed_episode_as_it_is(tmp_path):
+    path = write_episode(tmp_path / "ep.h5", 3, flags=["done"])
+
+    assert recover(path) == 3
+    assert read_episode(path).attrs["flags"] == ["done"]
 
 
 def test_file_with_another_layout_version_raises_naming_file_and_both_versions(tmp_path):

@@ -178,3 +178,16 @@ def test_a_learner_that_dies_is_restarted_and_the_session_loses_nothing(tmp_path
     learner = json.loads((logdir / "stats" / "learner.json").read_text())
     assert learner["refilled_steps"] > 0
     assert session_processes(str(logdir)) == []
+
+
+def test_a_session_with_curve_keys_on_the_experience_and_weights_channels(tmp_path):
+    keys = tmp_path / "keys"
+    made = subprocess.run([sys.executable, "-m", "robotd", "keys", str(keys)], capture_output=True, text=True,
+                          timeout=60, cwd=ROOT)
+    assert made.returncode == 0, made.stderr
+    logdir = tmp_path / "curve"
+    result = train("mock_arm.yaml", logdir, 900, ["--set", "network.auth=always", "--set", f"network.keys_dir={keys}"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = assert_session_invariants(logdir, 900)
+    assert summary["policy_version_max"] >= 1          # weights came through the authenticated PUB/SUB
+    assert "CurveZMQ on" in (logdir / "logs" / "learner.log").read_text()
