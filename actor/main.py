@@ -90,8 +90,9 @@ class Actor:
         socket = context.socket(zmq.DEALER)
         socket.setsockopt(zmq.LINGER, 0)
         socket.connect(self.config.network.control)
-        wire.send(socket, wire.Kind.HELLO, {"role": "actor", "session": self.config.session,
-                                             "actor_id": self.actor_id, "config_digest": self.config.digest()})
+        self.daemon_hello = {"role": "actor", "session": self.config.session, "actor_id": self.actor_id,
+                             "config_digest": self.config.digest()}
+        wire.send(socket, wire.Kind.HELLO, self.daemon_hello)
         timeout_s = self.config.actor.daemon_timeout_s
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline and not self.stop_requested.is_set():
@@ -159,15 +160,20 @@ class Actor:
         self.seq = 0
         self.stream_step = 0
         self.chunk_rows: list[dict] = []
-        last_obs_s = time.monotonic()
+        last_obs_s = last_hello_s = time.monotonic()
         while not self.stop_requested.is_set():
             if self.weights is None and self.stream.accepted.is_set():
                 self._subscribe_weights(context, max_bytes)
             if not daemon.poll(50):
-                if time.monotonic() - last_obs_s > silence_s and self.pending is not None:
+                silent_s = time.monotonic() - last_obs_s
+                if silent_s > silence_s and self.pending is not None:
                     self.counters["daemon_timeouts"] += 1
                     log.warning("no observation from the daemon for %.1f s: ending the episode", silence_s)
                     self._complete_pending(None, None, force_last=True)
+                if silent_s > silence_s and time.monotonic() - last_hello_s > 1.0:
+                    # The daemon stops serving an actor its watchdog gave up on; a hello brings it back.
+                    wire.send(daemon, wire.Kind.HELLO, self.daemon_hello)
+                    last_hello_s = time.monotonic()
                 continue
             message = self.receiver.decode(daemon.recv_multipart(copy=False))
             if message is None:

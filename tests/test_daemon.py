@@ -151,3 +151,17 @@ def test_malformed_messages_are_counted_and_the_loop_goes_on(running):
     running.act(obs, np.zeros(6))
     assert running.next_obs().meta["prev"]["late"] is False
     assert running.daemon.receiver.malformed >= 1
+
+
+def test_an_actor_that_says_hello_again_after_a_watchdog_stop_is_served_again(running):
+    running.hello()
+    running.next_obs()
+    deadline = time.monotonic() + 3
+    while running.daemon.counters["watchdog_stops"] == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    while running.socket.poll(50):
+        running.socket.recv_multipart()
+    assert running.hello().kind == wire.Kind.HELLO
+    obs = running.next_obs()
+    running.act(obs, np.zeros(6))
+    assert running.next_obs().meta["prev"]["late"] is False
