@@ -62,7 +62,7 @@ class Actor:
         self.rng = np.random.default_rng(config.seed + 7)
         self.counters = {"env_steps": 0, "episodes": 0, "late_steps": 0, "chunks": 0, "weight_swaps": 0,
                          "policy_version_max": 0, "network_steps": 0, "random_steps": 0,
-                         "daemon_timeouts": 0, "act_ms_max": 0.0}
+                         "daemon_timeouts": 0, "act_ms_max": 0.0, "malformed_obs": 0}
         self.policy_version = 0
         self.published_at = 0.0
         self.last_return = 0.0
@@ -121,6 +121,7 @@ class Actor:
         reading_spec = {device: {key: (tuple(shape), dtype) for key, (shape, dtype) in spec.items()}
                         for device, spec in hello["reading_spec"].items()}
         self.devices = list(reading_spec)
+        self.reading_spec = reading_spec
         self.task = tasks.make(config.task.name, robot=hello["robot_name"], cameras=hello["cameras"],
                                episode_steps=config.task.episode_steps, seed=config.seed, args=config.task.args)
         self.obs_spec = self.task.observation_spec(reading_spec)
@@ -184,10 +185,36 @@ class Actor:
             if message.kind != wire.Kind.OBS:
                 continue
             last_obs_s = time.monotonic()
+            problem = self._obs_problem(message)
+            if problem is not None:
+                self.counters["malformed_obs"] += 1
+                if self.counters["malformed_obs"] <= 10:
+                    log.warning("observation dropped: %s", problem)
+                continue
             if self._on_observation(daemon, message):
                 return
             self._maybe_swap_weights()
             self._publish_status()
+
+    def _obs_problem(self, message: wire.Message) -> str | None:
+        """Why an observation cannot be used (checked before anything is changed), or None."""
+        meta, arrays = message.meta, message.arrays
+        prev, devices = meta.get("prev"), meta.get("devices")
+        if not isinstance(prev, dict) or not isinstance(prev.get("tick"), int):
+            return "meta.prev missing or without an integer tick"
+        if not isinstance(devices, dict) or set(devices) != set(self.devices):
+            return f"meta.devices should name {sorted(self.devices)}"
+        for device, timing in devices.items():
+            if not isinstance(timing, dict) or any(not isinstance(timing.get(f), (int, bool)) for f in steps.DEVICE_FIELDS):
+                return f"meta.devices.{device} lacks one of {sorted(steps.DEVICE_FIELDS)}"
+            for key, (shape, dtype) in self.reading_spec[device].items():
+                value = arrays.get(f"{device}/{key}")
+                if value is None or value.shape != tuple(shape) or value.dtype != np.dtype(dtype):
+                    return f"array {device}/{key} missing or not {tuple(shape)} {dtype}"
+        applied = arrays.get("prev_action")
+        if applied is not None and applied.shape != (self.action_dim,):
+            return f"prev_action has shape {applied.shape}, expected ({self.action_dim},)"
+        return None
 
     def _on_observation(self, daemon, message: wire.Message) -> bool:
         """Answers one observation and completes the previous step; True when max_steps is reached."""

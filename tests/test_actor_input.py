@@ -1,0 +1,48 @@
+"""The actor refuses observations that do not match what its daemon promised, before changing anything."""
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from actor.main import Actor
+from robotd import config as cfg
+from robotd import wire
+
+CONFIG = Path(__file__).resolve().parent.parent / "configs" / "mock_arm.yaml"
+SPEC = {"arm": {"joint_pos": ((6,), "float32")}, "camera": {"image": ((4, 4, 3), "uint8")}}
+TIMING = {"hw_time_ns": 1, "host_time_ns": 2, "age_ns": 1, "frame_number": -1, "stale": False}
+
+
+@pytest.fixture
+def actor(tmp_path):
+    actor = Actor(cfg.load(CONFIG), logdir=str(tmp_path))
+    actor.devices, actor.reading_spec, actor.action_dim = list(SPEC), SPEC, 6
+    return actor
+
+
+def obs(meta_changes=None, arrays_changes=None):
+    meta = {"tick": 5, "t_tick_ns": 10, "prev": {"tick": 4, "late": False},
+            "devices": {"arm": dict(TIMING), "camera": dict(TIMING)}}
+    arrays = {"arm/joint_pos": np.zeros(6, np.float32), "camera/image": np.zeros((4, 4, 3), np.uint8),
+              "prev_action": np.zeros(6, np.float32)}
+    meta.update(meta_changes or {})
+    arrays.update(arrays_changes or {})
+    arrays = {k: v for k, v in arrays.items() if v is not None}
+    return wire.decode(wire.encode(wire.Kind.OBS, meta, arrays))
+
+
+def test_a_well_formed_observation_passes(actor):
+    assert actor._obs_problem(obs()) is None
+
+
+@pytest.mark.parametrize("meta_changes, arrays_changes, expected", [
+    ({"prev": None}, None, "meta.prev"),
+    ({"devices": {"arm": TIMING}}, None, "meta.devices should name"),
+    ({"devices": {"arm": {"hw_time_ns": 1}, "camera": TIMING}}, None, "meta.devices.arm lacks"),
+    (None, {"camera/image": None}, "array camera/image missing"),
+    (None, {"arm/joint_pos": np.zeros(7, np.float32)}, "array arm/joint_pos"),
+    (None, {"arm/joint_pos": np.zeros(6, np.float64)}, "array arm/joint_pos"),
+    (None, {"prev_action": np.zeros(2, np.float32)}, "prev_action has shape"),
+])
+def test_a_malformed_observation_is_named(actor, meta_changes, arrays_changes, expected):
+    assert expected in actor._obs_problem(obs(meta_changes, arrays_changes))
