@@ -109,21 +109,21 @@ def build_parser() -> argparse.ArgumentParser:
     daemon = sub.add_parser("daemon", help="the robot daemon (on the robot PC)")
     add_common(daemon)
     daemon.set_defaults(func=cmd_daemon)
-    actor = sub.add_parser("actor", help="the actor (on the robot PC)", add_help=False)
-    actor.set_defaults(func=lambda a: _exec_module("actor", a.rest))
-    learner = sub.add_parser("learner", help="the learner (on the GPU box)", add_help=False)
-    learner.set_defaults(func=lambda a: _exec_module("learner", a.rest))
+    # actor and learner are their own programs (python -m actor / learner); main() hands their arguments over.
+    sub.add_parser("actor", help="the actor (on the robot PC); robotd actor --help for its options")
+    sub.add_parser("learner", help="the learner (on the GPU box); robotd learner --help for its options")
     keys = sub.add_parser("keys", help="make CurveZMQ keys for a learner and its actors")
     keys.add_argument("keys_dir", help="directory for the keys (made if missing)")
     keys.add_argument("--actors", default="actor", help="comma-separated actor key names (default: actor)")
     keys.set_defaults(func=cmd_keys)
-    for p in (actor, learner):
-        p.add_argument("rest", nargs=argparse.REMAINDER)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``robotd`` console script."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in ("actor", "learner"):
+        return _exec_module(argv[0], argv[1:])
     args = build_parser().parse_args(argv)
     return args.func(args)
 
