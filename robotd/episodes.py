@@ -17,9 +17,9 @@ the file consistent between writes, still leaves metadata blocks that a kill can
 mid-write, after which a SWMR reader retries for many minutes and then fails. So the
 durable record of an open episode is a sidecar journal: a header with the spec and
 attrs, then one fixed-size record per step (step number, every key's raw bytes, a
-CRC-32), each written with a single pwrite at its own offset. An append is on disk
-(in the kernel's page cache) when it returns; a record cut short by a kill fails its
-CRC and is the only one lost. The HDF5 file is written alongside without per-step
+CRC-32), each written with a single pwrite at its own offset. An append is in the
+file (the kernel's page cache, which outlives the process) when it returns; a record
+cut short by a kill fails its CRC and is the only one lost. The HDF5 file is written alongside without per-step
 flushes, and close() finishes it and only then deletes the journal. Readers use the
 HDF5 file once it is closed and the journal otherwise, so a process killed at any
 instant, during close() included, leaves every step whose append() returned.
@@ -56,8 +56,8 @@ _U64 = struct.Struct("<Q")
 _STEP_NUMBER = "/step_number"
 _CRC = "/crc"
 
-# Datasets grow this many steps at a time and are trimmed on close(): growing rewrites
-# every dataset's header, the slowest part of an append.
+# Datasets grow this many steps at a time and are trimmed on close(), so most appends
+# skip resizing, which touches the metadata of every dataset.
 _GROW_STEPS = 256
 _SMALL_CHUNK_BYTES = 65536
 _MAX_CHUNK_STEPS = 4096
@@ -316,17 +316,17 @@ def _create_step_dataset(file: h5py.File, key: str, shape: tuple[int, ...], dtyp
         # An image per chunk, as replay samples frames one by one. A small chunk cache
         # compresses each frame as it is written rather than a backlog of them in close().
         frame_bytes = math.prod(shape)
-        chunk_steps, compression = 1, {**_IMAGE_COMPRESSION, "rdcc_nbytes": _IMAGE_CACHE_FRAMES * frame_bytes}
+        chunk_steps, options = 1, {**_IMAGE_COMPRESSION, "rdcc_nbytes": _IMAGE_CACHE_FRAMES * frame_bytes}
     else:
         row_bytes = math.prod(shape) * dtype.itemsize
-        chunk_steps, compression = max(1, min(_MAX_CHUNK_STEPS, _SMALL_CHUNK_BYTES // row_bytes)), {}
+        chunk_steps, options = max(1, min(_MAX_CHUNK_STEPS, _SMALL_CHUNK_BYTES // row_bytes)), {}
     return file.create_dataset(
         f"{_STEPS}/{key}",
         shape=(0, *shape),
         maxshape=(None, *shape),
         dtype=dtype,
         chunks=(chunk_steps, *shape),
-        **compression,
+        **options,
     )
 
 
