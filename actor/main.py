@@ -157,6 +157,7 @@ class Actor:
         silence_s = max(1.0, 20 * period_s)
         self.pending: Pending | None = None
         self.episode = None
+        self.next_episode_id = session.next_episode_id(self.logdir, self.actor_id)
         self.episode_step = 0
         self.seq = 0
         self.stream_step = 0
@@ -316,7 +317,8 @@ class Actor:
         self.chunk_rows = []
 
     def _open_episode(self) -> None:
-        self.episode_id = self.counters["episodes"]
+        self.episode_id = self.next_episode_id
+        self.next_episode_id += 1
         attrs = {"session": self.config.session, "actor_id": self.actor_id, "stream": self.stream_id,
                  "episode_id": self.episode_id,
                  "robot": self.config.robot.driver, "task": self.task.name,

@@ -94,6 +94,9 @@ def _local_network(config: Config) -> Config:
 
 def train(config: Config, *, logdir: str, steps: int | None, config_path: str) -> int:
     """Runs a whole session; returns the exit code."""
+    if session.holds_session(logdir):
+        raise session.LogdirError(f"log directory {str(logdir)!r} already holds a session: choose a new --logdir "
+                                  f"(its episodes and checkpoints are kept as they are)")
     root = session.prepare(logdir)
     if not config.session:
         config = dataclasses.replace(config, session=root.name)

@@ -75,6 +75,20 @@ def read_stats(logdir: str | Path, process: str) -> dict:
         return {}
 
 
+def next_episode_id(logdir: str | Path, actor_id: str) -> int:
+    """The first episode number of ``actor_id`` not used yet in this log directory (an actor restarted into
+    the same directory continues the numbering instead of touching earlier files)."""
+    used = [int(path.name[len(actor_id) + 1:].split(".")[0]) for path in (Path(logdir) / EPISODES).glob(f"{actor_id}-*.h5*")
+            if path.name[len(actor_id) + 1:].split(".")[0].isdigit()]
+    return max(used, default=-1) + 1
+
+
+def holds_session(logdir: str | Path) -> bool:
+    """True when the directory already has a session's episodes or summary."""
+    root = Path(logdir)
+    return (root / SUMMARY).exists() or any((root / EPISODES).glob("*.h5*"))
+
+
 def episode_path(logdir: str | Path, actor_id: str, episode_id: int) -> Path:
     """Where episode ``episode_id`` of ``actor_id`` is written."""
     return Path(logdir) / EPISODES / f"{actor_id}-{episode_id:06d}.h5"

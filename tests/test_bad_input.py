@@ -80,3 +80,23 @@ def test_a_learner_bound_beyond_loopback_without_keys_says_how_to_make_them(tmp_
     assert result.returncode == 2
     lines = error_lines(result)
     assert len(lines) == 1 and "robotd keys DIR" in lines[0] and "network.keys_dir" in lines[0]
+
+
+def test_train_refuses_a_logdir_that_already_holds_a_session(tmp_path):
+    (tmp_path / "old" / "episodes").mkdir(parents=True)
+    (tmp_path / "old" / "episodes" / "actor0-000000.h5").write_bytes(b"recorded")
+    result = run(["robotd", "train", CONFIG, "--logdir", str(tmp_path / "old")])
+    assert result.returncode == 2
+    assert error_lines(result) == [f"robotd train: error: log directory {str(tmp_path / 'old')!r} already holds a "
+                                   f"session: choose a new --logdir (its episodes and checkpoints are kept as they are)"]
+    assert (tmp_path / "old" / "episodes" / "actor0-000000.h5").read_bytes() == b"recorded"
+
+
+def test_an_actor_restarted_into_its_log_directory_numbers_episodes_after_the_old_ones(tmp_path):
+    from robotd.session import next_episode_id
+    episodes = tmp_path / "episodes"
+    episodes.mkdir()
+    for name in ("a0-000000.h5", "a0-000007.h5.journal", "a0-000003.h5", "b1-000042.h5"):
+        (episodes / name).write_bytes(b"")
+    assert next_episode_id(tmp_path, "a0") == 8
+    assert next_episode_id(tmp_path, "c2") == 0
