@@ -60,6 +60,12 @@ class Running:
         self.context.term()
 
 
+def wait_for_watchdog_stop(running, timeout_s=3.0):
+    deadline = time.monotonic() + timeout_s
+    while running.daemon.counters["watchdog_stops"] == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
 @pytest.fixture
 def running():
     run = Running(make_config())
@@ -125,9 +131,7 @@ def test_an_invalid_action_is_held_by_the_safety_layer(running):
 def test_a_silent_actor_brings_the_robot_to_a_safe_stop(running):
     running.hello()
     running.next_obs()
-    deadline = time.monotonic() + 3
-    while running.daemon.counters["watchdog_stops"] == 0 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_for_watchdog_stop(running)
     assert running.daemon.counters["watchdog_stops"] == 1
     while running.socket.poll(50):                                       # drain what was sent before the stop
         running.socket.recv_multipart()
@@ -156,9 +160,7 @@ def test_malformed_messages_are_counted_and_the_loop_goes_on(running):
 def test_an_actor_that_says_hello_again_after_a_watchdog_stop_is_served_again(running):
     running.hello()
     running.next_obs()
-    deadline = time.monotonic() + 3
-    while running.daemon.counters["watchdog_stops"] == 0 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_for_watchdog_stop(running)
     while running.socket.poll(50):
         running.socket.recv_multipart()
     assert running.hello().kind == wire.Kind.HELLO
