@@ -81,7 +81,7 @@ def cmd_train(args) -> int:
     try:
         config = load_config(args)
         logdir = args.logdir or default_logdir(args.config)
-        return train(config, logdir=logdir, steps=args.steps, config_path=args.config)
+        return train(config, logdir=logdir, steps=args.steps)
     except USER_ERRORS as exc:
         return fail("train", exc)
 

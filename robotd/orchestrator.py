@@ -92,7 +92,7 @@ def _local_network(config: Config) -> Config:
     return dataclasses.replace(config, network=network)
 
 
-def train(config: Config, *, logdir: str, steps: int | None, config_path: str) -> int:
+def train(config: Config, *, logdir: str, steps: int | None) -> int:
     """Runs a whole session; returns the exit code."""
     if session.holds_session(logdir):
         raise session.LogdirError(f"log directory {str(logdir)!r} already holds a session: choose a new --logdir "
@@ -108,6 +108,9 @@ def train(config: Config, *, logdir: str, steps: int | None, config_path: str) -
     context = zmq.Context()
     collector = StatusCollector(context, config.network.status)
     started = time.monotonic()
+    interrupted: list[float] = []           # handlers first, so a Ctrl-C while starting still stops everything
+    signal.signal(signal.SIGINT, lambda *_: interrupted.append(time.monotonic()))
+    signal.signal(signal.SIGTERM, lambda *_: interrupted.append(time.monotonic()))
     children = {"learner": Child("learner", [python, "-m", "learner", *common], root)}
     children["daemon"] = Child("daemon", [python, "-m", "robotd", "daemon", *common], root)
     actor_argv = [python, "-m", "actor", *common, "--actor-id", "actor0"]
@@ -117,9 +120,6 @@ def train(config: Config, *, logdir: str, steps: int | None, config_path: str) -
     retired: list[Child] = []
     print(f"robotd train: session {root} ({config.robot.driver}, task {config.task.name}, "
           f"{config.control.rate_hz:g} Hz); Ctrl-C stops the robot and ends the session", file=sys.stderr)
-    interrupted = []
-    signal.signal(signal.SIGINT, lambda *_: interrupted.append(time.monotonic()))
-    signal.signal(signal.SIGTERM, lambda *_: interrupted.append(time.monotonic()))
     reason = "steps done"
     tty = sys.stderr.isatty()
     last_print = 0.0
