@@ -201,9 +201,9 @@ class Daemon:
         self._last_hw: dict[str, int] = {}
         self._last_target = None
         actor: bytes | None = None
-        prev = {"tick": -1, "late": False, "clipped": False, "reset_done": False, "policy_version": 0}
-        prev_action = np.zeros(self.action_dim, np.float32)
-        stopped_for_pstop = False
+        self._prev = {"tick": -1, "late": False, "clipped": False, "reset_done": False, "policy_version": 0}
+        self._prev_action = np.zeros(self.action_dim, np.float32)
+        self._stopped_for_pstop = False
         log.info("daemon up: %s robot %s at %.1f Hz, %s, control on %s", self.kind, self.config.robot.driver,
                  control.rate_hz, self.scheduling, self.config.network.control)
         clock.start()
@@ -213,14 +213,7 @@ class Daemon:
                 t_tick_ns = time.monotonic_ns()
                 self.counters["ticks"] += 1
                 arrays, timing = self._read_all(t_tick_ns)
-                robot_status = self.robot.status()
-                if robot_status.protective_stop or robot_status.emergency_stop:
-                    if not stopped_for_pstop:
-                        self.counters["protective_stops"] += 1
-                        self.safe_stop("protective stop reported by the robot")
-                        stopped_for_pstop = True
-                else:
-                    stopped_for_pstop = False
+                robot_status = self._check_robot_status()
                 actor = self._take_messages(socket, receiver, actor, watchdog, tick)
                 if actor is not None and watchdog.expired():
                     self.counters["watchdog_stops"] += 1
@@ -229,42 +222,13 @@ class Daemon:
                 if actor is None:
                     status.publish(self._status_counters(clock, actor_connected=False))
                     continue
-                meta = {"tick": tick, "t_tick_ns": t_tick_ns, "devices": timing, "prev": prev,
-                        "robot_status": {"ok": bool(robot_status.ok), "protective_stop": bool(robot_status.protective_stop),
-                                         "emergency_stop": bool(robot_status.emergency_stop),
-                                         "fallen": bool(robot_status.fallen), "fault": robot_status.fault}}
-                arrays["prev_action"] = prev_action
-                wire.send_to(socket, actor, wire.Kind.OBS, meta, arrays)
+                meta = {"tick": tick, "t_tick_ns": t_tick_ns, "devices": timing, "prev": self._prev,
+                        "robot_status": robot_status}
+                wire.send_to(socket, actor, wire.Kind.OBS, meta, {**arrays, "prev_action": self._prev_action})
                 self.counters["actor_ticks"] += 1
                 act = self._wait_action(socket, receiver, actor, tick, t_tick_ns + deadline_ns, clock, watchdog)
-                q_now = self._robot_q(arrays)
-                base_q = self._last_target if self._last_target is not None else q_now
-                reset_done = False
-                if act is None:
-                    self.counters["late_steps"] += 1
-                    command = safety.fallback(control.fallback, q_now, self._last_target)
-                    late, version = True, prev["policy_version"]
-                else:
-                    late, version = False, int(act.meta["policy_version"])
-                    if act.meta.get("reset") is True:
-                        reset_done = self._reset_robot(safety)
-                        command = None
-                    elif self.kind == "arm":
-                        command = safety.command(act.arrays["action"], q_now, self._last_target)
-                    else:
-                        command = safety.command(act.arrays["action"], q_now, self._last_target,
-                                                 arrays[f"{self.robot.name}/imu_rpy"])
-                if stopped_for_pstop and command is not None:
-                    command = safety.fallback("stop", q_now, self._last_target)
-                if command is not None:
-                    self.counters["safety_clipped"] += int(command.clipped)
-                    self._apply(command)
-                    prev_action = self._effective_action(command, base_q)
-                else:
-                    prev_action = np.zeros(self.action_dim, np.float32)
-                prev = {"tick": tick, "late": late, "clipped": bool(command is not None and command.clipped),
-                        "reset_done": reset_done, "policy_version": version}
-                if version > 0:
+                self._command_robot(act, arrays, safety, tick)
+                if self._prev["policy_version"] > 0:
                     self.training_stats.add(max(0, t_tick_ns - tick_deadline_ns))
                 status.publish(self._status_counters(clock, actor_connected=True))
         finally:
@@ -288,6 +252,49 @@ class Daemon:
             if self.logdir:
                 session.write_stats(self.logdir, "daemon", stats)
         return stats
+
+    def _check_robot_status(self) -> dict:
+        """The robot's status for the observation; a new protective or emergency stop stops the robot."""
+        robot_status = self.robot.status()
+        stopped = robot_status.protective_stop or robot_status.emergency_stop
+        if stopped and not self._stopped_for_pstop:
+            self.counters["protective_stops"] += 1
+            self.safe_stop("protective stop reported by the robot")
+        self._stopped_for_pstop = stopped
+        return {"ok": bool(robot_status.ok), "protective_stop": bool(robot_status.protective_stop),
+                "emergency_stop": bool(robot_status.emergency_stop), "fallen": bool(robot_status.fallen),
+                "fault": robot_status.fault}
+
+    def _command_robot(self, act: wire.Message | None, arrays: dict, safety, tick: int) -> None:
+        """Applies the actor's action (or the fallback when it is late) through the safety layer, and records
+        what was applied for the next observation."""
+        q_now = self._robot_q(arrays)
+        base_q = self._last_target if self._last_target is not None else q_now
+        reset_done = False
+        if act is None:
+            self.counters["late_steps"] += 1
+            command = safety.fallback(self.config.control.fallback, q_now, self._last_target)
+            late, version = True, self._prev["policy_version"]
+        else:
+            late, version = False, int(act.meta["policy_version"])
+            if act.meta.get("reset") is True:
+                reset_done = self._reset_robot(safety)
+                command = None
+            elif self.kind == "arm":
+                command = safety.command(act.arrays["action"], q_now, self._last_target)
+            else:
+                command = safety.command(act.arrays["action"], q_now, self._last_target,
+                                         arrays[f"{self.robot.name}/imu_rpy"])
+        if self._stopped_for_pstop and command is not None:
+            command = safety.fallback("stop", q_now, self._last_target)   # nothing moves until a reset
+        if command is not None:
+            self.counters["safety_clipped"] += int(command.clipped)
+            self._apply(command)
+            self._prev_action = self._effective_action(command, base_q)
+        else:
+            self._prev_action = np.zeros(self.action_dim, np.float32)
+        self._prev = {"tick": tick, "late": late, "clipped": bool(command is not None and command.clipped),
+                      "reset_done": reset_done, "policy_version": version}
 
     def _robot_q(self, arrays: dict) -> np.ndarray:
         return np.asarray(arrays[f"{self.robot.name}/joint_pos"], np.float64)
