@@ -191,3 +191,23 @@ def test_a_session_with_curve_keys_on_the_experience_and_weights_channels(tmp_pa
     summary = assert_session_invariants(logdir, 900)
     assert summary["policy_version_max"] >= 1          # weights came through the authenticated PUB/SUB
     assert "CurveZMQ on" in (logdir / "logs" / "learner.log").read_text()
+
+
+def test_ctrl_c_while_the_processes_are_still_starting_leaves_nothing_running(tmp_path):
+    pids_before = {int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()}
+    logdir = tmp_path / "early"
+    argv = [sys.executable, "-m", "robotd", "train", str(ROOT / "configs" / "mock_arm.yaml"), "--steps", "100000",
+            "--logdir", str(logdir), *FAST]
+    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not (logdir / "logs" / "actor.log").exists():
+        time.sleep(0.05)
+    time.sleep(0.5)                                   # Ray and torch are still loading now
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr[-3000:]
+    summary = json.loads((logdir / "summary.json").read_text())
+    assert summary["exit_reason"] == "interrupted"
+    assert summary["logged_steps"] == summary["env_steps"]
+    assert session_processes(str(logdir)) == []
+    assert ray_processes_since(pids_before) == []
