@@ -367,12 +367,12 @@ class Actor:
         self.policy_version, self.published_at = version, published_at
         self.counters["weight_swaps"] += 1
 
-    def _publish_status(self) -> None:
+    def _publish_status(self, *, force: bool = False) -> None:
         age = time.time() - self.published_at if self.published_at else -1.0
         self.status.publish({"env_steps": self.counters["env_steps"], "episodes": self.counters["episodes"],
                              "policy_version": self.policy_version, "policy_age_s": age,
                              "last_return": self.last_return, "unacked_chunks": self.stream.pending,
-                             "learner_connected": self.stream.accepted.is_set()})
+                             "learner_connected": self.stream.accepted.is_set()}, force=force)
 
     def _finish(self, daemon) -> None:
         """Closes the episode, says bye to the daemon, drains the stream and writes the stats."""
@@ -402,16 +402,10 @@ class Actor:
                       "acked_chunks": self.stream.acked_chunks, "learner_restarts": self.stream.reconnects,
                       "spilled_chunks": self.stream.spool.spilled_total,
                       "refused_by_learner": self.stream.refused_reason, "malformed": self.receiver.malformed}
-        self.status.publish(self.stats_for_status(), force=True)
+        self._publish_status(force=True)
         self.status.close()
         self.metrics.close()
         session.write_stats(self.logdir, "actor", self.stats)
-
-    def stats_for_status(self) -> dict:
-        """Final counters in the status line's terms."""
-        return {"env_steps": self.counters["env_steps"], "episodes": self.counters["episodes"],
-                "policy_version": self.policy_version, "last_return": self.last_return,
-                "unacked_chunks": self.stream.pending}
 
 
 def episode_stats(rows: list[dict], rate_hz: float, devices: list[str]) -> dict:

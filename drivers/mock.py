@@ -91,16 +91,23 @@ class _MockDevice:
         self,
         *,
         name: str,
-        seed: int,
-        noise_std: float,
-        latency_ms: float,
-        latency_jitter_ms: float,
-        clock_offset_s: float,
-        clock_drift_ppm: float,
-        host_clock: Callable[[], int],
-        faults: Mapping[str, float] | None,
+        seed: int = 0,
+        noise_std: float = 0.0,
+        latency_ms: float = 1.0,
+        latency_jitter_ms: float = 0.2,
+        clock_offset_s: float = 0.0,
+        clock_drift_ppm: float = 0.0,
+        host_clock: Callable[[], int] = time.monotonic_ns,
+        faults: Mapping[str, float] | None = None,
     ) -> None:
-        """Set up the clock, latency, noise streams and fault schedule; see the subclasses for the kwargs."""
+        """Set up the clock, latency, noise streams and fault schedule.
+
+        These keyword arguments are taken by every mock: seed (all randomness), noise_std (Gaussian
+        noise on every value read), latency_ms and latency_jitter_ms (transport delay between the
+        device timestamp and the host receive time), clock_offset_s and clock_drift_ppm (the device
+        clock against host time), host_clock (the host's monotonic ns clock; tests pass a fake), and
+        faults (scheduled faults, keys in each class's docstring).
+        """
         self.name = name
         self.noise_std = _non_negative(self._owner, "noise_std", noise_std)
         self._latency_ns = round(_non_negative(self._owner, "latency_ms", latency_ms) * _NS_PER_MS)
@@ -270,31 +277,17 @@ class MockArm(_MockDevice, Arm):
         *,
         name: str = "arm",
         dof: int = 6,
-        seed: int = 0,
-        noise_std: float = 0.0,
-        latency_ms: float = 1.0,
-        latency_jitter_ms: float = 0.2,
-        clock_offset_s: float = 0.0,
-        clock_drift_ppm: float = 0.0,
-        host_clock: Callable[[], int] = time.monotonic_ns,
-        faults: Mapping[str, float] | None = None,
         tau_s: float = 0.05,
         max_vel_rad_s: float = math.pi,
         reset_noise_rad: float = 0.01,
         home_q_rad: object = None,
         joint_limits_rad: object = None,
+        **common,
     ) -> None:
         """Build a disconnected arm resting at its home pose; noise_std applies to every value read."""
         super().__init__(
             name=name,
-            seed=seed,
-            noise_std=noise_std,
-            latency_ms=latency_ms,
-            latency_jitter_ms=latency_jitter_ms,
-            clock_offset_s=clock_offset_s,
-            clock_drift_ppm=clock_drift_ppm,
-            host_clock=host_clock,
-            faults=faults,
+            **common,
         )
         if isinstance(dof, bool) or not isinstance(dof, int) or dof < 1:
             raise ValueError(f"{self._owner}: dof must be an integer >= 1, got {dof!r}; pass e.g. dof=6")
@@ -488,31 +481,17 @@ class MockLegged(_MockDevice, Legged):
         self,
         *,
         name: str = "legged",
-        seed: int = 0,
-        noise_std: float = 0.0,
-        latency_ms: float = 1.0,
-        latency_jitter_ms: float = 0.2,
-        clock_offset_s: float = 0.0,
-        clock_drift_ppm: float = 0.0,
-        host_clock: Callable[[], int] = time.monotonic_ns,
-        faults: Mapping[str, float] | None = None,
         joint_damping_nm_s_rad: float = 0.5,
         damp_kd: float = 2.0,
         tilt_gain_per_s: float = 0.5,
         fall_tilt_rad: float = 0.8,
         reset_noise_rad: float = 0.01,
+        **common,
     ) -> None:
         """Build a disconnected robot lying down with passive motors; noise_std applies to joints and IMU."""
         super().__init__(
             name=name,
-            seed=seed,
-            noise_std=noise_std,
-            latency_ms=latency_ms,
-            latency_jitter_ms=latency_jitter_ms,
-            clock_offset_s=clock_offset_s,
-            clock_drift_ppm=clock_drift_ppm,
-            host_clock=host_clock,
-            faults=faults,
+            **common,
         )
         self.n_motors = _A1_N_MOTORS
         self.stand_q_rad = np.tile(_A1_STAND_LEG_RAD, 4)
@@ -736,31 +715,17 @@ class MockCamera(_MockDevice, Camera):
         height: int = 64,
         fps: float = 30.0,
         depth: bool = False,
-        seed: int = 0,
-        noise_std: float = 0.0,
-        latency_ms: float = 1.0,
-        latency_jitter_ms: float = 0.2,
-        clock_offset_s: float = 0.0,
-        clock_drift_ppm: float = 0.0,
-        host_clock: Callable[[], int] = time.monotonic_ns,
-        faults: Mapping[str, float] | None = None,
+        **common,
     ) -> None:
         """Build a disconnected camera showing the default centred blob."""
         super().__init__(
             name=name,
-            seed=seed,
-            noise_std=noise_std,
-            latency_ms=latency_ms,
-            latency_jitter_ms=latency_jitter_ms,
-            clock_offset_s=clock_offset_s,
-            clock_drift_ppm=clock_drift_ppm,
-            host_clock=host_clock,
-            faults=faults,
+            **common,
         )
         for what, size in (("width", width), ("height", height)):
             if isinstance(size, bool) or not isinstance(size, int) or size < 1:
                 raise ValueError(f"{self._owner}: {what} must be an integer >= 1, got {size!r}; pass e.g. {what}=64")
-        drop_n = dict(faults or {}).get("drop_n")
+        drop_n = dict(common.get("faults") or {}).get("drop_n")
         if drop_n is not None and int(drop_n) != drop_n:
             raise ValueError(f"{self._owner}: faults['drop_n'] must be an integer, got {drop_n!r}; pass e.g. 2")
         self.width = width

@@ -115,8 +115,7 @@ class Daemon:
             self.counters["stale_readings"] += int(stale)
             timing[device.name] = {"hw_time_ns": int(reading.hw_time_ns), "host_time_ns": int(reading.host_time_ns),
                                    "age_ns": int(age_ns), "domain": reading.domain, "stale": bool(stale),
-                                   "frame_number": -1 if reading.frame_number is None else int(reading.frame_number),
-                                   "repeated": previous == reading.hw_time_ns}
+                                   "frame_number": -1 if reading.frame_number is None else int(reading.frame_number)}
             for key, value in reading.values.items():
                 arrays[f"{device.name}/{key}"] = np.ascontiguousarray(value)
         return arrays, timing
