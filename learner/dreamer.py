@@ -4,13 +4,22 @@
 same encoder, RSSM and actor modules, loaded from ``Dreamer.policy_state_dict()``.
 
 Batch layout (``Dreamer.train_step``): every observation key ``(B, T, ...)``; ``action`` ``(B, T, A)``
-in [-1, 1], the action taken after observing step ``t``; ``reward`` ``(B, T)``, received on
-arriving at step ``t``; ``is_first``, ``is_last``, ``is_terminal`` ``(B, T)`` flags.
+in [-1, 1] (one-hot for discrete actions), the action taken after observing step ``t``;
+``reward`` ``(B, T)``, received on arriving at step ``t``; ``is_first``, ``is_last``,
+``is_terminal`` ``(B, T)`` flags.
+
+Sizes follow the published presets (Hafner et al. 2024, configs ``size1m`` .. ``size400m``);
+every dimension can be overridden. The hyperparameters are the paper's: LaProp with adaptive
+gradient clipping 0.3, learning rate 4e-5 after a 1000-step warm-up, one loss and one backward
+pass per update with loss scales rec 1, rew 1, con 1, dyn 1, rep 0.1, policy 1, value 1,
+replay value 0.3.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,8 +27,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from learner.mathops import ReturnNormaliser, categorical_kl, free_bits, lambda_returns
+from learner.mathops import ReturnNormaliser, categorical_kl, free_bits, lambda_returns, straight_through_sample
 from learner.networks import (
+    CNN_STRIDES,
     RSSM,
     Actor,
     ContinueHead,
@@ -30,79 +40,140 @@ from learner.networks import (
     TwoHotHead,
     split_obs_spec,
 )
+from learner.optim import LaProp
 
-__all__ = ["Dreamer", "ModelConfig", "ObsSpec", "Policy", "WorldModel", "preset"]
+__all__ = ["Dreamer", "ModelConfig", "ObsSpec", "PRESETS", "Policy", "WorldModel", "preset"]
 
 BATCH_KEYS = ("action", "reward", "is_first", "is_last", "is_terminal")
 """Non-observation keys of a training batch; observation keys may not use these names."""
 
+PRECISIONS = ("auto", "float32", "bfloat16")
+COMPILE_CHOICES = ("auto", "on", "off")
+
 
 @dataclass
 class ModelConfig:
-    """Sizes and hyperparameters of the agent; defaults are the paper's (the "small" preset's sizes)."""
+    """Sizes and hyperparameters of the agent. Defaults are the paper's, with the 12m preset's sizes."""
 
-    # Network sizes.
-    deter: int = 256  # GRU state size
-    hidden: int = 256  # width of the RSSM's internal layers
-    stoch: int = 16  # number of categorical latents
+    # World-model sizes.
+    deter: int = 2048  # block-GRU state size
+    hidden: int = 256  # width of the RSSM's dense layers
+    stoch: int = 32  # number of categorical latents
     classes: int = 16  # classes per categorical latent
-    units: int = 256  # width of encoder, decoder and head MLPs
-    layers: int = 2  # layers of those MLPs
-    cnn_depth: int = 16  # channels of the first conv layer, doubled at every stage
+    blocks: int = 8  # groups of the block-diagonal GRU
+    dynlayers: int = 1  # block-linear hidden layers of the GRU
+    imglayers: int = 2  # dense layers of the prior
+    obslayers: int = 1  # dense layers of the posterior
+    units: int = 256  # width of encoder, decoder, actor and critic MLPs
+    layers: int = 3  # layers of those MLPs
+    head_layers: int = 1  # layers of the reward and continue heads
+    cnn_depth: int = 16  # CNN channel multiplier
+    cnn_mults: tuple[int, ...] = (2, 3, 4, 4)  # channels per stage = cnn_depth * mult
+    cnn_kernel: int = 5
+    cnn_stride: str = "conv"  # "pool": full-resolution conv + 2x2 max pool; "conv": stride-2 conv
+    dec_bspace: int = 8  # groups of the decoder's block-linear projection of the GRU state (0: dense)
     bins: int = 255  # two-hot bins of the reward head and critic
     # Actor-critic.
     horizon: int = 15  # imagined steps
-    gamma: float = 1.0 - 1.0 / 333.0  # discount
+    discount_horizon: float = 333.0  # discount gamma = 1 - 1 / discount_horizon
     lam: float = 0.95  # lambda of the lambda-returns
     entropy: float = 3e-4  # actor entropy bonus
     actor_min_std: float = 0.1
     actor_max_std: float = 1.0
-    slow_critic_decay: float = 0.98  # EMA decay of the slow critic, updated every step
+    actor_unimix: float = 0.01  # uniform mix of the discrete policy
+    actor_outscale: float = 0.01  # initial scale of the actor's output layer
+    slow_critic_rate: float = 0.02  # EMA rate of the slow critic, updated every step
     slow_critic_reg: float = 1.0  # weight of the critic's regression towards the slow critic
-    replay_critic_scale: float = 0.3  # weight of the critic loss on replayed sequences
-    return_norm_decay: float = 0.99  # EMA decay of the return percentile range
+    return_norm_rate: float = 0.01  # EMA rate of the 5th-95th return percentile range
     return_norm_limit: float = 1.0  # smallest return scale advantages are divided by
+    return_norm_debias: bool = False
     # World model.
     free_nats: float = 1.0
-    kl_dyn: float = 1.0
-    kl_rep: float = 0.1
     unimix: float = 0.01
-    # Optimisation.
-    model_lr: float = 1e-4
-    actor_lr: float = 3e-5
-    critic_lr: float = 3e-5
-    adam_eps: float = 1e-8
-    grad_clip: float = 1000.0  # gradient norm clip per optimiser
+    # Loss scales.
+    loss_rec: float = 1.0
+    loss_rew: float = 1.0
+    loss_con: float = 1.0
+    loss_dyn: float = 1.0
+    loss_rep: float = 0.1
+    loss_policy: float = 1.0
+    loss_value: float = 1.0
+    loss_repval: float = 0.3
+    # Optimiser (LaProp with adaptive gradient clipping).
+    lr: float = 4e-5
+    agc: float = 0.3
+    eps: float = 1e-20
+    beta1: float = 0.9
+    beta2: float = 0.999
+    warmup: int = 1000
+    # Execution.
+    precision: str = "auto"  # "auto": bfloat16 autocast on CUDA, float32 on CPU
+    compile: str = "auto"  # torch.compile of the recurrent steps; "auto": on CUDA only
+
+    def __post_init__(self) -> None:
+        self.cnn_mults = tuple(int(mult) for mult in self.cnn_mults)
+        checks = [
+            ("cnn_stride", self.cnn_stride, CNN_STRIDES),
+            ("precision", self.precision, PRECISIONS),
+            ("compile", self.compile, COMPILE_CHOICES),
+        ]
+        for name, value, choices in checks:
+            if value not in choices:
+                raise ValueError(f"model setting {name} = {value!r} is not one of {', '.join(choices)}: pick one")
+        positive = ("deter", "hidden", "stoch", "classes", "blocks", "units", "cnn_depth", "cnn_kernel", "horizon")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"model setting {name} = {getattr(self, name)} must be at least 1")
+        if self.deter % self.blocks:
+            raise ValueError(f"model setting deter = {self.deter} must divide into blocks = {self.blocks}: "
+                             f"make deter a multiple of blocks")
+        if self.bins < 3 or self.bins % 2 == 0:
+            raise ValueError(f"model setting bins = {self.bins} must be odd and at least 3")
+        if not self.cnn_mults or min(self.cnn_mults) < 1:
+            raise ValueError(f"model setting cnn_mults = {self.cnn_mults} needs at least one positive multiplier")
+
+    @property
+    def gamma(self) -> float:
+        """The discount per step."""
+        return 1.0 - 1.0 / self.discount_horizon
 
 
-_PRESETS = {
-    "tiny": dict(deter=64, hidden=64, stoch=8, classes=8, units=64, layers=1, cnn_depth=8, horizon=8),
-    "small": dict(deter=256, hidden=256, stoch=16, classes=16, units=256, layers=2, cnn_depth=16, horizon=15),
+_SIZES = {
+    # name: deter, hidden, classes, cnn_depth, units (published presets; stoch 32, blocks 8).
+    "1m": (512, 64, 4, 4, 64),
+    "12m": (2048, 256, 16, 16, 256),
+    "25m": (3072, 384, 24, 24, 384),
+    "50m": (4096, 512, 32, 32, 512),
+    "100m": (6144, 768, 48, 48, 768),
+    "200m": (8192, 1024, 64, 64, 1024),
+    "400m": (12288, 1536, 96, 96, 1536),
 }
+PRESETS = ("tiny", *_SIZES)
+"""Known size presets: "tiny" for tests and CPU demos, then the paper's sizes by parameter count."""
 
 
 def preset(name: str) -> ModelConfig:
-    """A named configuration: "tiny" for tests and CPU demos, "small" for real runs."""
-    if name not in _PRESETS:
-        raise ValueError(f"unknown preset {name!r}; known presets: {', '.join(sorted(_PRESETS))}")
-    return ModelConfig(**_PRESETS[name])
+    """The named size preset as a ``ModelConfig`` (paper hyperparameters throughout)."""
+    if name == "tiny":
+        # Small enough for CI on two cores; a shorter imagination horizon keeps updates quick.
+        return ModelConfig(deter=64, hidden=64, stoch=8, classes=8, blocks=8, units=64, layers=1, cnn_depth=4,
+                           horizon=8)
+    if name not in _SIZES:
+        raise ValueError(f"unknown model preset {name!r}; known presets: {', '.join(PRESETS)}")
+    deter, hidden, classes, depth, units = _SIZES[name]
+    return ModelConfig(deter=deter, hidden=hidden, classes=classes, cnn_depth=depth, units=units)
 
 
-def build_policy_modules(obs_spec: ObsSpec, action_dim: int, config: ModelConfig) -> dict[str, nn.Module]:
+def build_policy_modules(obs_spec: ObsSpec, action_dim: int, config: ModelConfig, discrete: bool = False
+                         ) -> dict[str, nn.Module]:
     """The modules that acting needs, by the names used in ``Dreamer.policy_state_dict``."""
-    encoder = ObservationEncoder(obs_spec, config.units, config.layers, config.cnn_depth)
-    rssm = RSSM(
-        encoder.out_features,
-        action_dim,
-        config.deter,
-        config.hidden,
-        config.stoch,
-        config.classes,
-        config.unimix,
-    )
-    actor = Actor(
-        rssm.feature_dim, action_dim, config.units, config.layers, config.actor_min_std, config.actor_max_std
-    )
+    encoder = ObservationEncoder(obs_spec, config.units, config.layers, config.cnn_depth, config.cnn_mults,
+                                 config.cnn_kernel, config.cnn_stride)
+    rssm = RSSM(encoder.out_features, action_dim, config.deter, config.hidden, config.stoch, config.classes,
+                config.unimix, config.blocks, config.dynlayers, config.imglayers, config.obslayers)
+    actor = Actor(rssm.feature_dim, action_dim, config.units, config.layers, config.actor_min_std,
+                  config.actor_max_std, discrete=discrete, unimix=config.actor_unimix,
+                  outscale=config.actor_outscale)
     return {"encoder": encoder, "rssm": rssm, "actor": actor}
 
 
@@ -116,6 +187,11 @@ def _check_obs_spec(obs_spec: ObsSpec, action_dim: int) -> None:
         raise ValueError(f"action_dim must be at least 1, got {action_dim}")
 
 
+def parameter_count(module: nn.Module) -> int:
+    """Trainable parameters of ``module``."""
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)
+
+
 class WorldModel(nn.Module):
     """Encoder, RSSM, decoder, reward and continue heads, and the world-model loss."""
 
@@ -125,9 +201,11 @@ class WorldModel(nn.Module):
         self.encoder = encoder
         self.rssm = rssm
         feature_dim = rssm.feature_dim
-        self.decoder = ObservationDecoder(obs_spec, feature_dim, config.units, config.layers, config.cnn_depth)
-        self.reward_head = TwoHotHead(feature_dim, config.units, config.layers, config.bins)
-        self.continue_head = ContinueHead(feature_dim, config.units, config.layers)
+        self.decoder = ObservationDecoder(obs_spec, config.deter, config.stoch * config.classes, config.units,
+                                          config.layers, config.cnn_depth, config.cnn_mults, config.cnn_kernel,
+                                          config.cnn_stride, config.dec_bspace)
+        self.reward_head = TwoHotHead(feature_dim, config.units, config.head_layers, config.bins)
+        self.continue_head = ContinueHead(feature_dim, config.units, config.head_layers)
 
     def loss(
         self,
@@ -137,20 +215,20 @@ class WorldModel(nn.Module):
         is_first: torch.Tensor,
         is_terminal: torch.Tensor,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor], LatentState]:
-        """World-model loss of sequences ``(B, T, ...)``; returns the loss, its parts and the posterior states.
+        """World-model loss of sequences ``(B, T, ...)``; returns the scaled loss, its parts and the posterior states.
 
-        Loss = reconstruction + reward two-hot cross-entropy + continue BCE (target
-        ``1 - is_terminal``) + ``kl_dyn * max(free_nats, KL[sg(q) || p])`` +
-        ``kl_rep * max(free_nats, KL[q || sg(p)])``, each averaged over batch and time. The
-        dynamics term trains the prior towards the posterior; the smaller representation term
-        keeps the posterior predictable.
+        Loss = ``loss_rec`` * reconstruction + ``loss_rew`` * reward two-hot cross-entropy +
+        ``loss_con`` * continue BCE (target ``1 - is_terminal``) + ``loss_dyn`` *
+        ``max(free_nats, KL[sg(q) || p])`` + ``loss_rep`` * ``max(free_nats, KL[q || sg(p)])``,
+        each averaged over batch and time. The dynamics term trains the prior towards the
+        posterior; the smaller representation term keeps the posterior predictable.
         """
         config = self.config
         embed = self.encoder(obs)
         states, posterior, prior = self.rssm.observe(embed, previous_action, is_first)
         features = self.rssm.features(states)
 
-        reconstruction = self.decoder.loss(features, obs)
+        reconstruction = self.decoder.loss(states.deter, states.stoch, obs)
         parts: dict[str, torch.Tensor] = {}
         if self.decoder.image_shapes:
             parts["image"] = sum(reconstruction[key] for key in self.decoder.image_shapes)
@@ -166,19 +244,23 @@ class WorldModel(nn.Module):
         parts["kl_dyn"] = free_bits(kl_dyn, config.free_nats).mean()
         parts["kl_rep"] = free_bits(kl_rep, config.free_nats).mean()
 
-        total = (
-            sum(value for key, value in parts.items() if not key.startswith("kl_"))
-            + config.kl_dyn * parts["kl_dyn"]
-            + config.kl_rep * parts["kl_rep"]
-        )
+        scales = {"image": config.loss_rec, "vector": config.loss_rec, "reward": config.loss_rew,
+                  "continue": config.loss_con, "kl_dyn": config.loss_dyn, "kl_rep": config.loss_rep}
+        total = sum(scales[key] * value for key, value in parts.items())
         metrics = {f"loss/{key}": value.detach() for key, value in parts.items()}
         metrics["loss/world_model"] = total.detach()
         metrics["world_model/kl"] = kl_dyn.detach().mean()
+        metrics["world_model/prior_entropy"] = -(prior.exp() * prior).sum(-1).sum(-1).detach().mean()
+        metrics["world_model/posterior_entropy"] = -(posterior.exp() * posterior).sum(-1).sum(-1).detach().mean()
         return total, metrics, states
 
 
+def _resolve_device_choice(choice: str, device: torch.device, on_cuda: str, on_cpu: str) -> str:
+    return (on_cuda if device.type == "cuda" else on_cpu) if choice == "auto" else choice
+
+
 class Dreamer(nn.Module):
-    """World model + actor + critic; one call of train_step = one full update.
+    """World model + actor + critic; one call of ``train_step`` = one full update.
 
     The actor-critic learns in imagination with REINFORCE: imagined trajectories are rolled out
     without gradients (stop-gradient imagination), and the actor is trained with
@@ -187,111 +269,140 @@ class Dreamer(nn.Module):
     predictions, is regularised towards a slow EMA copy of itself, and also regresses onto
     lambda-returns of the replayed sequences (bootstrapped with the imagined returns).
     Imagined steps after a predicted termination are masked by the cumulative product of
-    the continue predictions.
+    the continue predictions. All losses are summed into one and minimised with one
+    backward pass and one LaProp step over all parameters.
     """
 
-    def __init__(self, obs_spec: ObsSpec, action_dim: int, config: ModelConfig, device: str = "cpu") -> None:
+    def __init__(self, obs_spec: ObsSpec, action_dim: int, config: ModelConfig, device: str = "cpu", *,
+                 discrete: bool = False) -> None:
         super().__init__()
         _check_obs_spec(obs_spec, action_dim)
         self.obs_spec = dict(obs_spec)
         self.image_keys = tuple(split_obs_spec(obs_spec)[0])
         self.action_dim = action_dim
+        self.discrete = discrete
         self.config = config
         self.device = torch.device(device)
 
-        policy_modules = build_policy_modules(obs_spec, action_dim, config)
+        policy_modules = build_policy_modules(obs_spec, action_dim, config, discrete)
         self.world_model = WorldModel(policy_modules["encoder"], policy_modules["rssm"], obs_spec, config)
         self.actor = policy_modules["actor"]
         self.critic = TwoHotHead(self.world_model.rssm.feature_dim, config.units, config.layers, config.bins)
         self.slow_critic = copy.deepcopy(self.critic).requires_grad_(False)
-        self.return_normaliser = ReturnNormaliser(
-            decay=config.return_norm_decay, limit=config.return_norm_limit
-        )
+        self.return_normaliser = ReturnNormaliser(decay=1.0 - config.return_norm_rate,
+                                                  limit=config.return_norm_limit, debias=config.return_norm_debias)
         self.to(self.device)
+        if self.device.type == "cpu":
+            # Convolutions run fastest on channels-last feature maps on the CPU.
+            self.world_model.to(memory_format=torch.channels_last)
 
-        self.model_optimiser = torch.optim.Adam(
-            self.world_model.parameters(), lr=config.model_lr, eps=config.adam_eps
-        )
-        self.actor_optimiser = torch.optim.Adam(
-            self.actor.parameters(), lr=config.actor_lr, eps=config.adam_eps
-        )
-        self.critic_optimiser = torch.optim.Adam(
-            self.critic.parameters(), lr=config.critic_lr, eps=config.adam_eps
-        )
+        self.optimiser = LaProp([p for p in self.parameters() if p.requires_grad], lr=config.lr,
+                                betas=(config.beta1, config.beta2), eps=config.eps, agc=config.agc,
+                                warmup=config.warmup)
         self.updates = 0
+        precision = _resolve_device_choice(config.precision, self.device, "bfloat16", "float32")
+        self.autocast_dtype = torch.bfloat16 if precision == "bfloat16" else None
+        self.compiled = _resolve_device_choice(config.compile, self.device, "on", "off") == "on"
+        self._observe = self.world_model.rssm.observe
+        self._imagine_step = self._imagine_step_eager
+        if self.compiled:
+            self._imagine_step = torch.compile(self._imagine_step_eager, dynamic=False)
+            self.world_model.rssm.core = torch.compile(self.world_model.rssm.core, dynamic=False)
+
+    def parameter_counts(self) -> dict[str, int]:
+        """Trainable parameters per part (encoder, rssm, decoder, reward, continue, actor, critic) and in total."""
+        world_model = self.world_model
+        parts = {"encoder": world_model.encoder, "rssm": world_model.rssm, "decoder": world_model.decoder,
+                 "reward": world_model.reward_head, "continue": world_model.continue_head, "actor": self.actor,
+                 "critic": self.critic}
+        counts = {name: parameter_count(module) for name, module in parts.items()}
+        counts["total"] = sum(counts.values())
+        return counts
 
     def _policy_modules(self) -> dict[str, nn.Module]:
         # Same names as build_policy_modules, so the keys match Policy's networks.
         return {"encoder": self.world_model.encoder, "rssm": self.world_model.rssm, "actor": self.actor}
 
-    def _optimisers(self) -> dict[str, torch.optim.Optimizer]:
-        return {"model": self.model_optimiser, "actor": self.actor_optimiser, "critic": self.critic_optimiser}
-
     def policy_state_dict(self) -> dict[str, torch.Tensor]:
         """CPU copies of only what ``Policy`` needs (encoder, RSSM, actor), keyed ``"<module>.<name>"``."""
         return {
-            f"{module_name}.{name}": value.detach().to("cpu", copy=True)
+            f"{module_name}.{name}": value.detach().to("cpu", memory_format=torch.contiguous_format, copy=True)
             for module_name, module in self._policy_modules().items()
             for name, value in module.state_dict().items()
         }
 
     def checkpoint(self) -> dict:
-        """Everything needed to resume: module state (including the slow critic and the return
-        normaliser), optimiser states and the update counter.
+        """Everything needed to resume: module state (slow critic and return normaliser included), the
+        optimiser state (moments and step counts, so warm-up continues) and the update counter.
 
         Holds only tensors and plain Python values, so ``torch.load(weights_only=True)`` reads
         it back. The tensors are the live ones (as with ``state_dict``): save it before the next
         ``train_step``.
         """
         return {
+            "format": 2,
             "modules": self.state_dict(),
-            "optimisers": {name: optimiser.state_dict() for name, optimiser in self._optimisers().items()},
+            "optimiser": self.optimiser.state_dict(),
             "updates": self.updates,
+            "config": {key: list(value) if isinstance(value, tuple) else value
+                       for key, value in dataclasses.asdict(self.config).items()},
         }
 
     def load_checkpoint(self, state: dict) -> None:
         """Restore what :meth:`checkpoint` returned."""
+        if state.get("format") != 2:
+            raise ValueError("checkpoint was written by an older learner (separate optimisers, GRU without blocks): "
+                             "it cannot resume this model; start a new session directory")
         self.load_state_dict(state["modules"])
-        for name, optimiser in self._optimisers().items():
-            optimiser.load_state_dict(state["optimisers"][name])
+        self.optimiser.load_state_dict(state["optimiser"])
         self.updates = int(state["updates"])
+
+    def _autocast(self):
+        if self.autocast_dtype is None:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
     def train_step(self, batch: dict[str, np.ndarray | torch.Tensor]) -> dict[str, float]:
         """One update of the world model, actor and critic on a batch of sequences; returns metrics.
 
-        All three losses are computed with the current parameters before any optimiser steps.
-        The first step of every sequence starts from the learned initial state, whether or not
-        it begins an episode, since the state from before the sequence is unknown.
+        All losses are computed with the current parameters, summed, and minimised with one
+        backward pass and one optimiser step. The first step of every sequence starts from the
+        learned initial state, whether or not it begins an episode, since the state from before
+        the sequence is unknown.
         """
         data = self._prepare_batch(batch)
+        with self._autocast():
+            model_loss, metrics, posterior = self._world_model_loss(data)
+            start = LatentState(posterior.deter.detach(), posterior.stoch.detach())
+            behaviour_loss, behaviour_metrics = self._behaviour_losses(
+                start, data["reward"], data["is_last"], data["is_terminal"]
+            )
+        metrics.update(behaviour_metrics)
+
+        self.optimiser.zero_grad(set_to_none=True)
+        # Imagination runs without gradients and the actor-critic starts from detached states, so
+        # the world model's gradients come from its own loss only.
+        (model_loss + behaviour_loss).backward()
+        self.optimiser.step()
+        self._update_slow_critic()
+        self.updates += 1
+        stats = self.optimiser.last_stats
+        metrics.update({"optimiser/grad_norm": stats["grad_norm"], "optimiser/update_norm": stats["update_norm"],
+                        "optimiser/clipped_fraction": stats["clipped_fraction"], "optimiser/lr": stats["lr"]})
+        # One transfer for all metrics instead of one per value.
+        names = list(metrics)
+        values = torch.stack([torch.as_tensor(metrics[name], device=self.device).float().reshape(())
+                              for name in names]).tolist()
+        return dict(zip(names, values))
+
+    def _world_model_loss(self, data: dict[str, torch.Tensor]):
         obs = {key: data[key] for key in self.obs_spec}
         action = data["action"]
         is_first = data["is_first"].clone()
         is_first[:, 0] = True
         # The RSSM at step t conditions on the action taken after step t - 1.
         previous_action = torch.cat([torch.zeros_like(action[:, :1]), action[:, :-1]], dim=1)
-
-        model_loss, metrics, posterior = self.world_model.loss(
-            obs, previous_action, data["reward"], is_first, data["is_terminal"]
-        )
-        start = LatentState(posterior.deter.detach(), posterior.stoch.detach())
-        actor_loss, critic_loss, behaviour_metrics = self._behaviour_losses(
-            start, data["reward"], data["is_last"], data["is_terminal"]
-        )
-        metrics.update(behaviour_metrics)
-
-        for optimiser in self._optimisers().values():
-            optimiser.zero_grad(set_to_none=True)
-        # The three losses have disjoint graphs (imagination runs without gradients), so one
-        # backward pass fills each module's gradients from its own loss only.
-        (model_loss + actor_loss + critic_loss).backward()
-        for name, module in (("world_model", self.world_model), ("actor", self.actor), ("critic", self.critic)):
-            metrics[f"grad_norm/{name}"] = nn.utils.clip_grad_norm_(module.parameters(), self.config.grad_clip)
-        for optimiser in self._optimisers().values():
-            optimiser.step()
-        self._update_slow_critic()
-        self.updates += 1
-        return {key: float(value) for key, value in metrics.items()}
+        return self.world_model.loss(obs, previous_action, data["reward"], is_first, data["is_terminal"])
 
     def _prepare_batch(self, batch: dict[str, np.ndarray | torch.Tensor]) -> dict[str, torch.Tensor]:
         missing = [key for key in (*self.obs_spec, *BATCH_KEYS) if key not in batch]
@@ -299,7 +410,7 @@ class Dreamer(nn.Module):
             raise ValueError(f"batch is missing {missing}")
 
         def to_tensor(value: np.ndarray | torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-            return torch.as_tensor(value).to(device=self.device, dtype=dtype)
+            return torch.as_tensor(value).to(device=self.device, dtype=dtype, non_blocking=True)
 
         data = {
             key: to_tensor(batch[key], torch.uint8 if key in self.image_keys else torch.float32)
@@ -312,30 +423,42 @@ class Dreamer(nn.Module):
         if data["reward"].dim() != 2 or data["reward"].shape[1] < 2:
             # Replayed returns need a next step to bootstrap from.
             raise ValueError(f"reward must be (B, T) with T >= 2, got {tuple(data['reward'].shape)}")
+        if data["action"].shape[-1] != self.action_dim:
+            raise ValueError(f"action has {data['action'].shape[-1]} entries per step, the model expects "
+                             f"{self.action_dim}")
         return data
+
+    def _imagine_step_eager(self, deter: torch.Tensor, stoch: torch.Tensor
+                            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        rssm = self.world_model.rssm
+        action = self.actor(rssm.features(LatentState(deter, stoch))).sample()
+        env_action = action if self.discrete else action.clamp(-1.0, 1.0)
+        deter = rssm.core(deter, stoch, rssm.action_input(env_action))
+        stoch = straight_through_sample(rssm.prior_log_probs(deter)).to(deter.dtype)
+        return deter, stoch, action
 
     @torch.no_grad()
     def _imagine(self, start: LatentState) -> tuple[torch.Tensor, torch.Tensor]:
         """Roll out ``horizon`` steps of the actor in the world model from ``start`` (N, ...).
 
         Returns features ``(N, horizon + 1, F)`` of the start and imagined states, and the
-        unclipped action samples ``(N, horizon, A)`` (the dynamics receive them clipped).
+        action samples ``(N, horizon, A)`` (continuous ones unclipped; the dynamics receive them
+        clipped).
         """
-        rssm = self.world_model.rssm
-        state = start
-        features = [rssm.features(state)]
-        actions = []
+        deter, stoch = start
+        deters, stochs, actions = [deter], [stoch], []
         for _ in range(self.config.horizon):
-            action = self.actor(features[-1]).sample()
-            state = rssm.imagine_step(state, action.clamp(-1.0, 1.0))
-            features.append(rssm.features(state))
+            deter, stoch, action = self._imagine_step(deter, stoch)
+            deters.append(deter)
+            stochs.append(stoch)
             actions.append(action)
-        return torch.stack(features, dim=1), torch.stack(actions, dim=1)
+        features = self.world_model.rssm.features(LatentState(torch.stack(deters, 1), torch.stack(stochs, 1)))
+        return features, torch.stack(actions, dim=1)
 
     def _behaviour_losses(
         self, start: LatentState, reward: torch.Tensor, is_last: torch.Tensor, is_terminal: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
-        """Actor and critic losses from imagination started at every posterior state ``(B, T, ...)``."""
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Scaled actor and critic losses from imagination started at every posterior state ``(B, T, ...)``."""
         config = self.config
         batch, length = reward.shape
         world_model = self.world_model
@@ -354,8 +477,8 @@ class Dreamer(nn.Module):
             slow_values = self.slow_critic.predict(self.slow_critic(features[:, :-1]))
 
         policy = self.actor(features[:, :-1])
-        log_prob = policy.log_prob(actions).sum(-1)
-        entropy = policy.entropy().sum(-1)
+        log_prob = policy.log_prob(actions)
+        entropy = policy.entropy()
         actor_loss = -(weights * (log_prob * advantages + config.entropy * entropy)).mean()
 
         critic_logits = self.critic(features[:, :-1])
@@ -375,13 +498,16 @@ class Dreamer(nn.Module):
             "loss/critic": critic_loss.detach(),
             "loss/replay_critic": replay_loss.detach(),
             "actor/entropy": entropy.detach().mean(),
-            "actor/std": policy.stddev.detach().mean(),
+            "actor/spread": policy.spread().detach(),
             "imagination/reward": rewards[:, 1:].mean(),
             "imagination/return": returns.mean(),
             "imagination/value": values.mean(),
+            "imagination/advantage_abs": advantages.abs().mean(),
             "return_normaliser/scale": scale,
         }
-        return actor_loss, critic_loss + config.replay_critic_scale * replay_loss, metrics
+        total = (config.loss_policy * actor_loss + config.loss_value * critic_loss
+                 + config.loss_repval * replay_loss)
+        return total, metrics
 
     def _replay_critic_loss(
         self,
@@ -412,22 +538,76 @@ class Dreamer(nn.Module):
 
     @torch.no_grad()
     def _update_slow_critic(self) -> None:
-        for slow, fast in zip(self.slow_critic.parameters(), self.critic.parameters()):
-            slow.lerp_(fast, 1.0 - self.config.slow_critic_decay)
+        slow = list(self.slow_critic.parameters())
+        torch._foreach_lerp_(slow, list(self.critic.parameters()), self.config.slow_critic_rate)
+
+    @torch.no_grad()
+    def report(self, batch: dict[str, np.ndarray | torch.Tensor], context: int = 5, max_videos: int = 4
+               ) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+        """A world-model report like DreamerV3's, without training.
+
+        Returns ``(scalars, videos)``: the per-head losses of the batch (``report/loss/...``) and
+        the open-loop prediction error of every observation key (``report/openloop/<key>``,
+        mean squared error of the imagined part), and for each image key a uint8 video
+        ``(T, H, 3 * W, C)`` per shown sequence stacked as ``(N, T, H, 3W, C)``: the recorded
+        frames, the model's frames (reconstructions for the first ``context`` steps, then
+        predictions from the prior driven by the recorded actions alone), and the absolute
+        difference.
+        """
+        data = self._prepare_batch(batch)
+        length = data["reward"].shape[1]
+        context = max(1, min(context, length - 1))
+        with self._autocast():
+            _, losses, _ = self._world_model_loss(data)
+            obs = {key: data[key] for key in self.obs_spec}
+            rssm = self.world_model.rssm
+            action = data["action"]
+            previous_action = torch.cat([torch.zeros_like(action[:, :1]), action[:, :-1]], dim=1)
+            is_first = data["is_first"].clone()
+            is_first[:, 0] = True
+            embed = self.world_model.encoder({key: value[:, :context] for key, value in obs.items()})
+            observed, _, _ = rssm.observe(embed, previous_action[:, :context], is_first[:, :context])
+            state = LatentState(observed.deter[:, -1], observed.stoch[:, -1])
+            deters, stochs = [], []
+            for step in range(context, length):
+                state = rssm.imagine_step(state, previous_action[:, step])
+                deters.append(state.deter)
+                stochs.append(state.stoch)
+            deter = torch.cat([observed.deter, torch.stack(deters, 1)], 1)
+            stoch = torch.cat([observed.stoch, torch.stack(stochs, 1)], 1)
+            predictions = self.world_model.decoder(deter, stoch)
+        scalars = {f"report/{name}": float(value) for name, value in losses.items()}
+        videos = {}
+        for key, prediction in predictions.items():
+            prediction = prediction.float()
+            if key in self.image_keys:
+                truth = obs[key].float() / 255.0
+                scalars[f"report/openloop/{key}"] = float((prediction - truth)[:, context:].square().mean())
+                shown = slice(0, max_videos)
+                frames = torch.cat([truth[shown], prediction[shown], (prediction[shown] - truth[shown]).abs()],
+                                   dim=-2)
+                videos[f"openloop/{key}"] = (frames.clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
+            else:
+                target = torch.sign(obs[key].float()) * torch.log1p(obs[key].float().abs())
+                scalars[f"report/openloop/{key}"] = float((prediction - target)[:, context:].square().mean())
+        return scalars, videos
 
 
 class Policy:
-    """Batch-1 CPU inference for the actor: same network code as the learner, no grad, its own recurrent state.
+    """Batch-1 CPU inference for the actor: same networks as the learner, no grad, its own recurrent state.
 
-    Runs under ``torch.inference_mode``; for the lowest latency the acting process should also
-    call ``torch.set_num_threads(1)`` (batch-1 layers are too small to gain from threads).
+    ``act`` is a dedicated single-step path: it avoids autograd, distribution objects and
+    per-step allocations where it can, and runs under ``torch.inference_mode``. For the lowest
+    latency the acting process should also call ``torch.set_num_threads(1)`` (batch-1 layers
+    are too small to gain from threads).
     """
 
-    def __init__(self, obs_spec: ObsSpec, action_dim: int, config: ModelConfig) -> None:
+    def __init__(self, obs_spec: ObsSpec, action_dim: int, config: ModelConfig, *, discrete: bool = False) -> None:
         _check_obs_spec(obs_spec, action_dim)
         self.image_shapes, self.vector_shapes = split_obs_spec(obs_spec)
         self.action_dim = action_dim
-        self.networks = nn.ModuleDict(build_policy_modules(obs_spec, action_dim, config))
+        self.discrete = discrete
+        self.networks = nn.ModuleDict(build_policy_modules(obs_spec, action_dim, config, discrete))
         self.networks.eval().requires_grad_(False)
         self.encoder: ObservationEncoder = self.networks["encoder"]
         self.rssm: RSSM = self.networks["rssm"]
@@ -469,25 +649,37 @@ class Policy:
         self._previous_action = self._zero_action
 
     def act(self, obs: dict[str, np.ndarray], is_first: bool, *, explore: bool = True) -> np.ndarray:
-        """Filter one observation into the recurrent state and choose an action ``(A,)`` float32 in [-1, 1].
+        """Filter one observation into the recurrent state and choose an action ``(A,)`` float32.
 
-        ``is_first`` resets the state first. ``explore`` samples the policy; otherwise its mean
-        is taken.
+        Continuous actions are in [-1, 1]; discrete ones are one-hot. ``is_first`` resets the
+        state first. ``explore`` samples the policy; otherwise its mode is taken.
         """
         with torch.inference_mode():
             if is_first:
                 self.reset()
+            rssm = self.rssm
             embed = self.encoder(self._obs_tensors(obs))
-            self._state, _ = self.rssm.observe_step(self._state, self._previous_action, embed)
-            policy = self.actor(self.rssm.features(self._state))
-            action = (policy.sample() if explore else policy.mean).clamp(-1.0, 1.0)
+            deter = rssm.core(self._state.deter, self._state.stoch, rssm.action_input(self._previous_action))
+            posterior = rssm.posterior_log_probs(deter, rssm.posterior_input(embed))
+            if explore:
+                noise = torch.empty_like(posterior).exponential_().log_()
+                index = (posterior - noise).argmax(-1)
+            else:
+                index = posterior.argmax(-1)
+            stoch = F.one_hot(index, rssm.classes).to(deter.dtype)
+            self._state = LatentState(deter, stoch)
+            policy = self.actor(torch.cat([deter, stoch.flatten(-2)], -1))
+            action = policy.sample() if explore else policy.mode()
+            if not self.discrete:
+                action = action.clamp(-1.0, 1.0)
             self._previous_action = action
             return action[0].numpy().copy()
 
     def _obs_tensors(self, obs: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
-        tensors = {key: torch.tensor(np.asarray(obs[key], dtype=np.uint8))[None] for key in self.image_shapes}
+        tensors = {key: torch.from_numpy(np.ascontiguousarray(obs[key], dtype=np.uint8))[None]
+                   for key in self.image_shapes}
         for key in self.vector_shapes:
-            tensors[key] = torch.tensor(np.asarray(obs[key], dtype=np.float32).reshape(1, -1))
+            tensors[key] = torch.from_numpy(np.asarray(obs[key], dtype=np.float32).reshape(1, -1).copy())
         return tensors
 
     def _refresh_initial_state(self) -> None:
@@ -495,3 +687,19 @@ class Policy:
         with torch.inference_mode():
             self._initial_state = self.rssm.initial_state(1)
             self._zero_action = torch.zeros(1, self.action_dim)
+
+
+def describe_parameters(counts: dict[str, int]) -> str:
+    """One line such as ``"12.1M parameters (encoder 1.2M, rssm 6.9M, ...)"`` for logs."""
+    def human(count: int) -> str:
+        return f"{count / 1e6:.1f}M" if count >= 1e5 else f"{count / 1e3:.1f}k"
+    parts = ", ".join(f"{name} {human(count)}" for name, count in counts.items() if name != "total")
+    return f"{human(counts['total'])} parameters ({parts})"
+
+
+def model_summary(config: ModelConfig) -> str:
+    """The sizes that define a model, for logs."""
+    return (f"deter {config.deter} ({config.blocks} blocks), hidden {config.hidden}, stoch {config.stoch}x"
+            f"{config.classes}, units {config.units}x{config.layers}, cnn depth {config.cnn_depth} "
+            f"({config.cnn_stride}), horizon {config.horizon}, gamma {config.gamma:.4f}")
+

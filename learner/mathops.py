@@ -117,8 +117,10 @@ class ReturnNormaliser(nn.Module):
     """Return scale ``S = max(limit, EMA(Per(R, 95) - Per(R, 5)))`` that advantages are divided by.
 
     The range between the 5th and 95th percentile of each batch of returns is averaged with
-    an exponential moving average (decay 0.99). The average is bias-corrected for its zero
-    initialisation, so after the first update the scale is exactly the first batch's range.
+    an exponential moving average (decay 0.99). With ``debias`` the average is corrected for
+    its zero initialisation, so after the first update the scale is exactly the first batch's
+    range; without it (the published setting) the average grows from zero, so early
+    advantages are divided by ``limit``.
     Dividing only by ranges above ``limit`` keeps small, noisy returns from being amplified.
     The state lives in buffers so it is saved with the module's ``state_dict``.
     """
@@ -129,10 +131,12 @@ class ReturnNormaliser(nn.Module):
         low_percentile: float = 5.0,
         high_percentile: float = 95.0,
         limit: float = 1.0,
+        debias: bool = True,
     ) -> None:
         super().__init__()
         self.decay = decay
         self.limit = limit
+        self.debias = debias
         quantiles = torch.tensor([low_percentile, high_percentile]) / 100.0
         self.register_buffer("quantiles", quantiles, persistent=False)
         self.register_buffer("range_average", torch.zeros(()))
@@ -147,6 +151,8 @@ class ReturnNormaliser(nn.Module):
 
     def scale(self) -> torch.Tensor:
         """Current scale, a scalar tensor of at least ``limit`` (exactly ``limit`` before any update)."""
+        if not self.debias:
+            return torch.clamp(self.range_average, min=self.limit)
         bias_correction = 1.0 - self.decay ** self.count.float()
         # Before the first update both the average and the correction are zero; the clamp on
         # the correction (its smallest value after one update) turns that 0 / 0 into 0, so the

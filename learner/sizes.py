@@ -2,23 +2,56 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
+import logging
 
 from learner.dreamer import ModelConfig, preset
 
 
 def model_config(section) -> ModelConfig:
-    """``section`` has ``preset`` (name) and ``overrides`` (ModelConfig fields); unknown fields fail clearly."""
+    """``section`` has ``preset`` (name) and ``overrides`` (ModelConfig fields); bad fields fail in one line."""
     base = preset(section.preset)
-    known = {f.name: f for f in dataclasses.fields(ModelConfig)}
+    known = {f.name for f in dataclasses.fields(ModelConfig)}
+    overrides = {}
     for key, value in section.overrides.items():
         if key not in known:
             raise ValueError(f"config: learner.model.overrides.{key} is not a model setting: "
                              f"choose from {', '.join(sorted(known))}")
-        expected = type(getattr(base, key))
-        if expected is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        if not isinstance(value, expected) or isinstance(value, bool) != (expected is bool):
-            raise ValueError(f"config: learner.model.overrides.{key} = {value!r} is not a {expected.__name__}: "
-                             f"give a {expected.__name__}")
-    overrides = {key: float(v) if type(getattr(base, key)) is float else v for key, v in section.overrides.items()}
-    return dataclasses.replace(base, **overrides)
+        current = getattr(base, key)
+        expected = type(current)
+        if expected is tuple:
+            if not isinstance(value, (list, tuple)) or not all(isinstance(v, int) and not isinstance(v, bool)
+                                                               for v in value):
+                raise ValueError(f"config: learner.model.overrides.{key} = {value!r} is not a list of integers: "
+                                 f"give e.g. {list(current)}")
+            value = tuple(value)
+        else:
+            if expected is float and isinstance(value, int) and not isinstance(value, bool):
+                value = float(value)
+            if not isinstance(value, expected) or isinstance(value, bool) != (expected is bool):
+                raise ValueError(f"config: learner.model.overrides.{key} = {value!r} is not a "
+                                 f"{expected.__name__}: give a {expected.__name__}")
+        overrides[key] = value
+    try:
+        return dataclasses.replace(base, **overrides)
+    except ValueError as error:
+        raise ValueError(f"config: learner.model.overrides: {error}") from None
+
+
+def discrete_kwargs(cls, discrete: bool) -> dict:
+    """``{"discrete": True}`` for a discrete action when ``cls`` (Policy, Dreamer) takes that keyword, else ``{}``.
+
+    Without such support a discrete robot still works: the safety layer turns the continuous
+    action into the one-hot of its largest entry."""
+    if not discrete:
+        return {}
+    try:
+        parameters = inspect.signature(cls).parameters
+    except (TypeError, ValueError):
+        return {}
+    if "discrete" in parameters:
+        return {"discrete": True}
+    logging.getLogger("learner").warning("%s takes no 'discrete' argument: the discrete action is learned as a "
+                                         "continuous one and applied as the one-hot of its largest entry",
+                                         getattr(cls, "__name__", cls))
+    return {}

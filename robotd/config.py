@@ -49,6 +49,9 @@ class ControlConfig:
     realtime: str = spec("auto", choices=("auto", "on", "off"), help="SCHED_FIFO for the daemon")
     max_age_ms: float = spec(200.0, range=(1.0, 10000.0), help="older readings count as stale")
     reset_timeout_s: float = spec(10.0, range=(0.1, 600.0))
+    pacing: str = spec("realtime", choices=("realtime", "lockstep"),
+                       help="realtime: tick every period; lockstep (simulated devices only): step as soon as the "
+                            "action arrives, simulated time advancing one period per step")
 
 
 @dataclass
@@ -100,10 +103,15 @@ class ActorConfig:
     daemon_timeout_s: float = spec(10.0, range=(0.1, 600.0), help="how long to wait for the daemon's hello")
 
 
+MODEL_PRESETS = ("tiny", "1m", "12m", "25m", "50m", "100m", "200m", "400m")
+"""The size presets of learner.dreamer (kept here so loading a config does not import torch)."""
+
+
 @dataclass
 class ModelSection:
     """World-model size: a preset name plus per-dimension overrides."""
-    preset: str = spec("tiny", choices=("tiny", "small"))
+    preset: str = spec("tiny", choices=MODEL_PRESETS,
+                       help="tiny for tests and CPU demos; the paper's sizes 1m .. 400m")
     overrides: dict = spec(default_factory=dict, help="ModelConfig fields to override, e.g. {deter: 128}")
 
 
@@ -246,6 +254,18 @@ def _check_cross_field(config: Config) -> None:
     names = [config.robot.name] + [c.name for c in config.cameras]
     if len(set(names)) != len(names):
         raise ConfigError(f"config: device names {names} repeat: give every robot and camera its own name")
+    if config.control.pacing == "lockstep":
+        check_lockstep(config)
+
+
+def check_lockstep(config: Config) -> None:
+    """Lockstep pacing only for sessions whose robot and cameras are all simulated drivers."""
+    from drivers import registry   # the drivers declare whether they are simulated
+    for where, device in [("robot", config.robot)] + [(f"cameras[{i}]", c) for i, c in enumerate(config.cameras)]:
+        if not registry.is_simulated(device.driver):
+            raise ConfigError(
+                f"config: control.pacing = 'lockstep' but {where}.driver = {device.driver!r} is not a simulated driver: "
+                f"lockstep only drives simulated devices (gym, mock_*); use control.pacing=realtime for real hardware")
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

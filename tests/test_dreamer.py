@@ -52,14 +52,39 @@ def agent() -> Dreamer:
     return Dreamer(OBS_SPEC, ACTION_DIM, preset("tiny"))
 
 
-def test_presets_have_the_documented_sizes_and_unknown_names_are_rejected():
-    tiny, small = preset("tiny"), preset("small")
-    sizes = ("deter", "hidden", "stoch", "classes", "units", "layers", "cnn_depth", "horizon")
-    assert [getattr(tiny, name) for name in sizes] == [64, 64, 8, 8, 64, 1, 8, 8]
-    assert [getattr(small, name) for name in sizes] == [256, 256, 16, 16, 256, 2, 16, 15]
-    assert ModelConfig().gamma == pytest.approx(1 - 1 / 333)
-    with pytest.raises(ValueError, match="small.*tiny|tiny.*small"):
+def test_presets_have_the_published_sizes_and_unknown_names_are_rejected():
+    sizes = ("deter", "hidden", "classes", "cnn_depth", "units")
+    published = {"1m": (512, 64, 4, 4, 64), "12m": (2048, 256, 16, 16, 256), "25m": (3072, 384, 24, 24, 384),
+                 "50m": (4096, 512, 32, 32, 512), "100m": (6144, 768, 48, 48, 768),
+                 "200m": (8192, 1024, 64, 64, 1024), "400m": (12288, 1536, 96, 96, 1536)}
+    for name, expected in published.items():
+        config = preset(name)
+        assert tuple(getattr(config, size) for size in sizes) == expected, name
+        assert (config.stoch, config.blocks, config.layers, config.head_layers, config.horizon) == (32, 8, 3, 1, 15)
+        assert config.cnn_mults == (2, 3, 4, 4) and config.cnn_kernel == 5
+    config = ModelConfig()
+    assert config.gamma == pytest.approx(1 - 1 / 333)
+    assert (config.lr, config.agc, config.eps, config.warmup) == (4e-5, 0.3, 1e-20, 1000)
+    assert (config.loss_dyn, config.loss_rep, config.loss_repval, config.free_nats) == (1.0, 0.1, 0.3, 1.0)
+    assert (config.entropy, config.lam, config.slow_critic_rate, config.unimix) == (3e-4, 0.95, 0.02, 0.01)
+    with pytest.raises(ValueError, match="huge.*tiny, 1m, 12m"):
         preset("huge")
+
+
+def test_preset_parameter_counts_match_their_names():
+    spec = {"image": ((64, 64, 3), "uint8"), "vector": ((32,), "float32")}
+    for name, low, high in (("1m", 0.5e6, 1.5e6), ("12m", 10e6, 14e6)):
+        total = Dreamer(spec, 6, preset(name)).parameter_counts()["total"]
+        assert low < total < high, (name, total)
+
+
+def test_model_settings_are_validated_in_one_line():
+    with pytest.raises(ValueError, match="deter = 100 must divide into blocks = 8"):
+        ModelConfig(deter=100)
+    with pytest.raises(ValueError, match="precision = 'half' is not one of auto, float32, bfloat16"):
+        ModelConfig(precision="half")
+    with pytest.raises(ValueError, match="cnn_stride"):
+        ModelConfig(cnn_stride="dilated")
 
 
 def test_train_step_returns_finite_metrics_for_image_and_vector_observations(agent):
@@ -67,13 +92,15 @@ def test_train_step_returns_finite_metrics_for_image_and_vector_observations(age
     expected = {
         "loss/image", "loss/vector", "loss/reward", "loss/continue", "loss/kl_dyn", "loss/kl_rep",
         "loss/world_model", "loss/actor", "loss/critic", "loss/replay_critic", "actor/entropy",
-        "return_normaliser/scale", "grad_norm/world_model", "grad_norm/actor", "grad_norm/critic",
+        "return_normaliser/scale", "optimiser/grad_norm", "optimiser/update_norm", "optimiser/clipped_fraction",
+        "optimiser/lr",
     }
     assert expected <= set(metrics)
     assert all(isinstance(value, float) and math.isfinite(value) for value in metrics.values())
     assert metrics["loss/kl_dyn"] >= 1.0 and metrics["loss/kl_rep"] >= 1.0  # free bits
     assert metrics["return_normaliser/scale"] >= 1.0
     assert agent.updates == 1
+    assert metrics["optimiser/lr"] == pytest.approx(4e-5 / 1000)  # first step of the linear warm-up
 
 
 def test_train_step_changes_the_world_model_actor_and_critic(agent):
@@ -130,7 +157,8 @@ def test_policy_uses_the_learner_networks(agent):
     policy.act(make_observation(0), is_first=True)
     rssm = agent.world_model.rssm
     with torch.no_grad():
-        expected = rssm.recurrent_step(rssm.initial_state(1), torch.zeros(1, ACTION_DIM))
+        initial = rssm.initial_state(1)
+        expected = rssm.core(initial.deter, initial.stoch, rssm.action_input(torch.zeros(1, ACTION_DIM)))
     torch.testing.assert_close(policy.state.deter, expected)
 
 
@@ -214,7 +242,7 @@ def test_world_model_learns_a_synthetic_sequence_task():
 
     The observation is a 3-d state driven by the actions; the reward is a fixed function of
     the observation. The model learning rate is raised to 1e-3 so the test needs only 100
-    updates; it checks that the losses and gradients point the right way, not the paper's
+    updates (no warm-up); it checks that the losses and gradients point the right way, not the paper's
     learning speed.
     """
     torch.manual_seed(0)
@@ -231,7 +259,7 @@ def test_world_model_learns_a_synthetic_sequence_task():
     is_first[:, 0] = True
     no_flags = np.zeros((sequences, length), bool)
 
-    config = dataclasses.replace(preset("tiny"), model_lr=1e-3)
+    config = dataclasses.replace(preset("tiny"), lr=1e-3, warmup=0)
     agent = Dreamer({"state": ((3,), "float32")}, action_dim, config)
     losses = []
     for _ in range(100):
@@ -259,7 +287,7 @@ def test_actor_learns_to_drive_the_rewarded_state_up():
 
     The reward is the first state entry, which the first action dimension pushes up; after
     training, the policy's mean action in that dimension is close to +1. Learning rates are
-    raised to 1e-3 so that 150 updates suffice.
+    raised to 1e-3 (no warm-up) so that 150 updates suffice.
     """
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
@@ -275,7 +303,7 @@ def test_actor_learns_to_drive_the_rewarded_state_up():
     is_first[:, 0] = True
     no_flags = np.zeros((sequences, length), bool)
 
-    config = dataclasses.replace(preset("tiny"), model_lr=1e-3, actor_lr=1e-3, critic_lr=1e-3)
+    config = dataclasses.replace(preset("tiny"), lr=1e-3, warmup=0)
     spec = {"state": ((2,), "float32")}
     agent = Dreamer(spec, action_dim, config)
     for _ in range(150):
@@ -305,10 +333,100 @@ def test_images_of_any_size_from_8_pixels_are_reconstructed_at_full_size():
     batch["camera"] = np.random.default_rng(0).integers(0, 256, (2, 16, 30, 22, 3), dtype=np.uint8)
     del batch["image"], batch["vector"]
     assert math.isfinite(agent.train_step(batch)["loss/image"])
-    features = torch.zeros(2, 4, agent.world_model.rssm.feature_dim)
-    assert agent.world_model.decoder(features)["camera"].shape == (2, 4, 30, 22, 3)
+    rssm = agent.world_model.rssm
+    deter, stoch = torch.zeros(2, 4, rssm.deter), torch.zeros(2, 4, rssm.stoch, rssm.classes)
+    assert agent.world_model.decoder(deter, stoch)["camera"].shape == (2, 4, 30, 22, 3)
 
 
 def test_observation_keys_may_not_clash_with_batch_keys():
     with pytest.raises(ValueError, match="reward"):
         Dreamer({"reward": ((1,), "float32")}, ACTION_DIM, preset("tiny"))
+
+
+def test_block_linear_keeps_its_groups_independent():
+    from learner.networks import BlockLinear
+    layer = BlockLinear(12, 8, groups=4)
+    x = torch.randn(5, 12, requires_grad=True)
+    jacobian = torch.autograd.functional.jacobian(lambda inputs: layer(inputs).sum(0), x)  # (8, 5, 12)
+    per_group = jacobian.abs().sum(1).reshape(4, 2, 4, 3).sum((1, 3))  # output group x input group
+    assert torch.count_nonzero(per_group - torch.diag(torch.diagonal(per_group))) == 0
+    assert torch.all(torch.diagonal(per_group) > 0)
+
+
+def test_block_gru_has_the_state_shape_and_passes_gradients_to_every_core_parameter():
+    from learner.networks import RSSM
+    rssm = RSSM(embed_dim=10, action_dim=3, deter=32, hidden=16, stoch=4, classes=5, unimix=0.01, blocks=8)
+    stoch = torch.nn.functional.one_hot(torch.randint(0, 5, (6, 4)), 5).float()
+    deter = rssm.core(torch.randn(6, 32), stoch, rssm.action_input(torch.randn(6, 3)))
+    assert deter.shape == (6, 32)
+    deter.square().sum().backward()
+    core = [rssm.deter_in, rssm.stoch_in, rssm.action_in, rssm.dyn_layers, rssm.gates]
+    for module in core:
+        for name, parameter in module.named_parameters():
+            assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
+    # Each of the 8 blocks sees its own 4 state units and the three 16-unit projections in its
+    # hidden layer, then makes reset, candidate and update gates for its 4 units.
+    assert rssm.dyn_layers[0]["linear"].weight.shape == (8, 32 // 8 + 3 * 16, 32 // 8)
+    assert rssm.gates.weight.shape == (8, 32 // 8, 3 * 32 // 8)
+
+
+def test_observe_resets_the_state_at_is_first_inside_a_sequence(agent):
+    rssm = agent.world_model.rssm
+    embed = torch.randn(1, 6, agent.world_model.encoder.out_features)
+    action = torch.randn(1, 6, ACTION_DIM)
+    is_first = torch.tensor([[True, False, False, True, False, False]])
+    torch.manual_seed(0)
+    with torch.no_grad():
+        states, _, _ = rssm.observe(embed, action, is_first)
+        alone, _, _ = rssm.observe(embed[:, 3:], action[:, 3:], is_first[:, 3:])
+    # The deterministic state right after a reset depends only on the weights and the observation.
+    torch.testing.assert_close(states.deter[:, 3], alone.deter[:, 0])
+
+
+def test_discrete_actions_train_and_act_as_one_hot_vectors():
+    spec = {"vector": ((5,), "float32")}
+    agent = Dreamer(spec, 4, preset("tiny"), discrete=True)
+    batch = make_batch(seed=2)
+    del batch["image"]
+    batch["vector"] = batch["vector"][..., :5]
+    batch["action"] = np.eye(4, dtype=np.float32)[np.random.default_rng(0).integers(0, 4, (4, 16))]
+    metrics = agent.train_step(batch)
+    assert math.isfinite(metrics["loss/actor"]) and metrics["actor/entropy"] > 0
+    policy = Policy(spec, 4, preset("tiny"), discrete=True)
+    policy.load(agent.policy_state_dict())
+    for step in range(4):
+        action = policy.act({"vector": np.ones(5, np.float32)}, is_first=step == 0)
+        assert sorted(action.tolist()) == [0.0, 0.0, 0.0, 1.0]
+
+
+def test_report_shows_truth_model_and_error_side_by_side(agent):
+    scalars, videos = agent.report(make_batch(seed=3), context=4)
+    assert {"report/loss/image", "report/loss/reward", "report/openloop/image", "report/openloop/vector"} <= set(scalars)
+    video = videos["openloop/image"]
+    assert video.shape == (4, 16, 16, 3 * 16, 3) and video.dtype == np.uint8
+    truth = make_batch(seed=3)["image"]
+    # The left third is the recorded frame (up to the 1/255 rounding of the float round trip).
+    assert np.abs(video[:, :, :, :16].astype(int) - truth.astype(int)).max() <= 1
+    # The right third is the absolute error of the middle third against the truth.
+    error = np.abs(video[:, :, :, 16:32].astype(int) - truth.astype(int))
+    assert np.abs(video[:, :, :, 32:].astype(int) - error).max() <= 2
+    assert agent.updates == 0  # a report does not train
+
+
+def test_checkpoint_from_an_older_learner_is_refused_with_a_clear_message(agent):
+    with pytest.raises(ValueError, match="older learner"):
+        agent.load_checkpoint({"modules": {}, "optimisers": {}, "updates": 3})
+
+
+@pytest.mark.slow
+def test_compiled_steps_match_the_eager_update():
+    """torch.compile of the recurrent steps changes speed, not results (takes minutes on a CPU)."""
+    batch = make_batch(seed=4)
+    results = []
+    for choice in ("off", "on"):
+        torch.manual_seed(0)
+        agent = Dreamer(OBS_SPEC, ACTION_DIM, dataclasses.replace(preset("tiny"), compile=choice))
+        torch.manual_seed(1)
+        results.append(agent.train_step(batch))
+    for name in ("loss/world_model", "loss/reward", "loss/kl_dyn"):
+        assert results[0][name] == pytest.approx(results[1][name], rel=1e-3), name
