@@ -27,7 +27,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from learner.mathops import ReturnNormaliser, categorical_kl, free_bits, lambda_returns, straight_through_sample
+from learner.mathops import (
+    ReturnNormaliser,
+    categorical_kl,
+    categorical_sample,
+    free_bits,
+    lambda_returns,
+    one_hot,
+    straight_through_sample,
+)
 from learner.networks import (
     CNN_STRIDES,
     RSSM,
@@ -661,12 +669,8 @@ class Policy:
             embed = self.encoder(self._obs_tensors(obs))
             deter = rssm.core(self._state.deter, self._state.stoch, rssm.action_input(self._previous_action))
             posterior = rssm.posterior_log_probs(deter, rssm.posterior_input(embed))
-            if explore:
-                noise = torch.empty_like(posterior).exponential_().log_()
-                index = (posterior - noise).argmax(-1)
-            else:
-                index = posterior.argmax(-1)
-            stoch = F.one_hot(index, rssm.classes).to(deter.dtype)
+            index = categorical_sample(posterior) if explore else posterior.argmax(-1)
+            stoch = one_hot(index, rssm.classes, deter.dtype)
             self._state = LatentState(deter, stoch)
             policy = self.actor(torch.cat([deter, stoch.flatten(-2)], -1))
             action = policy.sample() if explore else policy.mode()

@@ -161,29 +161,53 @@ class ReturnNormaliser(nn.Module):
         return torch.clamp(average, min=self.limit)
 
 
+def _softmax(logits: torch.Tensor) -> torch.Tensor:
+    """Softmax over the last dimension; for a handful of classes the explicit form runs several times faster on CPUs."""
+    if logits.shape[-1] > 8:
+        return F.softmax(logits, dim=-1)
+    exp = (logits - logits.amax(-1, keepdim=True)).exp()
+    return exp / exp.sum(-1, keepdim=True)
+
+
+def one_hot(index: torch.Tensor, classes: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """One-hot vectors ``index.shape + (classes,)`` (a broadcast comparison, faster than ``F.one_hot`` + cast)."""
+    return (index.unsqueeze(-1) == torch.arange(classes, device=index.device)).to(dtype)
+
+
 def unimix_log_probs(logits: torch.Tensor, unimix: float) -> torch.Tensor:
     """Log-probabilities of a categorical over the last dimension mixed with ``unimix`` of uniform.
 
     Keeping every class at least ``unimix / classes`` likely bounds the KL terms and log
     probabilities, which avoids spikes in the world-model loss.
     """
-    probs = F.softmax(logits, dim=-1)
+    probs = _softmax(logits)
     probs = (1.0 - unimix) * probs + unimix / logits.shape[-1]
     return torch.log(probs)
+
+
+def categorical_sample(log_probs: torch.Tensor) -> torch.Tensor:
+    """Class indices sampled from the categoricals over the last dimension, shape ``log_probs.shape[:-1]``.
+
+    Inverse-CDF sampling: one uniform number per categorical compared with the cumulative
+    probabilities. It draws a fraction of the random numbers of the Gumbel-max trick, which
+    matters in imagination where thousands of states sample 32 latents every step.
+    """
+    cdf = log_probs.detach().exp().cumsum(-1)
+    uniform = torch.rand(log_probs.shape[:-1] + (1,), device=log_probs.device, dtype=cdf.dtype)
+    # Scaling by the total absorbs the rounding of the cumulative sum, so the last class is reachable.
+    return (cdf < uniform * cdf[..., -1:]).sum(-1).clamp(max=log_probs.shape[-1] - 1)
 
 
 def straight_through_sample(log_probs: torch.Tensor) -> torch.Tensor:
     """One-hot sample of the categorical over the last dimension with straight-through gradients.
 
     The forward value is the one-hot sample; the gradient flows to the probabilities as if
-    the sample were the probabilities themselves.
+    the sample were the probabilities themselves (only when ``log_probs`` requires a gradient).
     """
+    sample = one_hot(categorical_sample(log_probs), log_probs.shape[-1], log_probs.dtype)
+    if not log_probs.requires_grad:
+        return sample
     probs = log_probs.exp()
-    # Gumbel-max trick in its exponential form: argmax(log p - log E) with E ~ Exp(1) is an
-    # exact categorical sample, and cheaper than multinomial for many small categoricals.
-    noise = torch.empty_like(log_probs).exponential_().log()
-    index = (log_probs.detach() - noise).argmax(-1)
-    sample = F.one_hot(index, probs.shape[-1]).to(probs.dtype)
     return sample + probs - probs.detach()
 
 

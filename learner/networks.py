@@ -28,6 +28,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from learner.mathops import (
+    categorical_sample,
+    one_hot,
     straight_through_sample,
     symexp_bins,
     symlog,
@@ -100,10 +102,27 @@ class BlockLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Apply each group's weight to its slice of the last dimension."""
+        return self._grouped(x, self.weight) + self.bias.to(x.dtype)
+
+    def forward_shared(self, own: torch.Tensor, shared: torch.Tensor) -> torch.Tensor:
+        """The layer applied to ``concat(own_g, shared)`` in every group ``g``, without building that input.
+
+        ``own`` is ``(..., G * I_own)``; ``shared`` ``(..., S)`` is the same for all groups, with
+        ``I_own + S`` the layer's inputs per group. The shared part of all groups' weights is one
+        dense matrix, so it costs one matrix product instead of ``G`` copies of ``shared``.
+        """
+        own_inputs = own.shape[-1] // self.groups
+        groups, _, outputs = self.weight.shape
+        shared_weight = self.weight[:, own_inputs:].permute(1, 0, 2).reshape(-1, groups * outputs)
+        own_part = self._grouped(own, self.weight[:, :own_inputs])
+        return torch.addmm(self.bias.to(shared.dtype), shared.reshape(-1, shared.shape[-1]),
+                           shared_weight.to(shared.dtype)).reshape(own_part.shape) + own_part
+
+    def _grouped(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         batch = x.shape[:-1]
-        grouped = x.reshape(-1, self.groups, self.weight.shape[1]).transpose(0, 1)  # (G, N, I)
-        out = torch.bmm(grouped, self.weight.to(grouped.dtype)).transpose(0, 1)  # (N, G, O)
-        return (out.reshape(*batch, -1) + self.bias.to(out.dtype))
+        grouped = x.reshape(-1, self.groups, weight.shape[1]).transpose(0, 1)  # (G, N, I)
+        out = torch.bmm(grouped, weight.to(grouped.dtype)).transpose(0, 1)  # (N, G, O)
+        return out.reshape(*batch, -1)
 
 
 def rms_norm(units: int) -> nn.RMSNorm:
@@ -367,12 +386,13 @@ class ObservationDecoder(nn.Module):
         steps = deter[..., 0].numel()
         losses = {}
         if self.image_decoder is not None:
-            prediction = self._images(deter, stoch)
-            target, _ = images_to_float([obs[key] for key in self.image_shapes])
-            error = (prediction.float() - target - 0.5).square()
+            # Compared channels-last, the layout of both the prediction and the uint8 target, so
+            # the arithmetic runs over contiguous memory.
+            prediction = self._images(deter, stoch).permute(0, 2, 3, 1).float()
             offset = 0
             for key, shape in self.image_shapes.items():
-                losses[key] = error[:, offset: offset + shape[2]].sum() / steps
+                target = obs[key].reshape(-1, *shape).float().div_(255.0)
+                losses[key] = F.mse_loss(prediction[..., offset: offset + shape[2]], target, reduction="sum") / steps
                 offset += shape[2]
         for key, prediction in self._vectors(deter, stoch).items():
             target = symlog(obs[key].float())
@@ -460,7 +480,7 @@ class RSSM(nn.Module):
         """The learned initial state, repeated for ``batch_size`` sequences."""
         deter = torch.tanh(self.initial_deter)[None]
         mode = self.prior_logits(deter).argmax(-1)
-        stoch = F.one_hot(mode, self.classes).to(deter.dtype)
+        stoch = one_hot(mode, self.classes, deter.dtype)
         return LatentState(deter.expand(batch_size, -1), stoch.expand(batch_size, -1, -1))
 
     def prior_logits(self, deter: torch.Tensor) -> torch.Tensor:
@@ -499,13 +519,18 @@ class RSSM(nn.Module):
     def core(self, deter: torch.Tensor, stoch: torch.Tensor, action_input: torch.Tensor) -> torch.Tensor:
         """The block GRU: the next ``h`` from ``h``, ``z`` and ``action_input(a)``."""
         groups = self.blocks
-        shared = torch.cat([self.deter_in(deter), self.stoch_in(stoch.flatten(-2)), action_input], -1)
         batch = deter.shape[:-1]
-        x = torch.cat([deter.reshape(*batch, groups, -1),
-                       shared.unsqueeze(-2).expand(*batch, groups, shared.shape[-1])], -1).reshape(*batch, -1)
-        for layer in self.dyn_layers:
-            x = F.silu(layer["norm"](layer["linear"](x)))
-        gates = self.gates(x).reshape(*batch, groups, 3, -1)
+        shared = torch.cat([self.deter_in(deter), self.stoch_in(stoch.flatten(-2)), action_input], -1)
+        # Every block sees its own slice of h and all of the shared projections.
+        if self.dyn_layers:
+            first = self.dyn_layers[0]
+            x = F.silu(first["norm"](first["linear"].forward_shared(deter, shared)))
+            for layer in self.dyn_layers[1:]:
+                x = F.silu(layer["norm"](layer["linear"](x)))
+            gates = self.gates(x)
+        else:
+            gates = self.gates.forward_shared(deter, shared)
+        gates = gates.reshape(*batch, groups, 3, -1)
         reset, candidate, update = gates.unbind(-2)
         candidate = torch.tanh(torch.sigmoid(reset) * candidate).reshape(*batch, -1)
         update = torch.sigmoid(update - 1.0).reshape(*batch, -1)
@@ -540,13 +565,13 @@ class RSSM(nn.Module):
         # Everything that does not depend on the recurrence is computed for all steps at once.
         action_input = self.action_input(previous_action * (~first).to(previous_action.dtype))
         embed_input = self.posterior_input(embed)
-        keep = (~first).to(embed_input.dtype)
+        keep = (~first).to(initial.deter.dtype)
         deters, stochs, posteriors = [], [], []
         for step in range(length):
             keep_t = keep[:, step]
             state = LatentState(
-                torch.lerp(initial.deter.to(keep_t.dtype), state.deter, keep_t),
-                torch.lerp(initial.stoch.to(keep_t.dtype), state.stoch, keep_t[..., None]),
+                torch.lerp(initial.deter, state.deter.to(keep_t.dtype), keep_t),
+                torch.lerp(initial.stoch, state.stoch.to(keep_t.dtype), keep_t[..., None]),
             )
             deter = self.core(state.deter, state.stoch, action_input[:, step])
             posterior = self.posterior_log_probs(deter, embed_input[:, step])
@@ -621,14 +646,13 @@ class ActionDistribution:
     def sample(self) -> torch.Tensor:
         """One action per batch entry."""
         if self.discrete:
-            noise = torch.empty_like(self.log_probs).exponential_().log()
-            return F.one_hot((self.log_probs - noise).argmax(-1), self.log_probs.shape[-1]).float()
+            return one_hot(categorical_sample(self.log_probs), self.log_probs.shape[-1])
         return self.mean + self.std * torch.randn_like(self.mean)
 
     def mode(self) -> torch.Tensor:
         """The most likely action (continuous: the mean; discrete: one-hot of the likeliest class)."""
         if self.discrete:
-            return F.one_hot(self.log_probs.argmax(-1), self.log_probs.shape[-1]).float()
+            return one_hot(self.log_probs.argmax(-1), self.log_probs.shape[-1])
         return self.mean
 
     def log_prob(self, action: torch.Tensor) -> torch.Tensor:

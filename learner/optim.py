@@ -24,6 +24,7 @@ synchronises with the device, so it is cheap on CPU and does not stall CUDA stre
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -38,7 +39,7 @@ def _check(name: str, value: Any, ok: bool, allowed: str) -> None:
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 def _validate(options: dict[str, Any]) -> None:
@@ -56,7 +57,7 @@ def _validate(options: dict[str, Any]) -> None:
     floor = options["agc_floor"]
     _check("agc_floor", floor, _is_number(floor) and 0.0 <= floor < math.inf, ">= 0")
     warmup = options["warmup"]
-    _check("warmup", warmup, isinstance(warmup, int) and not isinstance(warmup, bool) and warmup >= 0,
+    _check("warmup", warmup, isinstance(warmup, numbers.Integral) and not isinstance(warmup, bool) and warmup >= 0,
            "an integer >= 0 (0 disables it)")
     decay = options["weight_decay"]
     _check("weight_decay", decay, _is_number(decay) and 0.0 <= decay < math.inf, ">= 0")
@@ -110,8 +111,8 @@ class LaProp(torch.optim.Optimizer):
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a parameter group; its own options are validated like the constructor's."""
+        _validate({**self.defaults, **param_group})
         super().add_param_group(param_group)
-        _validate(self.param_groups[-1])
 
     @staticmethod
     def scheduled_lr(lr: float, warmup: int, step: int) -> float:
