@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import logging
 from contextlib import nullcontext
 from dataclasses import dataclass
 
@@ -27,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from learner.allocator import keep_freed_memory
 from learner.mathops import (
     ReturnNormaliser,
     categorical_kl,
@@ -46,11 +48,14 @@ from learner.networks import (
     ObservationEncoder,
     ObsSpec,
     TwoHotHead,
+    compile_norm_act,
     split_obs_spec,
 )
 from learner.optim import LaProp
 
 __all__ = ["Dreamer", "ModelConfig", "ObsSpec", "PRESETS", "Policy", "WorldModel", "preset"]
+
+log = logging.getLogger("learner.dreamer")
 
 BATCH_KEYS = ("action", "reward", "is_first", "is_last", "is_terminal")
 """Non-observation keys of a training batch; observation keys may not use these names."""
@@ -285,6 +290,7 @@ class Dreamer(nn.Module):
                  discrete: bool = False) -> None:
         super().__init__()
         _check_obs_spec(obs_spec, action_dim)
+        keep_freed_memory()
         self.obs_spec = dict(obs_spec)
         self.image_keys = tuple(split_obs_spec(obs_spec)[0])
         self.action_dim = action_dim
@@ -311,11 +317,12 @@ class Dreamer(nn.Module):
         precision = _resolve_device_choice(config.precision, self.device, "bfloat16", "float32")
         self.autocast_dtype = torch.bfloat16 if precision == "bfloat16" else None
         self.compiled = _resolve_device_choice(config.compile, self.device, "on", "off") == "on"
-        self._observe = self.world_model.rssm.observe
         self._imagine_step = self._imagine_step_eager
+        self._compile_checked = False
         if self.compiled:
+            # Process-wide: every RMSNorm + SiLU becomes one fused kernel, forward and backward.
+            compile_norm_act(True)
             self._imagine_step = torch.compile(self._imagine_step_eager, dynamic=False)
-            self.world_model.rssm.core = torch.compile(self.world_model.rssm.core, dynamic=False)
 
     def parameter_counts(self) -> dict[str, int]:
         """Trainable parameters per part (encoder, rssm, decoder, reward, continue, actor, critic) and in total."""
@@ -379,6 +386,23 @@ class Dreamer(nn.Module):
         the sequence is unknown.
         """
         data = self._prepare_batch(batch)
+        if self.compiled and not self._compile_checked:
+            try:
+                return self._train_step(data)
+            except Exception as error:  # noqa: BLE001 - any compiler failure falls back to eager execution
+                log.warning("torch.compile failed (%s: %s); training goes on without it",
+                            type(error).__name__, str(error).splitlines()[0] if str(error) else "")
+                self._disable_compile()
+            finally:
+                self._compile_checked = True
+        return self._train_step(data)
+
+    def _disable_compile(self) -> None:
+        compile_norm_act(False)
+        self._imagine_step = self._imagine_step_eager
+        self.compiled = False
+
+    def _train_step(self, data: dict[str, torch.Tensor]) -> dict[str, float]:
         with self._autocast():
             model_loss, metrics, posterior = self._world_model_loss(data)
             start = LatentState(posterior.deter.detach(), posterior.stoch.detach())

@@ -1,7 +1,7 @@
 """The networks of DreamerV3 (2024 revision) as small named modules.
 
 - ``Linear`` / ``BlockLinear`` / ``MLP``: layers with the paper's truncated-normal fan-in
-  initialisation; ``MLP`` blocks are Linear -> RMSNorm -> SiLU.
+  initialisation; ``MLP`` blocks are Linear -> ``NormAct`` (RMSNorm, then SiLU).
 - ``ObservationEncoder`` / ``ObservationDecoder``: one CNN over all image observations and one
   symlog MLP over all vector observations, and their mirror images. The decoder's image
   branch starts from a block-linear projection of the deterministic state plus a projection of
@@ -125,9 +125,42 @@ class BlockLinear(nn.Module):
         return out.reshape(*batch, -1)
 
 
-def rms_norm(units: int) -> nn.RMSNorm:
-    """RMSNorm over the last dimension with a learned scale."""
-    return nn.RMSNorm(units, eps=NORM_EPS)
+def _norm_act(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    return F.silu(F.rms_norm(x, (x.shape[-1],), weight.to(x.dtype), NORM_EPS))
+
+
+_norm_act_impl = _norm_act
+
+
+def compile_norm_act(enabled: bool) -> None:
+    """Use a torch.compile'd RMSNorm + SiLU (one fused kernel forward and backward) in every layer, or eager ops."""
+    global _norm_act_impl
+    _norm_act_impl = torch.compile(_norm_act, dynamic=True) if enabled else _norm_act
+
+
+class NormAct(nn.Module):
+    """RMSNorm with a learned scale, then SiLU, over the last dimension: the normalisation of every layer.
+
+    One function for both, so that a compiled build fuses them (see :func:`compile_norm_act`).
+    """
+
+    def __init__(self, units: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(units))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalise to unit root-mean-square, scale, apply SiLU."""
+        # Always 2-d, so a compiled build needs one graph for every layer and batch shape.
+        return _norm_act_impl(x.reshape(-1, x.shape[-1]), self.weight).reshape(x.shape)
+
+
+class ChannelNormAct(NormAct):
+    """:class:`NormAct` over the channels of ``(N, C, H, W)`` feature maps (best in channels-last memory)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalise every pixel's channel vector, scale per channel, apply SiLU."""
+        # For a channels-last tensor the permuted view is contiguous.
+        return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
 
 
 class MLP(nn.Module):
@@ -137,26 +170,13 @@ class MLP(nn.Module):
         super().__init__()
         blocks: list[nn.Module] = []
         for index in range(layers):
-            blocks += [Linear(in_features if index == 0 else units, units), rms_norm(units), nn.SiLU()]
+            blocks += [Linear(in_features if index == 0 else units, units), NormAct(units)]
         self.blocks = nn.Sequential(*blocks)
         self.out_features = units if layers else in_features
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Apply the blocks to the last dimension of ``x``."""
         return self.blocks(x)
-
-
-class ChannelRMSNorm(nn.Module):
-    """RMSNorm over the channel dimension of ``(N, C, H, W)`` feature maps (best in channels-last memory)."""
-
-    def __init__(self, channels: int) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(channels))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Normalise every pixel's channel vector to unit root-mean-square, then scale per channel."""
-        # For a channels-last tensor the permuted view is contiguous, so the fused kernel runs in one pass.
-        return F.rms_norm(x.permute(0, 2, 3, 1), (x.shape[1],), self.weight, NORM_EPS).permute(0, 3, 1, 2)
 
 
 CNN_STRIDES = ("pool", "conv")
@@ -205,7 +225,7 @@ class ImageEncoder(nn.Module):
             trunc_normal_(conv.weight, channels * kernel * kernel)
             nn.init.zeros_(conv.bias)
             self.convs.append(conv)
-            self.norms.append(ChannelRMSNorm(out_channels))
+            self.norms.append(ChannelNormAct(out_channels))
             channels = out_channels
         self.out_features = channels * math.prod(resolutions[-1])
 
@@ -216,7 +236,7 @@ class ImageEncoder(nn.Module):
             x = conv(x)
             if self.stride == "pool":
                 x = F.max_pool2d(x, 2)
-            x = F.silu(norm(x))
+            x = norm(x)
         return x.flatten(1)
 
 
@@ -242,11 +262,11 @@ class ImageDecoder(nn.Module):
         self.bspace = bspace
         if bspace:
             self.deter_projection = BlockLinear(deter, first_size, bspace)
-            self.stoch_projection = nn.Sequential(Linear(stoch_flat, 2 * units), rms_norm(2 * units), nn.SiLU(),
+            self.stoch_projection = nn.Sequential(Linear(stoch_flat, 2 * units), NormAct(2 * units),
                                                   Linear(2 * units, first_size))
         else:
             self.projection = Linear(deter + stoch_flat, first_size)
-        self.first_norm = ChannelRMSNorm(stage_channels[-1])
+        self.first_norm = ChannelNormAct(stage_channels[-1])
         # Stage i maps resolution i (channels i) to resolution i - 1 (channels i - 1); the last one makes pixels.
         targets = [(height, width)] + resolutions[:-1]
         out_channels = [channels] + stage_channels[:-1]
@@ -269,7 +289,7 @@ class ImageDecoder(nn.Module):
             nn.init.zeros_(conv.bias)
             self.convs.append(conv)
             if index > 0:
-                self.norms.append(ChannelRMSNorm(out))
+                self.norms.append(ChannelNormAct(out))
 
     def forward(self, deter: torch.Tensor, stoch_flat: torch.Tensor) -> torch.Tensor:
         """Decode ``(N, deter)`` and ``(N, stoch * classes)`` into ``(N, C, H, W)`` images."""
@@ -283,13 +303,13 @@ class ImageDecoder(nn.Module):
         else:
             x = self.projection(torch.cat([deter, stoch_flat], -1)).reshape(-1, height, width, channels)
             x = x.permute(0, 3, 1, 2)
-        x = F.silu(self.first_norm(x))
+        x = self.first_norm(x)
         for index, conv in enumerate(self.convs):
             if self.stride == "pool":
                 x = F.interpolate(x, size=self.sizes[index], mode="nearest")
             x = conv(x)
             if index < len(self.norms):
-                x = F.silu(self.norms[index](x))
+                x = self.norms[index](x)
         return torch.sigmoid(x)
 
 
@@ -419,7 +439,7 @@ class LatentState(NamedTuple):
 
 
 def _dense_block(in_features: int, units: int) -> nn.Sequential:
-    return nn.Sequential(Linear(in_features, units), rms_norm(units), nn.SiLU())
+    return nn.Sequential(Linear(in_features, units), NormAct(units))
 
 
 def squash_action(action: torch.Tensor) -> torch.Tensor:
@@ -462,7 +482,7 @@ class RSSM(nn.Module):
         for index in range(dynlayers):
             self.dyn_layers.append(nn.ModuleDict({
                 "linear": BlockLinear(blocks * block_in if index == 0 else deter, deter, blocks),
-                "norm": rms_norm(deter),
+                "norm": NormAct(deter),
             }))
         self.gates = BlockLinear(deter if dynlayers else blocks * block_in, 3 * deter, blocks)
         self.prior_net = nn.Sequential(*[_dense_block(deter if i == 0 else hidden, hidden) for i in range(imglayers)],
@@ -508,7 +528,7 @@ class RSSM(nn.Module):
             first = self.posterior_hidden[0]
             # Linear on [h, e] split into its h part plus the precomputed e part.
             x = F.linear(deter, first[0].weight[:, : self.deter], first[0].bias) + embed_input
-            x = first[2](first[1](x))
+            x = first[1](x)
             for block in self.posterior_hidden[1:]:
                 x = block(x)
         else:
@@ -524,9 +544,9 @@ class RSSM(nn.Module):
         # Every block sees its own slice of h and all of the shared projections.
         if self.dyn_layers:
             first = self.dyn_layers[0]
-            x = F.silu(first["norm"](first["linear"].forward_shared(deter, shared)))
+            x = first["norm"](first["linear"].forward_shared(deter, shared))
             for layer in self.dyn_layers[1:]:
-                x = F.silu(layer["norm"](layer["linear"](x)))
+                x = layer["norm"](layer["linear"](x))
             gates = self.gates(x)
         else:
             gates = self.gates.forward_shared(deter, shared)
