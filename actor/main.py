@@ -24,7 +24,7 @@ from actor.spool import ChunkSpool
 from actor.stream import ExperienceStream
 from actor.weights import WeightSubscriber
 from learner.dreamer import Policy
-from learner.sizes import model_config
+from learner.sizes import discrete_kwargs, model_config
 from robotd import session, steps, tasks, wire
 from robotd.config import Config
 from robotd.episodes import EpisodeWriter
@@ -62,7 +62,8 @@ class Actor:
         self.rng = np.random.default_rng(config.seed + 7)
         self.counters = {"env_steps": 0, "episodes": 0, "late_steps": 0, "chunks": 0, "weight_swaps": 0,
                          "policy_version_max": 0, "network_steps": 0, "random_steps": 0,
-                         "daemon_timeouts": 0, "act_ms_max": 0.0, "malformed_obs": 0}
+                         "daemon_timeouts": 0, "act_ms_max": 0.0, "malformed_obs": 0,
+                         "learner_waits": 0, "learner_wait_s": 0.0}
         self.policy_version = 0
         self.published_at = 0.0
         self.last_return = 0.0
@@ -126,10 +127,13 @@ class Actor:
                                episode_steps=config.task.episode_steps, seed=config.seed, args=config.task.args)
         self.obs_spec = self.task.observation_spec(reading_spec)
         self.action_dim = int(hello["action_dim"])
+        self.action_discrete = bool(hello.get("action_discrete", False))   # one-hot actions (a discrete simulator)
         self.step_spec = steps.step_spec(self.obs_spec, self.action_dim, self.devices)
-        self.policy = Policy(self.obs_spec, self.action_dim, model_config(config.learner.model))
+        self.policy = Policy(self.obs_spec, self.action_dim, model_config(config.learner.model),
+                             **discrete_kwargs(Policy, self.action_discrete))
         hello_meta = {"role": "actor", "session": config.session, "actor_id": self.actor_id,
                       "stream": self.stream_id, "config_digest": config.digest(),
+                      "action_discrete": self.action_discrete,
                       "spec": {key: [list(shape), dtype] for key, (shape, dtype) in self.step_spec.items()}}
         spool = ChunkSpool(self.logdir / "spool" / self.actor_id, config.actor.spool_memory_chunks)
         self.secure = self._curve_client()
@@ -156,6 +160,7 @@ class Actor:
         period_s = 1.0 / config.control.rate_hz
         silence_s = max(1.0, 20 * period_s)
         self.pending: Pending | None = None
+        self._zmq = (context, max_bytes)
         self.episode = None
         self.next_episode_id = session.next_episode_id(self.logdir, self.actor_id)
         self.episode_step = 0
@@ -220,6 +225,12 @@ class Actor:
     def _on_observation(self, daemon, message: wire.Message) -> bool:
         """Answers one observation and completes the previous step; True when max_steps is reached."""
         meta, arrays = message.meta, message.arrays
+        if self._learner_behind():
+            # Lockstep: the simulation waits for the learner. Everything collected goes out first, so the
+            # learner's own train_ratio wait (on ingested steps) cannot hold it back in turn.
+            self._complete_pending(meta["prev"], arrays.get("prev_action"))
+            self._emit_chunk()
+            self._wait_for_learner(daemon)
         readings = {device: {} for device in self.devices}
         for name, value in arrays.items():
             device, _, key = name.partition("/")
@@ -234,14 +245,16 @@ class Actor:
         status = meta.get("robot_status", {})
         stopped = bool(status.get("protective_stop") or status.get("emergency_stop"))
         terminal = self.task.is_terminal(obs)
+        truncated = self.task.is_truncated(obs)
         episode_step = 0 if is_first else self.episode_step
         total_steps = self.counters["env_steps"] + (self.pending is not None) + 1
         at_max = self.max_steps is not None and total_steps >= self.max_steps
-        is_last = terminal or stopped or episode_step + 1 >= self.task.episode_steps or at_max
+        time_limit = episode_step + 1 >= self.task.episode_steps
+        is_last = terminal or truncated or stopped or time_limit or at_max
         t0 = time.perf_counter()
         action, version = self._choose_action(obs, is_first)
         self.counters["act_ms_max"] = max(self.counters["act_ms_max"], (time.perf_counter() - t0) * 1000)
-        reset = bool(is_last and (self.task.reset_request or terminal or stopped))
+        reset = bool(is_last and (self.task.reset_request or terminal or truncated or stopped))
         wire.send(daemon, wire.Kind.ACT, {"tick": meta["tick"], "policy_version": version, "reset": reset},
                   {"action": action})
         # The action is out; everything below is bookkeeping off the robot's critical path.
@@ -257,9 +270,46 @@ class Actor:
                 record[f"timing/{device}/{field}"] = timing[field]
         if stopped:
             self.episode_flags.add("protective_stop")
+        # How a finished episode ended (an episode cut by the end of the session has none of these).
+        for flag, ended in (("terminated", terminal), ("truncated", truncated), ("time_limit", time_limit)):
+            if ended:
+                self.episode_flags.add(flag)
         self.pending = Pending(meta["tick"], record, action)
         self.episode_step = episode_step + 1
         return at_max
+
+    def _learner_behind(self) -> bool:
+        """Lockstep pacing with learner.train_ratio > 0: True while collecting more would exceed the ratio.
+
+        The learner's replayed steps are estimated from the newest weights version (one version per
+        publish_every_updates updates of batch_size x batch_length), with one more publish interval
+        of slack, so the learner (which stops at the ratio itself) always publishes far enough to
+        release the actor. Nothing waits before prefill_steps and min_replay_steps are collected."""
+        learner = self.config.learner
+        if self.config.control.pacing != "lockstep" or learner.train_ratio <= 0:
+            return False
+        collected = self.counters["env_steps"] + (self.pending is not None)
+        if collected < max(self.config.actor.prefill_steps, learner.min_replay_steps):
+            return False
+        per_update = learner.batch_size * learner.batch_length
+        replayed = self.policy_version * learner.publish_every_updates * per_update
+        return learner.train_ratio * collected > replayed + (learner.publish_every_updates + 1) * per_update
+
+    def _wait_for_learner(self, daemon) -> None:
+        """Holds the simulation until the learner has trained enough; heartbeats keep the daemon's watchdog fed."""
+        started = last_beat = time.monotonic()
+        beat_s = self.config.control.watchdog_s / 4
+        while self._learner_behind() and not self.stop_requested.is_set():
+            if self.weights is None and self.stream.accepted.is_set():
+                self._subscribe_weights(*self._zmq)
+            self._maybe_swap_weights()
+            self._publish_status()
+            if time.monotonic() - last_beat >= beat_s:
+                wire.send(daemon, wire.Kind.HEARTBEAT, {"actor_id": self.actor_id})
+                last_beat = time.monotonic()
+            time.sleep(0.005)
+        self.counters["learner_waits"] += 1
+        self.counters["learner_wait_s"] += time.monotonic() - started
 
     def _choose_action(self, obs, is_first) -> tuple[np.ndarray, int]:
         use_network = self.policy_version > 0 and self.counters["env_steps"] >= self.config.actor.prefill_steps
@@ -269,7 +319,7 @@ class Actor:
         self.counters["random_steps"] += 1
         if self.policy_version > 0:
             self.policy.act(obs, is_first)  # keep the recurrent state in step for when the network takes over
-        return self.rng.uniform(-1.0, 1.0, self.action_dim).astype(np.float32), 0
+        return random_action(self.rng, self.action_dim, self.action_discrete), 0
 
     def _complete_pending(self, prev: dict | None, applied: np.ndarray | None, *, force_last: bool = False) -> None:
         """Finishes the pending step with the applied action and late flag, writes and streams it."""
@@ -406,6 +456,15 @@ class Actor:
         self.status.close()
         self.metrics.close()
         session.write_stats(self.logdir, "actor", self.stats)
+
+
+def random_action(rng: np.random.Generator, action_dim: int, discrete: bool) -> np.ndarray:
+    """A prefill action: uniform in [-1, 1], or a uniformly chosen one-hot for a discrete action."""
+    if discrete:
+        action = np.zeros(action_dim, np.float32)
+        action[rng.integers(action_dim)] = 1.0
+        return action
+    return rng.uniform(-1.0, 1.0, action_dim).astype(np.float32)
 
 
 def episode_stats(rows: list[dict], rate_hz: float, devices: list[str]) -> dict:

@@ -42,9 +42,14 @@ class DeviceStatus:
 
 
 class Device(abc.ABC):
-    """A device the daemon polls at a fixed rate."""
+    """A device the daemon polls at a fixed rate.
+
+    ``simulated`` is True for devices whose world exists only in software (mocks, simulators):
+    only a session whose every device is simulated may run with ``control.pacing: lockstep``.
+    """
 
     name: str
+    simulated: bool = False
 
     @abc.abstractmethod
     def connect(self) -> None:
@@ -136,3 +141,28 @@ class Camera(Device):
     width: int
     height: int
     fps: float
+
+
+class SteppedEnv(Device):
+    """A simulated robot that advances by one step per command (a Gymnasium environment).
+
+    The action is normalised: ``action_dim`` values in [-1, 1] for a continuous action space,
+    or a one-hot (score) vector of ``action_dim`` = number of choices for a discrete one
+    (``action_discrete``). Between commands the simulated world stands still.
+    """
+
+    simulated = True
+    action_dim: int
+    action_discrete: bool
+
+    @abc.abstractmethod
+    def command_action(self, action: np.ndarray) -> None:
+        """Advance the simulation by one step under the normalised ``action``."""
+
+    @abc.abstractmethod
+    def stop(self) -> None:
+        """Safe stop: the simulation is not advanced any more until the next command."""
+
+    @abc.abstractmethod
+    def reset(self) -> None:
+        """Start a new episode."""

@@ -84,6 +84,8 @@ class _MockDevice:
     handles its own scheduled fault keys in _apply_scheduled_fault before deferring here.
     """
 
+    # Software only: a mock may run under control.pacing = lockstep.
+    simulated = True
     # Scheduled fault key -> the key of its parameter (None when it takes none).
     _FAULT_KEYS: dict[str, str | None] = {"frozen_at_s": "frozen_for_s", "late_at_s": "late_ms"}
 

@@ -30,6 +30,12 @@ def names() -> list[str]:
     return sorted(_DRIVERS)
 
 
+def is_simulated(name: str) -> bool:
+    """True when the driver registered under name declares itself simulated (False if unknown)."""
+    cls = _DRIVERS.get(name)
+    return bool(cls is not None and getattr(cls, "simulated", False))
+
+
 def make(name: str, **kwargs: object) -> Device:
     """Construct the driver registered under name with the given constructor kwargs."""
     try:

@@ -121,6 +121,7 @@ class IngestServer(threading.Thread):
         self.store = store
         self.weights_port = weights_port
         self.spec = spec
+        self.action_discrete: bool | None = None     # from the first accepted hello (one-hot actions)
         self.on_spec = on_spec
         self.refill = refill
         self.refilled_steps = 0
@@ -189,6 +190,7 @@ class IngestServer(threading.Thread):
             spec = {key: (tuple(shape), dtype) for key, (shape, dtype) in spec.items()}
             if self.spec is None:
                 self.spec = spec
+                self.action_discrete = bool(meta.get("action_discrete", False))
                 self.on_spec(spec)
                 self._refill()
             else:

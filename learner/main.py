@@ -18,9 +18,11 @@ from pathlib import Path
 import torch
 import zmq
 
+from learner.dreamer import describe_parameters, model_summary
 from learner.ingest import IngestServer
 from learner.refill import refill_from_episodes
 from learner.replay import ReplayBuffer
+from learner.report import write_report_videos
 from learner.trainer import CHECKPOINT_FILE, Prefetcher, Trainer, WeightPublisher, read_checkpoint
 from robotd import session
 from robotd.config import Config
@@ -139,8 +141,13 @@ class Learner:
             status.publish({"replay_steps": 0, "updates": 0, "updates_per_s": 0.0, "published_version": 0})
             if self.stop_requested.is_set():
                 return
-        self.trainer = trainer = Trainer(self.config, ingest.spec, self.device, self.logdir)
-        log.info("agent built: %d parameters (%s preset)", trainer.parameter_count(), config.model.preset)
+        discrete = ingest.action_discrete if ingest.action_discrete is not None else bool(
+            (checkpoint or {}).get("action_discrete", False))
+        self.trainer = trainer = Trainer(self.config, ingest.spec, self.device, self.logdir, action_discrete=discrete)
+        log.info("agent built (%s preset): %s", config.model.preset,
+                 describe_parameters(trainer.agent.parameter_counts()))
+        log.info("model: %s; precision %s, compiled %s", model_summary(trainer.agent.config),
+                 trainer.agent.autocast_dtype or "float32", trainer.agent.compiled)
         if checkpoint is not None:
             publisher.version = trainer.load(checkpoint)
             log.info("resumed from checkpoint: %d updates, weights v%d", trainer.updates, publisher.version)
@@ -148,6 +155,7 @@ class Learner:
                               if ray.get(replay.stats.remote())["replay_steps"] >= config.min_replay_steps else None)
         prefetch.start()
         last_checkpoint = time.monotonic()
+        last_report = time.monotonic()
         window_start, window_updates = time.monotonic(), 0
         updates_per_s = 0.0
         batch_steps = config.batch_size * config.batch_length
@@ -173,6 +181,9 @@ class Learner:
                     metrics.write(trainer.updates, {**result, "updates_per_s": updates_per_s,
                                                     "weights_version": publisher.version,
                                                     "ingested_steps": ingest.ledger.ingested_steps})
+                if config.report_every_s and now - last_report >= config.report_every_s:
+                    self._report(trainer, batch, metrics)
+                    last_report = now
                 if now - last_checkpoint >= config.checkpoint_every_s:
                     trainer.save(publisher.version)
                     last_checkpoint = now
@@ -181,6 +192,16 @@ class Learner:
             prefetch.stop()
             if trainer.updates > 0:
                 trainer.save(publisher.version)
+
+    def _report(self, trainer, batch, metrics) -> None:
+        """World-model losses and open-loop prediction on the last batch: scalars to metrics, videos as GIFs."""
+        try:
+            scalars, videos = trainer.report(batch)
+            metrics.write(trainer.updates, scalars)
+            for path in write_report_videos(self.logdir, trainer.updates, videos):
+                log.info("world-model report: %s", path)
+        except Exception:  # a report must never stop training
+            log.exception("world-model report failed; training goes on")
 
     def _status(self, status, ray, replay, trainer, publisher, updates_per_s) -> None:
         if not status.due():

@@ -104,25 +104,34 @@ class BlockLinear(nn.Module):
         """Apply each group's weight to its slice of the last dimension."""
         return self._grouped(x, self.weight) + self.bias.to(x.dtype)
 
-    def forward_shared(self, own: torch.Tensor, shared: torch.Tensor) -> torch.Tensor:
-        """The layer applied to ``concat(own_g, shared)`` in every group ``g``, without building that input.
-
-        ``own`` is ``(..., G * I_own)``; ``shared`` ``(..., S)`` is the same for all groups, with
-        ``I_own + S`` the layer's inputs per group. The shared part of all groups' weights is one
-        dense matrix, so it costs one matrix product instead of ``G`` copies of ``shared``.
-        """
-        own_inputs = own.shape[-1] // self.groups
-        groups, _, outputs = self.weight.shape
-        shared_weight = self.weight[:, own_inputs:].permute(1, 0, 2).reshape(-1, groups * outputs)
-        own_part = self._grouped(own, self.weight[:, :own_inputs])
-        return torch.addmm(self.bias.to(shared.dtype), shared.reshape(-1, shared.shape[-1]),
-                           shared_weight.to(shared.dtype)).reshape(own_part.shape) + own_part
-
     def _grouped(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         batch = x.shape[:-1]
         grouped = x.reshape(-1, self.groups, weight.shape[1]).transpose(0, 1)  # (G, N, I)
         out = torch.bmm(grouped, weight.to(grouped.dtype)).transpose(0, 1)  # (N, G, O)
         return out.reshape(*batch, -1)
+
+
+class SharedInputBlockLinear(BlockLinear):
+    """A block-diagonal layer whose every group also sees one shared input: group ``g`` maps
+    ``concat(own_g, shared)`` to its outputs (the first layer of the block GRU).
+
+    The weights on the shared input are kept as one dense ``(S, G * O)`` matrix, so the layer
+    costs one grouped product on ``own`` plus one dense product on ``shared`` and never builds
+    ``G`` copies of the shared input. Initialisation uses the per-group fan-in ``I_own + S``.
+    """
+
+    def __init__(self, own_features: int, shared_features: int, out_features: int, groups: int) -> None:
+        super().__init__(own_features, out_features, groups)
+        fan_in = own_features // groups + shared_features
+        trunc_normal_(self.weight, fan_in)
+        self.shared_weight = nn.Parameter(torch.empty(shared_features, out_features))
+        trunc_normal_(self.shared_weight, fan_in)
+
+    def forward(self, own: torch.Tensor, shared: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        """``own`` (..., G * I_own) and ``shared`` (..., S) to (..., G * O)."""
+        dense = torch.addmm(self.bias.to(shared.dtype), shared.reshape(-1, shared.shape[-1]),
+                            self.shared_weight.to(shared.dtype))
+        return dense.reshape(*shared.shape[:-1], -1) + self._grouped(own, self.weight)
 
 
 def _norm_act(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -477,14 +486,13 @@ class RSSM(nn.Module):
         self.deter_in = _dense_block(deter, hidden)
         self.stoch_in = _dense_block(stoch * classes, hidden)
         self.action_in = _dense_block(action_dim, hidden)
-        block_in = deter // blocks + 3 * hidden
         self.dyn_layers = nn.ModuleList()
         for index in range(dynlayers):
-            self.dyn_layers.append(nn.ModuleDict({
-                "linear": BlockLinear(blocks * block_in if index == 0 else deter, deter, blocks),
-                "norm": NormAct(deter),
-            }))
-        self.gates = BlockLinear(deter if dynlayers else blocks * block_in, 3 * deter, blocks)
+            linear = SharedInputBlockLinear(deter, 3 * hidden, deter, blocks) if index == 0 else \
+                BlockLinear(deter, deter, blocks)
+            self.dyn_layers.append(nn.ModuleDict({"linear": linear, "norm": NormAct(deter)}))
+        self.gates = BlockLinear(deter, 3 * deter, blocks) if dynlayers else \
+            SharedInputBlockLinear(deter, 3 * hidden, 3 * deter, blocks)
         self.prior_net = nn.Sequential(*[_dense_block(deter if i == 0 else hidden, hidden) for i in range(imglayers)],
                                        Linear(hidden if imglayers else deter, stoch * classes))
         self.posterior_hidden = nn.Sequential(
@@ -544,12 +552,12 @@ class RSSM(nn.Module):
         # Every block sees its own slice of h and all of the shared projections.
         if self.dyn_layers:
             first = self.dyn_layers[0]
-            x = first["norm"](first["linear"].forward_shared(deter, shared))
+            x = first["norm"](first["linear"](deter, shared))
             for layer in self.dyn_layers[1:]:
                 x = layer["norm"](layer["linear"](x))
             gates = self.gates(x)
         else:
-            gates = self.gates.forward_shared(deter, shared)
+            gates = self.gates(deter, shared)
         gates = gates.reshape(*batch, groups, 3, -1)
         reset, candidate, update = gates.unbind(-2)
         candidate = torch.tanh(torch.sigmoid(reset) * candidate).reshape(*batch, -1)

@@ -19,7 +19,7 @@ import torch
 import zmq
 
 from learner.dreamer import Dreamer
-from learner.sizes import model_config
+from learner.sizes import discrete_kwargs, model_config
 from robotd import session, steps, wire
 from robotd.config import Config
 
@@ -98,14 +98,16 @@ class WeightPublisher:
 class Trainer:
     """Owns the agent; built once the step spec is known (first actor hello or a checkpoint)."""
 
-    def __init__(self, config: Config, spec: dict, device: str, logdir: Path):
+    def __init__(self, config: Config, spec: dict, device: str, logdir: Path, *, action_discrete: bool = False):
         self.config = config
         self.spec = spec
         self.device = device
         self.logdir = logdir
+        self.action_discrete = bool(action_discrete)
         obs_spec = steps.obs_spec_of(spec)
         self.action_dim = int(spec[steps.ACTION][0][0])
-        self.agent = Dreamer(obs_spec, self.action_dim, model_config(config.learner.model), device=device)
+        self.agent = Dreamer(obs_spec, self.action_dim, model_config(config.learner.model), device=device,
+                             **discrete_kwargs(Dreamer, self.action_discrete))
         self.replayed_steps = 0
         self.last_metrics: dict[str, float] = {}
 
@@ -127,11 +129,17 @@ class Trainer:
         self.last_metrics = metrics
         return metrics
 
+    def report(self, batch: dict[str, np.ndarray]) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+        """The agent's world-model report (losses and open-loop videos) on a replay batch; does not train."""
+        writable = {key: np.require(value, requirements="W") for key, value in steps.training_batch(batch).items()}
+        return self.agent.report(writable)
+
     def save(self, version: int) -> Path:
         """Writes checkpoints/latest.pt atomically (loadable with weights_only=True)."""
         path = self.logdir / session.CHECKPOINTS / CHECKPOINT_FILE
         tmp = path.with_suffix(".tmp")
         torch.save({"agent": self.agent.checkpoint(), "version": version, "replayed_steps": self.replayed_steps,
+                    "action_discrete": self.action_discrete,
                     "spec": {key: [list(shape), dtype] for key, (shape, dtype) in self.spec.items()}}, tmp)
         os.replace(tmp, path)
         return path

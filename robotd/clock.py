@@ -170,6 +170,58 @@ class FixedRateClock:
         return index
 
 
+class LockstepClock:
+    """Simulated time for lockstep pacing: tick k is at origin + k * period of simulated time, delivered at once.
+
+    Same interface as FixedRateClock (start, wait_next, stats), but wait_next never sleeps: the
+    daemon steps as soon as the actor's action arrives. ``now_ns`` is the simulated clock that
+    simulated devices are given as their host clock, so a mock's motion, a camera's frames and
+    the recorded tick times advance by exactly one control period per step however fast the
+    steps really come. ``stats`` records the real time of each step the daemon reports with
+    ``stepped()`` (its rate is steps per real second while an actor is stepping); there are no
+    period errors, since no tick has a real deadline.
+    """
+
+    def __init__(self, rate_hz: float, *, real_now_ns: Callable[[], int] = time.monotonic_ns,
+                 stats_capacity: int = 100_000) -> None:
+        if not (isinstance(rate_hz, numbers.Real) and math.isfinite(rate_hz) and rate_hz > 0):
+            raise ValueError(f"LockstepClock rate_hz={rate_hz!r} must be a positive finite number; pass the loop rate, e.g. 50")
+        self.rate_hz = float(rate_hz)
+        self.period_s = 1.0 / self.rate_hz
+        self.realtime = False
+        self.stats = PeriodStats(stats_capacity)
+        self._rate_num, self._rate_den = Fraction(self.rate_hz).as_integer_ratio()
+        self._real_now_ns = real_now_ns
+        self._origin_ns = real_now_ns()
+        self._tick_index = 0
+        self._sim_ns = self._origin_ns
+
+    def now_ns(self) -> int:
+        """Simulated time now: the deadline of the current tick (the origin before the first)."""
+        return self._sim_ns
+
+    def start(self) -> int:
+        """Tick 0 is at the simulated origin; returns it."""
+        self._tick_index = 0
+        self._sim_ns = self._origin_ns
+        return self._origin_ns
+
+    def deadline_ns(self, tick_index: int) -> int:
+        """Simulated time of tick ``tick_index`` (origin + tick_index * period, rounded to 1 ns)."""
+        scaled = tick_index * _NS_PER_S * self._rate_den
+        return self._origin_ns + (2 * scaled + self._rate_num) // (2 * self._rate_num)
+
+    def wait_next(self) -> tuple[int, int]:
+        """Advance simulated time by one period at once and return (tick_index, simulated time)."""
+        self._tick_index += 1
+        self._sim_ns = self.deadline_ns(self._tick_index)
+        return self._tick_index, self._sim_ns
+
+    def stepped(self) -> None:
+        """Record that the current tick's action was applied (for the real step rate)."""
+        self.stats.add_tick(self._real_now_ns())
+
+
 def try_realtime(priority: int = 50) -> str:
     """Try to put the calling process under SCHED_FIFO at ``priority``; return what was obtained. Never raises.
 

@@ -127,6 +127,8 @@ class LearnerConfig:
                               help="replayed steps per collected step; 0 trains as fast as possible")
     publish_every_updates: int = spec(10, range=(1, 1_000_000))
     checkpoint_every_s: float = spec(120.0, range=(1.0, 1e6))
+    report_every_s: float = spec(300.0, range=(0.0, 1e6),
+                                 help="world-model report (losses, open-loop video) period; 0 disables it")
     threads: int = spec(1, range=(1, 256), help="torch threads; keep low when sharing a machine with the daemon")
     device: str = spec("auto", choices=("auto", "cpu", "cuda"))
     ray_address: str = spec("", help="empty starts Ray locally; 'auto' or ray://host:port joins a cluster")

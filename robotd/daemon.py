@@ -5,10 +5,15 @@ time, sends the observation to the actor, waits for the action until the action 
 passes the action (or the configured fallback when it is late) through the safety layer, and
 commands the robot. It never waits on the learner. An actor silent for longer than the
 watchdog, a stop signal, or a protective stop bring the robot to a safe stop.
+
+With ``control.pacing: lockstep`` (simulated devices only) there is no deadline: the daemon
+waits for each action as long as the watchdog allows and steps as soon as it arrives, on a
+simulated clock that advances one control period per step (see robotd.clock.LockstepClock).
 """
 from __future__ import annotations
 
 import logging
+import math
 import signal
 import threading
 import time
@@ -17,24 +22,28 @@ import numpy as np
 import zmq
 
 from drivers import registry as driver_registry
-from drivers.base import Arm, Legged
+from drivers.base import Arm, Legged, SteppedEnv
 from robotd import session, wire
-from robotd.clock import FixedRateClock, PeriodStats, try_realtime
-from robotd.config import Config, DeviceConfig
+from robotd.clock import FixedRateClock, LockstepClock, PeriodStats, try_realtime
+from robotd.config import Config, DeviceConfig, check_lockstep
 from robotd.netutil import bind_or_explain
 from robotd.security import SecurityError, is_loopback
-from robotd.safety import ActionWatchdog, ArmLimits, ArmSafety, LeggedLimits, LeggedSafety, SafeCommand
+from robotd.safety import ActionWatchdog, ArmLimits, ArmSafety, LeggedLimits, LeggedSafety, SafeCommand, SimSafety
 from robotd.status import StatusPublisher
 from robotd.timesync import ClockOffsetEstimator
 
 log = logging.getLogger("robotd.daemon")
 
 
-def make_device(device: DeviceConfig, seed: int):
-    """Builds a driver from its config entry; bad driver arguments fail with one clear line."""
+def make_device(device: DeviceConfig, seed: int, host_clock=None):
+    """Builds a driver from its config entry; bad driver arguments fail with one clear line.
+
+    Simulated drivers get the config's seed, and under lockstep pacing ``host_clock`` (the simulated clock)."""
     args = dict(device.args)
-    if device.driver.startswith("mock_"):
+    if device.driver.startswith("mock_") or driver_registry.is_simulated(device.driver):
         args.setdefault("seed", seed)
+    if host_clock is not None:
+        args.setdefault("host_clock", host_clock)
     try:
         return driver_registry.make(device.driver, **args)
     except TypeError as exc:
@@ -52,11 +61,17 @@ class Daemon:
             raise SecurityError(f"network.control {config.network.control} is reachable from other machines: the "
                                 f"daemon takes actions only from this machine; use tcp://127.0.0.1:PORT or ipc://PATH")
         self.period_s = 1.0 / config.control.rate_hz
-        self.robot = make_device(config.robot, config.seed)
+        self.lockstep = config.control.pacing == "lockstep"
+        self.sim_clock = None
+        if self.lockstep:
+            check_lockstep(config)
+            self.sim_clock = LockstepClock(config.control.rate_hz)
+        host_clock = self.sim_clock.now_ns if self.sim_clock is not None else None
+        self.robot = make_device(config.robot, config.seed, host_clock)
         self.robot.name = config.robot.name
         self.cameras = []
         for index, camera_config in enumerate(config.cameras):
-            camera = make_device(camera_config, config.seed + 1 + index)
+            camera = make_device(camera_config, config.seed + 1 + index, host_clock)
             camera.name = camera_config.name
             self.cameras.append(camera)
         self.devices = [self.robot] + self.cameras
@@ -67,9 +82,13 @@ class Daemon:
         elif isinstance(self.robot, Legged):
             self.kind = "legged"
             self.action_dim = self.robot.n_motors
+        elif isinstance(self.robot, SteppedEnv):
+            self.kind = "sim"
+            self.action_dim = int(self.robot.action_dim)
         else:
-            raise ValueError(f"robot driver {config.robot.driver!r} is neither an arm nor a legged robot: "
-                             f"use an Arm or Legged driver for robot.driver")
+            raise ValueError(f"robot driver {config.robot.driver!r} is neither an arm, a legged robot nor a simulated "
+                             f"environment: use an Arm, Legged or SteppedEnv driver for robot.driver")
+        self.action_discrete = bool(getattr(self.robot, "action_discrete", False))
         self.estimators = {device.name: ClockOffsetEstimator() for device in self.devices}
         self.stop_requested = threading.Event()
         self.counters = {"ticks": 0, "actor_ticks": 0, "late_steps": 0, "late_actions": 0, "stale_readings": 0,
@@ -80,6 +99,8 @@ class Daemon:
 
     # ----------------------------------------------------------------------------------------
     def _build_safety(self):
+        if self.kind == "sim":
+            return SimSafety(self.action_dim, self.action_discrete)
         if self.kind == "arm":
             arm = self.config.safety.arm
             limits = ArmLimits(joint_limits_rad=np.asarray(self.robot.joint_limits_rad, np.float64),
@@ -122,6 +143,8 @@ class Daemon:
 
     def _effective_action(self, command: SafeCommand, base_q: np.ndarray | None) -> np.ndarray:
         """The command expressed back in the policy's normalised action space (what the data records)."""
+        if self.kind == "sim":
+            return np.asarray(command.values["action"], np.float32)
         if command.kind == "joint_position" and base_q is not None:
             delta = (command.values["q_rad"] - base_q) / self._max_delta_rad
             return np.clip(delta, -1.0, 1.0).astype(np.float32)
@@ -138,6 +161,10 @@ class Daemon:
     def _apply(self, command: SafeCommand) -> None:
         """Sends a safety-checked command to the robot driver."""
         values = command.values
+        if self.kind == "sim":
+            self.robot.command_action(values["action"])
+            self._last_target = np.asarray(values["action"], np.float64)
+            return
         if command.kind in ("joint_position", "hold") and self.kind == "arm":
             if "q_rad" in values:
                 self.robot.command_joint_position(values["q_rad"])
@@ -175,7 +202,9 @@ class Daemon:
     def run(self) -> dict:
         """Runs the control loop until a stop is requested; returns the final stats."""
         control = self.config.control
-        if control.realtime == "off":
+        if self.lockstep:
+            self.scheduling = "SCHED_OTHER (lockstep pacing)"
+        elif control.realtime == "off":
             self.scheduling = "SCHED_OTHER (realtime off in config)"
         else:
             self.scheduling = try_realtime()
@@ -195,7 +224,7 @@ class Daemon:
             self._link_mock_scene()
         safety = self._build_safety()
         watchdog = ActionWatchdog(control.watchdog_s)
-        clock = FixedRateClock(control.rate_hz, realtime=realtime)
+        clock = self.sim_clock if self.lockstep else FixedRateClock(control.rate_hz, realtime=realtime)
         deadline_ns = int(control.action_deadline_ms * 1e6)
         self._last_hw: dict[str, int] = {}
         self._last_target = None
@@ -208,8 +237,10 @@ class Daemon:
         clock.start()
         try:
             while not self.stop_requested.is_set():
+                if self.lockstep and actor is None:
+                    socket.poll(max(1, min(100, int(self.period_s * 1000))))   # idle until an actor says hello
                 tick, tick_deadline_ns = clock.wait_next()
-                t_tick_ns = time.monotonic_ns()
+                t_tick_ns = tick_deadline_ns if self.lockstep else time.monotonic_ns()
                 self.counters["ticks"] += 1
                 arrays, timing = self._read_all(t_tick_ns)
                 robot_status = self._check_robot_status()
@@ -225,9 +256,21 @@ class Daemon:
                         "robot_status": robot_status}
                 wire.send_to(socket, actor, wire.Kind.OBS, meta, {**arrays, "prev_action": self._prev_action})
                 self.counters["actor_ticks"] += 1
-                act = self._wait_action(socket, receiver, actor, tick, t_tick_ns + deadline_ns, clock, watchdog)
+                if self.lockstep:
+                    act, actor = self._wait_action_lockstep(socket, receiver, actor, tick, watchdog)
+                    if act is None:                     # stop requested, actor gone, or watchdog expired
+                        if actor is not None and watchdog.expired():
+                            self.counters["watchdog_stops"] += 1
+                            self.safe_stop(f"actor silent for {watchdog.silent_for_s():.2f} s "
+                                           f"(watchdog {control.watchdog_s} s)")
+                            actor = None
+                        status.publish(self._status_counters(clock, actor_connected=actor is not None))
+                        continue
+                    clock.stepped()
+                else:
+                    act = self._wait_action(socket, receiver, actor, tick, t_tick_ns + deadline_ns, clock, watchdog)
                 self._command_robot(act, arrays, safety, tick)
-                if self._prev["policy_version"] > 0:
+                if self._prev["policy_version"] > 0 and not self.lockstep:
                     self.training_stats.add(max(0, t_tick_ns - tick_deadline_ns))
                 status.publish(self._status_counters(clock, actor_connected=True))
         finally:
@@ -279,7 +322,7 @@ class Daemon:
             if act.meta.get("reset") is True:
                 reset_done = self._reset_robot(safety)
                 command = None
-            elif self.kind == "arm":
+            elif self.kind in ("arm", "sim"):
                 command = safety.command(act.arrays["action"], q_now, self._last_target)
             else:
                 command = safety.command(act.arrays["action"], q_now, self._last_target,
@@ -295,7 +338,9 @@ class Daemon:
         self._prev = {"tick": tick, "late": late, "clipped": bool(command is not None and command.clipped),
                       "reset_done": reset_done, "policy_version": version}
 
-    def _robot_q(self, arrays: dict) -> np.ndarray:
+    def _robot_q(self, arrays: dict) -> np.ndarray | None:
+        if self.kind == "sim":
+            return None                     # a simulated environment has no joint state for the safety layer
         return np.asarray(arrays[f"{self.robot.name}/joint_pos"], np.float64)
 
     def _link_mock_scene(self) -> None:
@@ -343,7 +388,8 @@ class Daemon:
             wire.send_to(socket, identity, wire.Kind.HELLO, {
                 "role": "daemon", "session": self.config.session, "robot": self.kind, "action_dim": self.action_dim,
                 "rate_hz": self.config.control.rate_hz, "reading_spec": self.reading_spec(),
-                "robot_name": self.robot.name, "cameras": [c.name for c in self.cameras]})
+                "robot_name": self.robot.name, "cameras": [c.name for c in self.cameras],
+                "action_discrete": self.action_discrete, "pacing": self.config.control.pacing})
             watchdog.feed()
             log.info("actor %s connected", message.meta.get("actor_id", "?"))
             return identity
@@ -354,6 +400,8 @@ class Daemon:
             self.counters["late_actions"] += int(message.meta["tick"] < tick)
             if identity == actor:
                 watchdog.feed()
+        if kind == wire.Kind.HEARTBEAT and identity == actor and self.lockstep:
+            watchdog.feed()                 # a lockstep actor holding the simulation for its learner is alive
         return actor
 
     def _wait_action(self, socket, receiver, actor, tick, until_ns, clock, watchdog):
@@ -375,6 +423,31 @@ class Daemon:
                     return message
                 self._handle(socket, identity, message, actor, watchdog, tick)
 
+    def _wait_action_lockstep(self, socket, receiver, actor, tick, watchdog):
+        """Lockstep: waits for the action of ``tick`` as long as the watchdog allows (no deadline, so never late).
+
+        Returns (the action message, actor); (None, actor) when the watchdog expired or a stop was
+        requested; (None, the new actor) when another actor said hello; (None, None) on the actor's bye."""
+        while not self.stop_requested.is_set():
+            remaining_s = watchdog.timeout_s - watchdog.silent_for_s()
+            if remaining_s <= 0:
+                return None, actor
+            if not socket.poll(max(1, min(100, math.ceil(remaining_s * 1000)))):
+                continue
+            while socket.poll(0):
+                frames = socket.recv_multipart(copy=False)
+                identity, message = frames[0].bytes, receiver.decode(frames[1:])
+                if message is None:
+                    continue
+                if (message.kind == wire.Kind.ACT and identity == actor and message.meta["tick"] == tick
+                        and message.arrays["action"].shape == (self.action_dim,)):
+                    watchdog.feed()
+                    return message, actor
+                handled = self._handle(socket, identity, message, actor, watchdog, tick)
+                if handled != actor:
+                    return None, handled        # bye (None) or another actor's hello: serve it from the next tick
+        return None, actor
+
     def _status_counters(self, clock, *, actor_connected: bool) -> dict:
         summary = clock.stats.summary()
         return {"rate_hz": summary.get("rate_hz") or 0.0, "error_p99_ms": summary["period_error_ms"]["p99"] or 0.0,
@@ -389,7 +462,8 @@ class Daemon:
                 "target_rate_hz": self.config.control.rate_hz,
                 "period_error_ms": summary["period_error_ms"], "overruns": summary.get("overruns", 0),
                 "period_error_ms_while_training": training["period_error_ms"],
-                "ticks_while_training": training["count"], "scheduling": self.scheduling}
+                "ticks_while_training": training["count"], "scheduling": self.scheduling,
+                "pacing": self.config.control.pacing}
 
 
 def run(config: Config, *, logdir: str | None = None) -> dict:

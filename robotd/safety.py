@@ -124,7 +124,8 @@ class SafeCommand:
     """A command the drivers may execute as is.
 
     kind: "joint_position" (arm target), "motors" (legged PD targets), "hold" (keep the last
-    safe target), "stop" (decelerate and stop, no target) or "damp" (zero stiffness, damping only).
+    safe target), "stop" (decelerate and stop, no target), "damp" (zero stiffness, damping only)
+    or "action" (a simulated robot's normalised action, see SimSafety).
     """
 
     kind: str
@@ -326,6 +327,57 @@ class LeggedSafety:
         values = self._motors(q_now if q_now is not None else self.stand_q_rad)
         values["kp"] = np.zeros(self.limits.dof)
         return SafeCommand("damp", values, clipped, reasons)
+
+
+class SimSafety:
+    """Safety layer for a simulated robot stepped with normalised actions (a Gymnasium environment).
+
+    A simulation has no joints to protect, so the limits are those of the action itself: a
+    continuous action is clipped to [-1, 1]; a discrete one becomes the one-hot of its largest
+    score. A malformed action (wrong size, NaN or inf) repeats the last applied action ("hold").
+    Fallbacks: "hold" repeats the last applied action, "stop" applies the neutral action (all
+    zeros, i.e. the middle of each bound; for a discrete action the first choice). Every command
+    is of kind "action" or "hold"/"stop" with ``values["action"]`` the normalised action to apply.
+    """
+
+    def __init__(self, action_dim: int, discrete: bool) -> None:
+        if isinstance(action_dim, bool) or not isinstance(action_dim, int) or action_dim < 1:
+            raise ValueError(f"SimSafety action_dim={action_dim!r} must be an integer >= 1")
+        self.action_dim = action_dim
+        self.discrete = bool(discrete)
+
+    def neutral(self) -> np.ndarray:
+        """The action applied by a "stop" fallback."""
+        action = np.zeros(self.action_dim)
+        if self.discrete:
+            action[0] = 1.0
+        return action
+
+    def command(self, action: np.ndarray, q_now_rad=None, last_action: np.ndarray | None = None) -> SafeCommand:
+        """The action to apply: clipped (continuous) or one-hot (discrete); malformed ones hold the last action."""
+        vector = _finite_vector(action, self.action_dim)
+        if vector is None:
+            return SafeCommand("hold", {"action": self._held(last_action)}, True, ("invalid_action",))
+        if self.discrete:
+            one_hot = np.zeros(self.action_dim)
+            one_hot[int(np.argmax(vector))] = 1.0
+            changed = bool(np.any(one_hot != vector))
+            return SafeCommand("action", {"action": one_hot}, changed, ("one_hot",) if changed else ())
+        unit = np.clip(vector, -1.0, 1.0)
+        changed = bool(np.any(unit != vector))
+        return SafeCommand("action", {"action": unit}, changed, ("action_range",) if changed else ())
+
+    def fallback(self, mode: str, q_now_rad=None, last_action: np.ndarray | None = None) -> SafeCommand:
+        """Action when no fresh one is available: "hold" repeats the last one, "stop" applies the neutral one."""
+        if mode not in ("hold", "stop"):
+            raise ValueError(f"SimSafety fallback mode={mode!r} is unknown; use 'hold' or 'stop'")
+        if mode == "hold":
+            return SafeCommand("hold", {"action": self._held(last_action)}, False, ("fallback",))
+        return SafeCommand("stop", {"action": self.neutral()}, False, ("fallback",))
+
+    def _held(self, last_action) -> np.ndarray:
+        held = _finite_vector(last_action, self.action_dim)
+        return held if held is not None else self.neutral()
 
 
 class ActionWatchdog:

@@ -83,6 +83,11 @@ class Task(abc.ABC):
         """True when the episode ends because of the state (not a time limit)."""
         return False
 
+    def is_truncated(self, obs: dict[str, np.ndarray]) -> bool:
+        """True when the episode ends here for a reason other than its state (a simulator's time limit);
+        the actor's own limit is ``episode_steps``."""
+        return False
+
     def is_success(self, obs: dict[str, np.ndarray]) -> bool:
         """True when the task is solved at ``obs`` (for success rates in the logs)."""
         return False
@@ -155,3 +160,49 @@ class Stand(Task):
 
     def is_success(self, obs) -> bool:
         return self.reward(obs) > 1.5
+
+
+@register("gym")
+class GymTask(Task):
+    """A Gymnasium environment through the ``gym`` driver: the environment's own reward and episode ends.
+
+    The robot's readings hold the environment's observation plus ``reward``, ``terminated`` and
+    ``truncated`` of the step that led to it. Those three are not observations: ``observe`` keeps
+    them aside (for the reward and episode-end calls on the observation it just made) and gives the
+    policy everything else, a pixel ``image`` included. ``terminated`` is a terminal step and
+    ``truncated`` (the environment's time limit) ends the episode without one; both ask the daemon
+    for a reset. ``episode_steps`` still caps an episode (set it above the environment's own limit).
+    ``reward_scale`` multiplies the environment's reward.
+    """
+
+    SIGNALS = ("reward", "terminated", "truncated")
+
+    def __init__(self, *, reward_scale: float = 1.0, **kwargs):
+        super().__init__(**kwargs)
+        self.reward_scale = float(reward_scale)
+        self._signals = {"reward": 0.0, "terminated": False, "truncated": False}
+
+    def proprio_spec(self, robot_spec: ObsSpec) -> ObsSpec:
+        missing = [key for key in self.SIGNALS if key not in robot_spec]
+        if missing:
+            raise ValueError(f"task 'gym' needs the robot readings {missing}: use robot.driver = gym")
+        return {key: (tuple(shape), dtype) for key, (shape, dtype) in robot_spec.items() if key not in self.SIGNALS}
+
+    def proprio(self, robot_values):
+        return {key: value for key, value in robot_values.items() if key not in self.SIGNALS}
+
+    def observe(self, readings: Readings) -> dict[str, np.ndarray]:
+        robot_values = readings[self.robot]
+        self._signals = {"reward": float(np.asarray(robot_values["reward"]).reshape(-1)[0]),
+                         "terminated": bool(np.asarray(robot_values["terminated"]).reshape(-1)[0] > 0.5),
+                         "truncated": bool(np.asarray(robot_values["truncated"]).reshape(-1)[0] > 0.5)}
+        return super().observe(readings)
+
+    def reward(self, obs) -> float:
+        return self.reward_scale * self._signals["reward"]
+
+    def is_terminal(self, obs) -> bool:
+        return self._signals["terminated"]
+
+    def is_truncated(self, obs) -> bool:
+        return self._signals["truncated"]

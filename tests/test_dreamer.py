@@ -364,9 +364,11 @@ def test_block_gru_has_the_state_shape_and_passes_gradients_to_every_core_parame
     for module in core:
         for name, parameter in module.named_parameters():
             assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
-    # Each of the 8 blocks sees its own 4 state units and the three 16-unit projections in its
-    # hidden layer, then makes reset, candidate and update gates for its 4 units.
-    assert rssm.dyn_layers[0]["linear"].weight.shape == (8, 32 // 8 + 3 * 16, 32 // 8)
+    # Each of the 8 blocks sees its own 4 state units and the three 16-unit projections (shared
+    # by all blocks, so stored as one dense matrix) in its hidden layer, then makes reset,
+    # candidate and update gates for its 4 units.
+    first = rssm.dyn_layers[0]["linear"]
+    assert first.weight.shape == (8, 32 // 8, 32 // 8) and first.shared_weight.shape == (3 * 16, 32)
     assert rssm.gates.weight.shape == (8, 32 // 8, 3 * 32 // 8)
 
 

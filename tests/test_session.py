@@ -8,8 +8,10 @@ import time
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from robotd.episodes import count_steps, read_episode
+from robotd.metrics import read_metrics
 
 ROOT = Path(__file__).resolve().parent.parent
 FAST = ["--set", "control.rate_hz=50", "--set", "control.action_deadline_ms=15", "--set", "actor.prefill_steps=100",
@@ -69,7 +71,8 @@ def test_a_short_arm_session_streams_trains_uses_new_weights_and_survives_faults
     pids_before = {int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()}
     logdir = tmp_path / "arm"
     faults = ["--set", "robot.args.faults={protective_stop_at_s: 5.0}",
-              "--set", "cameras.0.args.faults={frozen_at_s: 3.0, frozen_for_s: 0.5}"]
+              "--set", "cameras.0.args.faults={frozen_at_s: 3.0, frozen_for_s: 0.5}",
+              "--set", "learner.report_every_s=2"]
     result = train("mock_arm.yaml", logdir, 600, faults)
     assert result.returncode == 0, result.stderr[-3000:]
     summary = assert_session_invariants(logdir, 600)
@@ -88,6 +91,27 @@ def test_a_short_arm_session_streams_trains_uses_new_weights_and_survives_faults
     assert episode.steps["is_first"][0] and episode.steps["is_last"][-1]
     assert session_processes(str(logdir)) == []
     assert ray_processes_since(pids_before) == []
+    # World-model reports: per-head losses in the learner's metrics, open-loop videos as GIFs.
+    reported = [r for r in read_metrics(logdir / "metrics" / "learner.jsonl") if "report/openloop/image" in r]
+    assert reported and reported[-1]["report/loss/reward"] >= 0
+    gifs = sorted((logdir / "reports").glob("openloop-image-*.gif"))
+    assert gifs and Image.open(gifs[-1]).n_frames == 16
+
+
+def test_a_target_train_ratio_is_held_by_the_learner_while_the_robot_keeps_its_rate(tmp_path):
+    """learner.train_ratio = 2: the learner replays about two steps per collected step, and
+    waits (rather than slowing the robot) when it is ahead."""
+    logdir = tmp_path / "ratio"
+    result = train("mock_legged.yaml", logdir, 500, ["--set", "learner.train_ratio=2"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = assert_session_invariants(logdir, 500)
+    batch_steps = 4 * 16
+    assert summary["learner_updates"] > 0
+    # Never ahead of the target by more than the update that crossed it...
+    assert summary["replayed_steps"] <= 2 * summary["ingested_steps"] + batch_steps
+    # ...and the tiny model keeps up, so it is not far behind either (training starts after 64 steps).
+    assert summary["replayed_steps"] >= 2 * (summary["ingested_steps"] - 64) * 0.5
+    assert summary["control_rate_hz"] == pytest.approx(50, rel=0.05)
 
 
 def test_ctrl_c_stops_everything_and_leaves_a_readable_session(tmp_path):

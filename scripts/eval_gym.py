@@ -1,0 +1,197 @@
+"""Trains on a Gymnasium environment through the whole asynchronous stack and writes its learning curve.
+
+    python scripts/eval_gym.py Pendulum-v1 --steps 5000 --out runs/pendulum.json
+    python scripts/eval_gym.py CartPole-v1 --steps 20000 --out runs/cartpole.json --pixels
+    python scripts/eval_gym.py Pendulum-v1 --steps 5000 --out p.json --config configs/gym_pendulum.yaml \\
+        --set learner.batch_size=32
+
+The session config is the base config (--config, else a built-in one with the tiny model) with
+the robot made a ``gym`` driver for ENV_ID (``--pixels``: 64x64 rendered frames instead of the
+environment's own observation), no cameras, the ``gym`` task and lockstep pacing; --set overrides
+apply last. ``robotd train`` then runs daemon, actor and learner for N environment steps (robotd's
+steps: one per observation, a reset included, as ``--steps`` counts them).
+
+Afterwards every finished episode (one that the environment terminated or truncated, or that hit
+task.episode_steps; not the one cut off by the end of the session) is read back from the session's
+episode files, and FILE.json gets ``{"env", "steps", "returns", ...}``: ``steps[i]`` is the
+cumulative number of robotd steps when episode i ended, ``returns[i]`` the sum of its rewards
+(the environment's reward times task.args.reward_scale). Also written: ``lengths`` (environment
+steps per episode), ``policy_versions`` (newest weights that acted in it; 0 = random prefill),
+``logdir``, ``config`` and a few session figures. FILE.png plots the returns with a rolling mean.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from robotd import config as config_module  # noqa: E402
+from robotd import steps as step_keys  # noqa: E402
+from robotd.episodes import read_episode  # noqa: E402
+
+DEFAULT_BASE = {
+    "control": {"rate_hz": 20, "action_deadline_ms": 45, "watchdog_s": 5.0},
+    "task": {"episode_steps": 100_000},
+    "actor": {"prefill_steps": 1000, "chunk_steps": 32},
+    "learner": {"model": {"preset": "tiny"}, "batch_size": 16, "batch_length": 32, "min_replay_steps": 1000,
+                "train_ratio": 64, "publish_every_updates": 5, "threads": 1},
+}
+ENDINGS = ("terminated", "truncated", "time_limit")
+
+
+def session_config(env_id: str, base_path: str | None, pixels: bool) -> dict:
+    """The config dict of the session: the base with a gym robot for ``env_id``, the gym task and lockstep pacing."""
+    if base_path:
+        data = yaml.safe_load(Path(base_path).read_text()) or {}
+        if not isinstance(data, dict):
+            raise config_module.ConfigError(f"config file {base_path!r} is not a YAML mapping")
+    else:
+        data = json.loads(json.dumps(DEFAULT_BASE))
+    robot = data.setdefault("robot", {})
+    args = dict(robot.get("args") or {}) if robot.get("driver") == "gym" else {}
+    args["env_id"] = env_id
+    if pixels:
+        args.update(pixels=True, vector_obs=False)
+    robot.update(name=robot.get("name", "env"), driver="gym", args=args)
+    data["cameras"] = []
+    # A short lockstep session can end before the learner is up: let the actor wait for its acks.
+    data.setdefault("actor", {}).setdefault("drain_timeout_s", 60.0)
+    data.setdefault("control", {})["pacing"] = "lockstep"
+    task = data.setdefault("task", {})
+    if task.get("name") != "gym":
+        task["name"] = "gym"
+        task.pop("args", None)
+    return data
+
+
+def finished_episodes(logdir: Path) -> list[dict]:
+    """Every finished episode of the session, in the order they were played."""
+    found = []
+    for path in sorted((logdir / "episodes").glob("*.h5")):
+        episode = read_episode(path)
+        data, attrs = episode.steps, episode.attrs
+        rewards = data.get(step_keys.REWARD)
+        if rewards is None or len(rewards) == 0:
+            continue
+        flags = set(attrs.get("flags", []))
+        ended = bool(data[step_keys.IS_TERMINAL][-1]) or bool(flags & set(ENDINGS))
+        if not (episode.complete and ended):
+            continue
+        found.append({"actor": str(attrs.get("actor_id", "")), "episode": int(attrs.get("episode_id", 0)),
+                      "end_step": int(data[step_keys.STREAM_STEP][-1]) + 1,
+                      "return": float(np.sum(rewards, dtype=np.float64)),
+                      "length": int(len(rewards) - 1),
+                      "policy_version": int(np.max(data[step_keys.POLICY_VERSION]))})
+    found.sort(key=lambda e: (e["end_step"], e["actor"], e["episode"]))
+    return found
+
+
+def rolling_mean(values: list[float], window: int) -> np.ndarray:
+    """Mean of the last ``window`` values at each point (fewer at the start)."""
+    values = np.asarray(values, np.float64)
+    sums = np.cumsum(np.insert(values, 0, 0.0))
+    index = np.arange(1, len(values) + 1)
+    start = np.maximum(index - window, 0)
+    return (sums[index] - sums[start]) / (index - start)
+
+
+def plot(result: dict, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    steps, returns = result["steps"], result["returns"]
+    figure, axes = plt.subplots(figsize=(7, 4), dpi=100)
+    if returns:
+        window = max(1, min(20, len(returns) // 5))
+        axes.plot(steps, returns, ".", alpha=0.4, label="episode return")
+        axes.plot(steps, rolling_mean(returns, window), "-", linewidth=2, label=f"rolling mean ({window} episodes)")
+        learned = [step for step, version in zip(steps, result.get("policy_versions", [])) if version > 0]
+        if learned:
+            axes.axvline(learned[0], color="grey", linestyle=":", label="first episode with learned weights")
+        axes.legend(loc="best")
+    else:
+        axes.text(0.5, 0.5, "no finished episode", ha="center", va="center", transform=axes.transAxes)
+    axes.set_xlabel("environment steps (robotd)")
+    axes.set_ylabel("episode return")
+    axes.set_title(f"{result['env']}: {len(returns)} episodes, {result.get('env_steps', 0)} steps")
+    axes.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("env_id", help="Gymnasium environment id, e.g. Pendulum-v1")
+    parser.add_argument("--steps", type=int, required=True, help="environment steps to run")
+    parser.add_argument("--out", required=True, help="JSON file for the learning curve (the plot goes next to it)")
+    parser.add_argument("--config", default=None, help="base config (default: a built-in tiny-model config)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override any config key, applied last")
+    parser.add_argument("--pixels", action="store_true", help="observe 64x64 rendered frames instead of the state")
+    parser.add_argument("--logdir", default=None, help="session directory (default runs/eval-ENV-TIME)")
+    args = parser.parse_args(argv)
+    if args.steps < 1:
+        parser.error("--steps must be at least 1")
+    out = Path(args.out)
+    logdir = Path(args.logdir or ROOT / "runs" / f"eval-{args.env_id}-{time.strftime('%Y%m%d-%H%M%S')}")
+    try:
+        data = session_config(args.env_id, args.config, args.pixels)
+    except (OSError, config_module.ConfigError) as exc:
+        print(f"eval_gym: error: {exc}", file=sys.stderr)
+        return 2
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", prefix=f"eval-{args.env_id}-", delete=False) as handle:
+        yaml.safe_dump(data, handle, sort_keys=False)
+        config_path = Path(handle.name)
+    try:
+        try:
+            config = config_module.load(config_path, args.overrides)          # fail here, in one line, not in a child
+        except (config_module.ConfigError, ValueError) as exc:
+            print(f"eval_gym: error: {exc}", file=sys.stderr)
+            return 2
+        argv = [sys.executable, "-m", "robotd", "train", str(config_path), "--steps", str(args.steps),
+                "--logdir", str(logdir)]
+        for override in args.overrides:
+            argv += ["--set", override]
+        started = time.monotonic()
+        code = subprocess.run(argv, cwd=ROOT).returncode
+        wall_s = time.monotonic() - started
+    finally:
+        config_path.unlink(missing_ok=True)
+    episodes = finished_episodes(logdir) if (logdir / "episodes").is_dir() else []
+    try:
+        summary = json.loads((logdir / "summary.json").read_text())
+    except (OSError, ValueError):
+        summary = {}
+    result = {"env": args.env_id, "steps": [e["end_step"] for e in episodes], "returns": [e["return"] for e in episodes],
+              "lengths": [e["length"] for e in episodes], "policy_versions": [e["policy_version"] for e in episodes],
+              "pixels": args.pixels, "logdir": str(logdir), "config": str(logdir / "config.yaml"),
+              "prefill_steps": config.actor.prefill_steps, "env_steps": summary.get("env_steps", 0),
+              "learner_updates": summary.get("learner_updates", 0),
+              "steps_per_s": summary.get("control_rate_hz", 0.0), "wall_s": round(wall_s, 1),
+              "train_exit_code": code}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    plot(result, out.with_suffix(".png"))
+    tail = result["returns"][-10:]
+    mean_text = f", mean of the last {len(tail)} returns {np.mean(tail):.1f}" if tail else ""
+    print(f"eval_gym: {args.env_id}: {len(episodes)} finished episodes in {result['env_steps']} steps "
+          f"({result['steps_per_s']:.0f} steps/s, {result['learner_updates']} learner updates){mean_text}; "
+          f"wrote {out} and {out.with_suffix('.png')}", file=sys.stderr)
+    if code != 0:
+        print(f"eval_gym: robotd train exited with code {code} (logs in {logdir / 'logs'})", file=sys.stderr)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
