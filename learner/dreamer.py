@@ -460,32 +460,37 @@ class Dreamer(nn.Module):
                              f"{self.action_dim}")
         return data
 
-    def _imagine_step_eager(self, deter: torch.Tensor, stoch: torch.Tensor
-                            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _imagine_step_eager(self, deter: torch.Tensor, stoch: torch.Tensor, action: torch.Tensor
+                            ) -> tuple[torch.Tensor, torch.Tensor]:
         rssm = self.world_model.rssm
-        action = self.actor(rssm.features(LatentState(deter, stoch))).sample()
         env_action = action if self.discrete else action.clamp(-1.0, 1.0)
         deter = rssm.core(deter, stoch, rssm.action_input(env_action))
         stoch = straight_through_sample(rssm.prior_log_probs(deter)).to(deter.dtype)
-        return deter, stoch, action
+        return deter, stoch
 
-    @torch.no_grad()
-    def _imagine(self, start: LatentState) -> tuple[torch.Tensor, torch.Tensor]:
+    def _imagine(self, start: LatentState) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Roll out ``horizon`` steps of the actor in the world model from ``start`` (N, ...).
 
-        Returns features ``(N, horizon + 1, F)`` of the start and imagined states, and the
-        action samples ``(N, horizon, A)`` (continuous ones unclipped; the dynamics receive them
-        clipped).
+        The dynamics run without gradients; the actor's outputs keep theirs (on detached
+        features), so the actor loss reuses them instead of running the actor again. Returns
+        features ``(N, horizon + 1, F)`` of the start and imagined states, the actor's outputs
+        ``(N, horizon, ...)`` at the states it acted in, and the action samples ``(N, horizon, A)``
+        (continuous ones unclipped; the dynamics receive them clipped).
         """
+        rssm = self.world_model.rssm
         deter, stoch = start
-        deters, stochs, actions = [deter], [stoch], []
+        deters, stochs, outputs, actions = [deter], [stoch], [], []
         for _ in range(self.config.horizon):
-            deter, stoch, action = self._imagine_step(deter, stoch)
+            output = self.actor.output(rssm.features(LatentState(deter, stoch)))
+            with torch.no_grad():
+                action = self.actor.distribution(output.detach()).sample()
+                deter, stoch = self._imagine_step(deter, stoch, action)
             deters.append(deter)
             stochs.append(stoch)
+            outputs.append(output)
             actions.append(action)
-        features = self.world_model.rssm.features(LatentState(torch.stack(deters, 1), torch.stack(stochs, 1)))
-        return features, torch.stack(actions, dim=1)
+        features = rssm.features(LatentState(torch.stack(deters, 1), torch.stack(stochs, 1)))
+        return features, torch.stack(outputs, dim=1), torch.stack(actions, dim=1)
 
     def _behaviour_losses(
         self, start: LatentState, reward: torch.Tensor, is_last: torch.Tensor, is_terminal: torch.Tensor
@@ -494,13 +499,17 @@ class Dreamer(nn.Module):
         config = self.config
         batch, length = reward.shape
         world_model = self.world_model
+        features, actor_outputs, actions = self._imagine(
+            LatentState(start.deter.flatten(0, 1), start.stoch.flatten(0, 1)))
+        # One critic pass with gradients serves both the value targets (detached) and the critic loss.
+        all_critic_logits = self.critic(features)
+        critic_logits = all_critic_logits[:, :-1]
         with torch.no_grad():
-            features, actions = self._imagine(LatentState(start.deter.flatten(0, 1), start.stoch.flatten(0, 1)))
             rewards = world_model.reward_head.predict(world_model.reward_head(features))
             continues = torch.sigmoid(world_model.continue_head(features))
             # The start state is real, so whether it continues is known.
             continues[:, 0] = 1.0 - is_terminal.flatten().float()
-            values = self.critic.predict(self.critic(features))
+            values = self.critic.predict(all_critic_logits.detach())
             returns = lambda_returns(rewards, continues, values, config.gamma, config.lam)
             weights = torch.cumprod(continues, dim=1)[:, :-1]
             self.return_normaliser.update(returns)
@@ -508,12 +517,11 @@ class Dreamer(nn.Module):
             advantages = (returns - values[:, :-1]) / scale
             slow_values = self.slow_critic.predict(self.slow_critic(features[:, :-1]))
 
-        policy = self.actor(features[:, :-1])
+        policy = self.actor.distribution(actor_outputs)
         log_prob = policy.log_prob(actions)
         entropy = policy.entropy()
         actor_loss = -(weights * (log_prob * advantages + config.entropy * entropy)).mean()
 
-        critic_logits = self.critic(features[:, :-1])
         critic_loss = (
             weights
             * (

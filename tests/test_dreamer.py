@@ -432,3 +432,19 @@ def test_compiled_steps_match_the_eager_update():
         results.append(agent.train_step(batch))
     for name in ("loss/world_model", "loss/reward", "loss/kl_dyn"):
         assert results[0][name] == pytest.approx(results[1][name], rel=1e-3), name
+
+
+def test_fused_norm_act_matches_autograd_through_rmsnorm_and_silu():
+    from learner.networks import _norm_act, _norm_act_reference
+    torch.manual_seed(0)
+    x = torch.randn(40, 12, dtype=torch.float64, requires_grad=True)
+    weight = (1.0 + 0.1 * torch.randn(12, dtype=torch.float64)).requires_grad_()
+    grad = torch.randn(40, 12, dtype=torch.float64)
+    results = []
+    for function in (_norm_act, _norm_act_reference):
+        out = function(x, weight)
+        gx, gw = torch.autograd.grad(out, (x, weight), grad)
+        results.append((out, gx, gw))
+    for fused, reference in zip(*results):
+        torch.testing.assert_close(fused, reference)
+    assert torch.autograd.gradcheck(_norm_act, (x, weight))
