@@ -293,7 +293,9 @@ class Actor:
             return False
         per_update = learner.batch_size * learner.batch_length
         replayed = self.policy_version * learner.publish_every_updates * per_update
-        return learner.train_ratio * collected > replayed + (learner.publish_every_updates + 1) * per_update
+        # The learner counts collected steps from min_replay_steps on, when its training starts.
+        since_training = collected - learner.min_replay_steps
+        return learner.train_ratio * since_training > replayed + (learner.publish_every_updates + 1) * per_update
 
     def _wait_for_learner(self, daemon) -> None:
         """Holds the simulation until the learner has trained enough; heartbeats keep the daemon's watchdog fed."""

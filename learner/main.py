@@ -13,7 +13,6 @@ import signal
 import tempfile
 import threading
 import time
-from pathlib import Path
 
 import torch
 import zmq
@@ -162,7 +161,10 @@ class Learner:
         try:
             while not self.stop_requested.is_set():
                 publisher.republish()
-                if config.train_ratio > 0 and trainer.replayed_steps + batch_steps > config.train_ratio * ingest.ledger.ingested_steps:
+                # As in DreamerV3, the ratio counts collected steps from the start of training (the
+                # first min_replay_steps fill the replay), so the learner never has to catch up with them.
+                collected = max(0, ingest.ledger.ingested_steps - config.min_replay_steps)
+                if config.train_ratio > 0 and trainer.replayed_steps + batch_steps > config.train_ratio * collected + batch_steps:
                     self.stop_requested.wait(0.05)
                     self._status(status, ray, replay, trainer, publisher, updates_per_s)
                     continue

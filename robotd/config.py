@@ -124,7 +124,8 @@ class LearnerConfig:
     min_replay_steps: int = spec(100, range=(1, 100_000_000), help="steps in replay before training starts")
     replay_capacity_steps: int = spec(1_000_000, range=(100, 1_000_000_000))
     train_ratio: float = spec(0.0, range=(0.0, 100_000.0),
-                              help="replayed steps per collected step; 0 trains as fast as possible")
+                              help="replayed steps per step collected after min_replay_steps; "
+                                   "0 trains as fast as possible")
     publish_every_updates: int = spec(10, range=(1, 1_000_000))
     checkpoint_every_s: float = spec(120.0, range=(1.0, 1e6))
     report_every_s: float = spec(300.0, range=(0.0, 1e6),

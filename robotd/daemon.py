@@ -412,16 +412,26 @@ class Daemon:
                 return None
             if not socket.poll(max(1, int(remaining_ms))) and time.monotonic_ns() >= until_ns:
                 return None
-            while socket.poll(0):
-                frames = socket.recv_multipart(copy=False)
-                identity, message = frames[0].bytes, receiver.decode(frames[1:])
-                if message is None:
-                    continue
-                if (message.kind == wire.Kind.ACT and identity == actor and message.meta["tick"] == tick
-                        and message.arrays["action"].shape == (self.action_dim,)):
-                    watchdog.feed()
-                    return message
-                self._handle(socket, identity, message, actor, watchdog, tick)
+            message, _ = self._drain_until_action(socket, receiver, actor, tick, watchdog)
+            if message is not None:
+                return message
+
+    def _drain_until_action(self, socket, receiver, actor, tick, watchdog):
+        """Handles the messages waiting on ``socket``. Returns (the action of ``tick`` from ``actor``, actor) as
+        soon as it comes, else (None, the actor after the messages: another one after its hello, None after a bye)."""
+        while socket.poll(0):
+            frames = socket.recv_multipart(copy=False)
+            identity, message = frames[0].bytes, receiver.decode(frames[1:])
+            if message is None:
+                continue
+            if (message.kind == wire.Kind.ACT and identity == actor and message.meta["tick"] == tick
+                    and message.arrays["action"].shape == (self.action_dim,)):
+                watchdog.feed()
+                return message, actor
+            handled = self._handle(socket, identity, message, actor, watchdog, tick)
+            if handled != actor:
+                return None, handled
+        return None, actor
 
     def _wait_action_lockstep(self, socket, receiver, actor, tick, watchdog):
         """Lockstep: waits for the action of ``tick`` as long as the watchdog allows (no deadline, so never late).
@@ -434,18 +444,11 @@ class Daemon:
                 return None, actor
             if not socket.poll(max(1, min(100, math.ceil(remaining_s * 1000)))):
                 continue
-            while socket.poll(0):
-                frames = socket.recv_multipart(copy=False)
-                identity, message = frames[0].bytes, receiver.decode(frames[1:])
-                if message is None:
-                    continue
-                if (message.kind == wire.Kind.ACT and identity == actor and message.meta["tick"] == tick
-                        and message.arrays["action"].shape == (self.action_dim,)):
-                    watchdog.feed()
-                    return message, actor
-                handled = self._handle(socket, identity, message, actor, watchdog, tick)
-                if handled != actor:
-                    return None, handled        # bye (None) or another actor's hello: serve it from the next tick
+            message, handled = self._drain_until_action(socket, receiver, actor, tick, watchdog)
+            if message is not None:
+                return message, actor
+            if handled != actor:
+                return None, handled        # bye (None) or another actor's hello: serve it from the next tick
         return None, actor
 
     def _status_counters(self, clock, *, actor_connected: bool) -> dict:

@@ -105,6 +105,37 @@ def rolling_mean(values: list[float], window: int) -> np.ndarray:
     return (sums[index] - sums[start]) / (index - start)
 
 
+REFERENCE_DIR = ROOT.parent / "shared" / "refs" / "dreamerv3-scores"
+
+
+def reference_curve(spec: str, directory: Path = REFERENCE_DIR) -> dict:
+    """A published curve named ``SUITE:TASK[:METHOD]`` (e.g. ``dmc_proprio:dmc_walker_walk``), averaged over seeds.
+
+    The files are gzipped JSON lists of ``{task, method, seed, xs, ys}`` named
+    ``SUITE-METHOD.json.gz``; METHOD defaults to dreamerv3. Seeds are resampled onto the first
+    seed's steps before averaging. Returns ``{"name", "steps", "returns", "seeds"}``.
+    """
+    import gzip
+
+    parts = spec.split(":")
+    if len(parts) not in (2, 3) or not all(parts):
+        raise ValueError(f"--reference {spec!r} is not SUITE:TASK[:METHOD], e.g. dmc_proprio:dmc_walker_walk")
+    suite, task = parts[0], parts[1]
+    method = parts[2] if len(parts) == 3 else "dreamerv3"
+    path = directory / f"{suite}-{method}.json.gz"
+    if not path.exists():
+        known = sorted(p.name.removesuffix(".json.gz").replace("-", ":") for p in directory.glob("*.json.gz"))
+        raise ValueError(f"--reference {spec!r}: no file {path}; known suite:method pairs: {', '.join(known) or 'none'}")
+    runs = [run for run in json.loads(gzip.decompress(path.read_bytes())) if run["task"] == task]
+    if not runs:
+        tasks = sorted({run["task"] for run in json.loads(gzip.decompress(path.read_bytes()))})
+        raise ValueError(f"--reference {spec!r}: no task {task!r} in {path.name}; tasks: {', '.join(tasks)}")
+    steps = np.asarray(runs[0]["xs"], dtype=float)
+    curves = [np.interp(steps, np.asarray(run["xs"], float), np.asarray(run["ys"], float)) for run in runs]
+    return {"name": f"{method} {task}", "steps": steps.tolist(), "returns": np.mean(curves, axis=0).tolist(),
+            "seeds": len(runs)}
+
+
 def plot(result: dict, path: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
@@ -118,9 +149,16 @@ def plot(result: dict, path: Path) -> None:
         learned = [step for step, version in zip(steps, result.get("policy_versions", [])) if version > 0]
         if learned:
             axes.axvline(learned[0], color="grey", linestyle=":", label="first episode with learned weights")
-        axes.legend(loc="best")
     else:
         axes.text(0.5, 0.5, "no finished episode", ha="center", va="center", transform=axes.transAxes)
+    reference = result.get("reference")
+    if reference:
+        last = max(result["steps"] or [reference["steps"][-1]])
+        shown = [(x, y) for x, y in zip(reference["steps"], reference["returns"]) if x <= last] or \
+            list(zip(reference["steps"], reference["returns"]))
+        axes.plot(*zip(*shown), "--", color="black", label=f"published {reference['name']} ({reference['seeds']} seeds)")
+    if returns or reference:
+        axes.legend(loc="best")
     axes.set_xlabel("environment steps (robotd)")
     axes.set_ylabel("episode return")
     axes.set_title(f"{result['env']}: {len(returns)} episodes, {result.get('env_steps', 0)} steps")
@@ -140,10 +178,18 @@ def main(argv: list[str] | None = None) -> int:
                         help="override any config key, applied last")
     parser.add_argument("--pixels", action="store_true", help="observe 64x64 rendered frames instead of the state")
     parser.add_argument("--logdir", default=None, help="session directory (default runs/eval-ENV-TIME)")
+    parser.add_argument("--reference", default=None, metavar="SUITE:TASK[:METHOD]",
+                        help="overlay a published curve from ../shared/refs/dreamerv3-scores, "
+                             "e.g. dmc_proprio:dmc_walker_walk")
     args = parser.parse_args(argv)
     if args.steps < 1:
         parser.error("--steps must be at least 1")
     out = Path(args.out)
+    try:
+        reference = reference_curve(args.reference) if args.reference else None
+    except (OSError, ValueError) as exc:
+        print(f"eval_gym: error: {exc}", file=sys.stderr)
+        return 2
     logdir = Path(args.logdir or ROOT / "runs" / f"eval-{args.env_id}-{time.strftime('%Y%m%d-%H%M%S')}")
     try:
         data = session_config(args.env_id, args.config, args.pixels)
@@ -180,6 +226,8 @@ def main(argv: list[str] | None = None) -> int:
               "learner_updates": summary.get("learner_updates", 0),
               "steps_per_s": summary.get("control_rate_hz", 0.0), "wall_s": round(wall_s, 1),
               "train_exit_code": code}
+    if reference:
+        result["reference"] = reference
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     plot(result, out.with_suffix(".png"))

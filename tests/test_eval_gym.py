@@ -48,3 +48,22 @@ def test_eval_gym_writes_one_entry_per_finished_episode_with_the_recorded_return
         actions = episode.steps["action"][:-1]                # the last step's action was the reset
         assert np.all(actions.sum(axis=1) == 1) and set(np.unique(actions)) <= {0.0, 1.0}   # one-hot
         assert set(episode.steps) >= {"obs/state"} and not {"obs/reward", "obs/terminated"} & set(episode.steps)
+
+
+def test_published_reference_curves_are_read_and_bad_names_fail_in_one_line(tmp_path):
+    import gzip
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import eval_gym
+
+    runs = [{"task": "dmc_cartpole_balance", "method": "dreamerv3", "seed": seed, "xs": [0, 10, 20],
+             "ys": [0.0, 100.0 * (seed + 1), 200.0]} for seed in range(2)]
+    (tmp_path / "dmc_proprio-dreamerv3.json.gz").write_bytes(gzip.compress(json.dumps(runs).encode()))
+    curve = eval_gym.reference_curve("dmc_proprio:dmc_cartpole_balance", tmp_path)
+    assert curve["steps"] == [0, 10, 20] and curve["returns"] == [0.0, 150.0, 200.0] and curve["seeds"] == 2
+    with pytest.raises(ValueError, match="no task 'dmc_walker_walk'.*dmc_cartpole_balance"):
+        eval_gym.reference_curve("dmc_proprio:dmc_walker_walk", tmp_path)
+    with pytest.raises(ValueError, match="known suite:method pairs: dmc_proprio:dreamerv3"):
+        eval_gym.reference_curve("dmc_vision:dmc_walker_walk", tmp_path)
+    with pytest.raises(ValueError, match="is not SUITE:TASK"):
+        eval_gym.reference_curve("walker", tmp_path)

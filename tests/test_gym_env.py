@@ -1,13 +1,11 @@
 """Gymnasium environments as simulated robots: the gym driver, the gym task, the simulated safety
 layer, discrete actions, and lockstep pacing in the daemon (with its validation)."""
 import dataclasses
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-import zmq
 
 gymnasium = pytest.importorskip("gymnasium")
 from gymnasium import spaces  # noqa: E402
@@ -15,13 +13,14 @@ from gymnasium import spaces  # noqa: E402
 import drivers  # noqa: E402
 from actor.main import random_action  # noqa: E402
 from drivers import registry  # noqa: E402
-from drivers.gym_env import GymEnv, resize_image  # noqa: E402
+from drivers.gym_env import resize_image  # noqa: E402
 from robotd import config as cfg  # noqa: E402
 from robotd import tasks, wire  # noqa: E402
 from robotd.clock import LockstepClock  # noqa: E402
 from robotd.daemon import Daemon  # noqa: E402
 from robotd.netutil import free_tcp_ports  # noqa: E402
 from robotd.safety import SimSafety  # noqa: E402
+from tests.test_daemon import Running  # noqa: E402
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 SIGNALS = ("reward", "terminated", "truncated")
@@ -257,40 +256,14 @@ def test_lockstep_clock_advances_one_period_per_tick_without_sleeping():
 
 
 # ------------------------------------------------------------------------------------------------ daemon
-class Actor:
-    """A daemon in a thread and a DEALER socket playing the actor."""
-
-    def __init__(self, config):
-        self.config = config
-        self.daemon = Daemon(config)
-        self.thread = threading.Thread(target=self.daemon.run, daemon=True)
-        self.thread.start()
-        self.context = zmq.Context()
-        self.socket = self.context.socket(zmq.DEALER)
-        self.socket.setsockopt(zmq.LINGER, 0)
-        self.socket.connect(config.network.control)
-
-    def hello(self):
-        wire.send(self.socket, wire.Kind.HELLO, {"role": "actor", "session": "t", "actor_id": "test",
-                                                  "config_digest": self.config.digest()})
-        return self.next_obs(wire.Kind.HELLO)
+class Actor(Running):
+    """test_daemon's daemon in a thread with a DEALER socket playing the actor; skips to a message kind."""
 
     def next_obs(self, kind=wire.Kind.OBS, timeout_ms=3000):
         while True:
-            assert self.socket.poll(timeout_ms), "daemon sent nothing"
-            message = wire.recv(self.socket)
+            message = self.next_message(timeout_ms)
             if message.kind == kind:
                 return message
-
-    def act(self, obs, action, reset=False):
-        wire.send(self.socket, wire.Kind.ACT, {"tick": obs.meta["tick"], "policy_version": 1, "reset": reset},
-                  {"action": np.asarray(action, np.float32)})
-
-    def close(self):
-        self.daemon.stop_requested.set()
-        self.thread.join(5)
-        self.socket.close(0)
-        self.context.term()
 
 
 def gym_config(config_name, *items):
@@ -416,7 +389,9 @@ def test_a_lockstep_actor_waits_for_the_learner_only_past_prefill_and_within_the
     slack = 3 * 64                                    # one publish interval and one update
     actor.counters["env_steps"] = 199                 # below min_replay_steps: never waits
     assert not actor._learner_behind()
-    actor.counters["env_steps"] = 200                 # 8 * 200 = 1600 replayed steps wanted
+    actor.counters["env_steps"] = 200 + 20            # 8 * 20 = 160 wanted: within the slack, no wait yet
+    assert not actor._learner_behind()
+    actor.counters["env_steps"] = 200 + 200           # 8 * 200 = 1600 replayed steps wanted since training began
     assert actor._learner_behind()
     actor.policy_version = (1600 - slack) // per_publish + 1
     assert not actor._learner_behind()
