@@ -150,7 +150,8 @@ class Learner:
         if checkpoint is not None:
             publisher.version = trainer.load(checkpoint)
             log.info("resumed from checkpoint: %d updates, weights v%d", trainer.updates, publisher.version)
-        prefetch = Prefetcher(lambda: ray.get(replay.sample.remote(config.batch_size, config.batch_length))
+        prefetch = Prefetcher(lambda: trainer.prepare(ray.get(replay.sample.remote(config.batch_size,
+                                                                                   config.batch_length)))
                               if ray.get(replay.stats.remote())["replay_steps"] >= config.min_replay_steps else None)
         prefetch.start()
         last_checkpoint = time.monotonic()

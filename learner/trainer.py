@@ -120,19 +120,31 @@ class Trainer:
         """Trainable parameters of the whole agent."""
         return sum(p.numel() for p in self.agent.parameters())
 
-    def train(self, batch: dict[str, np.ndarray]) -> dict[str, float]:
-        """One full update (world model + actor + critic)."""
-        # Ray hands back read-only arrays; torch wants writable ones.
-        writable = {key: np.require(value, requirements="W") for key, value in steps.training_batch(batch).items()}
-        metrics = self.agent.train_step(writable)
-        self.replayed_steps += int(np.prod(batch[steps.REWARD].shape))
+    def prepare(self, batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+        """A replay batch as the tensors ``train_step`` takes, in pinned memory when the agent is on a GPU.
+
+        Runs in the prefetch thread, so the copies (Ray hands back read-only arrays) and the
+        pinning happen off the update's critical path, and the host-to-device copy can overlap.
+        """
+        tensors = {key: torch.from_numpy(np.require(value, requirements="W"))
+                   for key, value in steps.training_batch(batch).items()}
+        if self.agent.device.type == "cuda":
+            tensors = {key: value.pin_memory() for key, value in tensors.items()}
+        return tensors
+
+    def train(self, batch: dict[str, np.ndarray] | dict[str, torch.Tensor]) -> dict[str, float]:
+        """One full update (world model + actor + critic) on a replay batch or a :meth:`prepare`\ d one."""
+        tensors = batch if isinstance(batch.get("reward"), torch.Tensor) else self.prepare(batch)
+        metrics = self.agent.train_step(tensors)
+        self.replayed_steps += int(tensors["reward"].numel())
         self.last_metrics = metrics
         return metrics
 
-    def report(self, batch: dict[str, np.ndarray]) -> tuple[dict[str, float], dict[str, np.ndarray]]:
-        """The agent's world-model report (losses and open-loop videos) on a replay batch; does not train."""
-        writable = {key: np.require(value, requirements="W") for key, value in steps.training_batch(batch).items()}
-        return self.agent.report(writable)
+    def report(self, batch: dict[str, np.ndarray] | dict[str, torch.Tensor]
+               ) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+        """The agent's world-model report (losses and open-loop videos) on a batch; does not train."""
+        tensors = batch if isinstance(batch.get("reward"), torch.Tensor) else self.prepare(batch)
+        return self.agent.report(tensors)
 
     def save(self, version: int) -> Path:
         """Writes checkpoints/latest.pt atomically (loadable with weights_only=True)."""
