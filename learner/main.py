@@ -78,6 +78,7 @@ class Learner:
         self.trainer: Trainer | None = None
         self.spec_ready = threading.Event()
         self.device = _device(config.learner.device)
+        self.ingested_steps = lambda: 0
 
     def run(self) -> dict:
         """Runs until a stop is requested; returns the final stats."""
@@ -112,6 +113,7 @@ class Learner:
             if spec is not None:
                 self.spec_ready.set()
             ingest.start()
+            self.ingested_steps = lambda: ingest.ledger.ingested_steps
             status = StatusPublisher(context, config.network.status, "learner")
             metrics = MetricsWriter(self.logdir, process="learner")
             log.info("learner up: experience %s, weights %s, device %s, Ray %s", ingest.address, weights_address,
@@ -210,8 +212,11 @@ class Learner:
         if not status.due():
             return
         replay_steps = ray.get(replay.stats.remote())["replay_steps"]
+        # Replayed per collected step since training started, the quantity learner.train_ratio holds.
+        collected = self.ingested_steps() - self.config.learner.min_replay_steps
+        ratio = trainer.replayed_steps / collected if collected > 0 else 0.0
         status.publish({"replay_steps": replay_steps, "updates": trainer.updates, "updates_per_s": updates_per_s,
-                        "published_version": publisher.version})
+                        "published_version": publisher.version, "train_ratio": round(ratio, 1)})
 
     def _final_stats(self, ray, replay, ingest, publisher) -> dict:
         trainer = self.trainer

@@ -90,7 +90,9 @@ def format_line(latest: dict[str, dict], now_s: float | None = None) -> str:
                      f"ret {actor.get('last_return', 0):.2f} policy v{actor.get('policy_version', 0)}{age_text} "
                      f"unacked {actor.get('unacked_chunks', 0)}")
     if learner:
+        ratio = learner.get("train_ratio")
+        ratio_text = f" ratio {ratio:.0f}" if isinstance(ratio, (int, float)) and ratio > 0 else ""
         parts.append(f"replay {learner.get('replay_steps', 0)} "
-                     f"upd {learner.get('updates', 0)} ({learner.get('updates_per_s', 0):.1f}/s) "
+                     f"upd {learner.get('updates', 0)} ({learner.get('updates_per_s', 0):.1f}/s){ratio_text} "
                      f"pub v{learner.get('published_version', 0)}")
     return " | ".join(parts) if parts else "waiting for processes..."
