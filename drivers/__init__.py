@@ -1,10 +1,12 @@
-"""Hardware interfaces, the simulated device clock, the mock devices, the Gymnasium driver and the registry."""
+"""Hardware interfaces, the simulated device clock, the mock devices, the simulated (Gymnasium, MuJoCo) drivers and the registry."""
 
 from drivers.base import TIMESTAMP_DOMAINS, Arm, Camera, Device, DeviceStatus, Legged, Reading, SteppedEnv
 from drivers.device_clock import DeviceClock
 from drivers.gym_env import GymEnv
 from drivers.mock import MockArm, MockCamera, MockLegged
 from drivers.registry import make, names, register
+# Registers sim_ur5 and sim_camera; mujoco is imported only when one is constructed.
+from drivers.sim_ur5 import SimCamera, SimUR5
 
 __all__ = [
     "TIMESTAMP_DOMAINS",
@@ -19,6 +21,8 @@ __all__ = [
     "MockCamera",
     "MockLegged",
     "Reading",
+    "SimCamera",
+    "SimUR5",
     "SteppedEnv",
     "make",
     "names",

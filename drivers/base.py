@@ -79,6 +79,14 @@ class Arm(Device):
     joint_limits_rad: np.ndarray  # (dof, 2): lower, upper
     home_q_rad: np.ndarray  # (dof,)
 
+    def reading_spec(self) -> dict[str, tuple[tuple[int, ...], str]]:
+        """An arm's readings: joint_pos and joint_vel (dof,), tcp_pos (3,), all float32."""
+        return {
+            "joint_pos": ((self.dof,), "float32"),
+            "joint_vel": ((self.dof,), "float32"),
+            "tcp_pos": ((3,), "float32"),
+        }
+
     @abc.abstractmethod
     def command_joint_position(self, q_rad: np.ndarray) -> None:
         """Set the servo target for every joint (what servoJ does on a UR)."""
@@ -141,6 +149,22 @@ class Camera(Device):
     width: int
     height: int
     fps: float
+
+    def capture_offset_ns(self, frame_number: int) -> int:
+        """Capture time of frame ``frame_number`` after frame 0, on the camera's grid of 1 / fps."""
+        return round(frame_number * 1_000_000_000 / self.fps)
+
+    def newest_frame(self, elapsed_ns: int) -> int:
+        """Number of the newest frame captured at most ``elapsed_ns`` after frame 0."""
+        if elapsed_ns <= 0:
+            return 0
+        frame_number = int(elapsed_ns * self.fps // 1_000_000_000)
+        # The float estimate can be one off right at a frame boundary; settle it on the integer grid.
+        while frame_number > 0 and self.capture_offset_ns(frame_number) > elapsed_ns:
+            frame_number -= 1
+        while self.capture_offset_ns(frame_number + 1) <= elapsed_ns:
+            frame_number += 1
+        return frame_number
 
 
 class SteppedEnv(Device):

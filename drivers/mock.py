@@ -316,14 +316,6 @@ class MockArm(_MockDevice, Arm):
         self._protective_stop = False
         self._t_ns = 0
 
-    def reading_spec(self) -> dict[str, tuple[tuple[int, ...], str]]:
-        """joint_pos and joint_vel (dof,), tcp_pos (3,), all float32."""
-        return {
-            "joint_pos": ((self.dof,), "float32"),
-            "joint_vel": ((self.dof,), "float32"),
-            "tcp_pos": ((3,), "float32"),
-        }
-
     def status(self) -> DeviceStatus:
         """Report a protective stop (injected or scheduled) until reset() clears it."""
         if self._connected_at_ns is None:
@@ -782,7 +774,7 @@ class MockCamera(_MockDevice, Camera):
 
     def _drop_after(self, host_ns: int, n: int) -> None:
         """Lose the n frames captured after the newest one at host time host_ns."""
-        newest = self._frame_at(self.clock.to_device_ns(host_ns))
+        newest = self.newest_frame(self.clock.to_device_ns(host_ns) - self._device_t0_ns)
         self._dropped_frames = (newest + 1, newest + n)
 
     def _on_connect(self, host_ns: int) -> None:
@@ -790,23 +782,6 @@ class MockCamera(_MockDevice, Camera):
         self._device_t0_ns = self.clock.to_device_ns(host_ns)
         self._dropped_frames = (0, -1)
         self._recent_frames = {}
-
-    def _capture_offset_ns(self, frame_number: int) -> int:
-        """Device time of a frame's capture, relative to frame 0."""
-        return round(frame_number * _NS_PER_S / self.fps)
-
-    def _frame_at(self, device_ns: int) -> int:
-        """Number of the newest frame captured at or before device time device_ns."""
-        elapsed_ns = device_ns - self._device_t0_ns
-        if elapsed_ns <= 0:
-            return 0
-        frame_number = int(elapsed_ns * self.fps // _NS_PER_S)
-        # The float estimate can be one off right at a frame boundary; settle it on the integer grid.
-        while self._capture_offset_ns(frame_number) > elapsed_ns:
-            frame_number -= 1
-        while self._capture_offset_ns(frame_number + 1) <= elapsed_ns:
-            frame_number += 1
-        return frame_number
 
     def _render(self) -> dict[str, np.ndarray]:
         """Draw the current scene: the blob over the background, plus noise and depth as configured."""
@@ -831,7 +806,7 @@ class MockCamera(_MockDevice, Camera):
 
     def _sample(self, sample_host_ns: int, host_now_ns: int) -> Reading:
         """The newest frame delivered by sample_host_ns, skipping lost frames."""
-        frame_number = self._frame_at(self.clock.to_device_ns(sample_host_ns))
+        frame_number = self.newest_frame(self.clock.to_device_ns(sample_host_ns) - self._device_t0_ns)
         first_lost, last_lost = self._dropped_frames
         if first_lost <= frame_number <= last_lost:
             # The lost frames never arrive, so the newest delivered frame is the one before them.
@@ -841,5 +816,5 @@ class MockCamera(_MockDevice, Camera):
                 del self._recent_frames[next(iter(self._recent_frames))]
             self._recent_frames[frame_number] = self._render()
         values = {key: array.copy() for key, array in self._recent_frames[frame_number].items()}
-        hw_time_ns = self._device_t0_ns + self._capture_offset_ns(frame_number)
+        hw_time_ns = self._device_t0_ns + self.capture_offset_ns(frame_number)
         return Reading(values, hw_time_ns, host_now_ns, "hardware_clock", frame_number=frame_number)
