@@ -24,7 +24,7 @@ from actor.spool import ChunkSpool
 from actor.stream import ExperienceStream
 from actor.weights import WeightSubscriber
 from learner.dreamer import Policy
-from learner.sizes import discrete_kwargs, model_config
+from learner.sizes import model_config
 from robotd import session, steps, tasks, wire
 from robotd.config import Config
 from robotd.episodes import EpisodeWriter
@@ -130,7 +130,7 @@ class Actor:
         self.action_discrete = bool(hello.get("action_discrete", False))   # one-hot actions (a discrete simulator)
         self.step_spec = steps.step_spec(self.obs_spec, self.action_dim, self.devices)
         self.policy = Policy(self.obs_spec, self.action_dim, model_config(config.learner.model),
-                             **discrete_kwargs(Policy, self.action_discrete))
+                             discrete=self.action_discrete)
         hello_meta = {"role": "actor", "session": config.session, "actor_id": self.actor_id,
                       "stream": self.stream_id, "config_digest": config.digest(),
                       "action_discrete": self.action_discrete,

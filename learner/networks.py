@@ -611,19 +611,18 @@ class RSSM(nn.Module):
         posterior = self.posterior_log_probs(deter, self.posterior_input(embed))
         return LatentState(deter, straight_through_sample(posterior).to(deter.dtype)), posterior
 
-    def observe(self, embed: torch.Tensor, previous_action: torch.Tensor, is_first: torch.Tensor,
-                start: LatentState | None = None) -> tuple[LatentState, torch.Tensor, torch.Tensor]:
+    def observe(self, embed: torch.Tensor, previous_action: torch.Tensor, is_first: torch.Tensor
+                ) -> tuple[LatentState, torch.Tensor, torch.Tensor]:
         """Filter whole sequences ``(B, T, ...)``.
 
         ``previous_action[:, t]`` is the action taken before observation ``t``. Where
         ``is_first[:, t]`` is true the state is reset to the initial state and the previous
         action to zeros before stepping, so episodes inside a sequence do not leak into each
-        other. ``start`` is the state before the first step (default: the initial state).
-        Returns the posterior states, posterior and prior log-probabilities.
+        other. Returns the posterior states, posterior and prior log-probabilities.
         """
         batch, length = embed.shape[:2]
         initial = self.initial_state(batch)
-        state = initial if start is None else start
+        state = initial
         first = is_first.unsqueeze(-1)
         # Everything that does not depend on the recurrence is computed for all steps at once.
         action_input = self.action_input(previous_action * (~first).to(previous_action.dtype))

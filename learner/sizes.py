@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import dataclasses
-import inspect
-import logging
 
 from learner.dreamer import ModelConfig, preset
 
@@ -36,22 +34,3 @@ def model_config(section) -> ModelConfig:
         return dataclasses.replace(base, **overrides)
     except ValueError as error:
         raise ValueError(f"config: learner.model.overrides: {error}") from None
-
-
-def discrete_kwargs(cls, discrete: bool) -> dict:
-    """``{"discrete": True}`` for a discrete action when ``cls`` (Policy, Dreamer) takes that keyword, else ``{}``.
-
-    Without such support a discrete robot still works: the safety layer turns the continuous
-    action into the one-hot of its largest entry."""
-    if not discrete:
-        return {}
-    try:
-        parameters = inspect.signature(cls).parameters
-    except (TypeError, ValueError):
-        return {}
-    if "discrete" in parameters:
-        return {"discrete": True}
-    logging.getLogger("learner").warning("%s takes no 'discrete' argument: the discrete action is learned as a "
-                                         "continuous one and applied as the one-hot of its largest entry",
-                                         getattr(cls, "__name__", cls))
-    return {}

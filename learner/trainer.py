@@ -19,7 +19,7 @@ import torch
 import zmq
 
 from learner.dreamer import Dreamer
-from learner.sizes import discrete_kwargs, model_config
+from learner.sizes import model_config
 from robotd import session, steps, wire
 from robotd.config import Config
 
@@ -107,7 +107,7 @@ class Trainer:
         obs_spec = steps.obs_spec_of(spec)
         self.action_dim = int(spec[steps.ACTION][0][0])
         self.agent = Dreamer(obs_spec, self.action_dim, model_config(config.learner.model), device=device,
-                             **discrete_kwargs(Dreamer, self.action_discrete))
+                             discrete=self.action_discrete)
         self.replayed_steps = 0
         self.last_metrics: dict[str, float] = {}
 

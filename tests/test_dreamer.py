@@ -237,6 +237,21 @@ def test_checkpoint_round_trip_restores_everything(agent):
         assert torch.equal(value, restored.state_dict()[name]), name
 
 
+def train_on_sequences(agent, states, actions, rewards, *, updates, rng, batch=8) -> list[dict[str, float]]:
+    """``updates`` train steps on random batches of whole single-episode sequences (observation key "state")."""
+    sequences, length = rewards.shape
+    is_first = np.zeros((sequences, length), bool)
+    is_first[:, 0] = True
+    no_flags = np.zeros((sequences, length), bool)
+    history = []
+    for _ in range(updates):
+        chosen = rng.choice(sequences, batch, replace=False)
+        history.append(agent.train_step({"state": states[chosen], "action": actions[chosen],
+                                         "reward": rewards[chosen], "is_first": is_first[chosen],
+                                         "is_last": no_flags[chosen], "is_terminal": no_flags[chosen]}))
+    return history
+
+
 def test_world_model_learns_a_synthetic_sequence_task():
     """Reward and reconstruction losses fall clearly on a small deterministic dynamical system.
 
@@ -255,27 +270,11 @@ def test_world_model_learns_a_synthetic_sequence_task():
         states[:, step] = state
         state = 0.9 * state + 0.5 * np.concatenate([actions[:, step], actions[:, step, :1]], -1)
     rewards = states[..., 0] - 0.5 * np.abs(states[..., 1])
-    is_first = np.zeros((sequences, length), bool)
-    is_first[:, 0] = True
-    no_flags = np.zeros((sequences, length), bool)
 
     config = dataclasses.replace(preset("tiny"), lr=1e-3, warmup=0)
     agent = Dreamer({"state": ((3,), "float32")}, action_dim, config)
-    losses = []
-    for _ in range(100):
-        chosen = rng.choice(sequences, 8, replace=False)
-        metrics = agent.train_step(
-            {
-                "state": states[chosen],
-                "action": actions[chosen],
-                "reward": rewards[chosen],
-                "is_first": is_first[chosen],
-                "is_last": no_flags[chosen],
-                "is_terminal": no_flags[chosen],
-            }
-        )
-        losses.append((metrics["loss/reward"], metrics["loss/vector"]))
-    losses = np.array(losses)
+    history = train_on_sequences(agent, states, actions, rewards, updates=100, rng=rng)
+    losses = np.array([(metrics["loss/reward"], metrics["loss/vector"]) for metrics in history])
     start, end = losses[:5].mean(0), losses[-10:].mean(0)
     assert end.sum() < 0.7 * start.sum()
     assert end[0] < 0.7 * start[0]  # the reward head on its own
@@ -299,25 +298,11 @@ def test_actor_learns_to_drive_the_rewarded_state_up():
         states[:, step] = state
         state = 0.8 * state + 0.5 * actions[:, step]
     rewards = states[..., 0].copy()
-    is_first = np.zeros((sequences, length), bool)
-    is_first[:, 0] = True
-    no_flags = np.zeros((sequences, length), bool)
 
     config = dataclasses.replace(preset("tiny"), lr=1e-3, warmup=0)
     spec = {"state": ((2,), "float32")}
     agent = Dreamer(spec, action_dim, config)
-    for _ in range(150):
-        chosen = rng.choice(sequences, 8, replace=False)
-        agent.train_step(
-            {
-                "state": states[chosen],
-                "action": actions[chosen],
-                "reward": rewards[chosen],
-                "is_first": is_first[chosen],
-                "is_last": no_flags[chosen],
-                "is_terminal": no_flags[chosen],
-            }
-        )
+    train_on_sequences(agent, states, actions, rewards, updates=150, rng=rng)
     policy = Policy(spec, action_dim, config)
     policy.load(agent.policy_state_dict())
     chosen_actions = [

@@ -364,18 +364,17 @@ def test_a_realtime_gym_robot_still_ticks_on_the_clock():
 
 
 # ------------------------------------------------------------------------------------------------ learner hand-off
-def test_discrete_is_passed_only_to_classes_that_take_it():
-    from learner.sizes import discrete_kwargs
+def test_a_discrete_robot_gets_a_discrete_agent_and_policy(tmp_path):
+    from learner.trainer import Trainer
+    from robotd import steps
 
-    class Takes:
-        def __init__(self, obs_spec, action_dim, config, *, discrete=False):
-            pass
-
-    class Ignores:
-        def __init__(self, obs_spec, action_dim, config):
-            pass
-    assert discrete_kwargs(Takes, True) == {"discrete": True}
-    assert discrete_kwargs(Ignores, True) == {} and discrete_kwargs(Takes, False) == {}
+    config = gym_config("gym_cartpole.yaml")
+    spec = steps.step_spec({"state": ((4,), "float32")}, 2, ["env"])
+    for discrete in (True, False):
+        trainer = Trainer(config, spec, "cpu", tmp_path, action_discrete=discrete)
+        assert trainer.agent.discrete is discrete and trainer.agent.actor.discrete is discrete
+        # Logits per choice when discrete; a mean and a spread per action dimension otherwise.
+        assert trainer.agent.actor.out.out_features == (2 if discrete else 4)
 
 
 def test_a_lockstep_actor_waits_for_the_learner_only_past_prefill_and_within_the_ratio(tmp_path):
