@@ -73,19 +73,37 @@ class Device(abc.ABC):
 
 
 class Arm(Device):
-    """A joint-position/velocity controlled manipulator (a UR5 in this project)."""
+    """A joint-position/velocity controlled manipulator (a UR5 in this project), optionally with a gripper.
+
+    An arm with ``has_gripper`` also reads ``gripper_pos`` (1,): 0 fully open .. 1 fully closed.
+    Readings whose key starts with ``scene_`` describe the world rather than the arm (a simulator's
+    target and object positions); tasks may use them for rewards but never show them to the policy.
+    """
 
     dof: int
     joint_limits_rad: np.ndarray  # (dof, 2): lower, upper
     home_q_rad: np.ndarray  # (dof,)
+    has_gripper: bool = False
 
     def reading_spec(self) -> dict[str, tuple[tuple[int, ...], str]]:
-        """An arm's readings: joint_pos and joint_vel (dof,), tcp_pos (3,), all float32."""
-        return {
+        """An arm's readings: joint_pos and joint_vel (dof,), tcp_pos (3,), gripper_pos (1,) with a gripper; float32."""
+        spec = {
             "joint_pos": ((self.dof,), "float32"),
             "joint_vel": ((self.dof,), "float32"),
             "tcp_pos": ((3,), "float32"),
         }
+        if self.has_gripper:
+            spec["gripper_pos"] = ((1,), "float32")
+        return spec
+
+    @abc.abstractmethod
+    def command_tcp_velocity(self, v: np.ndarray) -> None:
+        """Move the tool at v (6,): linear m/s then angular rad/s, in the base frame (what speedL does on a UR)."""
+
+    def command_gripper(self, closure: float) -> None:
+        """Set the gripper target: 0 fully open .. 1 fully closed (values outside are clipped)."""
+        raise RuntimeError(f"{type(self).__name__} {getattr(self, 'name', '?')!r} has no gripper; "
+                           f"set safety.arm.gripper = false for this robot")
 
     @abc.abstractmethod
     def command_joint_position(self, q_rad: np.ndarray) -> None:

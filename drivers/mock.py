@@ -254,6 +254,16 @@ def _ur5_tcp_m(q_rad: np.ndarray) -> np.ndarray:
     return np.array([x, y, z])
 
 
+def _position_jacobian(fk, q_rad: np.ndarray, step_rad: float = 1e-6) -> np.ndarray:
+    """d tcp / d q, (3, dof), by central differences of the forward kinematics fk."""
+    columns = []
+    for joint in range(len(q_rad)):
+        delta = np.zeros(len(q_rad))
+        delta[joint] = step_rad
+        columns.append((fk(q_rad + delta) - fk(q_rad - delta)) / (2.0 * step_rad))
+    return np.stack(columns, axis=1)
+
+
 def _planar_tcp_m(q_rad: np.ndarray) -> np.ndarray:
     """Tip of a planar chain of equal links in the base x-y plane, metres; every joint turns about z."""
     link_m = _PLANAR_REACH_M / len(q_rad)
@@ -350,6 +360,20 @@ class MockArm(_MockDevice, Arm):
         if self._protective_stop:
             return
         self._target_qd_rad_s = np.clip(target_rad_s, -self.max_vel_rad_s, self.max_vel_rad_s)
+        self._velocity_mode = True
+
+    def command_tcp_velocity(self, v: np.ndarray) -> None:
+        """Move the tool at the linear part of v (6,), m/s, through joint velocities from the position
+        Jacobian at the current pose (damped least squares); the mock has no tool orientation, so the
+        angular part is ignored. Held until the next command, as speedL is."""
+        twist = _finite_array(self._owner, "command_tcp_velocity v", v, (6,))
+        self._advance(self._live_now_ns())
+        if self._protective_stop:
+            return
+        jacobian = _position_jacobian(self.tcp_position, self._q_rad)
+        damping = 1e-3
+        qd = jacobian.T @ np.linalg.solve(jacobian @ jacobian.T + damping * np.eye(3), twist[:3])
+        self._target_qd_rad_s = np.clip(qd, -self.max_vel_rad_s, self.max_vel_rad_s)
         self._velocity_mode = True
 
     def stop(self) -> None:

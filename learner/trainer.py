@@ -133,7 +133,7 @@ class Trainer:
         return tensors
 
     def train(self, batch: dict[str, np.ndarray] | dict[str, torch.Tensor]) -> dict[str, float]:
-        """One full update (world model + actor + critic) on a replay batch or a :meth:`prepare`\ d one."""
+        """One full update (world model + actor + critic) on a replay batch or one made by :meth:`prepare`."""
         tensors = batch if isinstance(batch.get("reward"), torch.Tensor) else self.prepare(batch)
         metrics = self.agent.train_step(tensors)
         self.replayed_steps += int(tensors["reward"].numel())

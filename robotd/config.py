@@ -61,6 +61,12 @@ class ArmSafetyConfig:
     max_joint_vel_rad_s: float = spec(1.0, range=(0.01, 3.2))
     workspace_min_m: list = spec(default_factory=lambda: [-1.0, -1.0, -0.5])
     workspace_max_m: list = spec(default_factory=lambda: [1.0, 1.0, 1.2])
+    action_mode: str = spec("joint_delta", choices=("joint_delta", "tcp_delta"),
+                            help="joint_delta: dof values move the joint targets; tcp_delta: 3 values move the tool "
+                                 "centre point with a Cartesian velocity command, orientation held")
+    max_tcp_delta_m: float = spec(0.02, range=(1e-4, 0.2), help="tcp_delta: tool displacement for action = 1, per step")
+    max_tcp_speed_m_s: float = spec(0.25, range=(0.001, 1.0), help="tcp_delta: cap on the commanded tool speed")
+    gripper: bool = spec(False, help="one more action value: -1 open .. +1 closed (the driver needs a gripper)")
 
 
 @dataclass
@@ -73,7 +79,11 @@ class LeggedSafetyConfig:
     kp_max: float = spec(100.0, range=(0.01, 500.0))
     kd_max: float = spec(5.0, range=(0.01, 50.0))
     tau_max_nm: float = spec(33.5, range=(0.01, 60.0))
-    max_tilt_rad: float = spec(0.8, range=(0.05, 1.6))
+    max_tilt_rad: float = spec(0.8, range=(0.05, 3.15),
+                               help="|roll| or |pitch| beyond this damps the motors; pi disables fall damping "
+                                    "(reset-free learning from falls, e.g. learning to roll over)")
+    action_filter: float = spec(1.0, range=(0.01, 1.0),
+                                help="weight of the new joint target per step (first-order low-pass, 1 = no filtering)")
 
 
 @dataclass

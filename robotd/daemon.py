@@ -18,37 +18,18 @@ import signal
 import threading
 import time
 
-import numpy as np
 import zmq
 
-from drivers import registry as driver_registry
-from drivers.base import Arm, Legged, SteppedEnv
 from robotd import session, wire
 from robotd.clock import FixedRateClock, LockstepClock, PeriodStats, try_realtime
-from robotd.config import Config, DeviceConfig, check_lockstep
+from robotd.config import Config, check_lockstep
 from robotd.netutil import bind_or_explain
 from robotd.security import SecurityError, is_loopback
-from robotd.safety import ActionWatchdog, ArmLimits, ArmSafety, LeggedLimits, LeggedSafety, SafeCommand, SimSafety
+from robotd.robot_io import RobotIO
+from robotd.safety import ActionWatchdog
 from robotd.status import StatusPublisher
-from robotd.timesync import ClockOffsetEstimator
 
 log = logging.getLogger("robotd.daemon")
-
-
-def make_device(device: DeviceConfig, seed: int, host_clock=None):
-    """Builds a driver from its config entry; bad driver arguments fail with one clear line.
-
-    Simulated drivers get the config's seed, and under lockstep pacing ``host_clock`` (the simulated clock)."""
-    args = dict(device.args)
-    if device.driver.startswith("mock_") or driver_registry.is_simulated(device.driver):
-        args.setdefault("seed", seed)
-    if host_clock is not None:
-        args.setdefault("host_clock", host_clock)
-    try:
-        return driver_registry.make(device.driver, **args)
-    except TypeError as exc:
-        raise ValueError(f"device {device.name!r}: driver {device.driver!r} rejects args {device.args!r} ({exc}): "
-                         f"fix the config's args for this driver") from None
 
 
 class Daemon:
@@ -67,136 +48,23 @@ class Daemon:
             check_lockstep(config)
             self.sim_clock = LockstepClock(config.control.rate_hz)
         host_clock = self.sim_clock.now_ns if self.sim_clock is not None else None
-        self.robot = make_device(config.robot, config.seed, host_clock)
-        self.robot.name = config.robot.name
-        self.cameras = []
-        for index, camera_config in enumerate(config.cameras):
-            camera = make_device(camera_config, config.seed + 1 + index, host_clock)
-            camera.name = camera_config.name
-            self.cameras.append(camera)
-        self.devices = [self.robot] + self.cameras
-        if isinstance(self.robot, Arm):
-            self.kind = "arm"
-            self.action_dim = self.robot.dof
-            self._max_delta_rad = config.safety.arm.max_delta_rad
-        elif isinstance(self.robot, Legged):
-            self.kind = "legged"
-            self.action_dim = self.robot.n_motors
-        elif isinstance(self.robot, SteppedEnv):
-            self.kind = "sim"
-            self.action_dim = int(self.robot.action_dim)
-        else:
-            raise ValueError(f"robot driver {config.robot.driver!r} is neither an arm, a legged robot nor a simulated "
-                             f"environment: use an Arm, Legged or SteppedEnv driver for robot.driver")
-        self.action_discrete = bool(getattr(self.robot, "action_discrete", False))
-        self.estimators = {device.name: ClockOffsetEstimator() for device in self.devices}
-        self.stop_requested = threading.Event()
         self.counters = {"ticks": 0, "actor_ticks": 0, "late_steps": 0, "late_actions": 0, "stale_readings": 0,
                          "safety_clipped": 0, "watchdog_stops": 0, "protective_stops": 0, "resets": 0,
                          "malformed": 0, "refused_actors": 0}
+        self.io = RobotIO(config, host_clock=host_clock, counters=self.counters)
+        self.robot, self.cameras, self.devices = self.io.robot, self.io.cameras, self.io.devices
+        self.kind, self.action_dim, self.action_discrete = self.io.kind, self.io.action_dim, self.io.action_discrete
+        self.stop_requested = threading.Event()
         self.training_stats = PeriodStats()
         self.scheduling = "SCHED_OTHER"
 
-    # ----------------------------------------------------------------------------------------
-    def _build_safety(self):
-        if self.kind == "sim":
-            return SimSafety(self.action_dim, self.action_discrete)
-        if self.kind == "arm":
-            arm = self.config.safety.arm
-            limits = ArmLimits(joint_limits_rad=np.asarray(self.robot.joint_limits_rad, np.float64),
-                               max_joint_vel_rad_s=arm.max_joint_vel_rad_s, max_delta_rad=arm.max_delta_rad,
-                               workspace_min_m=np.asarray(arm.workspace_min_m, np.float64),
-                               workspace_max_m=np.asarray(arm.workspace_max_m, np.float64))
-            return ArmSafety(limits, self.robot.tcp_position, self.period_s)
-        legged = self.config.safety.legged
-        limits = LeggedLimits(joint_limits_rad=np.asarray(self.robot.joint_limits_rad, np.float64),
-                              action_scale_rad=legged.action_scale_rad, max_delta_rad=legged.max_delta_rad,
-                              kp_max=legged.kp_max, kd_max=legged.kd_max, tau_max_nm=legged.tau_max_nm,
-                              kp=legged.kp, kd=legged.kd, max_tilt_rad=legged.max_tilt_rad)
-        return LeggedSafety(limits, np.asarray(self.robot.stand_q_rad, np.float64), self.period_s)
-
     def reading_spec(self) -> dict:
         """What each device delivers: {device: {key: [shape, dtype]}} (sent to the actor in hello)."""
-        return {device.name: {key: [list(shape), dtype] for key, (shape, dtype) in device.reading_spec().items()}
-                for device in self.devices}
-
-    # ----------------------------------------------------------------------------------------
-    def _read_all(self, t_tick_ns: int):
-        """Reads every device; returns arrays for the obs message and per-device timing."""
-        arrays, timing = {}, {}
-        for device in self.devices:
-            reading = device.read()
-            estimator = self.estimators[device.name]
-            previous = self._last_hw.get(device.name)
-            if previous is None or reading.hw_time_ns != previous:
-                estimator.update(reading.hw_time_ns, reading.host_time_ns)
-            self._last_hw[device.name] = reading.hw_time_ns
-            age_ns = max(0, t_tick_ns - estimator.to_host_ns(reading.hw_time_ns))
-            stale = age_ns > self.config.control.max_age_ms * 1e6
-            self.counters["stale_readings"] += int(stale)
-            timing[device.name] = {"hw_time_ns": int(reading.hw_time_ns), "host_time_ns": int(reading.host_time_ns),
-                                   "age_ns": int(age_ns), "domain": reading.domain, "stale": bool(stale),
-                                   "frame_number": -1 if reading.frame_number is None else int(reading.frame_number)}
-            for key, value in reading.values.items():
-                arrays[f"{device.name}/{key}"] = np.ascontiguousarray(value)
-        return arrays, timing
-
-    def _effective_action(self, command: SafeCommand, base_q: np.ndarray | None) -> np.ndarray:
-        """The command expressed back in the policy's normalised action space (what the data records)."""
-        if self.kind == "sim":
-            return np.asarray(command.values["action"], np.float32)
-        if command.kind == "joint_position" and base_q is not None:
-            delta = (command.values["q_rad"] - base_q) / self._max_delta_rad
-            return np.clip(delta, -1.0, 1.0).astype(np.float32)
-        if command.kind == "motors":
-            scale = self.config.safety.legged.action_scale_rad
-            offset = (command.values["q_rad"] - np.asarray(self.robot.stand_q_rad)) / scale
-            return np.clip(offset, -1.0, 1.0).astype(np.float32)
-        if command.kind == "hold" and self.kind == "legged" and "q_rad" in command.values:
-            scale = self.config.safety.legged.action_scale_rad
-            offset = (command.values["q_rad"] - np.asarray(self.robot.stand_q_rad)) / scale
-            return np.clip(offset, -1.0, 1.0).astype(np.float32)
-        return np.zeros(self.action_dim, np.float32)
-
-    def _apply(self, command: SafeCommand) -> None:
-        """Sends a safety-checked command to the robot driver."""
-        values = command.values
-        if self.kind == "sim":
-            self.robot.command_action(values["action"])
-            self._last_target = np.asarray(values["action"], np.float64)
-            return
-        if command.kind in ("joint_position", "hold") and self.kind == "arm":
-            if "q_rad" in values:
-                self.robot.command_joint_position(values["q_rad"])
-                self._last_target = np.asarray(values["q_rad"], np.float64)
-        elif command.kind in ("motors", "hold") and self.kind == "legged":
-            if "q_rad" in values and "kp" in values:
-                self.robot.command_motors(values["q_rad"], values["dq_rad_s"], values["kp"], values["kd"],
-                                          values["tau_nm"])
-                self._last_target = np.asarray(values["q_rad"], np.float64)
-            elif "q_rad" in values:
-                legged = self.config.safety.legged
-                n = self.action_dim
-                self.robot.command_motors(values["q_rad"], np.zeros(n), np.full(n, legged.kp),
-                                          np.full(n, legged.kd), np.zeros(n))
-                self._last_target = np.asarray(values["q_rad"], np.float64)
-        elif command.kind == "damp" and self.kind == "legged":
-            self.robot.damp()
-        else:
-            self.robot.stop()
-            self._last_target = None
+        return self.io.reading_spec()
 
     def safe_stop(self, reason: str) -> None:
         """Brings the robot to a stop (never raises: this is the path of last resort)."""
-        try:
-            if self.kind == "legged" and reason in ("fall",):
-                self.robot.damp()
-            else:
-                self.robot.stop()
-        except Exception as exc:  # noqa: BLE001 - the stop path must not die on a driver error
-            log.error("safe stop (%s): driver raised %s: %s", reason, type(exc).__name__, exc)
-        self._last_target = None
-        log.info("robot stopped: %s", reason)
+        self.io.safe_stop(reason)
 
     # ----------------------------------------------------------------------------------------
     def run(self) -> dict:
@@ -218,20 +86,12 @@ class Daemon:
         bind_or_explain(socket, self.config.network.control, "control channel (network.control)")
         status = StatusPublisher(context, self.config.network.status, "daemon")
         self.receiver = receiver = wire.Receiver("daemon", max_bytes=int(self.config.network.max_message_mb * 2**20))
-        for device in self.devices:
-            device.connect()
-        if hasattr(self.cameras[0] if self.cameras else None, "set_scene") and self.kind == "arm":
-            self._link_mock_scene()
-        safety = self._build_safety()
+        self.io.connect()
         watchdog = ActionWatchdog(control.watchdog_s)
         clock = self.sim_clock if self.lockstep else FixedRateClock(control.rate_hz, realtime=realtime)
         deadline_ns = int(control.action_deadline_ms * 1e6)
-        self._last_hw: dict[str, int] = {}
-        self._last_target = None
         actor: bytes | None = None
         self._prev = {"tick": -1, "late": False, "clipped": False, "reset_done": False, "policy_version": 0}
-        self._prev_action = np.zeros(self.action_dim, np.float32)
-        self._stopped_for_pstop = False
         log.info("daemon up: %s robot %s at %.1f Hz, %s, control on %s", self.kind, self.config.robot.driver,
                  control.rate_hz, self.scheduling, self.config.network.control)
         clock.start()
@@ -242,8 +102,8 @@ class Daemon:
                 tick, tick_deadline_ns = clock.wait_next()
                 t_tick_ns = tick_deadline_ns if self.lockstep else time.monotonic_ns()
                 self.counters["ticks"] += 1
-                arrays, timing = self._read_all(t_tick_ns)
-                robot_status = self._check_robot_status()
+                arrays, timing = self.io.read_all(t_tick_ns)
+                robot_status = self.io.check_status()
                 actor = self._take_messages(socket, receiver, actor, watchdog, tick)
                 if actor is not None and watchdog.expired():
                     self.counters["watchdog_stops"] += 1
@@ -254,7 +114,7 @@ class Daemon:
                     continue
                 meta = {"tick": tick, "t_tick_ns": t_tick_ns, "devices": timing, "prev": self._prev,
                         "robot_status": robot_status}
-                wire.send_to(socket, actor, wire.Kind.OBS, meta, {**arrays, "prev_action": self._prev_action})
+                wire.send_to(socket, actor, wire.Kind.OBS, meta, {**arrays, "prev_action": self.io.prev_action})
                 self.counters["actor_ticks"] += 1
                 if self.lockstep:
                     act, actor = self._wait_action_lockstep(socket, receiver, actor, tick, watchdog)
@@ -269,7 +129,7 @@ class Daemon:
                     clock.stepped()
                 else:
                     act = self._wait_action(socket, receiver, actor, tick, t_tick_ns + deadline_ns, clock, watchdog)
-                self._command_robot(act, arrays, safety, tick)
+                self._command_robot(act, arrays, tick)
                 if self._prev["policy_version"] > 0 and not self.lockstep:
                     self.training_stats.add(max(0, t_tick_ns - tick_deadline_ns))
                 status.publish(self._status_counters(clock, actor_connected=True))
@@ -280,11 +140,7 @@ class Daemon:
                     wire.send_to(socket, actor, wire.Kind.STOP, {"reason": "daemon stopped"}, flags=zmq.NOBLOCK)
                 except zmq.ZMQError:
                     pass
-            for device in self.devices:
-                try:
-                    device.disconnect()
-                except Exception as exc:  # noqa: BLE001 - keep closing the others
-                    log.error("disconnecting %s: %s", device.name, exc)
+            self.io.disconnect()
             self.counters["malformed"] = receiver.malformed
             stats = self.final_stats(clock)
             status.publish(self._status_counters(clock, actor_connected=False), force=True)
@@ -295,75 +151,22 @@ class Daemon:
                 session.write_stats(self.logdir, "daemon", stats)
         return stats
 
-    def _check_robot_status(self) -> dict:
-        """The robot's status for the observation; a new protective or emergency stop stops the robot."""
-        robot_status = self.robot.status()
-        stopped = robot_status.protective_stop or robot_status.emergency_stop
-        if stopped and not self._stopped_for_pstop:
-            self.counters["protective_stops"] += 1
-            self.safe_stop("protective stop reported by the robot")
-        self._stopped_for_pstop = stopped
-        return {"ok": bool(robot_status.ok), "protective_stop": bool(robot_status.protective_stop),
-                "emergency_stop": bool(robot_status.emergency_stop), "fallen": bool(robot_status.fallen),
-                "fault": robot_status.fault}
-
-    def _command_robot(self, act: wire.Message | None, arrays: dict, safety, tick: int) -> None:
-        """Applies the actor's action (or the fallback when it is late) through the safety layer, and records
-        what was applied for the next observation."""
-        q_now = self._robot_q(arrays)
-        base_q = self._last_target if self._last_target is not None else q_now
-        reset_done = False
+    def _command_robot(self, act: wire.Message | None, arrays: dict, tick: int) -> None:
+        """Applies the actor's action (or the fallback when it is late) through the safety layer, or the reset
+        it asks for, and records what was applied for the next observation."""
+        reset_done, clipped = False, False
         if act is None:
             self.counters["late_steps"] += 1
-            command = safety.fallback(self.config.control.fallback, q_now, self._last_target)
+            clipped = self.io.act(None, arrays, fallback=self.config.control.fallback).clipped
             late, version = True, self._prev["policy_version"]
         else:
             late, version = False, int(act.meta["policy_version"])
             if act.meta.get("reset") is True:
-                reset_done = self._reset_robot(safety)
-                command = None
-            elif self.kind in ("arm", "sim"):
-                command = safety.command(act.arrays["action"], q_now, self._last_target)
+                reset_done = self.io.reset()
             else:
-                command = safety.command(act.arrays["action"], q_now, self._last_target,
-                                         arrays[f"{self.robot.name}/imu_rpy"])
-        if self._stopped_for_pstop and command is not None:
-            command = safety.fallback("stop", q_now, self._last_target)   # nothing moves until a reset
-        if command is not None:
-            self.counters["safety_clipped"] += int(command.clipped)
-            self._apply(command)
-            self._prev_action = self._effective_action(command, base_q)
-        else:
-            self._prev_action = np.zeros(self.action_dim, np.float32)
-        self._prev = {"tick": tick, "late": late, "clipped": bool(command is not None and command.clipped),
-                      "reset_done": reset_done, "policy_version": version}
-
-    def _robot_q(self, arrays: dict) -> np.ndarray | None:
-        if self.kind == "sim":
-            return None                     # a simulated environment has no joint state for the safety layer
-        return np.asarray(arrays[f"{self.robot.name}/joint_pos"], np.float64)
-
-    def _link_mock_scene(self) -> None:
-        """Mock cameras draw the arm's tool position, so images carry task information."""
-        robot = self.robot
-
-        def scene():
-            tcp = robot.tcp_position(np.asarray(robot.read().values["joint_pos"], np.float64))
-            return float(np.clip(0.5 + tcp[1], 0, 1)), float(np.clip(0.5 - tcp[0] - 0.5, 0, 1))
-        for camera in self.cameras:
-            camera.set_scene(scene)
-
-    def _reset_robot(self, safety) -> bool:
-        """Moves the robot to its start state (the episode boundary asked for by the actor)."""
-        try:
-            self.robot.reset()
-        except Exception as exc:  # noqa: BLE001 - a failed reset stops the robot and is reported, not fatal
-            log.error("robot reset failed: %s: %s", type(exc).__name__, exc)
-            self.safe_stop("reset failed")
-            return False
-        self._last_target = None
-        self.counters["resets"] += 1
-        return True
+                clipped = self.io.act(act.arrays["action"], arrays).clipped
+        self._prev = {"tick": tick, "late": late, "clipped": bool(clipped), "reset_done": reset_done,
+                      "policy_version": version}
 
     def _take_messages(self, socket, receiver, actor, watchdog, tick):
         """Handles waiting control messages (hello, bye, stray actions) without blocking."""

@@ -97,7 +97,8 @@ class LeggedLimits:
     tau_max_nm: float
     kp: float  # gains used for position targets (clipped to the max)
     kd: float
-    max_tilt_rad: float  # |roll| or |pitch| beyond this = fall -> damping
+    max_tilt_rad: float  # |roll| or |pitch| beyond this = fall -> damping (pi: never)
+    action_filter: float = 1.0  # weight of the new target per step (first-order low-pass; 1 = none)
 
     def __post_init__(self) -> None:
         owner = "LeggedLimits"
@@ -112,6 +113,10 @@ class LeggedLimits:
         self.max_tilt_rad = _check_positive(owner, "max_tilt_rad", self.max_tilt_rad)
         if self.max_tilt_rad > math.pi:
             raise ValueError(f"LeggedLimits.max_tilt_rad={self.max_tilt_rad!r} exceeds pi, so a fall could never trigger; use e.g. 0.8")
+        self.action_filter = _check_positive(owner, "action_filter", self.action_filter)
+        if self.action_filter > 1.0:
+            raise ValueError(f"LeggedLimits.action_filter={self.action_filter!r} must be in (0, 1]; "
+                             f"use 1.0 for no filtering or e.g. 0.5 to smooth the targets")
 
     @property
     def dof(self) -> int:
@@ -159,20 +164,58 @@ def _bounded_step(desired: np.ndarray, base: np.ndarray, step: np.ndarray, lower
     return target, bool(np.any(stepped != desired)), bool(np.any(limited != stepped))
 
 
-class ArmSafety:
-    """Safety layer for a joint-position-controlled arm in joint-delta action mode."""
+class _Gripper:
+    """The optional last action value of an arm: -1 fully open .. +1 fully closed -> closure 0 .. 1."""
 
-    def __init__(self, limits: ArmLimits, tcp_position: Callable[[np.ndarray], np.ndarray], period_s: float) -> None:
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = bool(enabled)
+        self.last_unit = -1.0                 # the gripper starts open
+
+    def values(self, unit: np.ndarray) -> dict[str, np.ndarray]:
+        """The gripper part of a command for the already clipped action ``unit`` (empty without a gripper)."""
+        if not self.enabled:
+            return {}
+        return {"gripper": np.array([(float(unit[-1]) + 1.0) / 2.0])}
+
+    def normalised(self, command: SafeCommand) -> list[float]:
+        """The gripper action a command amounts to (a command without one keeps the last)."""
+        if not self.enabled:
+            return []
+        if "gripper" in command.values:
+            self.last_unit = float(command.values["gripper"][0]) * 2.0 - 1.0
+        return [self.last_unit]
+
+
+class ArmSafety:
+    """Safety layer for a joint-position-controlled arm in joint-delta action mode (plus an optional gripper)."""
+
+    def __init__(self, limits: ArmLimits, tcp_position: Callable[[np.ndarray], np.ndarray], period_s: float,
+                 *, gripper: bool = False) -> None:
         if not callable(tcp_position):
             raise ValueError(f"ArmSafety tcp_position={tcp_position!r} is not callable; pass forward kinematics q_rad -> xyz_m")
         self.limits = limits
         self.period_s = _check_positive("ArmSafety", "period_s", period_s)
         self._tcp_position = tcp_position
+        self.gripper = _Gripper(gripper)
         # The largest per-step move: what the action may ask for, further capped by the joint speed limit.
         self.max_step_rad = np.minimum(limits.max_delta_rad, limits.max_joint_vel_rad_s * self.period_s)
 
+    @property
+    def action_dim(self) -> int:
+        """Joint deltas, plus one gripper value when there is a gripper."""
+        return self.limits.dof + int(self.gripper.enabled)
+
+    def normalised(self, command: SafeCommand, base_q_rad: np.ndarray | None) -> np.ndarray:
+        """``command`` expressed back as a policy action (joint delta from ``base_q_rad``, then the gripper)."""
+        if command.kind == "joint_position" and base_q_rad is not None:
+            joints = np.clip((command.values["q_rad"] - base_q_rad) / self.limits.max_delta_rad, -1.0, 1.0)
+        else:
+            joints = np.zeros(self.limits.dof)
+        return np.concatenate([joints, self.gripper.normalised(command)])
+
     def command(self, action: np.ndarray, q_now_rad: np.ndarray, q_last_target_rad: np.ndarray | None) -> SafeCommand:
-        """Map ``action`` in [-1, 1]^dof to a joint target ``max_delta_rad`` per unit away from the last target."""
+        """Map ``action`` in [-1, 1]^dof to a joint target ``max_delta_rad`` per unit away from the last target
+        (and, with a gripper, the last value to its closure)."""
         dof = self.limits.dof
         reasons: list[str] = []
         last_target = _finite_vector(q_last_target_rad, dof)
@@ -181,12 +224,14 @@ class ArmSafety:
         base = last_target if last_target is not None else _finite_vector(q_now_rad, dof)
         if base is None:
             return SafeCommand("stop", {}, True, tuple(reasons) + ("invalid_state",))
-        vector = _finite_vector(action, dof)
+        vector = _finite_vector(action, self.action_dim)
         if vector is None:
             return SafeCommand("hold", {"q_rad": base.copy()}, True, tuple(reasons) + ("invalid_action",))
-        unit = np.clip(vector, -1.0, 1.0)
-        if np.any(unit != vector):
+        unit_all = np.clip(vector, -1.0, 1.0)
+        if np.any(unit_all != vector):
             reasons.append("action_range")
+        gripper = self.gripper.values(unit_all)
+        unit = unit_all[:dof]
         target, step_acted, limit_acted = _bounded_step(
             base + unit * self.limits.max_delta_rad,
             base,
@@ -200,8 +245,8 @@ class ArmSafety:
             reasons.append("joint_limit")
         workspace_reason = self._workspace_violation(target)
         if workspace_reason:
-            return SafeCommand("hold", {"q_rad": base.copy()}, True, tuple(reasons) + (workspace_reason,))
-        return SafeCommand("joint_position", {"q_rad": target}, bool(reasons), tuple(reasons))
+            return SafeCommand("hold", {"q_rad": base.copy(), **gripper}, True, tuple(reasons) + (workspace_reason,))
+        return SafeCommand("joint_position", {"q_rad": target, **gripper}, bool(reasons), tuple(reasons))
 
     def fallback(self, mode: str, q_now_rad: np.ndarray, q_last_target_rad: np.ndarray | None) -> SafeCommand:
         """Command to send when no fresh action is available: mode "hold" (keep the last target) or "stop"."""
@@ -229,6 +274,96 @@ class ArmSafety:
         if np.any(tcp_m < self.limits.workspace_min_m) or np.any(tcp_m > self.limits.workspace_max_m):
             return "workspace"
         return None
+
+
+@dataclass
+class TcpLimits:
+    """Cartesian limits of the tcp_delta action mode: the per-step displacement action = 1 asks for, and a speed cap."""
+
+    max_tcp_delta_m: float
+    max_tcp_speed_m_s: float
+
+    def __post_init__(self) -> None:
+        self.max_tcp_delta_m = _check_positive("TcpLimits", "max_tcp_delta_m", self.max_tcp_delta_m)
+        self.max_tcp_speed_m_s = _check_positive("TcpLimits", "max_tcp_speed_m_s", self.max_tcp_speed_m_s)
+
+
+class TcpSafety:
+    """Safety layer for an arm moved by its tool centre point (tcp_delta action mode, plus an optional gripper).
+
+    ``action[:3]`` in [-1, 1] asks the tool to move ``max_tcp_delta_m`` per unit and axis this step. The
+    desired point, from where the tool is now (forward kinematics of the measured joints), is pulled
+    back inside the workspace box, and the Cartesian velocity that reaches it in one period is capped
+    at ``max_tcp_speed_m_s``. The command is a tool velocity (linear part; the angular part is zero,
+    the tool keeps its orientation), held by the driver until the next one, as speedL is. Joint
+    limits are the driver's and the controller's to keep in this mode.
+    """
+
+    def __init__(self, limits: ArmLimits, tcp: TcpLimits, tcp_position: Callable[[np.ndarray], np.ndarray],
+                 period_s: float, *, gripper: bool = False) -> None:
+        if not callable(tcp_position):
+            raise ValueError(f"TcpSafety tcp_position={tcp_position!r} is not callable; pass forward kinematics q_rad -> xyz_m")
+        self.limits = limits
+        self.tcp = tcp
+        self.period_s = _check_positive("TcpSafety", "period_s", period_s)
+        self._tcp_position = tcp_position
+        self.gripper = _Gripper(gripper)
+
+    @property
+    def action_dim(self) -> int:
+        """x, y, z, plus one gripper value when there is a gripper."""
+        return 3 + int(self.gripper.enabled)
+
+    def normalised(self, command: SafeCommand, base_q_rad: np.ndarray | None = None) -> np.ndarray:
+        """``command`` expressed back as a policy action (tool displacement per step, then the gripper)."""
+        if "tcp_velocity" in command.values:
+            xyz = np.clip(command.values["tcp_velocity"][:3] * self.period_s / self.tcp.max_tcp_delta_m, -1.0, 1.0)
+        else:
+            xyz = np.zeros(3)
+        return np.concatenate([xyz, self.gripper.normalised(command)])
+
+    def _tcp_now(self, q_now_rad) -> np.ndarray | None:
+        q_now = _finite_vector(q_now_rad, self.limits.dof)
+        if q_now is None:
+            return None
+        try:
+            tcp_m = np.asarray(self._tcp_position(q_now.copy()), dtype=np.float64)
+        except Exception:  # broken kinematics must stop motion, not crash the control loop
+            return None
+        return tcp_m if tcp_m.shape == (3,) and np.all(np.isfinite(tcp_m)) else None
+
+    def command(self, action: np.ndarray, q_now_rad: np.ndarray, q_last_target_rad=None) -> SafeCommand:
+        """Map ``action`` to a tool velocity that stays inside the workspace box and under the speed cap."""
+        tcp_now = self._tcp_now(q_now_rad)
+        if tcp_now is None:
+            return SafeCommand("stop", {}, True, ("invalid_state",))
+        vector = _finite_vector(action, self.action_dim)
+        if vector is None:
+            return SafeCommand("hold", {"tcp_velocity": np.zeros(6)}, True, ("invalid_action",))
+        reasons: list[str] = []
+        unit = np.clip(vector, -1.0, 1.0)
+        if np.any(unit != vector):
+            reasons.append("action_range")
+        desired = tcp_now + unit[:3] * self.tcp.max_tcp_delta_m
+        inside = np.clip(desired, self.limits.workspace_min_m, self.limits.workspace_max_m)
+        if np.any(inside != desired):
+            reasons.append("workspace")
+        velocity = (inside - tcp_now) / self.period_s
+        speed = float(np.linalg.norm(velocity))
+        if speed > self.tcp.max_tcp_speed_m_s:
+            velocity *= self.tcp.max_tcp_speed_m_s / speed
+            reasons.append("tcp_speed")
+        twist = np.concatenate([velocity, np.zeros(3)])
+        return SafeCommand("tcp_velocity", {"tcp_velocity": twist, **self.gripper.values(unit)}, bool(reasons),
+                           tuple(reasons))
+
+    def fallback(self, mode: str, q_now_rad=None, q_last_target_rad=None) -> SafeCommand:
+        """Command when no fresh action is available: "hold" commands zero tool velocity, "stop" stops the arm."""
+        if mode not in ("hold", "stop"):
+            raise ValueError(f"TcpSafety fallback mode={mode!r} is unknown; use 'hold' or 'stop'")
+        if mode == "hold":
+            return SafeCommand("hold", {"tcp_velocity": np.zeros(6)}, False, ("fallback",))
+        return SafeCommand("stop", {}, False, ("fallback",))
 
 
 class LeggedSafety:
@@ -273,6 +408,9 @@ class LeggedSafety:
         if np.any(unit != vector):
             reasons.append("action_range")
         desired = self.stand_q_rad + unit * self.limits.action_scale_rad
+        if self.limits.action_filter < 1.0:
+            # First-order low-pass from the last target; the torque, step and joint bounds still act after it.
+            desired = self.limits.action_filter * desired + (1.0 - self.limits.action_filter) * base
         if q_now is not None and self.kp > 0:
             # Bound the PD torque kp * (q_target - q_now) before the step and joint bounds, which take precedence.
             reach = self.limits.tau_max_nm / self.kp

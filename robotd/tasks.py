@@ -17,6 +17,9 @@ Readings = dict[str, dict[str, np.ndarray]]
 
 _TASKS: dict[str, type["Task"]] = {}
 
+SCENE_PREFIX = "scene_"
+"""Readings under this prefix describe the world, not the robot: for rewards only, never observed."""
+
 
 def register(name: str) -> Callable[[type["Task"]], type["Task"]]:
     """Class decorator: makes a task available to configs under ``name``."""
@@ -48,6 +51,7 @@ class Task(abc.ABC):
         self.cameras = list(cameras)
         self.episode_steps = episode_steps
         self.rng = np.random.default_rng(seed)
+        self.scene: dict[str, np.ndarray] = {}
 
     def observation_spec(self, reading_spec: dict[str, ObsSpec]) -> ObsSpec:
         """The observation keys, shapes and dtypes given what each device delivers."""
@@ -59,7 +63,10 @@ class Task(abc.ABC):
         return spec
 
     def observe(self, readings: Readings) -> dict[str, np.ndarray]:
-        """The observation at this tick."""
+        """The observation at this tick. The robot's ``scene_*`` readings (a simulator's view of the world:
+        target and object positions, base velocity) are kept in ``self.scene`` for the reward and
+        episode-end calls on this observation; they are never part of it."""
+        self.scene = {key: value for key, value in readings[self.robot].items() if key.startswith(SCENE_PREFIX)}
         obs: dict[str, np.ndarray] = {}
         for camera in self.cameras:
             for key, value in readings[camera].items():
@@ -206,3 +213,7 @@ class GymTask(Task):
 
     def is_truncated(self, obs) -> bool:
         return self._signals["truncated"]
+
+
+# The robot tasks live in their own modules; importing them registers them.
+from robotd import tasks_arm, tasks_legged  # noqa: E402,F401

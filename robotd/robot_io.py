@@ -1,0 +1,295 @@
+"""The robot side of a control step, shared by the daemon and the in-process Gymnasium environments.
+
+``RobotIO`` builds the configured drivers and the safety layer, reads every device with its
+hardware timestamp (mapped to host time), turns a normalised policy action into a safe command
+and applies it, resets and stops the robot. The daemon wraps it in a fixed-rate loop served over
+ZeroMQ; ``robotd.gym_envs`` wraps it in a Gymnasium ``step``. Both therefore drive the robot
+through exactly the same code, safety layer included.
+
+Arm action modes (``safety.arm.action_mode``):
+  - ``joint_delta``: ``dof`` values; the joint target moves ``max_delta_rad`` per unit per step.
+  - ``tcp_delta``: 3 values; the tool centre point is sent toward its current position plus
+    ``max_tcp_delta_m`` per unit per axis (inside the workspace box) with a Cartesian velocity
+    command (speedL on a UR), the tool keeping its orientation.
+With ``safety.arm.gripper`` one more value follows: -1 fully open .. +1 fully closed.
+"""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from drivers import registry as driver_registry
+from drivers.base import Arm, Legged, SteppedEnv
+from robotd.config import Config, DeviceConfig
+from robotd.safety import (ArmLimits, ArmSafety, LeggedLimits, LeggedSafety, SafeCommand, SimSafety, TcpLimits,
+                           TcpSafety)
+from robotd.timesync import ClockOffsetEstimator
+
+log = logging.getLogger("robotd.robot")
+
+COUNTERS = ("stale_readings", "safety_clipped", "protective_stops", "resets")
+
+
+def make_device(device: DeviceConfig, seed: int, host_clock=None):
+    """Builds a driver from its config entry; bad driver arguments fail with one clear line.
+
+    Simulated drivers get the config's seed, and under lockstep pacing ``host_clock`` (the simulated clock)."""
+    args = dict(device.args)
+    if device.driver.startswith("mock_") or driver_registry.is_simulated(device.driver):
+        args.setdefault("seed", seed)
+    if host_clock is not None:
+        args.setdefault("host_clock", host_clock)
+    try:
+        return driver_registry.make(device.driver, **args)
+    except TypeError as exc:
+        raise ValueError(f"device {device.name!r}: driver {device.driver!r} rejects args {device.args!r} ({exc}): "
+                         f"fix the config's args for this driver") from None
+
+
+class RobotIO:
+    """The configured robot and cameras, their clock alignment and the safety layer.
+
+    ``counters`` (a dict, shared with the caller when given) counts stale readings, clipped
+    commands, protective stops and resets. ``prev_action`` is the last applied command expressed
+    back in the policy's normalised action space (what the data records as the action taken).
+    """
+
+    def __init__(self, config: Config, *, host_clock=None, counters: dict | None = None):
+        self.config = config
+        self.period_s = 1.0 / config.control.rate_hz
+        self.counters = counters if counters is not None else {}
+        for key in COUNTERS:
+            self.counters.setdefault(key, 0)
+        self.robot = make_device(config.robot, config.seed, host_clock)
+        self.robot.name = config.robot.name
+        self.cameras = []
+        for index, camera_config in enumerate(config.cameras):
+            camera = make_device(camera_config, config.seed + 1 + index, host_clock)
+            camera.name = camera_config.name
+            self.cameras.append(camera)
+        self.devices = [self.robot] + self.cameras
+        arm = config.safety.arm
+        self.gripper = False
+        if isinstance(self.robot, Arm):
+            self.kind = "arm"
+            self.arm_mode = arm.action_mode
+            self.gripper = bool(arm.gripper)
+            if self.gripper and not getattr(self.robot, "has_gripper", False):
+                raise ValueError(f"safety.arm.gripper = true but robot driver {config.robot.driver!r} has no gripper: "
+                                 f"set safety.arm.gripper = false or use a driver with one (sim_ur5)")
+            self.action_dim = (self.robot.dof if self.arm_mode == "joint_delta" else 3) + int(self.gripper)
+        elif isinstance(self.robot, Legged):
+            self.kind = "legged"
+            self.action_dim = self.robot.n_motors
+        elif isinstance(self.robot, SteppedEnv):
+            self.kind = "sim"
+            self.action_dim = int(self.robot.action_dim)
+        else:
+            raise ValueError(f"robot driver {config.robot.driver!r} is neither an arm, a legged robot nor a simulated "
+                             f"environment: use an Arm, Legged or SteppedEnv driver for robot.driver")
+        self.action_discrete = bool(getattr(self.robot, "action_discrete", False))
+        self.estimators = {device.name: ClockOffsetEstimator() for device in self.devices}
+        self.safety = None
+        self._last_hw: dict[str, int] = {}
+        self.last_target = None
+        self.prev_action = np.zeros(self.action_dim, np.float32)
+        self.protective_stop = False
+
+    # ----------------------------------------------------------------------------------------
+    def connect(self) -> None:
+        """Connects every device and builds the safety layer (it needs the drivers' limits)."""
+        for device in self.devices:
+            device.connect()
+        if self.kind == "arm" and self.cameras and all(hasattr(c, "set_scene") for c in self.cameras):
+            self._link_mock_scene()
+        self.safety = self._build_safety()
+        self._last_hw = {}
+        self.last_target = None
+        self.prev_action = np.zeros(self.action_dim, np.float32)
+
+    def disconnect(self) -> None:
+        """Disconnects every device (each one's failure is logged, the others still close)."""
+        for device in self.devices:
+            try:
+                device.disconnect()
+            except Exception as exc:  # noqa: BLE001 - keep closing the others
+                log.error("disconnecting %s: %s", device.name, exc)
+
+    def _build_safety(self):
+        if self.kind == "sim":
+            return SimSafety(self.action_dim, self.action_discrete)
+        if self.kind == "arm":
+            arm = self.config.safety.arm
+            limits = ArmLimits(joint_limits_rad=np.asarray(self.robot.joint_limits_rad, np.float64),
+                               max_joint_vel_rad_s=arm.max_joint_vel_rad_s, max_delta_rad=arm.max_delta_rad,
+                               workspace_min_m=np.asarray(arm.workspace_min_m, np.float64),
+                               workspace_max_m=np.asarray(arm.workspace_max_m, np.float64))
+            if self.arm_mode == "tcp_delta":
+                tcp = TcpLimits(max_tcp_delta_m=arm.max_tcp_delta_m, max_tcp_speed_m_s=arm.max_tcp_speed_m_s)
+                return TcpSafety(limits, tcp, self.robot.tcp_position, self.period_s, gripper=self.gripper)
+            return ArmSafety(limits, self.robot.tcp_position, self.period_s, gripper=self.gripper)
+        legged = self.config.safety.legged
+        limits = LeggedLimits(joint_limits_rad=np.asarray(self.robot.joint_limits_rad, np.float64),
+                              action_scale_rad=legged.action_scale_rad, max_delta_rad=legged.max_delta_rad,
+                              kp_max=legged.kp_max, kd_max=legged.kd_max, tau_max_nm=legged.tau_max_nm,
+                              kp=legged.kp, kd=legged.kd, max_tilt_rad=legged.max_tilt_rad,
+                              action_filter=legged.action_filter)
+        return LeggedSafety(limits, np.asarray(self.robot.stand_q_rad, np.float64), self.period_s)
+
+    def reading_spec(self) -> dict:
+        """What each device delivers: {device: {key: [shape, dtype]}} (sent to the actor in hello)."""
+        return {device.name: {key: [list(shape), dtype] for key, (shape, dtype) in device.reading_spec().items()}
+                for device in self.devices}
+
+    # ----------------------------------------------------------------------------------------
+    def read_all(self, t_tick_ns: int):
+        """Reads every device; returns ({"device/key": array}, {device: timing}) for the tick at ``t_tick_ns``."""
+        arrays, timing = {}, {}
+        for device in self.devices:
+            reading = device.read()
+            estimator = self.estimators[device.name]
+            previous = self._last_hw.get(device.name)
+            if previous is None or reading.hw_time_ns != previous:
+                estimator.update(reading.hw_time_ns, reading.host_time_ns)
+            self._last_hw[device.name] = reading.hw_time_ns
+            age_ns = max(0, t_tick_ns - estimator.to_host_ns(reading.hw_time_ns))
+            stale = age_ns > self.config.control.max_age_ms * 1e6
+            self.counters["stale_readings"] += int(stale)
+            timing[device.name] = {"hw_time_ns": int(reading.hw_time_ns), "host_time_ns": int(reading.host_time_ns),
+                                   "age_ns": int(age_ns), "domain": reading.domain, "stale": bool(stale),
+                                   "frame_number": -1 if reading.frame_number is None else int(reading.frame_number)}
+            for key, value in reading.values.items():
+                arrays[f"{device.name}/{key}"] = np.ascontiguousarray(value)
+        return arrays, timing
+
+    @staticmethod
+    def split(arrays: dict) -> dict[str, dict[str, np.ndarray]]:
+        """{"device/key": array} -> {device: {key: array}} (the layout tasks read)."""
+        readings: dict[str, dict[str, np.ndarray]] = {}
+        for name, value in arrays.items():
+            device, key = name.split("/", 1)
+            readings.setdefault(device, {})[key] = value
+        return readings
+
+    def check_status(self) -> dict:
+        """The robot's status for the observation; a new protective or emergency stop stops the robot."""
+        robot_status = self.robot.status()
+        stopped = robot_status.protective_stop or robot_status.emergency_stop
+        if stopped and not self.protective_stop:
+            self.counters["protective_stops"] += 1
+            self.safe_stop("protective stop reported by the robot")
+        self.protective_stop = stopped
+        return {"ok": bool(robot_status.ok), "protective_stop": bool(robot_status.protective_stop),
+                "emergency_stop": bool(robot_status.emergency_stop), "fallen": bool(robot_status.fallen),
+                "fault": robot_status.fault}
+
+    # ----------------------------------------------------------------------------------------
+    def act(self, action: np.ndarray | None, arrays: dict, *, fallback: str = "hold") -> SafeCommand:
+        """Applies ``action`` (or, when it is None, the ``fallback``) through the safety layer.
+
+        During a protective stop nothing moves until a reset. Returns the command applied."""
+        q_now = self._robot_q(arrays)
+        base_q = self.last_target if self.last_target is not None else q_now
+        if action is None:
+            command = self.safety.fallback(fallback, q_now, self.last_target)
+        elif self.kind == "legged":
+            command = self.safety.command(action, q_now, self.last_target, arrays[f"{self.robot.name}/imu_rpy"])
+        else:
+            command = self.safety.command(action, q_now, self.last_target)
+        if self.protective_stop:
+            command = self.safety.fallback("stop", q_now, self.last_target)   # nothing moves until a reset
+        self.counters["safety_clipped"] += int(command.clipped)
+        self._apply(command)
+        self.prev_action = self._effective_action(command, base_q)
+        return command
+
+    def reset(self) -> bool:
+        """Moves the robot to its start state (an episode boundary); a failed reset stops it and returns False."""
+        self.prev_action = np.zeros(self.action_dim, np.float32)
+        try:
+            self.robot.reset()
+        except Exception as exc:  # noqa: BLE001 - a failed reset stops the robot and is reported, not fatal
+            log.error("robot reset failed: %s: %s", type(exc).__name__, exc)
+            self.safe_stop("reset failed")
+            return False
+        self.last_target = None
+        self.counters["resets"] += 1
+        return True
+
+    def safe_stop(self, reason: str) -> None:
+        """Brings the robot to a stop (never raises: this is the path of last resort)."""
+        try:
+            if self.kind == "legged" and reason in ("fall",):
+                self.robot.damp()
+            else:
+                self.robot.stop()
+        except Exception as exc:  # noqa: BLE001 - the stop path must not die on a driver error
+            log.error("safe stop (%s): driver raised %s: %s", reason, type(exc).__name__, exc)
+        self.last_target = None
+        log.info("robot stopped: %s", reason)
+
+    # ----------------------------------------------------------------------------------------
+    def _robot_q(self, arrays: dict) -> np.ndarray | None:
+        if self.kind == "sim":
+            return None                     # a simulated environment has no joint state for the safety layer
+        return np.asarray(arrays[f"{self.robot.name}/joint_pos"], np.float64)
+
+    def _effective_action(self, command: SafeCommand, base_q: np.ndarray | None) -> np.ndarray:
+        """The command expressed back in the policy's normalised action space (what the data records)."""
+        if self.kind == "sim":
+            return np.asarray(command.values["action"], np.float32)
+        if self.kind == "arm":
+            return self.safety.normalised(command, base_q).astype(np.float32)
+        scale = self.config.safety.legged.action_scale_rad
+        if command.kind in ("motors", "hold") and "q_rad" in command.values:
+            offset = (command.values["q_rad"] - np.asarray(self.robot.stand_q_rad)) / scale
+            return np.clip(offset, -1.0, 1.0).astype(np.float32)
+        return np.zeros(self.action_dim, np.float32)
+
+    def _apply(self, command: SafeCommand) -> None:
+        """Sends a safety-checked command to the robot driver."""
+        values = command.values
+        if self.kind == "sim":
+            self.robot.command_action(values["action"])
+            self.last_target = np.asarray(values["action"], np.float64)
+            return
+        if self.kind == "arm":
+            if "q_rad" in values:
+                self.robot.command_joint_position(values["q_rad"])
+                self.last_target = np.asarray(values["q_rad"], np.float64)
+            elif "tcp_velocity" in values:
+                self.robot.command_tcp_velocity(values["tcp_velocity"])
+                self.last_target = None
+            else:
+                self.robot.stop()
+                self.last_target = None
+            if "gripper" in values:
+                self.robot.command_gripper(float(values["gripper"][0]))
+            return
+        if command.kind in ("motors", "hold") and "q_rad" in values:
+            if "kp" in values:
+                self.robot.command_motors(values["q_rad"], values["dq_rad_s"], values["kp"], values["kd"],
+                                          values["tau_nm"])
+            else:
+                legged = self.config.safety.legged
+                n = self.action_dim
+                self.robot.command_motors(values["q_rad"], np.zeros(n), np.full(n, legged.kp),
+                                          np.full(n, legged.kd), np.zeros(n))
+            self.last_target = np.asarray(values["q_rad"], np.float64)
+        elif command.kind == "damp":
+            self.robot.damp()
+        else:
+            self.robot.stop()
+            self.last_target = None
+
+    def _link_mock_scene(self) -> None:
+        """Mock cameras draw the arm's tool position, so images carry task information."""
+        robot = self.robot
+
+        def scene():
+            tcp = robot.tcp_position(np.asarray(robot.read().values["joint_pos"], np.float64))
+            return float(np.clip(0.5 + tcp[1], 0, 1)), float(np.clip(0.5 - tcp[0] - 0.5, 0, 1))
+        for camera in self.cameras:
+            camera.set_scene(scene)
+

@@ -1,0 +1,215 @@
+"""UR5 arm tasks: reaching for a target seen in the camera image, and DayDreamer's bin pick-and-place.
+
+Both observe the camera images and the arm's own state only (joint_pos, joint_vel, tcp_pos and, with a
+gripper, gripper_pos). What they reward comes from the robot's ``scene_*`` readings (a simulator's view
+of the world), which ``Task.observe`` keeps in ``self.scene`` and never shows to the policy.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from robotd.tasks import ObsSpec, Readings, Task, register
+
+PROPRIO_KEYS = ("joint_pos", "joint_vel", "tcp_pos")
+
+
+def _arm_proprio_spec(task: str, robot_spec: ObsSpec, *, need_gripper: bool) -> ObsSpec:
+    """joint_pos, joint_vel, tcp_pos and gripper_pos (when the arm has one) from an arm's reading spec."""
+    missing = [key for key in PROPRIO_KEYS + (("gripper_pos",) if need_gripper else ()) if key not in robot_spec]
+    if missing:
+        fix = "use an arm with a gripper (robot.driver = sim_ur5 with its gripper on)" if missing == ["gripper_pos"] \
+            else "use an arm driver (sim_ur5, mock_arm)"
+        raise ValueError(f"task {task!r} needs the robot readings {missing}: {fix}")
+    dof = robot_spec["joint_pos"][0][0]
+    spec: ObsSpec = {"joint_pos": ((dof,), "float32"), "joint_vel": ((dof,), "float32"), "tcp_pos": ((3,), "float32")}
+    if "gripper_pos" in robot_spec:
+        spec["gripper_pos"] = ((1,), "float32")
+    return spec
+
+
+def _arm_proprio(robot_values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The arm's own state as float32 vectors; ``scene_*`` readings are never included."""
+    obs = {key: np.asarray(robot_values[key], np.float32) for key in PROPRIO_KEYS}
+    if "gripper_pos" in robot_values:
+        obs["gripper_pos"] = np.asarray(robot_values["gripper_pos"], np.float32).reshape(1)
+    return obs
+
+
+@register("ur5_reach")
+class UR5Reach(Task):
+    """Move the tool centre point to the target shown in the camera image; dense reward.
+
+    The target is the robot's ``scene_target_pos`` reading (base frame, m; a simulator draws it at
+    each robot reset and renders it as a sphere) or, for a real robot with a physical marker, the fixed
+    ``target_m``. Reward per step: ``-||tcp_pos - target||`` in metres, plus ``success_bonus`` while the
+    distance is below ``success_radius_m`` (which is also ``is_success``). With ``target_in_obs`` the
+    target is also given as the vector observation ``target_pos`` (for state-based baselines); by
+    default the policy has to find it in the image. ``terminate_on_success`` ends the episode on
+    success; otherwise only the time limit does. Every episode end asks for a robot reset.
+    """
+
+    reset_request = True
+
+    def __init__(self, *, target_in_obs: bool = False, success_radius_m: float = 0.05, success_bonus: float = 0.0,
+                 terminate_on_success: bool = False, target_m=None, **kwargs):
+        super().__init__(**kwargs)
+        if not isinstance(success_radius_m, (int, float)) or not 0.0 < float(success_radius_m) < np.inf:
+            raise ValueError(f"task 'ur5_reach': success_radius_m {success_radius_m!r} must be a positive "
+                             f"number of metres: set e.g. success_radius_m: 0.05")
+        if not isinstance(success_bonus, (int, float)) or not np.isfinite(success_bonus):
+            raise ValueError(f"task 'ur5_reach': success_bonus {success_bonus!r} must be a finite number: "
+                             f"set e.g. success_bonus: 1.0")
+        if target_m is not None:
+            try:
+                fixed = np.asarray(target_m, dtype=np.float64)
+            except (TypeError, ValueError):
+                fixed = np.full(0, np.nan)
+            if fixed.shape != (3,) or not np.all(np.isfinite(fixed)):
+                raise ValueError(f"task 'ur5_reach': target_m {target_m!r} must be three finite numbers "
+                                 f"(x, y, z in metres, base frame): set e.g. target_m: [0.4, 0.0, 0.3]")
+            target_m = fixed.astype(np.float32)
+        self.target_in_obs = bool(target_in_obs)
+        self.success_radius_m = float(success_radius_m)
+        self.success_bonus = float(success_bonus)
+        self.terminate_on_success = bool(terminate_on_success)
+        self.target_m: np.ndarray | None = target_m
+
+    def proprio_spec(self, robot_spec: ObsSpec) -> ObsSpec:
+        """Arm state (+ ``target_pos`` with ``target_in_obs``); fails when no target can be known."""
+        if self.target_m is None and "scene_target_pos" not in robot_spec:
+            raise ValueError("task 'ur5_reach' needs the robot reading scene_target_pos: the driver must provide "
+                             "it (e.g. sim_ur5 with target: true); for a real robot give target_m: [x, y, z] "
+                             "in task.args")
+        spec = _arm_proprio_spec(self.name, robot_spec, need_gripper=False)
+        if self.target_in_obs:
+            spec["target_pos"] = ((3,), "float32")
+        return spec
+
+    def proprio(self, robot_values):
+        """Arm state, plus the target as ``target_pos`` when ``target_in_obs``."""
+        obs = _arm_proprio(robot_values)
+        if self.target_in_obs:
+            obs["target_pos"] = self._target(robot_values)
+        return obs
+
+    def _target(self, values: dict[str, np.ndarray]) -> np.ndarray:
+        """The target position (3,) float32: the fixed ``target_m`` or the ``scene_target_pos`` reading."""
+        if self.target_m is not None:
+            return self.target_m.copy()
+        if "scene_target_pos" not in values:
+            raise ValueError("task 'ur5_reach': the robot readings hold no scene_target_pos: the driver must "
+                             "provide it (e.g. sim_ur5 with target: true) or give target_m: [x, y, z] in task.args")
+        return np.asarray(values["scene_target_pos"], np.float32).reshape(3)
+
+    def distance_m(self, obs) -> float:
+        """Distance in metres from the tool centre point in ``obs`` to the target of the last observation."""
+        return float(np.linalg.norm(np.asarray(obs["tcp_pos"], np.float64) - self._target(self.scene)))
+
+    def reward(self, obs) -> float:
+        distance = self.distance_m(obs)
+        return -distance + (self.success_bonus if distance < self.success_radius_m else 0.0)
+
+    def is_success(self, obs) -> bool:
+        return self.distance_m(obs) < self.success_radius_m
+
+    def is_terminal(self, obs) -> bool:
+        return self.terminate_on_success and self.is_success(obs)
+
+
+@register("ur5_pick_place")
+class UR5PickPlace(Task):
+    """DayDreamer's bin task: pick boxes out of bin_a and put them into bin_b; sparse event rewards.
+
+    Observations: camera images and the arm's state with its gripper (joint_pos, joint_vel, tcp_pos,
+    gripper_pos). Rewards come from the robot's ``scene_grasped`` (per box: 1 held and lifted, else 0)
+    and ``scene_object_bin`` (per box: 1 in bin_a, 2 in bin_b, 0 elsewhere) readings, comparing each
+    box with its state at the previous observation; each event counts once, on the step it happens,
+    and the events of all boxes in one step add up:
+
+    - ``grasp_reward`` (+1) when a box becomes grasped (0 -> 1), again after it was placed;
+    - ``drop_penalty`` (-1) when a grasped box is released (1 -> 0) and its bin at that step is not
+      bin_b (dropped on the table, back into bin_a, or still falling);
+    - ``place_reward`` (+10) when a box arrives in bin_b (bin becomes 2 from anything else).
+
+    The first observation of an episode only sets the baseline (reward 0); ``new_episode`` forgets the
+    previous state. ``reward(obs)`` is the reward of the transition into the last observed state.
+    ``is_terminal``: every box is in bin_b (with ``terminate_when_all_placed``). ``is_success``: at
+    least one box arrived in bin_b during this episode. Every episode end asks for a robot reset (a
+    simulator puts the boxes back into bin_a at random).
+    """
+
+    reset_request = True
+    SCENE_KEYS = ("scene_grasped", "scene_object_bin")
+    BIN_B = 2
+
+    def __init__(self, *, grasp_reward: float = 1.0, drop_penalty: float = -1.0, place_reward: float = 10.0,
+                 terminate_when_all_placed: bool = True, **kwargs):
+        super().__init__(**kwargs)
+        for arg, value in (("grasp_reward", grasp_reward), ("drop_penalty", drop_penalty),
+                           ("place_reward", place_reward)):
+            if not isinstance(value, (int, float)) or not np.isfinite(value):
+                raise ValueError(f"task 'ur5_pick_place': {arg} {value!r} must be a finite number: "
+                                 f"set e.g. {arg}: 1.0")
+        self.grasp_reward = float(grasp_reward)
+        self.drop_penalty = float(drop_penalty)
+        self.place_reward = float(place_reward)
+        self.terminate_when_all_placed = bool(terminate_when_all_placed)
+        self._grasped: np.ndarray | None = None
+        self._bin: np.ndarray | None = None
+        self._reward = 0.0
+        self.placed = 0
+        """Number of place events (box arriving in bin_b) in this episode."""
+
+    def new_episode(self) -> None:
+        """Forget the previous scene state: the next observation sets the baseline and earns nothing."""
+        self._grasped = None
+        self._bin = None
+        self._reward = 0.0
+        self.placed = 0
+
+    def proprio_spec(self, robot_spec: ObsSpec) -> ObsSpec:
+        """Arm state with gripper; fails when the robot does not report grasps and bins."""
+        missing = [key for key in self.SCENE_KEYS if key not in robot_spec]
+        if missing:
+            raise ValueError(f"task 'ur5_pick_place' needs the robot readings {missing}: the driver must report "
+                             f"them (sim_ur5 with its boxes); a real robot would need a box detector")
+        return _arm_proprio_spec(self.name, robot_spec, need_gripper=True)
+
+    def proprio(self, robot_values):
+        """Arm state with gripper; never a ``scene_*`` reading."""
+        return _arm_proprio(robot_values)
+
+    def observe(self, readings: Readings) -> dict[str, np.ndarray]:
+        """The observation; also scores the boxes' transitions since the previous observation."""
+        obs = super().observe(readings)
+        missing = [key for key in self.SCENE_KEYS if key not in self.scene]
+        if missing:
+            raise ValueError(f"task 'ur5_pick_place': the robot readings hold no {missing}: the driver must "
+                             f"report them (sim_ur5 with its boxes)")
+        grasped = np.asarray(self.scene["scene_grasped"], np.float64).reshape(-1) > 0.5
+        in_bin = np.rint(np.asarray(self.scene["scene_object_bin"], np.float64).reshape(-1)).astype(np.int64)
+        if grasped.shape != in_bin.shape:
+            raise ValueError(f"task 'ur5_pick_place': scene_grasped has {grasped.size} boxes but scene_object_bin "
+                             f"{in_bin.size}: the driver must report one value per box in both")
+        if self._grasped is None or self._grasped.shape != grasped.shape:
+            self._reward = 0.0
+        else:
+            grasps = grasped & ~self._grasped
+            drops = self._grasped & ~grasped & (in_bin != self.BIN_B)
+            places = (in_bin == self.BIN_B) & (self._bin != self.BIN_B)
+            self._reward = float(self.grasp_reward * grasps.sum() + self.drop_penalty * drops.sum()
+                                 + self.place_reward * places.sum())
+            self.placed += int(places.sum())
+        self._grasped, self._bin = grasped, in_bin
+        return obs
+
+    def reward(self, obs) -> float:
+        return self._reward
+
+    def is_terminal(self, obs) -> bool:
+        return bool(self.terminate_when_all_placed and self._bin is not None and self._bin.size > 0
+                    and np.all(self._bin == self.BIN_B))
+
+    def is_success(self, obs) -> bool:
+        return self.placed > 0
+
