@@ -1,0 +1,127 @@
+"""Quadruped tasks (a Unitree A1 or its simulation): stand up and walk, reset-free, DayDreamer style.
+
+The reward terms are gated multiplicatively on the ones before them, so the robot is paid for
+being upright first, then for each joint group reaching the stand pose, then (walking) for
+moving forward: the upright term u = (1 + cos(roll) cos(pitch)) / 2 and the pose terms
+p_g = exp(-mean((q_g - q*_g)^2) / (2 sigma^2)) for the hips, thighs and calves give
+
+    stand: r = u + u p_hip + u p_hip p_thigh + u p_hip p_thigh p_calf          in [0, 4]
+    walk:  r = stand + 10 u p_hip p_thigh p_calf clip(v_forward / target, 0, 1)  in [0, 14]
+
+v_forward is the robot's privileged ``scene_base_vel`` reading (a simulator's trunk velocity in
+the heading frame): a reward input, never an observation. Episodes never ask for a robot reset;
+``episode_steps`` only cuts the stream into episodes for bookkeeping.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from robotd.tasks import SCENE_PREFIX, ObsSpec, Task, register
+
+A1_STAND_Q_RAD = (0.0, 0.9, -1.8) * 4
+PROPRIO_KEYS = ("joint_pos", "joint_vel", "imu_rpy", "imu_gyro", "foot_contact")
+# Motor order FR, FL, RR, RL x (hip, thigh, calf): every third joint is in the same group.
+_GROUPS = {"hip": slice(0, None, 3), "thigh": slice(1, None, 3), "calf": slice(2, None, 3)}
+
+
+def _positive(task: str, what: str, value: object) -> float:
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        number = math.nan
+    if not (math.isfinite(number) and number > 0.0):
+        raise ValueError(f"task {task!r}: {what} must be a finite number > 0, got {value!r}")
+    return number
+
+
+@register("a1_stand")
+class A1Stand(Task):
+    """Stand up (from wherever the robot is, e.g. on its back) and stay upright at the stand pose; reward in [0, 4]."""
+
+    reset_request = False
+    REWARD_MAX = 4.0
+    SUCCESS_REWARD = 3.5
+
+    def __init__(self, *, stand_q_rad=A1_STAND_Q_RAD, pose_sigma_rad: float = 0.4, **kwargs):
+        super().__init__(**kwargs)
+        stand = np.asarray(stand_q_rad, np.float64)
+        if stand.ndim != 1 or stand.size == 0 or stand.size % 3 != 0 or not np.all(np.isfinite(stand)):
+            raise ValueError(f"task {self.name!r}: stand_q_rad must be finite (hip, thigh, calf) per leg, "
+                             f"got {np.asarray(stand_q_rad).tolist()}; use e.g. {list(A1_STAND_Q_RAD)}")
+        self.stand_q_rad = stand
+        self.pose_sigma_rad = _positive(self.name, "pose_sigma_rad", pose_sigma_rad)
+
+    def proprio_spec(self, robot_spec: ObsSpec) -> ObsSpec:
+        missing = [key for key in PROPRIO_KEYS if key not in robot_spec]
+        if missing:
+            raise ValueError(f"task {self.name!r} needs the robot readings {missing}, which the robot driver "
+                             f"does not give: use robot.driver = sim_a1")
+        n = robot_spec["joint_pos"][0][0]
+        if n != self.stand_q_rad.size:
+            raise ValueError(f"task {self.name!r}: the robot has {n} joints but stand_q_rad has "
+                             f"{self.stand_q_rad.size}; give one stand angle per joint")
+        return {key: (tuple(robot_spec[key][0]), "float32") for key in PROPRIO_KEYS}
+
+    def proprio(self, robot_values):
+        return {key: np.asarray(robot_values[key], np.float32) for key in PROPRIO_KEYS}
+
+    def terms(self, obs) -> dict[str, float]:
+        """The reward's factors: upright u and the pose closeness of the hips, thighs and calves, each in [0, 1]."""
+        roll, pitch = float(obs["imu_rpy"][0]), float(obs["imu_rpy"][1])
+        upright = min(1.0, max(0.0, (1.0 + math.cos(roll) * math.cos(pitch)) / 2.0))
+        q = np.asarray(obs["joint_pos"], np.float64)
+        out = {"upright": upright}
+        for group, index in _GROUPS.items():
+            error = float(np.mean((q[index] - self.stand_q_rad[index]) ** 2))
+            out[group] = math.exp(-error / (2.0 * self.pose_sigma_rad ** 2))
+        return out
+
+    def stand_reward(self, obs) -> tuple[float, float]:
+        """(the gated stand reward in [0, 4], the product of all four terms)."""
+        t = self.terms(obs)
+        gate = t["upright"]
+        total = gate
+        for group in ("hip", "thigh", "calf"):
+            gate *= t[group]
+            total += gate
+        return total, gate
+
+    def reward(self, obs) -> float:
+        return float(self.stand_reward(obs)[0])
+
+    def is_success(self, obs) -> bool:
+        return self.reward(obs) > self.SUCCESS_REWARD
+
+
+@register("a1_walk")
+class A1Walk(A1Stand):
+    """Walk forward at target_speed_m_s while upright at the stand posture; reward in [0, 14].
+
+    Needs the robot's privileged ``scene_base_vel`` reading (sim_a1 gives it).
+    """
+
+    REWARD_MAX = 14.0
+    SUCCESS_REWARD = 9.0
+    VELOCITY_WEIGHT = 10.0
+
+    def __init__(self, *, target_speed_m_s: float = 0.5, **kwargs):
+        super().__init__(**kwargs)
+        self.target_speed_m_s = _positive(self.name, "target_speed_m_s", target_speed_m_s)
+
+    def proprio_spec(self, robot_spec: ObsSpec) -> ObsSpec:
+        key = SCENE_PREFIX + "base_vel"
+        if key not in robot_spec:
+            raise ValueError(f"task {self.name!r} needs the robot reading {key!r} for its reward, and the robot "
+                             f"driver gives no {key}: use robot.driver = sim_a1")
+        return super().proprio_spec(robot_spec)
+
+    def reward(self, obs) -> float:
+        stand, gate = self.stand_reward(obs)
+        velocity = self.scene.get(SCENE_PREFIX + "base_vel")
+        forward = 0.0 if velocity is None else float(np.asarray(velocity).reshape(-1)[0])
+        if not math.isfinite(forward):
+            forward = 0.0
+        progress = min(1.0, max(0.0, forward / self.target_speed_m_s))
+        return float(stand + self.VELOCITY_WEIGHT * gate * progress)
