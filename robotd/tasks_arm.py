@@ -126,10 +126,18 @@ class UR5PickPlace(Task):
     box with its state at the previous observation; each event counts once, on the step it happens,
     and the events of all boxes in one step add up:
 
-    - ``grasp_reward`` (+1) when a box becomes grasped (0 -> 1), again after it was placed;
-    - ``drop_penalty`` (-1) when a grasped box is released (1 -> 0) and its bin at that step is not
-      bin_b (dropped on the table, back into bin_a, or still falling);
-    - ``place_reward`` (+10) when a box arrives in bin_b (bin becomes 2 from anything else).
+    - ``grasp_reward`` (+1) the first time in an episode a box becomes grasped (0 -> 1);
+    - ``drop_penalty`` (-1) when a released box comes to rest anywhere but in bin_b (on the table,
+      back in bin_a). A box let go is judged once it has settled (it moved less than ``settle_m``
+      between two observations, from ``scene_object_pos``; without that reading, at once), so a box
+      released above bin_b that falls in is a place and not a drop; a box grasped again before it
+      settles is not a drop;
+    - ``place_reward`` (+10) when a box comes to be in bin_b and not held (from held over bin_b, from
+      falling, or pushed in), the first time in an episode that box arrives there.
+
+    Grasp and place rewards are paid once per box and episode, and every drop costs the penalty, so
+    no cycle of grasping and releasing earns anything: an episode is worth at most
+    ``n_boxes * (grasp_reward + place_reward)``.
 
     The first observation of an episode only sets the baseline (reward 0); ``new_episode`` forgets the
     previous state. ``reward(obs)`` is the reward of the transition into the last observed state.
@@ -143,7 +151,7 @@ class UR5PickPlace(Task):
     BIN_B = 2
 
     def __init__(self, *, grasp_reward: float = 1.0, drop_penalty: float = -1.0, place_reward: float = 10.0,
-                 terminate_when_all_placed: bool = True, **kwargs):
+                 terminate_when_all_placed: bool = True, settle_m: float = 0.002, **kwargs):
         super().__init__(**kwargs)
         for arg, value in (("grasp_reward", grasp_reward), ("drop_penalty", drop_penalty),
                            ("place_reward", place_reward)):
@@ -154,7 +162,16 @@ class UR5PickPlace(Task):
         self.drop_penalty = float(drop_penalty)
         self.place_reward = float(place_reward)
         self.terminate_when_all_placed = bool(terminate_when_all_placed)
+        if not isinstance(settle_m, (int, float)) or not np.isfinite(settle_m) or settle_m <= 0:
+            raise ValueError(f"task 'ur5_pick_place': settle_m {settle_m!r} must be a finite number > 0: "
+                             f"set e.g. settle_m: 0.002")
+        self.settle_m = float(settle_m)
         self._grasped: np.ndarray | None = None
+        self._placed_now: np.ndarray | None = None
+        self._pending: np.ndarray | None = None
+        self._pos: np.ndarray | None = None
+        self._grasp_paid: np.ndarray | None = None
+        self._place_paid: np.ndarray | None = None
         self._bin: np.ndarray | None = None
         self._reward = 0.0
         self.placed = 0
@@ -164,6 +181,11 @@ class UR5PickPlace(Task):
         """Forget the previous scene state: the next observation sets the baseline and earns nothing."""
         self._grasped = None
         self._bin = None
+        self._placed_now = None
+        self._pending = None
+        self._pos = None
+        self._grasp_paid = None
+        self._place_paid = None
         self._reward = 0.0
         self.placed = 0
 
@@ -191,16 +213,30 @@ class UR5PickPlace(Task):
         if grasped.shape != in_bin.shape:
             raise ValueError(f"task 'ur5_pick_place': scene_grasped has {grasped.size} boxes but scene_object_bin "
                              f"{in_bin.size}: the driver must report one value per box in both")
+        pos = self.scene.get("scene_object_pos")
+        pos = None if pos is None else np.asarray(pos, np.float64).reshape(-1, 3)
+        placed_now = (in_bin == self.BIN_B) & ~grasped
         if self._grasped is None or self._grasped.shape != grasped.shape:
             self._reward = 0.0
+            self._pending = np.zeros_like(grasped)
+            self._grasp_paid = grasped.copy()
+            self._place_paid = placed_now.copy()
         else:
-            grasps = grasped & ~self._grasped
-            drops = self._grasped & ~grasped & (in_bin != self.BIN_B)
-            places = (in_bin == self.BIN_B) & (self._bin != self.BIN_B)
+            grasps = grasped & ~self._grasped & ~self._grasp_paid
+            places = placed_now & ~self._placed_now & ~self._place_paid
+            self._grasp_paid |= grasps
+            self._place_paid |= places
+            pending = (self._pending | (self._grasped & ~grasped)) & ~grasped & ~placed_now
+            if pos is not None and self._pos is not None and pos.shape == self._pos.shape:
+                settled = np.linalg.norm(pos - self._pos, axis=1) < self.settle_m
+            else:
+                settled = np.ones_like(grasped)
+            drops = pending & settled
+            self._pending = pending & ~settled
             self._reward = float(self.grasp_reward * grasps.sum() + self.drop_penalty * drops.sum()
                                  + self.place_reward * places.sum())
             self.placed += int(places.sum())
-        self._grasped, self._bin = grasped, in_bin
+        self._grasped, self._bin, self._placed_now, self._pos = grasped, in_bin, placed_now, pos
         return obs
 
     def reward(self, obs) -> float:

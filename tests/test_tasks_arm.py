@@ -136,9 +136,11 @@ def test_registry_builds_ur5_reach():
 
 # ---------------------------------------------------------------- ur5_pick_place
 
-def step(task, grasped, in_bin):
-    """Observe one tick with the given per-box grasp and bin state; the reward of arriving there."""
-    obs = task.observe(arm_readings(scene_object_pos=np.zeros((3, 3)), scene_grasped=grasped,
+def step(task, grasped, in_bin, pos=None):
+    """Observe one tick with the given per-box grasp and bin state (boxes at rest unless ``pos`` is given);
+    the reward of arriving there."""
+    pos = np.zeros((3, 3)) if pos is None else np.asarray(pos, np.float64)
+    obs = task.observe(arm_readings(scene_object_pos=pos, scene_grasped=grasped,
                                     scene_object_bin=in_bin))
     return task.reward(obs), obs
 
@@ -173,7 +175,7 @@ def test_pick_place_release_outside_bin_b_is_penalised_once():
     assert step(task, [0, 1, 0], [1, 0, 1])[0] == 0.0
     assert step(task, [0, 0, 0], [1, 0, 1])[0] == -1.0      # dropped on the table
     assert step(task, [0, 0, 0], [1, 0, 1])[0] == 0.0
-    assert step(task, [0, 1, 0], [1, 0, 1])[0] == 1.0       # picked up from the table again
+    assert step(task, [0, 1, 0], [1, 0, 1])[0] == 0.0       # picked up from the table again: grasp paid already
     assert step(task, [0, 0, 0], [1, 1, 1])[0] == -1.0      # released back into bin_a
     assert not task.is_success(None)
 
@@ -185,19 +187,45 @@ def test_pick_place_events_of_several_boxes_in_one_step_add_up():
     assert step(task, [0, 0, 1], [2, 2, 1])[0] == 11.0
     # box 2 dropped on the table (-1) while box 1 is picked out of bin_b again (+1)
     assert step(task, [0, 1, 0], [2, 2, 0])[0] == 0.0
-    # box 1 leaves bin_b in the gripper (0), then comes back (+10)
+    # box 1 leaves bin_b in the gripper (0) and comes back (0: it was in bin_b when the episode started)
     assert step(task, [0, 1, 0], [2, 0, 0])[0] == 0.0
-    assert step(task, [0, 0, 0], [2, 2, 0])[0] == 10.0
-    assert task.placed == 2
+    assert step(task, [0, 0, 0], [2, 2, 0])[0] == 0.0
+    assert task.placed == 1
 
 
-def test_pick_place_regrasp_after_place_rewards_again():
+def test_pick_place_pays_each_box_once_so_regrasping_earns_nothing():
     task = make("ur5_pick_place")
     step(task, [0, 0, 0], [1, 1, 1])
     assert step(task, [1, 0, 0], [1, 1, 1])[0] == 1.0
     assert step(task, [0, 0, 0], [2, 1, 1])[0] == 10.0
-    assert step(task, [1, 0, 0], [2, 1, 1])[0] == 1.0       # picked again inside bin_b
-    assert step(task, [0, 0, 0], [2, 1, 1])[0] == 0.0       # released inside bin_b: no penalty, no new place
+    for _ in range(3):
+        assert step(task, [1, 0, 0], [2, 1, 1])[0] == 0.0   # picked again inside bin_b: already paid
+        assert step(task, [0, 0, 0], [2, 1, 1])[0] == 0.0   # released inside bin_b: no penalty, no new place
+    assert step(task, [1, 0, 0], [0, 1, 1])[0] == 0.0       # carried out of bin_b
+    assert step(task, [0, 0, 0], [1, 1, 1])[0] == -1.0      # dropped into bin_a: a drop still costs
+    assert step(task, [1, 0, 0], [1, 1, 1])[0] == 0.0
+    assert step(task, [0, 0, 0], [2, 1, 1])[0] == 0.0       # back into bin_b: its place was paid already
+    assert task.placed == 1
+
+
+def test_pick_place_judges_a_release_when_the_box_has_settled():
+    task = make("ur5_pick_place")
+    at = {"rest": [[0.0, 0.0, 0.03]] * 3}
+
+    def moving(z):
+        return [[0.0, 0.0, z], [0.0, 0.0, 0.03], [0.0, 0.0, 0.03]]
+    assert step(task, [0, 0, 0], [1, 1, 1], pos=at["rest"])[0] == 0.0
+    assert step(task, [1, 0, 0], [0, 1, 1], pos=moving(0.20))[0] == 1.0
+    assert step(task, [0, 0, 0], [0, 1, 1], pos=moving(0.15))[0] == 0.0   # let go above bin_b, still falling
+    assert step(task, [0, 0, 0], [2, 1, 1], pos=moving(0.05))[0] == 10.0  # falls in: a place, not a drop
+    assert step(task, [0, 0, 0], [2, 1, 1], pos=moving(0.05))[0] == 0.0
+    task.new_episode()
+    assert step(task, [0, 0, 0], [1, 1, 1], pos=at["rest"])[0] == 0.0
+    assert step(task, [1, 0, 0], [0, 1, 1], pos=moving(0.20))[0] == 1.0
+    assert step(task, [0, 0, 0], [0, 1, 1], pos=moving(0.10))[0] == 0.0   # falling onto the table
+    assert step(task, [1, 0, 0], [0, 1, 1], pos=moving(0.10))[0] == 0.0   # caught again: no drop, no new grasp pay
+    assert step(task, [0, 0, 0], [0, 1, 1], pos=moving(0.02))[0] == 0.0
+    assert step(task, [0, 0, 0], [0, 1, 1], pos=moving(0.02))[0] == -1.0  # at rest on the table: a drop
 
 
 def test_pick_place_first_observation_is_the_baseline_and_new_episode_forgets():
@@ -210,7 +238,8 @@ def test_pick_place_first_observation_is_the_baseline_and_new_episode_forgets():
     # Compared with the last step of the previous episode this would be +1 +10; a new episode starts over.
     assert step(task, [1, 1, 0], [2, 0, 1])[0] == 0.0
     assert not task.is_success(None)
-    assert step(task, [1, 1, 0], [2, 2, 1])[0] == 10.0
+    assert step(task, [1, 1, 0], [2, 2, 1])[0] == 0.0       # held over bin_b is not placed yet
+    assert step(task, [1, 0, 0], [2, 2, 1])[0] == 10.0      # let go there
     assert task.is_success(None)
 
 
