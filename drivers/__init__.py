@@ -7,6 +7,7 @@ from drivers.mock import MockArm, MockCamera, MockLegged
 from drivers.registry import make, names, register
 # Registers sim_ur5 and sim_camera; mujoco is imported only when one is constructed.
 from drivers.sim_ur5 import SimCamera, SimUR5
+from drivers.sim_a1 import SimA1
 
 __all__ = [
     "TIMESTAMP_DOMAINS",
@@ -21,6 +22,7 @@ __all__ = [
     "MockCamera",
     "MockLegged",
     "Reading",
+    "SimA1",
     "SimCamera",
     "SimUR5",
     "SteppedEnv",

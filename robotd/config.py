@@ -8,6 +8,7 @@ The resolved config (after overrides) is what a session saves in its directory.
 from __future__ import annotations
 
 import dataclasses
+import math
 import hashlib
 import json
 import typing
@@ -79,7 +80,7 @@ class LeggedSafetyConfig:
     kp_max: float = spec(100.0, range=(0.01, 500.0))
     kd_max: float = spec(5.0, range=(0.01, 50.0))
     tau_max_nm: float = spec(33.5, range=(0.01, 60.0))
-    max_tilt_rad: float = spec(0.8, range=(0.05, 3.15),
+    max_tilt_rad: float = spec(0.8, range=(0.05, math.pi),
                                help="|roll| or |pitch| beyond this damps the motors; pi disables fall damping "
                                     "(reset-free learning from falls, e.g. learning to roll over)")
     action_filter: float = spec(1.0, range=(0.01, 1.0),

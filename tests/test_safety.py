@@ -379,3 +379,56 @@ def test_watchdog_expires_after_timeout_of_silence_and_feeding_resets_it():
 def test_watchdog_timeout_must_be_positive():
     with pytest.raises(ValueError, match="timeout_s=0"):
         ActionWatchdog(0)
+
+
+# --- legged action filter ----------------------------------------------------------------------
+
+
+def test_legged_action_filter_blends_the_new_target_with_the_last_one():
+    last = np.full(LEGS_DOF, 0.04)
+    command = legs(action_filter=0.25).command(np.full(LEGS_DOF, 0.16), STAND_Q_RAD, last, UPRIGHT_RPY)
+    # desired 0.08 (0.16 * 0.5) weighted 0.25 against the last target 0.04 weighted 0.75
+    np.testing.assert_allclose(command.values["q_rad"], np.full(LEGS_DOF, 0.25 * 0.08 + 0.75 * 0.04))
+    assert command.kind == "motors" and not command.clipped and command.reasons == ()
+
+
+def test_legged_action_filter_converges_geometrically_to_a_held_action():
+    safety = legs(action_filter=0.5, max_delta_rad=1.0)
+    target = STAND_Q_RAD.copy()
+    for _ in range(3):
+        target = safety.command(np.full(LEGS_DOF, 0.8), target, target, UPRIGHT_RPY).values["q_rad"]
+    # 0.4 * (1 - 0.5 ** 3) after three steps from the stand pose
+    np.testing.assert_allclose(target, np.full(LEGS_DOF, 0.4 * 0.875))
+
+
+def test_legged_action_filter_of_one_leaves_targets_unfiltered():
+    last = np.full(LEGS_DOF, 0.04)
+    command = legs(action_filter=1.0).command(np.full(LEGS_DOF, 0.16), STAND_Q_RAD, last, UPRIGHT_RPY)
+    np.testing.assert_allclose(command.values["q_rad"], np.full(LEGS_DOF, 0.08))
+
+
+def test_legged_action_filter_applies_before_the_step_bound():
+    # Unfiltered the step would be 0.5 (clipped to 0.1); filtered at 0.1 it is 0.05 and passes unclipped.
+    command = legs(action_filter=0.1).command(np.ones(LEGS_DOF), STAND_Q_RAD, STAND_Q_RAD, UPRIGHT_RPY)
+    np.testing.assert_allclose(command.values["q_rad"], np.full(LEGS_DOF, 0.05))
+    assert command.reasons == ()
+    # A large jump still meets the step bound after filtering.
+    command = legs(action_filter=0.5).command(np.ones(LEGS_DOF), STAND_Q_RAD, STAND_Q_RAD, UPRIGHT_RPY)
+    np.testing.assert_allclose(command.values["q_rad"], np.full(LEGS_DOF, 0.1))
+    assert command.reasons == ("step_delta",)
+
+
+def test_legged_action_filter_does_not_slow_damping_on_a_fall():
+    command = legs(action_filter=0.1).command(np.ones(LEGS_DOF), STAND_Q_RAD, STAND_Q_RAD, np.array([1.0, 0.0, 0.0]))
+    assert command.kind == "damp" and command.reasons == ("fall",)
+
+
+@pytest.mark.parametrize("value", [0.0, -0.5, 1.5, float("nan")])
+def test_legged_action_filter_outside_zero_one_is_rejected_naming_it(value):
+    with pytest.raises(ValueError, match="action_filter"):
+        legged_limits(action_filter=value)
+
+
+def test_legged_max_tilt_of_pi_never_damps_even_upside_down():
+    command = legs(max_tilt_rad=np.pi).command(np.zeros(LEGS_DOF), STAND_Q_RAD, STAND_Q_RAD, np.array([3.0, 1.5, 0.0]))
+    assert command.kind == "motors"
