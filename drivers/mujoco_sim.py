@@ -204,6 +204,15 @@ class UR5Sim(_Sim):
     JOINTS = ("shoulder_pan", "shoulder_lift", "elbow", "wrist_1", "wrist_2", "wrist_3")
     TOOL_OFFSET_M = 0.13  # tcp site along flange z (ur5.xml)
     GRIPPER_MAX_OPENING_M = 0.08  # fingers each travel 0 .. 0.04 m
+    BOXES = ("box_red", "box_yellow", "box_purple")
+    BINS = ("bin_a", "bin_b")
+    BIN_HALF_M = 0.1  # bin footprint: 0.2 x 0.2 m around the bin body (walls included)
+    BIN_INNER_HALF_M = 0.095  # inside the walls
+    BIN_RIM_M = 0.09  # wall top above the bin body origin (the table top)
+    BIN_FLOOR_M = 0.01  # bin floor top above the table top
+    BOX_HALF_M = 0.02
+    LIFT_M = 0.01  # a box this much above where it would rest counts as lifted
+    TARGET_HIDDEN_POS = np.array([0.0, 0.0, -10.0])  # world, far below the floor
     home_q_rad = np.array([0.0, -math.pi / 2, math.pi / 2, -math.pi / 2, -math.pi / 2, 0.0])
 
     def __init__(self, xml_path: Path | str = UR5_XML) -> None:
@@ -221,7 +230,30 @@ class UR5Sim(_Sim):
         self._gripper_bodies = {m.body(n).id for n in ("gripper", "finger_left", "finger_right")}
         self._fk_data = mujoco.MjData(m)
         self._home_key = m.key("home").id
+        self._box_bodies = np.array([m.body(b).id for b in self.BOXES])
+        self._box_qadr = np.array([m.joint(b).qposadr[0] for b in self.BOXES])
+        self._box_dadr = np.array([m.joint(b).dofadr[0] for b in self.BOXES])
+        self._bin_bodies = np.array([m.body(b).id for b in self.BINS])
+        self._target_mocap = int(m.body_mocapid[m.body("target").id])
+        self._target_geom = m.geom("target").id
+        self._target_rgba = m.geom_rgba[self._target_geom].copy()
+        self._target_world = m.body_pos[m.body("target").id].copy()
+        self._target_shown = True
+        # Per geom: 1 left finger, 2 right finger, else 0; the box it belongs to, else -1; an arm link (not gripper).
+        self._finger_of_geom = np.zeros(m.ngeom, dtype=np.int64)
+        self._finger_of_geom[m.geom("finger_left").id] = 1
+        self._finger_of_geom[m.geom("finger_right").id] = 2
+        self._box_of_geom = np.full(m.ngeom, -1, dtype=np.int64)
+        for index, body in enumerate(self._box_bodies):
+            self._box_of_geom[m.geom_bodyid == body] = index
+        link_bodies = np.array(sorted(self._arm_bodies - self._gripper_bodies))
+        self._link_geom = np.isin(m.geom_bodyid, link_bodies)
+        self._jacp = np.zeros((3, m.nv))
+        self._jacr = np.zeros((3, m.nv))
+        self._contact_force = np.zeros(6)
         self.reset()
+        self._bins_base = np.array([self._in_base(self.data, self.data.xpos[b].copy()) for b in self._bin_bodies])
+        self._r_base = self.data.xmat[self._base].reshape(3, 3).copy()  # the base is welded to the table
 
     def _is_descendant(self, body: int, root: int) -> bool:
         while body > 0:
@@ -231,12 +263,15 @@ class UR5Sim(_Sim):
         return False
 
     def reset(self, q_rad: np.ndarray | None = None) -> None:
-        """Reset the scene (boxes back in bin_a, gripper open) with the arm at q_rad (default home)."""
+        """Reset the scene (boxes back in bin_a, gripper open) with the arm at q_rad (default home).
+
+        The target keeps its position and visibility (set_target / hide_target)."""
         mujoco.mj_resetDataKeyframe(self.model, self.data, self._home_key)
         if q_rad is not None:
             q = self._check_q(q_rad)
             self.data.qpos[self._qadr] = q
             self.data.ctrl[self._act] = q
+        self._place_target()
         mujoco.mj_forward(self.model, self.data)
 
     def _check_q(self, q_rad: object) -> np.ndarray:
@@ -252,6 +287,15 @@ class UR5Sim(_Sim):
     def command_joint_position(self, q_rad: np.ndarray) -> None:
         """Set the servo target of every joint (held until changed)."""
         self.data.ctrl[self._act] = self._check_q(q_rad)
+
+    def hold_target(self) -> np.ndarray:
+        """Servo targets that hold the arm where it is now: q plus the offset the servos need to carry gravity.
+
+        A position servo settles kp * (target - q) = gravity torque below its target, so commanding the
+        current q alone would let the arm sag by that offset (about a millimetre at the tool).
+        """
+        kp = self.model.actuator_gainprm[self._act, 0]
+        return self.q() + self.data.qfrc_bias[self._dadr] / kp
 
     def command_gripper(self, opening_m: float) -> None:
         """Set the target opening between the fingers, 0 (closed) .. 0.08 m (open); clipped to that range."""
@@ -310,12 +354,154 @@ class UR5Sim(_Sim):
         return max((c.force_n for c in self.arm_contacts(include_gripper)), default=0.0)
 
     def protective_stop_contact(self, threshold_n: float = 50.0) -> bool:
-        """True when an arm link (not the gripper) pushes on something harder than threshold_n."""
-        return self.arm_contact_force(include_gripper=False) > float(threshold_n)
+        """True when an arm link (not the gripper) pushes on something harder than threshold_n (cheap every step)."""
+        ncon = self.data.ncon
+        if not ncon:
+            return False
+        link = self._link_geom
+        g1, g2 = self.data.contact.geom1[:ncon], self.data.contact.geom2[:ncon]
+        candidates = np.flatnonzero(link[g1] != link[g2])  # an arm link touching anything else
+        for i in candidates:
+            mujoco.mj_contactForce(self.model, self.data, int(i), self._contact_force)
+            if abs(self._contact_force[0]) > float(threshold_n):
+                return True
+        return False
 
     def render(self, width: int, height: int, camera: str | int = "scene") -> np.ndarray:
         """RGB frame (height, width, 3) uint8 from the fixed "scene" camera (or another one)."""
         return super().render(width, height, camera)
+
+    def render_depth(self, width: int, height: int, camera: str | int = "scene") -> np.ndarray:
+        """Depth frame (height, width) uint16, millimetres along the camera axis, from `camera` (shadows stay off)."""
+        self.render(width, height, camera)  # validates the size and the camera, creates the renderer
+        renderer = self._renderers[(int(width), int(height))]
+        try:
+            renderer.enable_depth_rendering()
+            renderer.update_scene(self.data, camera=camera)
+            depth_m = renderer.render()
+        except Exception as err:  # noqa: BLE001 - any GL failure means no usable backend
+            raise self._render_error(err) from err
+        finally:
+            renderer.disable_depth_rendering()
+        return np.clip(np.rint(depth_m * 1000.0), 0, np.iinfo(np.uint16).max).astype(np.uint16)
+
+    # --- reach target -------------------------------------------------------------------------
+    def _place_target(self) -> None:
+        shown = self._target_shown
+        self.data.mocap_pos[self._target_mocap] = self._target_world if shown else self.TARGET_HIDDEN_POS
+        self.model.geom_rgba[self._target_geom] = self._target_rgba if shown else 0.0
+        mujoco.mj_kinematics(self.model, self.data)  # the renderer draws body poses, which lag mocap_pos otherwise
+
+    def set_target(self, pos_base: np.ndarray) -> None:
+        """Show the target sphere at pos_base, (3,) metres in the base frame."""
+        pos = _vector("UR5Sim", "set_target pos_base", pos_base, 3)
+        r_base = self.data.xmat[self._base].reshape(3, 3)
+        self._target_world = self.data.xpos[self._base] + r_base @ pos
+        self._target_shown = True
+        self._place_target()
+
+    def hide_target(self) -> None:
+        """Take the target out of the scene (far below the floor, transparent) until the next set_target."""
+        self._target_shown = False
+        self._place_target()
+
+    @property
+    def target_shown(self) -> bool:
+        """True while the target is in the scene."""
+        return self._target_shown
+
+    def target_position(self) -> np.ndarray:
+        """Target centre in the base frame, metres, (3,) (where it was last set, also while hidden)."""
+        return self._in_base(self.data, self._target_world.copy())
+
+    # --- boxes and bins -----------------------------------------------------------------------
+    def object_positions(self) -> np.ndarray:
+        """Box centres in the base frame, (n_boxes, 3) metres, in BOXES order (from the state, not lagging a step)."""
+        world = self.data.qpos[self._box_qadr[:, None] + np.arange(3)]
+        return (world - self.data.xpos[self._base]) @ self.data.xmat[self._base].reshape(3, 3)
+
+    def randomize_objects(self, rng: np.random.Generator, min_gap_m: float = 0.01) -> None:
+        """Put the boxes at random non-overlapping positions and yaws inside bin_a, resting on its floor, at rest.
+
+        Boxes keep at least min_gap_m between their circumscribed circles and stay inside the walls.
+        """
+        radius = self.BOX_HALF_M * math.sqrt(2.0)
+        reach = self.BIN_INNER_HALF_M - radius - 0.002
+        bin_pos = self.data.xpos[self._bin_bodies[0]]
+        centres: list[np.ndarray] = []
+        for _ in range(1000):
+            centres = []
+            for _ in self.BOXES:
+                xy = rng.uniform(-reach, reach, 2)
+                if any(np.hypot(*(xy - other)) < 2 * radius + min_gap_m for other in centres):
+                    break
+                centres.append(xy)
+            if len(centres) == len(self.BOXES):
+                break
+        else:
+            raise RuntimeError(f"UR5Sim.randomize_objects: no room for {len(self.BOXES)} boxes in bin_a "
+                               f"with min_gap_m={min_gap_m}; pass a smaller min_gap_m")
+        for index, xy in enumerate(centres):
+            yaw = rng.uniform(-math.pi / 4, math.pi / 4)
+            adr = self._box_qadr[index]
+            self.data.qpos[adr:adr + 3] = [bin_pos[0] + xy[0], bin_pos[1] + xy[1],
+                                            bin_pos[2] + self.BIN_FLOOR_M + self.BOX_HALF_M]
+            self.data.qpos[adr + 3:adr + 7] = [math.cos(yaw / 2), 0.0, 0.0, math.sin(yaw / 2)]
+            dadr = self._box_dadr[index]
+            self.data.qvel[dadr:dadr + 6] = 0.0
+        mujoco.mj_forward(self.model, self.data)
+
+    def object_bins(self, positions_base: np.ndarray | None = None) -> np.ndarray:
+        """Per box, (n_boxes,) int: 1 inside bin_a's footprint below its rim, 2 inside bin_b's, 0 elsewhere.
+
+        For the boxes now, or for box centres positions_base (n, 3) in the base frame.
+        """
+        pos = self.object_positions() if positions_base is None else np.asarray(positions_base, dtype=np.float64)
+        out = np.zeros(len(pos), dtype=np.int64)
+        for index, centre in enumerate(self._bins_base):  # bin body origins lie on the table top
+            offset = pos - centre
+            inside = ((np.abs(offset[:, 0]) < self.BIN_HALF_M) & (np.abs(offset[:, 1]) < self.BIN_HALF_M)
+                      & (offset[:, 2] < self.BIN_RIM_M))
+            out[inside & (out == 0)] = index + 1
+        return out
+
+    def finger_contacts(self) -> np.ndarray:
+        """(n_boxes, 2) bool: which boxes the left and the right finger touch now."""
+        touching = np.zeros((len(self.BOXES), 2), dtype=bool)
+        ncon = self.data.ncon
+        if ncon:
+            g1, g2 = self.data.contact.geom1[:ncon], self.data.contact.geom2[:ncon]
+            for ga, gb in ((g1, g2), (g2, g1)):
+                finger, box = self._finger_of_geom[ga], self._box_of_geom[gb]
+                hit = (finger > 0) & (box >= 0)
+                touching[box[hit], finger[hit] - 1] = True
+        return touching
+
+    def grasped(self, positions_base: np.ndarray | None = None, pinched: np.ndarray | None = None) -> np.ndarray:
+        """(n_boxes,) bool: the box is pinched between both fingers and lifted LIFT_M above where it would rest
+        (on a bin floor inside a bin's footprint, on the table elsewhere).
+
+        For the boxes now, or for box centres positions_base (n, 3) and pinched (n,) bool (both fingers touching).
+        """
+        pos = self.object_positions() if positions_base is None else np.asarray(positions_base, dtype=np.float64)
+        pinched = self.finger_contacts().all(axis=1) if pinched is None else np.asarray(pinched, dtype=bool)
+        rest_z = self.BOX_HALF_M + np.where(self.object_bins(pos) > 0, self.BIN_FLOOR_M, 0.0)  # table top is z = 0
+        return pinched & (pos[:, 2] >= rest_z + self.LIFT_M)
+
+    # --- kinematics for control ---------------------------------------------------------------
+    def tcp_jacobian(self) -> np.ndarray:
+        """(6, 6) Jacobian of the tcp site, linear rows then angular, base frame, w.r.t. the six arm joints."""
+        mujoco.mj_jacSite(self.model, self.data, self._jacp, self._jacr, self._tcp)
+        r_t = self._r_base.T
+        return np.vstack([r_t @ self._jacp[:, self._dadr], r_t @ self._jacr[:, self._dadr]])
+
+    def tcp_rotation(self) -> np.ndarray:
+        """Tool orientation (the flange's, which the tcp shares), (3, 3) rotation matrix in the base frame."""
+        return self._r_base.T @ self.data.xmat[self._flange].reshape(3, 3)
+
+    def gripper_closure(self) -> float:
+        """Gripper closure from the finger opening: 0 fully open .. 1 fully closed."""
+        return float(np.clip(1.0 - self.gripper_opening() / self.GRIPPER_MAX_OPENING_M, 0.0, 1.0))
 
 
 class A1Sim(_Sim):

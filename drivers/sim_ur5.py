@@ -5,9 +5,11 @@ one UR5Sim per ``world`` name (default "ur5"): a small module-level registry cre
 when the first device of that name connects and closes it when the last one disconnects.
 
 Physics advances with the elapsed time of the driver's ``host_clock`` (time.monotonic_ns in
-realtime; the daemon passes its simulated clock in lockstep, as it does for the mocks), in whole
-physics steps: a world remembers the host time it has been stepped to and steps
-floor(elapsed / timestep) more whenever a device attached to it is read or commanded.
+realtime; the daemon passes its simulated clock in lockstep, as it does for the mocks), one
+physics step (an inner tick of 2 ms) at a time: a world remembers the host time it has been
+stepped to and steps up to now whenever a device attached to it is read or commanded. Around every
+inner tick the arm applies the commands that have become due, integrates its velocity targets,
+checks for a protective stop and, with sensor latency, records a snapshot of its readings.
 
 mujoco is imported only when a driver is constructed, so `import drivers` never needs it.
 """
@@ -22,6 +24,7 @@ import numpy as np
 
 from drivers.base import Arm, Camera, DeviceStatus, Reading
 from drivers.device_clock import DeviceClock
+from drivers.realism import DelayLine, History, check_probability, check_seconds
 from drivers.registry import register
 
 _NS_PER_S = 1_000_000_000
@@ -43,23 +46,21 @@ class _World:
         self.step_ns = max(1, round(self.sim.timestep_s * _NS_PER_S))
         self.t_ns = host_ns
         self.users = 0
-        # Hooks run before each chunk of physics steps (the arm integrates velocity targets there)
-        # and after it (the arm checks for a protective stop).
-        self.before_steps: list[Callable[[float], None]] = []
-        self.after_steps: list[Callable[[], None]] = []
+        # Hooks run with the world time before each physics step (the arm applies due commands and
+        # integrates velocity targets there) and after it (protective stop, sensor snapshots).
+        self.before_step: list[Callable[[int], None]] = []
+        self.after_step: list[Callable[[int], None]] = []
 
     def advance(self, host_ns: int) -> None:
-        """Step the physics in whole steps up to host time host_ns (never backwards)."""
-        n = (host_ns - self.t_ns) // self.step_ns
-        if n <= 0:
-            return
-        self.t_ns += n * self.step_ns
-        dt_s = n * self.step_ns / _NS_PER_S
-        for hook in self.before_steps:
-            hook(dt_s)
-        self.sim.step(n)
-        for hook in self.after_steps:
-            hook()
+        """Step the physics one step at a time up to host time host_ns (never backwards)."""
+        step_ns = self.step_ns
+        while self.t_ns + step_ns <= host_ns:
+            for hook in self.before_step:
+                hook(self.t_ns)
+            self.sim.step(1)
+            self.t_ns += step_ns
+            for hook in self.after_step:
+                hook(self.t_ns)
 
 
 _WORLDS: dict[str, _World] = {}
@@ -101,8 +102,14 @@ def _check_world(owner: str, world: object) -> str:
     return world
 
 
+def _check_bool(owner: str, what: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"{owner}: {what} must be true or false, got {value!r}")
+    return value
+
+
 class _SimDevice:
-    """Connection to a shared world, the device clock and the noise stream."""
+    """Connection to a shared world, the device clock and the seeded random streams."""
 
     simulated = True
 
@@ -124,7 +131,8 @@ class _SimDevice:
             raise ValueError(f"{self._owner}: noise_std must be a finite number >= 0, got {noise_std!r}")
         self._host_clock = host_clock
         self.clock = DeviceClock(clock_offset_s, clock_drift_ppm, host_clock)
-        self._noise_rng, self._reset_rng = np.random.default_rng(seed).spawn(2)
+        # Independent streams: sensor noise, resets (pose noise, objects, targets), latency jitter, frame drops.
+        self._noise_rng, self._reset_rng, self._jitter_rng, self._drop_rng = np.random.default_rng(seed).spawn(4)
         self._world: _World | None = None
         _mujoco_sim()  # fail at construction, with mujoco's ImportError, when mujoco is missing
 
@@ -146,15 +154,38 @@ class _SimDevice:
         return np.asarray(values, dtype=np.float32)
 
 
+# Default box the reach target is drawn from, base frame (x points away from the bins): above the
+# table between and over the bins, reachable with the gripper pointing down, inside the scene camera's view.
+TARGET_MIN_M = (-0.6, -0.25, 0.1)
+TARGET_MAX_M = (-0.3, 0.25, 0.3)
+_ORIENTATION_GAIN = 4.0  # 1/s: angular velocity per radian of tool orientation error under orientation_hold
+_MAX_HOLD_RAD_S = 1.0
+_DLS_DAMPING = 1e-3  # damped least squares: J^T (J J^T + damping I)^-1
+
+
 @register("sim_ur5")
 class SimUR5(_SimDevice, Arm):
-    """The MuJoCo UR5 behind the Arm interface, with MockArm's readings (joint_pos, joint_vel, tcp_pos).
+    """The MuJoCo UR5 with its parallel gripper behind the Arm interface.
 
-    command_joint_position sets the servo targets; command_joint_velocity moves the targets at the
-    commanded speed (clamped to max_vel_rad_s) as physics time advances; stop() holds the current
-    pose. tcp_pos and tcp_position() are the DH flange (as MockArm reports it). An arm link pushing
-    on anything harder than protective_stop_n latches a protective stop: the arm holds where it is,
-    commands are ignored and status() reports it until reset().
+    Readings: joint_pos, joint_vel (6,), tcp_pos (3,) the tool centre point between the fingertips
+    (as a UR reports it with its TCP configured for the gripper), gripper_pos (1,) 0 open .. 1 closed
+    when ``gripper``, and world state for rewards, never for the policy: scene_target_pos (3,) (zeros
+    with ``target`` off), scene_object_pos (3, 3) box centres, scene_grasped (3,) 0/1 and
+    scene_object_bin (3,) 0 elsewhere / 1 in bin_a / 2 in bin_b, every position in the base frame.
+
+    command_joint_position sets the servo targets; command_joint_velocity moves them at the commanded
+    speed; command_tcp_velocity moves them by the damped least squares J^+ v every inner tick (held until
+    the next command, like speedL), optionally holding the tool pointing straight down
+    (``orientation_hold``). Joint speeds are clamped to max_vel_rad_s and targets to the joint limits.
+    stop() holds the current pose. Every command waits command_latency_s plus up to latency_jitter_s
+    (stop(), reset() and a protective stop act at once and drop the commands in flight); readings show
+    the state of sensor_latency_s ago, stamped with its capture time (for sensor_latency_s after
+    connect() or reset() nothing older exists: reads show that first state). An arm link pushing on anything
+    harder than protective_stop_n (checked every inner tick) latches a protective stop: the arm holds
+    where it is, commands are ignored and status() reports it until reset().
+
+    reset() puts the arm at home plus noise, opens the gripper, re-randomises the boxes in bin_a
+    (``randomize_objects``) and draws a new target from [target_min_m, target_max_m] (``target``).
     """
 
     def __init__(
@@ -164,6 +195,15 @@ class SimUR5(_SimDevice, Arm):
         max_vel_rad_s: float = math.pi,
         reset_noise_rad: float = 0.01,
         protective_stop_n: float = 50.0,
+        gripper: bool = True,
+        target: bool = True,
+        target_min_m: tuple[float, float, float] = TARGET_MIN_M,
+        target_max_m: tuple[float, float, float] = TARGET_MAX_M,
+        randomize_objects: bool = True,
+        orientation_hold: bool = True,
+        command_latency_s: float = 0.0,
+        sensor_latency_s: float = 0.0,
+        latency_jitter_s: float = 0.0,
         **common,
     ) -> None:
         super().__init__(name=name, **common)
@@ -176,12 +216,41 @@ class SimUR5(_SimDevice, Arm):
                 raise ValueError(f"{self._owner}: {what} must be a finite number > 0, got {value!r}")
         if not (math.isfinite(self.reset_noise_rad) and self.reset_noise_rad >= 0.0):
             raise ValueError(f"{self._owner}: reset_noise_rad must be a finite number >= 0, got {reset_noise_rad!r}")
+        self.has_gripper = _check_bool(self._owner, "gripper", gripper)
+        self.target = _check_bool(self._owner, "target", target)
+        self.randomize_objects = _check_bool(self._owner, "randomize_objects", randomize_objects)
+        self.orientation_hold = _check_bool(self._owner, "orientation_hold", orientation_hold)
+        self.target_min_m, self.target_max_m = self._target_box(target_min_m, target_max_m)
+        self.command_latency_s = check_seconds(self._owner, "command_latency_s", command_latency_s)
+        self.latency_jitter_s = check_seconds(self._owner, "latency_jitter_s", latency_jitter_s)
+        self.sensor_latency_s = check_seconds(self._owner, "sensor_latency_s", sensor_latency_s)
+        self._commands = DelayLine(self.command_latency_s, self.latency_jitter_s, self._jitter_rng, owner=self._owner)
+        self._sensor_latency_ns = round(self.sensor_latency_s * _NS_PER_S)
+        self._history = History(self.sensor_latency_s + 0.1, owner=self._owner)
         fk = _fk_sim()
         self.joint_limits_rad = fk.joint_limits_rad.copy()
         self.home_q_rad = np.asarray(fk.home_q_rad, dtype=np.float64).copy()
-        self._velocity_mode = False
+        self._home_rotation = fk.flange_pose(self.home_q_rad)[1]
+        self._mode = "position"  # or "joint_velocity" / "tcp_velocity"
         self._target_qd_rad_s = np.zeros(self.dof)
+        self._tcp_twist = np.zeros(6)
         self._protective_stop = False
+
+    def _target_box(self, low: object, high: object) -> tuple[np.ndarray, np.ndarray]:
+        arrays = []
+        for what, value in (("target_min_m", low), ("target_max_m", high)):
+            try:
+                array = np.asarray(value, dtype=np.float64)
+            except (TypeError, ValueError):
+                array = np.full(1, np.nan)
+            if array.shape != (3,) or not np.all(np.isfinite(array)):
+                raise ValueError(f"{self._owner}: {what} must be 3 finite numbers [x, y, z] in metres "
+                                 f"(base frame), got {value!r}")
+            arrays.append(array)
+        if np.any(arrays[0] > arrays[1]):
+            raise ValueError(f"{self._owner}: target_min_m {arrays[0].tolist()} must be <= target_max_m "
+                             f"{arrays[1].tolist()} in every axis; swap the offending values")
+        return arrays[0], arrays[1]
 
     # --- connection -------------------------------------------------------------------------
     def connect(self) -> None:
@@ -190,10 +259,15 @@ class SimUR5(_SimDevice, Arm):
             return
         world = _acquire(self.world_name, self._host_clock())
         self._world = world
-        world.before_steps.append(self._integrate_velocity)
-        world.after_steps.append(self._check_contact)
-        self._velocity_mode = False
+        world.before_step.append(self._before_step)
+        world.after_step.append(self._after_step)
         self._protective_stop = False
+        self._commands.clear()
+        self._hold()
+        if not self.target:
+            world.sim.hide_target()
+        self._history.clear()
+        self._snapshot(world.t_ns)
 
     def disconnect(self) -> None:
         """Hold the arm where it is and detach from the world."""
@@ -201,9 +275,10 @@ class SimUR5(_SimDevice, Arm):
         if world is None:
             return
         world.advance(self._host_clock())
+        self._commands.clear()
         self._hold()
-        world.before_steps.remove(self._integrate_velocity)
-        world.after_steps.remove(self._check_contact)
+        world.before_step.remove(self._before_step)
+        world.after_step.remove(self._after_step)
         self._world = None
         _release(world)
 
@@ -213,17 +288,55 @@ class SimUR5(_SimDevice, Arm):
         return None if self._world is None else self._world.sim
 
     # --- Device -------------------------------------------------------------------------------
+    def reading_spec(self) -> dict[str, tuple[tuple[int, ...], str]]:
+        """The arm's readings (see Arm.reading_spec) plus the scene_* world state, all float32."""
+        n_boxes = len(_mujoco_sim().UR5Sim.BOXES)
+        spec = super().reading_spec()
+        spec.update({
+            "scene_target_pos": ((3,), "float32"),
+            "scene_object_pos": ((n_boxes, 3), "float32"),
+            "scene_grasped": ((n_boxes,), "float32"),
+            "scene_object_bin": ((n_boxes,), "float32"),
+        })
+        return spec
+
+    def _capture(self) -> tuple[np.ndarray, ...]:
+        """The raw state the readings derive from, cheap enough to keep for every inner tick."""
+        sim = self._world.sim
+        target = sim.target_position() if self.target and sim.target_shown else np.zeros(3)
+        return (sim.q(), sim.dq(), sim.gripper_closure(), target, sim.object_positions(),
+                sim.finger_contacts().all(axis=1))
+
+    def _state(self, captured: tuple[np.ndarray, ...]) -> dict[str, np.ndarray]:
+        """The noise-free readings from a captured state."""
+        sim = self._world.sim
+        q, dq, closure, target, objects, pinched = captured
+        # tcp by exact forward kinematics of the reported joints (the live body poses lag a physics step behind).
+        state = {"joint_pos": q, "joint_vel": dq, "tcp_pos": sim.tcp_position(q)}
+        if self.has_gripper:
+            state["gripper_pos"] = np.array([closure])
+        state["scene_target_pos"] = target
+        state["scene_object_pos"] = objects
+        state["scene_grasped"] = sim.grasped(objects, pinched)
+        state["scene_object_bin"] = sim.object_bins(objects)
+        return state
+
+    def _snapshot(self, t_ns: int) -> None:
+        if self._sensor_latency_ns > 0:
+            self._history.record(t_ns, self._capture())
+
     def read(self) -> Reading:
+        """The arm's readings: now, or sensor_latency_s ago; hw_time_ns is when that state was captured."""
         world, now_ns = self._live()
-        sim = world.sim
-        q = sim.q()
-        values = {
-            "joint_pos": self._with_noise(q),
-            "joint_vel": self._with_noise(sim.dq()),
-            "tcp_pos": self._with_noise(sim.flange_pose()[0]),
-        }
-        # The state is the physics state at the last whole step, which is when it was "captured".
-        return Reading(values, self.clock.to_device_ns(world.t_ns), now_ns, "hardware_clock")
+        if self._sensor_latency_ns > 0:
+            captured_ns, captured = self._history.at(now_ns - self._sensor_latency_ns)
+        else:
+            # The state is the physics state at the last whole step, which is when it was "captured".
+            captured_ns, captured = world.t_ns, self._capture()
+        values = {}
+        for key, value in self._state(captured).items():
+            values[key] = np.array(value, dtype=np.float32) if key.startswith("scene_") else self._with_noise(value)
+        return Reading(values, self.clock.to_device_ns(captured_ns), now_ns, "hardware_clock")
 
     def status(self) -> DeviceStatus:
         if self._world is None:
@@ -238,10 +351,11 @@ class SimUR5(_SimDevice, Arm):
         return DeviceStatus()
 
     # --- Arm ----------------------------------------------------------------------------------
-    def _finite(self, what: str, value: object) -> np.ndarray:
+    def _finite(self, what: str, value: object, n: int | None = None) -> np.ndarray:
+        n = self.dof if n is None else n
         array = np.asarray(value, dtype=np.float64)
-        if array.shape != (self.dof,):
-            raise ValueError(f"{self._owner}: {what} must have shape ({self.dof},), got {array.shape}")
+        if array.shape != (n,):
+            raise ValueError(f"{self._owner}: {what} must have shape ({n},), got {array.shape}")
         if not np.all(np.isfinite(array)):
             raise ValueError(f"{self._owner}: {what} must be finite, got {array.tolist()}")
         return array
@@ -249,75 +363,149 @@ class SimUR5(_SimDevice, Arm):
     def _clip_q(self, q: np.ndarray) -> np.ndarray:
         return np.clip(q, self.joint_limits_rad[:, 0], self.joint_limits_rad[:, 1])
 
-    def command_joint_position(self, q_rad: np.ndarray) -> None:
-        """Servo towards q_rad (clamped to the joint limits); ignored during a protective stop."""
-        target = self._finite("command_joint_position q_rad", q_rad)
-        world, _ = self._live()
+    def _send(self, kind: str, value: np.ndarray | float) -> None:
+        """Apply a command now, or queue it for command_latency_s (+ jitter); ignored during a protective stop."""
+        world, now_ns = self._live()
         if self._protective_stop:
             return
-        world.sim.command_joint_position(self._clip_q(target))
-        self._velocity_mode = False
+        if self._commands.delays:
+            self._commands.push(now_ns, (kind, value))
+        else:
+            self._apply(kind, value)
+
+    def command_joint_position(self, q_rad: np.ndarray) -> None:
+        """Servo towards q_rad (clamped to the joint limits); leaves velocity mode; ignored during a protective stop."""
+        self._send("joint_position", self._finite("command_joint_position q_rad", q_rad))
 
     def command_joint_velocity(self, qd_rad_s: np.ndarray) -> None:
         """Move the servo targets at qd_rad_s (clamped to max_vel_rad_s); ignored during a protective stop."""
-        velocity = self._finite("command_joint_velocity qd_rad_s", qd_rad_s)
-        world, _ = self._live()
-        if self._protective_stop:
-            return
-        if not self._velocity_mode:
-            # Integrate from where the arm is, not from a stale position target.
-            world.sim.command_joint_position(self._clip_q(world.sim.q()))
-        self._target_qd_rad_s = np.clip(velocity, -self.max_vel_rad_s, self.max_vel_rad_s)
-        self._velocity_mode = True
+        self._send("joint_velocity", self._finite("command_joint_velocity qd_rad_s", qd_rad_s))
+
+    def command_tcp_velocity(self, v: np.ndarray) -> None:
+        """Move the tcp at v (6,): linear m/s then angular rad/s, base frame, held until the next command.
+
+        With orientation_hold the angular part is replaced by a correction towards the home orientation
+        (tool pointing straight down). Ignored during a protective stop.
+        """
+        self._send("tcp_velocity", self._finite("command_tcp_velocity v", v, 6))
+
+    def command_gripper(self, closure: float) -> None:
+        """Set the gripper target: 0 fully open .. 1 fully closed (clipped); ignored during a protective stop."""
+        if not self.has_gripper:
+            super().command_gripper(closure)
+        value = float(self._finite("command_gripper closure", np.atleast_1d(closure), 1)[0])
+        self._send("gripper", float(np.clip(value, 0.0, 1.0)))
 
     def stop(self) -> None:
-        """Hold the current pose (the servos brake to it)."""
+        """Hold the current pose at once (the servos brake to it) and drop the commands in flight."""
         self._live()
+        self._commands.clear()
         self._hold()
 
     def reset(self) -> None:
-        """Reset the scene with the arm at home plus seeded noise of std reset_noise_rad, and clear a protective stop."""
+        """Home pose plus seeded noise (std reset_noise_rad), gripper open, boxes re-randomised in bin_a,
+        a new target; drops the commands in flight and clears a protective stop."""
         world, _ = self._live()
+        sim = world.sim
         q = self._clip_q(self.home_q_rad + self._reset_rng.normal(0.0, self.reset_noise_rad, self.dof))
-        world.sim.reset(q)
-        self._velocity_mode = False
-        self._target_qd_rad_s = np.zeros(self.dof)
+        sim.reset(q)
+        if self.randomize_objects:
+            sim.randomize_objects(self._reset_rng)
+        if self.target:
+            sim.set_target(self._reset_rng.uniform(self.target_min_m, self.target_max_m))
+        else:
+            sim.hide_target()
+        self._commands.clear()
+        self._hold()
         self._protective_stop = False
+        self._history.clear()
+        self._snapshot(world.t_ns)
 
     def tcp_position(self, q_rad: np.ndarray) -> np.ndarray:
-        """Forward kinematics: DH flange position for joint angles q_rad, (3,) metres, base frame (as MockArm)."""
+        """Forward kinematics: tool centre point (between the fingertips) for q_rad, (3,) metres, base frame."""
         q = np.asarray(q_rad, dtype=np.float64)
         if q.shape != (self.dof,):
             raise ValueError(f"{self._owner}: tcp_position q_rad must have shape ({self.dof},), got {q.shape}")
         sim = self.sim if self._world is not None else _fk_sim()
-        return sim.flange_pose(q)[0]
+        return sim.tcp_position(q)
 
-    # --- world hooks --------------------------------------------------------------------------
+    # --- applying commands and world hooks ----------------------------------------------------
+    def _apply(self, kind: str, value) -> None:
+        sim = self._world.sim
+        if kind == "joint_position":
+            sim.command_joint_position(self._clip_q(value))
+            self._mode = "position"
+        elif kind == "gripper":
+            sim.command_gripper((1.0 - value) * sim.GRIPPER_MAX_OPENING_M)
+        else:
+            if self._mode == "position":
+                # Integrate from where the arm is, not from a stale position target.
+                sim.command_joint_position(self._clip_q(sim.hold_target()))
+            if kind == "joint_velocity":
+                self._target_qd_rad_s = np.clip(value, -self.max_vel_rad_s, self.max_vel_rad_s)
+            else:
+                self._tcp_twist = value.copy()
+            self._mode = kind
+
     def _hold(self) -> None:
         if self._world is not None:
             sim = self._world.sim
-            sim.command_joint_position(self._clip_q(sim.q()))
-        self._velocity_mode = False
+            sim.command_joint_position(self._clip_q(sim.hold_target()))
+        self._mode = "position"
         self._target_qd_rad_s = np.zeros(self.dof)
+        self._tcp_twist = np.zeros(6)
 
-    def _integrate_velocity(self, dt_s: float) -> None:
-        if self._velocity_mode and not self._protective_stop:
-            sim = self._world.sim
-            target = sim.data.ctrl[sim._act] + self._target_qd_rad_s * dt_s
-            sim.command_joint_position(self._clip_q(target))
+    def _tcp_joint_velocity(self) -> np.ndarray:
+        """Joint velocities for the held tcp twist at the current pose (damped least squares, speed-clamped)."""
+        sim = self._world.sim
+        twist = self._tcp_twist.copy()
+        if self.orientation_hold:
+            # Rotation vector (small-angle) from the current to the home orientation, base frame.
+            turn = self._home_rotation @ sim.tcp_rotation().T
+            error = 0.5 * np.array([turn[2, 1] - turn[1, 2], turn[0, 2] - turn[2, 0], turn[1, 0] - turn[0, 1]])
+            omega = _ORIENTATION_GAIN * error
+            norm = float(np.linalg.norm(omega))
+            twist[3:] = omega if norm <= _MAX_HOLD_RAD_S else omega * (_MAX_HOLD_RAD_S / norm)
+        jacobian = sim.tcp_jacobian()
+        qd = jacobian.T @ np.linalg.solve(jacobian @ jacobian.T + _DLS_DAMPING * np.eye(6), twist)
+        fastest = float(np.abs(qd).max())
+        if fastest > self.max_vel_rad_s:
+            qd *= self.max_vel_rad_s / fastest  # keep the direction, slow every joint alike
+        return qd
 
-    def _check_contact(self) -> None:
+    def _before_step(self, t_ns: int) -> None:
+        if self._protective_stop:
+            return
+        for _, (kind, value) in self._commands.pop_due(t_ns):
+            self._apply(kind, value)
+        if self._mode == "position":
+            return
+        sim = self._world.sim
+        qd = self._target_qd_rad_s if self._mode == "joint_velocity" else self._tcp_joint_velocity()
+        # The servo targets themselves (command_joint_position's checks are redundant on clipped targets).
+        sim.data.ctrl[sim._act] = self._clip_q(sim.data.ctrl[sim._act] + qd * sim.timestep_s)
+
+    def _after_step(self, t_ns: int) -> None:
         if not self._protective_stop and self._world.sim.protective_stop_contact(self.protective_stop_n):
+            self._commands.clear()
             self._hold()
             self._protective_stop = True
+        self._snapshot(t_ns)
 
 
 @register("sim_camera")
 class SimCamera(_SimDevice, Camera):
-    """The UR5 world's fixed "scene" camera at width x height: frame k is captured k / fps seconds after connect().
+    """The UR5 world's fixed "scene" camera at width x height, colour and optionally depth.
 
-    A frame is rendered when first read, from the world as it is then (stepped up to now).
-    render() raises drivers.mujoco_sim.RenderUnavailable where no GL backend works.
+    Frame k is captured k / fps seconds after connect() on the device clock; read() returns the newest
+    delivered frame with hw_time_ns = that capture time and frame_number = k. A frame is rendered the
+    first time a read returns it, from the world as stepped up to that read (so the image may show up
+    to one frame period more of motion than its timestamp says; in lockstep at the camera's rate it is
+    exact to the physics step). With drop_rate each frame after frame 0 is lost with that probability
+    (seeded): a lost frame is never delivered, frame numbers show the gap and reads keep returning the
+    newest delivered frame. depth adds "depth" (height, width) uint16 millimetres along the camera
+    axis (65535 where nothing is hit). render() raises drivers.mujoco_sim.RenderUnavailable where no
+    GL backend works.
     """
 
     def __init__(
@@ -328,6 +516,8 @@ class SimCamera(_SimDevice, Camera):
         height: int = 64,
         fps: float = 30.0,
         camera: str = "scene",
+        depth: bool = False,
+        drop_rate: float = 0.0,
         **common,
     ) -> None:
         super().__init__(name=name, **common)
@@ -339,12 +529,19 @@ class SimCamera(_SimDevice, Camera):
         if not (math.isfinite(self.fps) and self.fps > 0.0):
             raise ValueError(f"{self._owner}: fps must be a finite number > 0, got {fps!r}")
         self.camera = camera
+        self.depth = _check_bool(self._owner, "depth", depth)
+        self.drop_rate = check_probability(self._owner, "drop_rate", drop_rate)
         self._device_t0_ns = 0
-        self._frame: tuple[int, np.ndarray] | None = None
+        self._frame: tuple[int, dict[str, np.ndarray]] | None = None
+        self._decided = -1  # frames up to this number have been decided delivered or lost
+        self._delivered = 0  # newest delivered frame number
 
     def reading_spec(self) -> dict[str, tuple[tuple[int, ...], str]]:
-        """image (height, width, 3) uint8."""
-        return {"image": ((self.height, self.width, 3), "uint8")}
+        """image (height, width, 3) uint8, and depth (height, width) uint16 mm when depth is on."""
+        spec = {"image": ((self.height, self.width, 3), "uint8")}
+        if self.depth:
+            spec["depth"] = ((self.height, self.width), "uint16")
+        return spec
 
     def connect(self) -> None:
         if self._world is not None:
@@ -353,6 +550,7 @@ class SimCamera(_SimDevice, Camera):
         self._world = _acquire(self.world_name, now_ns)
         self._device_t0_ns = self.clock.to_device_ns(now_ns)
         self._frame = None
+        self._decided, self._delivered = -1, 0
 
     def disconnect(self) -> None:
         world = self._world
@@ -369,15 +567,33 @@ class SimCamera(_SimDevice, Camera):
             return DeviceStatus(ok=False, fault=f"{self._owner} is not connected; call connect() first")
         return DeviceStatus()
 
+    def _newest_delivered(self, newest: int) -> int:
+        """Decide (seeded, once per frame, in order) which frames up to newest are lost; the newest delivered."""
+        if newest > self._decided:
+            first = self._decided + 1
+            kept = np.ones(newest - first + 1, dtype=bool)
+            if self.drop_rate > 0.0:
+                kept = self._drop_rng.random(kept.size) >= self.drop_rate
+            if first == 0:
+                kept[0] = True  # the first frame always arrives
+            if kept.any():
+                self._delivered = first + int(np.flatnonzero(kept)[-1])
+            self._decided = newest
+        return self._delivered
+
     def read(self) -> Reading:
         world, now_ns = self._live()
-        frame_number = self.newest_frame(self.clock.to_device_ns(now_ns) - self._device_t0_ns)
+        newest = self.newest_frame(self.clock.to_device_ns(now_ns) - self._device_t0_ns)
+        frame_number = self._newest_delivered(newest)
         if self._frame is None or self._frame[0] != frame_number:
             image = world.sim.render(self.width, self.height, self.camera)
             if self.noise_std > 0.0:
                 noise = self._noise_rng.normal(0.0, self.noise_std, (self.height, self.width, 1))
                 image = np.clip(image + noise + 0.5, 0.0, 255.0).astype(np.uint8)
-            self._frame = (frame_number, image)
+            values = {"image": image}
+            if self.depth:
+                values["depth"] = world.sim.render_depth(self.width, self.height, self.camera)
+            self._frame = (frame_number, values)
         hw_time_ns = self._device_t0_ns + self.capture_offset_ns(frame_number)
-        return Reading({"image": self._frame[1].copy()}, hw_time_ns, now_ns, "hardware_clock",
+        return Reading({k: v.copy() for k, v in self._frame[1].items()}, hw_time_ns, now_ns, "hardware_clock",
                        frame_number=frame_number)

@@ -239,3 +239,101 @@ def test_render_64x64(ur5: UR5Sim, a1: A1Sim) -> None:
     assert a1_frame.shape == (64, 64, 3) and a1_frame.std() > 5.0
     with pytest.raises(ValueError, match="offscreen buffer"):
         ur5.render(4096, 64)
+
+
+def _place_box(ur5: UR5Sim, index: int, pos_base: np.ndarray) -> None:
+    """Put box `index` at pos_base (base frame), upright and at rest."""
+    r_base = ur5.data.xmat[ur5._base].reshape(3, 3)
+    adr = ur5._box_qadr[index]
+    ur5.data.qpos[adr:adr + 3] = ur5.data.xpos[ur5._base] + r_base @ np.asarray(pos_base, dtype=np.float64)
+    ur5.data.qpos[adr + 3:adr + 7] = [1.0, 0.0, 0.0, 0.0]
+    mujoco.mj_forward(ur5.model, ur5.data)
+
+
+def test_ur5_tcp_jacobian_matches_finite_differences(ur5: UR5Sim) -> None:
+    rng = np.random.default_rng(1)
+    for q in (ur5.home_q_rad, ur5.home_q_rad + rng.uniform(-0.5, 0.5, 6)):
+        ur5.reset(q_rad=q)
+        jacobian = ur5.tcp_jacobian()
+        assert jacobian.shape == (6, 6)
+        step = 1e-6
+        for joint in range(6):
+            delta = np.zeros(6)
+            delta[joint] = step
+            linear = (ur5.tcp_position(q + delta) - ur5.tcp_position(q - delta)) / (2 * step)
+            np.testing.assert_allclose(jacobian[:3, joint], linear, atol=1e-5)
+            r_plus, r_minus = ur5.flange_pose(q + delta)[1], ur5.flange_pose(q - delta)[1]
+            skew = (r_plus - r_minus) / (2 * step) @ ur5.flange_pose(q)[1].T
+            np.testing.assert_allclose(jacobian[3:, joint], [skew[2, 1], skew[0, 2], skew[1, 0]], atol=1e-5)
+
+
+def test_ur5_target_set_hidden_and_kept_over_reset(ur5: UR5Sim) -> None:
+    ur5.set_target([-0.5, 0.1, 0.2])
+    np.testing.assert_allclose(ur5.target_position(), [-0.5, 0.1, 0.2], atol=1e-9)
+    world = ur5.data.xpos[ur5.model.body("target").id]
+    np.testing.assert_allclose(world, [0.5, -0.1, 0.95], atol=1e-9)  # base turned by pi about z, 0.75 m up
+    ur5.reset()
+    assert ur5.target_shown
+    np.testing.assert_allclose(ur5.target_position(), [-0.5, 0.1, 0.2], atol=1e-9)
+    ur5.hide_target()
+    ur5.reset()
+    assert not ur5.target_shown and ur5.data.xpos[ur5.model.body("target").id][2] < -1.0
+    ur5.advance(0.1)
+    assert not [c for c in ur5.contacts() if "target" in (c.body1, c.body2)], "nothing collides with the target"
+    with pytest.raises(ValueError, match="set_target"):
+        ur5.set_target([0.0, float("nan"), 0.0])
+
+
+def test_ur5_object_bins_and_grasped(ur5: UR5Sim) -> None:
+    ur5.reset()
+    np.testing.assert_array_equal(ur5.object_bins(), [1, 1, 1])
+    _place_box(ur5, 0, [-0.45, -0.25, 0.03])  # bin_b floor
+    _place_box(ur5, 1, [-0.45, 0.0, 0.02])  # table between the bins
+    _place_box(ur5, 2, [-0.45, 0.25, 0.2])  # above bin_a's rim
+    np.testing.assert_array_equal(ur5.object_bins(), [2, 0, 0])
+    ur5.advance(0.5)  # box 2 falls into bin_a
+    np.testing.assert_array_equal(ur5.object_bins(), [2, 0, 1])
+    assert not ur5.grasped().any() and not ur5.finger_contacts().any()
+    rng = np.random.default_rng(0)
+    ur5.randomize_objects(rng)
+    first = ur5.object_positions()
+    ur5.randomize_objects(rng)
+    assert np.abs(ur5.object_positions() - first).max() > 0.005
+    offsets = ur5.object_positions()[:, :2] - [-0.45, 0.25]
+    assert np.abs(offsets).max() < UR5Sim.BIN_INNER_HALF_M - UR5Sim.BOX_HALF_M
+
+
+def test_ur5_hold_target_holds_without_sag(ur5: UR5Sim) -> None:
+    ur5.reset()
+    ur5.advance(1.0)
+    tcp = ur5.tcp_position()
+    ur5.command_joint_position(ur5.q())  # the naive hold sags under gravity
+    ur5.advance(1.0)
+    naive_sag = np.linalg.norm(ur5.tcp_position() - tcp)
+    ur5.reset()
+    ur5.advance(1.0)
+    tcp = ur5.tcp_position()
+    ur5.command_joint_position(ur5.hold_target())
+    ur5.advance(1.0)
+    assert np.linalg.norm(ur5.tcp_position() - tcp) < 1e-4 < naive_sag
+
+
+def test_ur5_depth_render_and_render_cost(ur5: UR5Sim) -> None:
+    ur5.reset()
+    _render_or_skip(ur5)
+    depth = ur5.render_depth(64, 64)
+    assert depth.shape == (64, 64) and depth.dtype == np.uint16
+    assert 700 < depth[-1].min() < 1000, "the bottom rows see the near table edge"
+    assert depth[0].max() == np.iinfo(np.uint16).max, "the top rows look past the floor"
+    assert ur5.render(64, 64).std() > 5.0, "colour rendering still works after a depth frame"
+    n = 50
+    start = time.perf_counter()
+    for _ in range(n):
+        ur5.render(64, 64)
+    rgb_ms = (time.perf_counter() - start) / n * 1e3
+    start = time.perf_counter()
+    for _ in range(n):
+        ur5.render_depth(64, 64)
+    depth_ms = (time.perf_counter() - start) / n * 1e3
+    backend = os.environ.get("MUJOCO_GL")
+    print(f"UR5 64x64 with MUJOCO_GL={backend}: colour {rgb_ms:.2f} ms, depth {depth_ms:.2f} ms per frame")
