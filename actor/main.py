@@ -263,7 +263,8 @@ class Actor:
             self._open_episode()
         record = {steps.OBS_PREFIX + key: np.array(value) for key, value in obs.items()}
         record.update({steps.REWARD: np.float32(reward), steps.IS_FIRST: is_first, steps.IS_LAST: is_last,
-                       steps.IS_TERMINAL: bool(terminal), steps.TICK: meta["tick"], steps.T_TICK_NS: meta["t_tick_ns"],
+                       steps.IS_TERMINAL: bool(terminal), steps.IS_SUCCESS: bool(self.task.is_success(obs)),
+                       steps.TICK: meta["tick"], steps.T_TICK_NS: meta["t_tick_ns"],
                        steps.POLICY_VERSION: version})
         for device, timing in meta["devices"].items():
             for field in steps.DEVICE_FIELDS:

@@ -6,6 +6,7 @@ A step is a flat mapping of '/'-separated keys to per-step arrays:
 - ``action``: the action applied after this observation, in the policy's [-1, 1] space, as the
   safety layer let it through (a late step records the fallback)
 - ``reward``, ``is_first``, ``is_last``, ``is_terminal``
+- ``is_success``: the task counts the state at this tick as solved (for success rates; not trained on)
 - ``timing/tick``, ``timing/t_tick_ns`` (host monotonic ns), ``timing/late``, ``timing/clipped``,
   ``timing/policy_version``, ``timing/stream_step`` (index of the step in its actor's stream, the
   numbering chunks and acks use)
@@ -21,6 +22,7 @@ REWARD = "reward"
 IS_FIRST = "is_first"
 IS_LAST = "is_last"
 IS_TERMINAL = "is_terminal"
+IS_SUCCESS = "is_success"
 TICK = "timing/tick"
 T_TICK_NS = "timing/t_tick_ns"
 LATE = "timing/late"
@@ -38,7 +40,7 @@ def step_spec(obs_spec: Spec, action_dim: int, devices: list[str]) -> Spec:
     spec: Spec = {OBS_PREFIX + key: (tuple(shape), dtype) for key, (shape, dtype) in obs_spec.items()}
     spec[ACTION] = ((action_dim,), "float32")
     spec[REWARD] = ((), "float32")
-    for key in (IS_FIRST, IS_LAST, IS_TERMINAL, LATE, CLIPPED):
+    for key in (IS_FIRST, IS_LAST, IS_TERMINAL, IS_SUCCESS, LATE, CLIPPED):
         spec[key] = ((), "bool")
     for key in (TICK, T_TICK_NS, POLICY_VERSION, STREAM_STEP):
         spec[key] = ((), "int64")

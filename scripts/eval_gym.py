@@ -36,8 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from robotd import config as config_module  # noqa: E402
-from robotd import steps as step_keys  # noqa: E402
-from robotd.episodes import read_episode  # noqa: E402
+from robotd.curves import ENDINGS, finished_episodes, rolling_mean  # noqa: E402,F401
 
 DEFAULT_BASE = {
     "control": {"rate_hz": 20, "action_deadline_ms": 45, "watchdog_s": 5.0},
@@ -46,7 +45,6 @@ DEFAULT_BASE = {
     "learner": {"model": {"preset": "tiny"}, "batch_size": 16, "batch_length": 32, "min_replay_steps": 1000,
                 "train_ratio": 64, "publish_every_updates": 5, "threads": 1},
 }
-ENDINGS = ("terminated", "truncated", "time_limit")
 
 
 def session_config(env_id: str, base_path: str | None, pixels: bool) -> dict:
@@ -72,37 +70,6 @@ def session_config(env_id: str, base_path: str | None, pixels: bool) -> dict:
         task["name"] = "gym"
         task.pop("args", None)
     return data
-
-
-def finished_episodes(logdir: Path) -> list[dict]:
-    """Every finished episode of the session, in the order they were played."""
-    found = []
-    for path in sorted((logdir / "episodes").glob("*.h5")):
-        episode = read_episode(path)
-        data, attrs = episode.steps, episode.attrs
-        rewards = data.get(step_keys.REWARD)
-        if rewards is None or len(rewards) == 0:
-            continue
-        flags = set(attrs.get("flags", []))
-        ended = bool(data[step_keys.IS_TERMINAL][-1]) or bool(flags & set(ENDINGS))
-        if not (episode.complete and ended):
-            continue
-        found.append({"actor": str(attrs.get("actor_id", "")), "episode": int(attrs.get("episode_id", 0)),
-                      "end_step": int(data[step_keys.STREAM_STEP][-1]) + 1,
-                      "return": float(np.sum(rewards, dtype=np.float64)),
-                      "length": int(len(rewards) - 1),
-                      "policy_version": int(np.max(data[step_keys.POLICY_VERSION]))})
-    found.sort(key=lambda e: (e["end_step"], e["actor"], e["episode"]))
-    return found
-
-
-def rolling_mean(values: list[float], window: int) -> np.ndarray:
-    """Mean of the last ``window`` values at each point (fewer at the start)."""
-    values = np.asarray(values, np.float64)
-    sums = np.cumsum(np.insert(values, 0, 0.0))
-    index = np.arange(1, len(values) + 1)
-    start = np.maximum(index - window, 0)
-    return (sums[index] - sums[start]) / (index - start)
 
 
 REFERENCE_DIR = ROOT.parent / "shared" / "refs" / "dreamerv3-scores"
