@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from robotd import config as config_module  # noqa: E402
-from robotd.curves import ENDINGS, finished_episodes, rolling_mean  # noqa: E402,F401
+from robotd.curves import finished_episodes, rolling_mean  # noqa: E402,F401
 
 DEFAULT_BASE = {
     "control": {"rate_hz": 20, "action_deadline_ms": 45, "watchdog_s": 5.0},
