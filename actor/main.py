@@ -217,9 +217,10 @@ class Actor:
                 value = arrays.get(f"{device}/{key}")
                 if value is None or value.shape != tuple(shape) or value.dtype != np.dtype(dtype):
                     return f"array {device}/{key} missing or not {tuple(shape)} {dtype}"
-        applied = arrays.get("prev_action")
-        if applied is not None and applied.shape != (self.action_dim,):
-            return f"prev_action has shape {applied.shape}, expected ({self.action_dim},)"
+        for key in ("prev_action", "prev_applied_action"):
+            value = arrays.get(key)
+            if value is not None and value.shape != (self.action_dim,):
+                return f"{key} has shape {value.shape}, expected ({self.action_dim},)"
         return None
 
     def _on_observation(self, daemon, message: wire.Message) -> bool:
@@ -228,7 +229,7 @@ class Actor:
         if self._learner_behind():
             # Lockstep: the simulation waits for the learner. Everything collected goes out first, so the
             # learner's own train_ratio wait (on ingested steps) cannot hold it back in turn.
-            self._complete_pending(meta["prev"], arrays.get("prev_action"))
+            self._complete_pending(meta["prev"], arrays.get("prev_action"), arrays.get("prev_applied_action"))
             self._emit_chunk()
             self._wait_for_learner(daemon)
         readings = {device: {} for device in self.devices}
@@ -258,7 +259,7 @@ class Actor:
         wire.send(daemon, wire.Kind.ACT, {"tick": meta["tick"], "policy_version": version, "reset": reset},
                   {"action": action})
         # The action is out; everything below is bookkeeping off the robot's critical path.
-        self._complete_pending(meta["prev"], arrays.get("prev_action"))
+        self._complete_pending(meta["prev"], arrays.get("prev_action"), arrays.get("prev_applied_action"))
         if is_first:
             self._open_episode()
         record = {steps.OBS_PREFIX + key: np.array(value) for key, value in obs.items()}
@@ -324,18 +325,24 @@ class Actor:
             self.policy.act(obs, is_first)  # keep the recurrent state in step for when the network takes over
         return random_action(self.rng, self.action_dim, self.action_discrete), 0
 
-    def _complete_pending(self, prev: dict | None, applied: np.ndarray | None, *, force_last: bool = False) -> None:
-        """Finishes the pending step with the applied action and late flag, writes and streams it."""
+    def _complete_pending(self, prev: dict | None, recorded: np.ndarray | None, applied: np.ndarray | None = None,
+                          *, force_last: bool = False) -> None:
+        """Finishes the pending step with the daemon's record of its action (the policy's own, or the fallback
+        when it was late), the command applied and the late flag; writes and streams it."""
         pending = self.pending
         if pending is None:
             return
         record = pending.record
-        if prev is not None and prev.get("tick") == pending.tick and applied is not None and applied.shape == (self.action_dim,):
-            record[steps.ACTION] = np.asarray(applied, np.float32)
+        shape = (self.action_dim,)
+        if prev is not None and prev.get("tick") == pending.tick and recorded is not None and recorded.shape == shape:
+            record[steps.ACTION] = np.asarray(recorded, np.float32)
+            known = applied is not None and applied.shape == shape
+            record[steps.APPLIED_ACTION] = np.asarray(applied if known else recorded, np.float32)
             record[steps.LATE] = bool(prev.get("late"))
             record[steps.CLIPPED] = bool(prev.get("clipped"))
         else:
             record[steps.ACTION] = pending.sent_action
+            record[steps.APPLIED_ACTION] = pending.sent_action
             record[steps.LATE] = True
             record[steps.CLIPPED] = False
         if force_last:
@@ -434,7 +441,8 @@ class Actor:
             if daemon.poll(int(2000 / self.config.control.rate_hz) + 50):
                 message = self.receiver.decode(daemon.recv_multipart(copy=False))
             if message is not None and message.kind == wire.Kind.OBS:
-                self._complete_pending(message.meta["prev"], message.arrays.get("prev_action"), force_last=True)
+                self._complete_pending(message.meta["prev"], message.arrays.get("prev_action"),
+                                       message.arrays.get("prev_applied_action"), force_last=True)
             else:
                 self._complete_pending(None, None, force_last=True)
         if self.episode is not None:

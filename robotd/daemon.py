@@ -114,7 +114,8 @@ class Daemon:
                     continue
                 meta = {"tick": tick, "t_tick_ns": t_tick_ns, "devices": timing, "prev": self._prev,
                         "robot_status": robot_status}
-                wire.send_to(socket, actor, wire.Kind.OBS, meta, {**arrays, "prev_action": self.io.prev_action})
+                wire.send_to(socket, actor, wire.Kind.OBS, meta, {**arrays, "prev_action": self.io.prev_action,
+                                                                       "prev_applied_action": self.io.applied_action})
                 self.counters["actor_ticks"] += 1
                 if self.lockstep:
                     act, actor = self._wait_action_lockstep(socket, receiver, actor, tick, watchdog)

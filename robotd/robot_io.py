@@ -51,8 +51,15 @@ class RobotIO:
     """The configured robot and cameras, their clock alignment and the safety layer.
 
     ``counters`` (a dict, shared with the caller when given) counts stale readings, clipped
-    commands, protective stops and resets. ``prev_action`` is the last applied command expressed
-    back in the policy's normalised action space (what the data records as the action taken).
+    commands, protective stops and resets.
+
+    ``prev_action`` is what the data records as the action of the last step: the policy's own
+    action (clipped to [-1, 1]; one-hot for a discrete robot) whenever a well-formed one came, even
+    where the safety layer then limited it, and otherwise (late, malformed) the fallback that was
+    applied. The world model must learn what the policy's own outputs do, the safety layer's limits
+    included: had it been shown only the limited action, pushing into a limit would look like a
+    small move, a consequence it never sees, which the policy learns to exploit. ``applied_action``
+    is the command that reached the robot, in the same normalised units (recorded alongside).
     """
 
     def __init__(self, config: Config, *, host_clock=None, counters: dict | None = None):
@@ -94,6 +101,7 @@ class RobotIO:
         self._last_hw: dict[str, int] = {}
         self.last_target = None
         self.prev_action = np.zeros(self.action_dim, np.float32)
+        self.applied_action = np.zeros(self.action_dim, np.float32)
         self.protective_stop = False
 
     # ----------------------------------------------------------------------------------------
@@ -107,6 +115,7 @@ class RobotIO:
         self._last_hw = {}
         self.last_target = None
         self.prev_action = np.zeros(self.action_dim, np.float32)
+        self.applied_action = np.zeros(self.action_dim, np.float32)
 
     def disconnect(self) -> None:
         """Disconnects every device (each one's failure is logged, the others still close)."""
@@ -201,12 +210,28 @@ class RobotIO:
             command = self.safety.fallback("stop", q_now, self.last_target)   # nothing moves until a reset
         self.counters["safety_clipped"] += int(command.clipped)
         self._apply(command)
-        self.prev_action = self._effective_action(command, base_q)
+        self.applied_action = self._effective_action(command, base_q)
+        own = self._own_action(action, command)
+        self.prev_action = own if own is not None else self.applied_action
         return command
+
+    def _own_action(self, action: np.ndarray | None, command) -> np.ndarray | None:
+        """The policy's action as the data records it, or None when there was none or it was malformed."""
+        if action is None or "invalid_action" in command.reasons:
+            return None
+        vector = np.asarray(action, np.float64).reshape(-1)
+        if vector.shape != (self.action_dim,) or not np.all(np.isfinite(vector)):
+            return None
+        if self.action_discrete:
+            one_hot = np.zeros(self.action_dim, np.float32)
+            one_hot[int(np.argmax(vector))] = 1.0
+            return one_hot
+        return np.clip(vector, -1.0, 1.0).astype(np.float32)
 
     def reset(self) -> bool:
         """Moves the robot to its start state (an episode boundary); a failed reset stops it and returns False."""
         self.prev_action = np.zeros(self.action_dim, np.float32)
+        self.applied_action = np.zeros(self.action_dim, np.float32)
         try:
             self.robot.reset()
         except Exception as exc:  # noqa: BLE001 - a failed reset stops the robot and is reported, not fatal

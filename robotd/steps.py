@@ -3,8 +3,9 @@
 A step is a flat mapping of '/'-separated keys to per-step arrays:
 
 - ``obs/<key>``: the observation at the tick (images uint8 HxWx3, vectors float32)
-- ``action``: the action applied after this observation, in the policy's [-1, 1] space, as the
-  safety layer let it through (a late step records the fallback)
+- ``action``: the policy's action after this observation, in its [-1, 1] space (a late or
+  malformed one records the fallback that was applied instead)
+- ``applied_action``: the command that reached the robot after the safety layer, same units
 - ``reward``, ``is_first``, ``is_last``, ``is_terminal``
 - ``is_success``: the task counts the state at this tick as solved (for success rates; not trained on)
 - ``timing/tick``, ``timing/t_tick_ns`` (host monotonic ns), ``timing/late``, ``timing/clipped``,
@@ -18,6 +19,7 @@ import numpy as np
 
 OBS_PREFIX = "obs/"
 ACTION = "action"
+APPLIED_ACTION = "applied_action"
 REWARD = "reward"
 IS_FIRST = "is_first"
 IS_LAST = "is_last"
@@ -39,6 +41,7 @@ def step_spec(obs_spec: Spec, action_dim: int, devices: list[str]) -> Spec:
     """Every key of a step record with its per-step shape and dtype."""
     spec: Spec = {OBS_PREFIX + key: (tuple(shape), dtype) for key, (shape, dtype) in obs_spec.items()}
     spec[ACTION] = ((action_dim,), "float32")
+    spec[APPLIED_ACTION] = ((action_dim,), "float32")
     spec[REWARD] = ((), "float32")
     for key in (IS_FIRST, IS_LAST, IS_TERMINAL, IS_SUCCESS, LATE, CLIPPED):
         spec[key] = ((), "bool")

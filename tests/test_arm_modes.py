@@ -154,3 +154,25 @@ def test_robot_io_refuses_a_gripper_the_driver_does_not_have():
 def test_config_rejects_an_unknown_arm_action_mode():
     with pytest.raises(config_module.ConfigError, match="safety.arm.action_mode"):
         config_module.from_dict({"safety": {"arm": {"action_mode": "cartesian"}}})
+
+
+def test_the_record_keeps_the_policys_own_action_where_the_safety_layer_limits_it():
+    # A tool pushed against the workspace wall: the command is limited, the record keeps what the policy
+    # asked for (so the world model learns that pushing into the wall does nothing), and applied_action
+    # shows what reached the robot.
+    io = make_io(action_mode="tcp_delta", max_tcp_delta_m=0.01, max_tcp_speed_m_s=0.5,
+                 workspace_max_m=[1.0, 1.0, 0.0])
+    io.connect()
+    try:
+        arrays, _ = io.read_all(io.now[0])
+        assert arrays["arm/tcp_pos"][2] > 0.0                          # home is above the box's ceiling
+        command = io.act(np.array([0.3, 2.0, 1.0]), arrays)
+        assert command.clipped and "workspace" in command.reasons
+        np.testing.assert_allclose(io.prev_action, [0.3, 1.0, 1.0])   # the policy's own, clipped to [-1, 1]
+        assert io.applied_action[2] < 0.0                              # the tool is sent back down into the box
+        io.act(np.array([np.nan, 0.0, 0.0]), arrays)                   # malformed: the fallback is the record
+        np.testing.assert_array_equal(io.prev_action, io.applied_action)
+        io.act(None, arrays)                                           # late: the fallback again
+        np.testing.assert_array_equal(io.prev_action, np.zeros(3))
+    finally:
+        io.disconnect()
