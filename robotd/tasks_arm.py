@@ -41,7 +41,7 @@ class UR5Reach(Task):
 
     The target is the robot's ``scene_target_pos`` reading (base frame, m; a simulator draws it at
     each robot reset and renders it as a sphere) or, for a real robot with a physical marker, the fixed
-    ``target_m``. Reward per step: ``-||tcp_pos - target||`` in metres, plus ``success_bonus`` while the
+    ``target_m``. Reward per step: ``-reward_scale * ||tcp_pos - target||`` (metres), plus ``success_bonus`` while the
     distance is below ``success_radius_m`` (which is also ``is_success``). With ``target_in_obs`` the
     target is also given as the vector observation ``target_pos`` (for state-based baselines); by
     default the policy has to find it in the image. ``terminate_on_success`` ends the episode on
@@ -51,6 +51,7 @@ class UR5Reach(Task):
     reset_request = True
 
     def __init__(self, *, target_in_obs: bool = False, success_radius_m: float = 0.05, success_bonus: float = 0.0,
+                 reward_scale: float = 1.0,
                  terminate_on_success: bool = False, target_m=None, **kwargs):
         super().__init__(**kwargs)
         if not isinstance(success_radius_m, (int, float)) or not 0.0 < float(success_radius_m) < np.inf:
@@ -71,6 +72,10 @@ class UR5Reach(Task):
         self.target_in_obs = bool(target_in_obs)
         self.success_radius_m = float(success_radius_m)
         self.success_bonus = float(success_bonus)
+        if not isinstance(reward_scale, (int, float)) or not np.isfinite(reward_scale) or reward_scale <= 0:
+            raise ValueError(f"task 'ur5_reach': reward_scale {reward_scale!r} must be a finite number > 0: "
+                             f"set e.g. reward_scale: 10 (reward in -decimetres)")
+        self.reward_scale = float(reward_scale)
         self.terminate_on_success = bool(terminate_on_success)
         self.target_m: np.ndarray | None = target_m
 
@@ -107,7 +112,7 @@ class UR5Reach(Task):
 
     def reward(self, obs) -> float:
         distance = self.distance_m(obs)
-        return -distance + (self.success_bonus if distance < self.success_radius_m else 0.0)
+        return -self.reward_scale * distance + (self.success_bonus if distance < self.success_radius_m else 0.0)
 
     def is_success(self, obs) -> bool:
         return self.distance_m(obs) < self.success_radius_m

@@ -44,6 +44,16 @@ def test_reach_reward_is_minus_the_distance_to_the_scene_target(tcp, target, exp
     assert task.reward(obs) == pytest.approx(expected, abs=1e-6)
 
 
+def test_reach_reward_scale_multiplies_the_distance_term_only():
+    task = make("ur5_reach", reward_scale=10.0, success_radius_m=0.1, success_bonus=1.0)
+    far = task.observe(arm_readings((0.3, 0.0, 0.4), scene_target_pos=(0.0, 0.0, 0.0)))
+    assert task.reward(far) == pytest.approx(-5.0, abs=1e-6)
+    near = task.observe(arm_readings((0.0, 0.05, 0.0), scene_target_pos=(0.0, 0.0, 0.0)))
+    assert task.reward(near) == pytest.approx(-0.5 + 1.0, abs=1e-6) and task.is_success(near)
+    with pytest.raises(ValueError, match="reward_scale 0 must be a finite number > 0"):
+        make("ur5_reach", reward_scale=0)
+
+
 def test_reach_success_radius_edge_bonus_and_terminal():
     task = make("ur5_reach", success_radius_m=0.1, success_bonus=2.0, terminate_on_success=True)
     inside = task.observe(arm_readings((0.0, 0.0, 0.099), scene_target_pos=(0.0, 0.0, 0.0)))
