@@ -6,6 +6,9 @@ when the end of the session cut it off.
 """
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,6 +19,28 @@ from robotd.episodes import read_episode
 
 ENDINGS = ("terminated", "truncated", "time_limit")
 """Episode flags of an episode that ended by itself."""
+
+
+def run_session(argv: list[str], cwd: Path, *, stop_timeout_s: float = 120.0) -> int:
+    """Runs a ``robotd train`` command to its end and returns its exit code.
+
+    If this script is interrupted (Ctrl-C, or SIGTERM, which this turns into an exit), the session
+    is stopped the way a user stops it, with SIGINT (robot first, then actor and learner), and
+    waited for; only a session that does not stop within ``stop_timeout_s`` is killed. A benchmark
+    that is killed therefore never leaves a session (and its learner) running behind it."""
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    child = subprocess.Popen(argv, cwd=cwd)
+    try:
+        return child.wait()
+    finally:
+        if child.poll() is None:
+            child.send_signal(signal.SIGINT)
+            try:
+                child.wait(stop_timeout_s)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
+        signal.signal(signal.SIGTERM, previous)
 
 
 def finished_episodes(logdir: Path, success: Callable[[dict], bool] | None = None) -> list[dict]:

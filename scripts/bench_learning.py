@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -48,7 +47,7 @@ sys.path.insert(0, str(ROOT))
 from robotd import config as config_module  # noqa: E402
 from robotd import steps as step_keys  # noqa: E402
 from robotd import tasks  # noqa: E402
-from robotd.curves import finished_episodes, rolling_mean, steps_to_rate  # noqa: E402
+from robotd.curves import finished_episodes, rolling_mean, run_session, steps_to_rate  # noqa: E402
 
 METHODS = ("dreamer", "sac")
 WINDOW = 10
@@ -175,7 +174,7 @@ def run_dreamer(config_path: str, overrides: list[str], seed: int, steps: int, l
     for override in [*overrides, f"seed={seed}"]:
         argv += ["--set", override]
     started = time.monotonic()
-    code = subprocess.run(argv, cwd=ROOT).returncode
+    code = run_session(argv, ROOT)
     wall_s = time.monotonic() - started
     task = task_factory(seed)
     episodes = finished_episodes(logdir, lambda data: episode_success(task, data)) \

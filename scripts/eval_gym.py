@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -36,7 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from robotd import config as config_module  # noqa: E402
-from robotd.curves import finished_episodes, rolling_mean  # noqa: E402,F401
+from robotd.curves import finished_episodes, rolling_mean, run_session  # noqa: E402,F401
 
 DEFAULT_BASE = {
     "control": {"rate_hz": 20, "action_deadline_ms": 45, "watchdog_s": 5.0},
@@ -177,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
         for override in args.overrides:
             argv += ["--set", override]
         started = time.monotonic()
-        code = subprocess.run(argv, cwd=ROOT).returncode
+        code = run_session(argv, ROOT)
         wall_s = time.monotonic() - started
     finally:
         config_path.unlink(missing_ok=True)

@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -106,3 +109,22 @@ def test_both_methods_on_pendulum_end_to_end(tmp_path):
     for curve in result["curves"]:
         assert curve["steps"] == [201, 402] and len(curve["returns"]) == len(curve["success"]) == 2
     assert set(result["summary"]) >= {"dreamer", "sac", "sac_over_dreamer_steps_to_90"}
+
+
+def test_a_killed_benchmark_stops_its_session_the_way_a_user_does(tmp_path):
+    # The "session" is a stand-in that records the SIGINT robotd train stops on; the runner gets SIGTERM.
+    marker = tmp_path / "stopped"
+    session = ("import signal, sys, time\n"
+               f"def stop(signum, frame):\n    open({str(marker)!r}, 'w').write('sigint')\n    sys.exit(0)\n"
+               "signal.signal(signal.SIGINT, stop)\n"
+               f"open({str(tmp_path / 'started')!r}, 'w').close()\n"
+               "time.sleep(60)\n")
+    runner = ("import sys\nfrom pathlib import Path\nfrom robotd.curves import run_session\n"
+              f"sys.exit(run_session([sys.executable, '-c', {session!r}], Path('.')))\n")
+    process = subprocess.Popen([sys.executable, "-c", runner], cwd=ROOT)
+    deadline = time.monotonic() + 30
+    while not (tmp_path / "started").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(30) == 128 + signal.SIGTERM
+    assert marker.read_text() == "sigint"
