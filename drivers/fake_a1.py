@@ -1,0 +1,142 @@
+"""A fake Unitree A1 that speaks the real low-level UDP protocol, backed by the MuJoCo A1 (drivers/mujoco_sim.A1Sim).
+
+It binds a UDP socket on a loopback address and answers every well-formed LowCmd with one LowState,
+as the robot does: the physics runs on the wall clock (whole 1 ms steps up to the moment the
+command arrives), the command is latched, and the state after it is sent back to the sender,
+with the robot's millisecond ``tick`` since start. A motor whose q is the "do not use" PosStopF
+(or whose dq is VelStopF) gets no position (or velocity) term, as on the robot; a slot in idle
+mode gets no torque at all. Datagrams of the wrong size, with a bad CRC or not in low-level mode
+are counted and dropped without a reply; nothing received is trusted beyond the codec.
+
+For tests of the real A1 driver without hardware: ``with FakeA1() as robot: ...robot.address...``.
+It refuses to bind anything but a loopback address.
+"""
+from __future__ import annotations
+
+import ipaddress
+import socket
+import threading
+import time
+
+import numpy as np
+
+from drivers import a1_wire
+
+_NS_PER_S = 1_000_000_000
+
+
+class FakeA1:
+    """The fake robot: ``start()`` serves on a thread until ``stop()``; ``address`` is (host, port)."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, *, start: str = "stand") -> None:
+        try:
+            loopback = ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            loopback = False
+        if not loopback:
+            raise ValueError(f"FakeA1: host {host!r} is not a loopback address: a fake robot serves this machine "
+                             f"only; use 127.0.0.1")
+        if start not in ("stand", "lying"):
+            raise ValueError(f"FakeA1: start must be 'stand' or 'lying', got {start!r}")
+        from drivers import mujoco_sim  # imported here so importing drivers never needs mujoco
+
+        self.sim = mujoco_sim.A1Sim()
+        if start == "lying":
+            self.sim.reset(np.tile([0.0, 1.1, -2.6], 4))
+            self.sim.damp()
+            self.sim.step(1000)
+        self._socket = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self._socket.bind((host, port))
+        self._socket.settimeout(0.05)
+        self.address = self._socket.getsockname()
+        self.counters = {"commands": 0, "states": 0, "malformed": 0}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._t0_ns = time.monotonic_ns()
+        self._sim_ns = 0
+        self._step_ns = round(self.sim.timestep_s * _NS_PER_S)
+
+    # ----------------------------------------------------------------------------------------
+    def start(self) -> "FakeA1":
+        """Serve on a background thread."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._serve, name="fake-a1", daemon=True)
+            self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving and close the socket."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(2.0)
+            self._thread = None
+        self._socket.close()
+
+    def __enter__(self) -> "FakeA1":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    @property
+    def tick_ms(self) -> int:
+        """The robot's clock: milliseconds since the fake started (wraps at 2**32 as the robot's does)."""
+        return ((time.monotonic_ns() - self._t0_ns) // 1_000_000) & 0xFFFFFFFF
+
+    # ----------------------------------------------------------------------------------------
+    def _advance(self) -> None:
+        """Step the physics in whole steps up to now (never backwards)."""
+        elapsed = time.monotonic_ns() - self._t0_ns
+        n = (elapsed - self._sim_ns) // self._step_ns
+        if n > 0:
+            self.sim.step(int(n))
+            self._sim_ns += int(n) * self._step_ns
+
+    def _apply(self, command: dict) -> None:
+        """Latch a decoded command on the simulated motors, with the robot's "do not use" rules."""
+        active = command["mode"] == a1_wire.MODE_SERVO
+        use_q = active & (np.abs(command["q"]) < a1_wire.POS_STOP_F / 2)
+        use_dq = active & (np.abs(command["dq"]) < a1_wire.VEL_STOP_F / 2)
+        q_now, dq_now = self.sim.q(), self.sim.dq()
+        self.sim.command_motors(np.where(use_q, command["q"], q_now), np.where(use_dq, command["dq"], dq_now),
+                                np.where(use_q, command["kp"], 0.0), np.where(use_dq, command["kd"], 0.0),
+                                np.where(active, command["tau"], 0.0))
+
+    def state_datagram(self) -> bytes:
+        """The LowState the robot would send now."""
+        sim = self.sim
+        imu = sim.imu()
+        w, x, y, z = imu["quaternion"]
+        roll = np.arctan2(2 * (w * x + y * z), 1 - 2 * (x * x + y * y))
+        pitch = np.arcsin(np.clip(2 * (w * y - z * x), -1.0, 1.0))
+        yaw = np.arctan2(2 * (w * z + x * y), 1 - 2 * (y * y + z * z))
+        return a1_wire.encode_low_state(q=sim.q(), dq=sim.dq(), quaternion=imu["quaternion"],
+                                        gyroscope=imu["gyroscope"], accelerometer=imu["accelerometer"],
+                                        rpy=(roll, pitch, yaw), tau_est=sim.tau(), tick=self.tick_ms)
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                data, sender = self._socket.recvfrom(2048)
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            try:
+                command = a1_wire.decode_low_cmd(data)
+                if command["level"] != a1_wire.LOWLEVEL:
+                    raise a1_wire.A1WireError(f"LowCmd: levelFlag {command['level']:#04x} is not low level (0xff)")
+            except a1_wire.A1WireError:
+                self.counters["malformed"] += 1
+                continue
+            with self._lock:
+                self._advance()
+                self._apply(command)
+                reply = self.state_datagram()
+            self.counters["commands"] += 1
+            try:
+                self._socket.sendto(reply, sender)
+                self.counters["states"] += 1
+            except OSError:
+                pass
