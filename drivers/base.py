@@ -167,6 +167,14 @@ class Camera(Device):
     width: int
     height: int
     fps: float
+    depth: bool = False
+
+    def reading_spec(self) -> dict[str, tuple[tuple[int, ...], str]]:
+        """image (height, width, 3) uint8, plus depth (height, width) uint16 in mm when the camera streams it."""
+        spec = {"image": ((self.height, self.width, 3), "uint8")}
+        if self.depth:
+            spec["depth"] = ((self.height, self.width), "uint16")
+        return spec
 
     def capture_offset_ns(self, frame_number: int) -> int:
         """Capture time of frame ``frame_number`` after frame 0, on the camera's grid of 1 / fps."""

@@ -763,13 +763,6 @@ class MockCamera(_MockDevice, Camera):
         # The last few rendered frames, so a frame read again (repeated, or after a late one) is the same image.
         self._recent_frames: dict[int, dict[str, np.ndarray]] = {}
 
-    def reading_spec(self) -> dict[str, tuple[tuple[int, ...], str]]:
-        """image (height, width, 3) uint8, plus depth (height, width) uint16 in mm when enabled."""
-        spec = {"image": ((self.height, self.width, 3), "uint8")}
-        if self.depth:
-            spec["depth"] = ((self.height, self.width), "uint16")
-        return spec
-
     def status(self) -> DeviceStatus:
         """A connected mock camera is always healthy; its faults show only in the frames."""
         if self._connected_at_ns is None:

@@ -536,13 +536,6 @@ class SimCamera(_SimDevice, Camera):
         self._decided = -1  # frames up to this number have been decided delivered or lost
         self._delivered = 0  # newest delivered frame number
 
-    def reading_spec(self) -> dict[str, tuple[tuple[int, ...], str]]:
-        """image (height, width, 3) uint8, and depth (height, width) uint16 mm when depth is on."""
-        spec = {"image": ((self.height, self.width, 3), "uint8")}
-        if self.depth:
-            spec["depth"] = ((self.height, self.width), "uint16")
-        return spec
-
     def connect(self) -> None:
         if self._world is not None:
             return
