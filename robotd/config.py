@@ -272,14 +272,23 @@ def _check_cross_field(config: Config) -> None:
         check_lockstep(config)
 
 
-def check_lockstep(config: Config) -> None:
-    """Lockstep pacing only for sessions whose robot and cameras are all simulated drivers."""
-    from drivers import registry   # the drivers declare whether they are simulated
+def non_simulated_device(config: Config) -> str | None:
+    """``"<where>.driver = '<name>'"`` for the first robot or camera that is not a simulated driver, else None."""
+    import drivers  # noqa: F401 - registers every driver; each declares whether it is simulated
+    from drivers import registry
     for where, device in [("robot", config.robot)] + [(f"cameras[{i}]", c) for i, c in enumerate(config.cameras)]:
         if not registry.is_simulated(device.driver):
-            raise ConfigError(
-                f"config: control.pacing = 'lockstep' but {where}.driver = {device.driver!r} is not a simulated driver: "
-                f"lockstep only drives simulated devices (gym, mock_*); use control.pacing=realtime for real hardware")
+            return f"{where}.driver = {device.driver!r}"
+    return None
+
+
+def check_lockstep(config: Config) -> None:
+    """Lockstep pacing only for sessions whose robot and cameras are all simulated drivers."""
+    device = non_simulated_device(config)
+    if device is not None:
+        raise ConfigError(
+            f"config: control.pacing = 'lockstep' but {device} is not a simulated driver: lockstep only drives "
+            f"simulated devices (gym, mock_*, sim_*); use control.pacing=realtime for real hardware")
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

@@ -164,13 +164,10 @@ class RobotEnv(gymnasium.Env):
     # ----------------------------------------------------------------------------------------
     @staticmethod
     def _check_simulated(config: Config) -> None:
-        import drivers  # noqa: F401  - registers the drivers, which declare whether they are simulated
-        from drivers import registry
-        for where, device in [("robot", config.robot)] + [(f"cameras[{i}]", c) for i, c in enumerate(config.cameras)]:
-            if not registry.is_simulated(device.driver):
-                raise ValueError(f"RobotEnv: {where}.driver = {device.driver!r} is not a simulated driver: RobotEnv "
-                                 f"steps simulated devices only (gym, mock_*, sim_*); drive real hardware with "
-                                 f"robotd daemon")
+        device = config_module.non_simulated_device(config)
+        if device is not None:
+            raise ValueError(f"RobotEnv: {device} is not a simulated driver: RobotEnv steps simulated devices only "
+                             f"(gym, mock_*, sim_*); drive real hardware with robotd daemon")
 
     @staticmethod
     def _private_worlds(config: Config) -> Config:
