@@ -61,7 +61,7 @@ class Actor:
         self.stop_requested = threading.Event()
         self.rng = np.random.default_rng(config.seed + 7)
         self.counters = {"env_steps": 0, "episodes": 0, "late_steps": 0, "chunks": 0, "weight_swaps": 0,
-                         "policy_version_max": 0, "network_steps": 0, "random_steps": 0,
+                         "policy_version_max": 0, "network_steps": 0, "random_steps": 0, "stopped_ticks": 0,
                          "daemon_timeouts": 0, "act_ms_max": 0.0, "malformed_obs": 0,
                          "learner_waits": 0, "learner_wait_s": 0.0}
         self.policy_version = 0
@@ -239,12 +239,21 @@ class Actor:
                 readings[device][key] = value
         pending_last = self.pending is not None and self.pending.record[steps.IS_LAST]
         is_first = (self.episode is None and self.pending is None) or pending_last
+        status = meta.get("robot_status", {})
+        stopped = bool(status.get("protective_stop") or status.get("emergency_stop"))
+        if is_first and stopped:
+            # The robot is still stopped after its episode ended (a protective or emergency stop that a person
+            # must clear on a real robot): no episode starts; the reset is asked for again (the daemon tries it
+            # at most once a second) and nothing is recorded until the robot is free again.
+            wire.send(daemon, wire.Kind.ACT, {"tick": meta["tick"], "policy_version": self.policy_version,
+                                              "reset": True}, {"action": np.zeros(self.action_dim, np.float32)})
+            self._complete_pending(meta["prev"], arrays.get("prev_action"), arrays.get("prev_applied_action"))
+            self.counters["stopped_ticks"] += 1
+            return False
         if is_first:
             self.task.new_episode()
         obs = self.task.observe(readings)
         reward = 0.0 if is_first else self.task.reward(obs)
-        status = meta.get("robot_status", {})
-        stopped = bool(status.get("protective_stop") or status.get("emergency_stop"))
         terminal = self.task.is_terminal(obs)
         truncated = self.task.is_truncated(obs)
         episode_step = 0 if is_first else self.episode_step

@@ -39,6 +39,8 @@ class DeviceStatus:
     emergency_stop: bool = False
     fallen: bool = False
     fault: str | None = None
+    # The link to the device is gone (no fresh data, or the connection dropped): it cannot be driven any more.
+    link_lost: bool = False
 
 
 class Device(abc.ABC):

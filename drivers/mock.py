@@ -25,6 +25,7 @@ import numpy as np
 from drivers.base import Arm, Camera, DeviceStatus, Legged, Reading
 from drivers.device_clock import DeviceClock
 from drivers.registry import register
+from drivers.ur5 import UR5_HOME_Q_RAD, ur5_point_m
 
 _NS_PER_S = 1_000_000_000
 _NS_PER_MS = 1_000_000
@@ -225,33 +226,10 @@ class _MockDevice:
         return values.astype(np.float32)
 
 
-# UR5 standard Denavit-Hartenberg parameters, T_i = Rz(q_i) Tz(d_i) Tx(a_i) Rx(alpha_i), stored
-# last joint first as (cos alpha, sin alpha, a_m, d_m) because the flange is mapped inwards.
-_UR5_D_M = (0.089159, 0.0, 0.0, 0.10915, 0.09465, 0.0823)
-_UR5_A_M = (0.0, -0.425, -0.39225, 0.0, 0.0, 0.0)
-_UR5_ALPHA_RAD = (math.pi / 2, 0.0, 0.0, math.pi / 2, -math.pi / 2, 0.0)
-_UR5_DH_REVERSED = tuple(
-    (math.cos(alpha), math.sin(alpha), a, d)
-    for alpha, a, d in reversed(list(zip(_UR5_ALPHA_RAD, _UR5_A_M, _UR5_D_M)))
-)
-_UR5_HOME_Q_RAD = (0.0, -1.57, 1.57, -1.57, -1.57, 0.0)
 _UR5_ELBOW_JOINT = 2
 
 # A planar arm of any dof gets the UR5's reach, so workspace boxes stay meaningful across dof.
 _PLANAR_REACH_M = 0.85
-
-
-def _ur5_tcp_m(q_rad: np.ndarray) -> np.ndarray:
-    """UR5 flange position in the base frame, metres, by standard DH forward kinematics."""
-    x = y = z = 0.0
-    # Plain floats: six small transforms are several times faster than numpy 4x4 products.
-    for (cos_alpha, sin_alpha, a_m, d_m), theta in zip(_UR5_DH_REVERSED, reversed(q_rad.tolist())):
-        y, z = y * cos_alpha - z * sin_alpha, y * sin_alpha + z * cos_alpha
-        x += a_m
-        z += d_m
-        cos_theta, sin_theta = math.cos(theta), math.sin(theta)
-        x, y = x * cos_theta - y * sin_theta, x * sin_theta + y * cos_theta
-    return np.array([x, y, z])
 
 
 def _position_jacobian(fk, q_rad: np.ndarray, step_rad: float = 1e-6) -> np.ndarray:
@@ -315,7 +293,7 @@ class MockArm(_MockDevice, Arm):
             joint_limits_rad = np.stack([-half_range_rad, half_range_rad], axis=1)
         self.joint_limits_rad = _joint_limits(self._owner, joint_limits_rad, dof)
         if home_q_rad is None:
-            home_q_rad = _UR5_HOME_Q_RAD if dof == 6 else np.zeros(dof)
+            home_q_rad = UR5_HOME_Q_RAD if dof == 6 else np.zeros(dof)
         home = _finite_array(self._owner, "home_q_rad", home_q_rad, (dof,))
         self.home_q_rad = _within_limits(self._owner, "home_q_rad", home, self.joint_limits_rad)
         self._q_rad = self.home_q_rad.copy()
@@ -399,7 +377,7 @@ class MockArm(_MockDevice, Arm):
         q = np.asarray(q_rad, dtype=np.float64)
         if q.shape != (self.dof,):
             raise ValueError(f"{self._owner}: tcp_position q_rad must have shape ({self.dof},), got {q.shape}")
-        return _ur5_tcp_m(q) if self.dof == 6 else _planar_tcp_m(q)
+        return ur5_point_m(q) if self.dof == 6 else _planar_tcp_m(q)
 
     def _apply_scheduled_fault(self, key: str, value: float | None, at_host_ns: int) -> None:
         """Fire protective_stop_at_s here, the shared keys in the base class."""

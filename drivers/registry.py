@@ -30,6 +30,11 @@ def names() -> list[str]:
     return sorted(_DRIVERS)
 
 
+def driver_class(name: str) -> type[Device] | None:
+    """The class registered under name, or None."""
+    return _DRIVERS.get(name)
+
+
 def is_simulated(name: str) -> bool:
     """True when the driver registered under name declares itself simulated (False if unknown)."""
     cls = _DRIVERS.get(name)

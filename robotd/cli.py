@@ -65,6 +65,9 @@ def cmd_daemon(args) -> int:
         return fail("daemon", exc)
     logging.getLogger("robotd.daemon").info("stopped after %d ticks (%d with an actor), %d late",
                                             stats["ticks"], stats["actor_ticks"], stats["late_steps"])
+    if stats.get("stop_reason"):
+        print(f"robotd daemon: error: {stats['stop_reason']}; the robot was stopped", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -82,6 +85,19 @@ def cmd_train(args) -> int:
         return train(config, logdir=logdir, steps=args.steps)
     except USER_ERRORS as exc:
         return fail("train", exc)
+
+
+def cmd_check(args) -> int:
+    from robotd import check
+    setup_logging("check")
+    try:
+        config = load_config(args)
+    except USER_ERRORS as exc:
+        return fail("check", exc)
+    if not args.seconds > 0:
+        return fail("check", ValueError(f"--seconds {args.seconds} must be positive, e.g. --seconds 2"))
+    return check.run(config, seconds=args.seconds, out=print,
+                     err=lambda line: print(line, file=sys.stderr))
 
 
 def cmd_keys(args) -> int:
@@ -104,6 +120,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_common(train)
     train.add_argument("--steps", type=int, default=None, help="stop after this many environment steps")
     train.set_defaults(func=cmd_train)
+    check = sub.add_parser("check", help="connect to every configured device and report what was found")
+    check.add_argument("config", help="YAML config file (see configs/)")
+    check.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override any config key, e.g. --set robot.args.host=127.0.0.2")
+    check.add_argument("--seconds", type=float, default=2.0, help="how long each device is measured (default 2)")
+    check.set_defaults(func=cmd_check)
     daemon = sub.add_parser("daemon", help="the robot daemon (on the robot PC)")
     add_common(daemon)
     daemon.set_defaults(func=cmd_daemon)

@@ -50,11 +50,13 @@ class Daemon:
         host_clock = self.sim_clock.now_ns if self.sim_clock is not None else None
         self.counters = {"ticks": 0, "actor_ticks": 0, "late_steps": 0, "late_actions": 0, "stale_readings": 0,
                          "safety_clipped": 0, "watchdog_stops": 0, "protective_stops": 0, "resets": 0,
-                         "malformed": 0, "refused_actors": 0}
+                         "malformed": 0, "refused_actors": 0, "link_losses": 0}
         self.io = RobotIO(config, host_clock=host_clock, counters=self.counters)
         self.robot, self.cameras, self.devices = self.io.robot, self.io.cameras, self.io.devices
         self.kind, self.action_dim, self.action_discrete = self.io.kind, self.io.action_dim, self.io.action_discrete
         self.stop_requested = threading.Event()
+        # Why the daemon ended the session by itself (a lost link), or None when it was asked to stop.
+        self.stop_reason: str | None = None
         self.training_stats = PeriodStats()
         self.scheduling = "SCHED_OTHER"
 
@@ -104,6 +106,10 @@ class Daemon:
                 self.counters["ticks"] += 1
                 arrays, timing = self.io.read_all(t_tick_ns)
                 robot_status = self.io.check_status()
+                if self.io.link_lost is not None:
+                    # A robot or camera that stopped answering cannot be driven safely: the session ends here.
+                    self.stop_reason = f"link lost: {self.io.link_lost}"
+                    break
                 actor = self._take_messages(socket, receiver, actor, watchdog, tick)
                 if actor is not None and watchdog.expired():
                     self.counters["watchdog_stops"] += 1
@@ -270,7 +276,7 @@ class Daemon:
                 "period_error_ms": summary["period_error_ms"], "overruns": summary.get("overruns", 0),
                 "period_error_ms_while_training": training["period_error_ms"],
                 "ticks_while_training": training["count"], "scheduling": self.scheduling,
-                "pacing": self.config.control.pacing}
+                "pacing": self.config.control.pacing, "stop_reason": self.stop_reason}
 
 
 def run(config: Config, *, logdir: str | None = None) -> dict:

@@ -15,7 +15,10 @@ With ``safety.arm.gripper`` one more value follows: -1 fully open .. +1 fully cl
 """
 from __future__ import annotations
 
+import ipaddress
 import logging
+import os
+import time
 
 import numpy as np
 
@@ -28,13 +31,40 @@ from robotd.timesync import ClockOffsetEstimator
 
 log = logging.getLogger("robotd.robot")
 
-COUNTERS = ("stale_readings", "safety_clipped", "protective_stops", "resets")
+COUNTERS = ("stale_readings", "safety_clipped", "protective_stops", "resets", "link_losses")
+# How often a reset is tried while the robot still reports a stop.
+RESET_RETRY_S = 1.0
+
+
+# With this environment variable set to 1 (the test suite sets it), a device whose address is not a loopback
+# address is refused before anything connects: no test can reach a lab robot through a config it forgot to override.
+LOOPBACK_ONLY_ENV = "ROBOTD_LOOPBACK_ONLY"
+# Driver args that hold a network address.
+ADDRESS_ARGS = ("host", "robot_ip")
+
+
+def check_loopback_only(device: DeviceConfig) -> None:
+    """Under ROBOTD_LOOPBACK_ONLY=1, refuses a device configured with a non-loopback address (one line)."""
+    if os.environ.get(LOOPBACK_ONLY_ENV) != "1":
+        return
+    for key in ADDRESS_ARGS:
+        value = device.args.get(key)
+        if value is None:
+            continue
+        try:
+            loopback = ipaddress.ip_address(str(value)).is_loopback
+        except ValueError:
+            loopback = str(value) == "localhost"
+        if not loopback:
+            raise ValueError(f"device {device.name!r}: args.{key} = {value!r} is not a loopback address and "
+                             f"{LOOPBACK_ONLY_ENV}=1: override it, e.g. --set robot.args.{key}=127.0.0.2 (or the camera's)")
 
 
 def make_device(device: DeviceConfig, seed: int, host_clock=None):
     """Builds a driver from its config entry; bad driver arguments fail with one clear line.
 
     Simulated drivers get the config's seed, and under lockstep pacing ``host_clock`` (the simulated clock)."""
+    check_loopback_only(device)
     args = dict(device.args)
     if device.driver.startswith("mock_") or driver_registry.is_simulated(device.driver):
         args.setdefault("seed", seed)
@@ -103,6 +133,11 @@ class RobotIO:
         self.prev_action = np.zeros(self.action_dim, np.float32)
         self.applied_action = np.zeros(self.action_dim, np.float32)
         self.protective_stop = False
+        self._last_stopped_reset = -float("inf")
+        self.link_lost: str | None = None
+        # A driver that paces its own motion commands (a UR's servoJ time) learns the control period.
+        if hasattr(self.robot, "set_control_period"):
+            self.robot.set_control_period(self.period_s)
 
     # ----------------------------------------------------------------------------------------
     def connect(self) -> None:
@@ -189,9 +224,25 @@ class RobotIO:
             self.counters["protective_stops"] += 1
             self.safe_stop("protective stop reported by the robot")
         self.protective_stop = stopped
+        lost = self._lost_link(robot_status)
+        if lost is not None and self.link_lost is None:
+            self.counters["link_losses"] += 1
+            log.error("%s", lost)
+            self.safe_stop("link lost")
+        self.link_lost = lost
         return {"ok": bool(robot_status.ok), "protective_stop": bool(robot_status.protective_stop),
                 "emergency_stop": bool(robot_status.emergency_stop), "fallen": bool(robot_status.fallen),
-                "fault": robot_status.fault}
+                "fault": robot_status.fault, "link_lost": lost is not None}
+
+    def _lost_link(self, robot_status) -> str | None:
+        """Why the robot or a camera can no longer be used (its link is gone), or None."""
+        if robot_status.link_lost:
+            return f"robot {self.robot.name!r}: {robot_status.fault or 'link lost'}"
+        for camera in self.cameras:
+            camera_status = camera.status()
+            if camera_status.link_lost:
+                return f"camera {camera.name!r}: {camera_status.fault or 'link lost'}"
+        return None
 
     # ----------------------------------------------------------------------------------------
     def act(self, action: np.ndarray | None, arrays: dict, *, fallback: str = "hold") -> SafeCommand:
@@ -229,9 +280,17 @@ class RobotIO:
         return np.clip(vector, -1.0, 1.0).astype(np.float32)
 
     def reset(self) -> bool:
-        """Moves the robot to its start state (an episode boundary); a failed reset stops it and returns False."""
+        """Moves the robot to its start state (an episode boundary); a failed reset stops it and returns False.
+
+        While the robot still reports a protective or emergency stop (a real robot's is cleared by a
+        person), a reset is tried at most once every RESET_RETRY_S; the others return False at once."""
         self.prev_action = np.zeros(self.action_dim, np.float32)
         self.applied_action = np.zeros(self.action_dim, np.float32)
+        if self.protective_stop:
+            now = time.monotonic()
+            if now - self._last_stopped_reset < RESET_RETRY_S:
+                return False
+            self._last_stopped_reset = now
         try:
             self.robot.reset()
         except Exception as exc:  # noqa: BLE001 - a failed reset stops the robot and is reported, not fatal
