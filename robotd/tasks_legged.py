@@ -99,27 +99,39 @@ class A1Stand(Task):
 class A1Walk(A1Stand):
     """Walk forward at target_speed_m_s while upright at the stand posture; reward in [0, 14].
 
-    Needs the robot's privileged ``scene_base_vel`` reading (sim_a1 gives it).
+    The forward speed is the robot reading ``velocity_key`` (x of the trunk velocity in the heading
+    frame): the simulator's privileged ``scene_base_vel`` (sim_a1), or on a real A1 the driver's leg
+    odometry ``base_vel_est`` (drivers/a1_odometry.py).
     """
 
     REWARD_MAX = 14.0
     SUCCESS_REWARD = 9.0
     VELOCITY_WEIGHT = 10.0
 
-    def __init__(self, *, target_speed_m_s: float = 0.5, **kwargs):
+    def __init__(self, *, target_speed_m_s: float = 0.5, velocity_key: str = SCENE_PREFIX + "base_vel", **kwargs):
         super().__init__(**kwargs)
         self.target_speed_m_s = _positive(self.name, "target_speed_m_s", target_speed_m_s)
+        if not isinstance(velocity_key, str) or not velocity_key:
+            raise ValueError(f"task {self.name!r}: velocity_key {velocity_key!r} must name a robot reading, "
+                             f"e.g. scene_base_vel (sim_a1) or base_vel_est (a1)")
+        self.velocity_key = velocity_key
+        self.velocity: np.ndarray | None = None
 
     def proprio_spec(self, robot_spec: ObsSpec) -> ObsSpec:
-        key = SCENE_PREFIX + "base_vel"
+        key = self.velocity_key
         if key not in robot_spec:
             raise ValueError(f"task {self.name!r} needs the robot reading {key!r} for its reward, and the robot "
-                             f"driver gives no {key}: use robot.driver = sim_a1")
+                             f"driver gives no {key}: use task.args.velocity_key = scene_base_vel with sim_a1 "
+                             f"or base_vel_est with a1")
         return super().proprio_spec(robot_spec)
+
+    def observe(self, readings):
+        self.velocity = readings[self.robot].get(self.velocity_key)
+        return super().observe(readings)
 
     def reward(self, obs) -> float:
         stand, gate = self.stand_reward(obs)
-        velocity = self.scene.get(SCENE_PREFIX + "base_vel")
+        velocity = self.velocity
         forward = 0.0 if velocity is None else float(np.asarray(velocity).reshape(-1)[0])
         if not math.isfinite(forward):
             forward = 0.0
