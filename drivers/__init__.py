@@ -8,9 +8,15 @@ from drivers.registry import make, names, register
 # Registers sim_ur5 and sim_camera; mujoco is imported only when one is constructed.
 from drivers.sim_ur5 import SimCamera, SimUR5
 from drivers.sim_a1 import SimA1
+from drivers.a1 import A1
+# Registers realsense; pyrealsense2 is imported only when one connects.
+from drivers.realsense import RealSense
+# The UR5 / UR5e over RTDE; ur-rtde is imported only when it connects.
+from drivers.ur5 import UR5
 
 __all__ = [
     "TIMESTAMP_DOMAINS",
+    "A1",
     "Arm",
     "Camera",
     "Device",
@@ -22,10 +28,12 @@ __all__ = [
     "MockCamera",
     "MockLegged",
     "Reading",
+    "RealSense",
     "SimA1",
     "SimCamera",
     "SimUR5",
     "SteppedEnv",
+    "UR5",
     "make",
     "names",
     "register",

@@ -9,13 +9,15 @@ CRC over the first ``len // 4 - 1`` little-endian 32-bit words, stored little-en
 The CRC is Unitree's "crc32_core": polynomial 0x04C11DB7, initial 0xFFFFFFFF, each 32-bit word
 fed most significant bit first, no reflection, no final xor. Feeding a word's bits and xoring the
 polynomial in after the shift is the same as the usual MSB-first CRC, so this is CRC-32/MPEG-2 of
-the words written big-endian, computed here a byte at a time from a table.
+the words written big-endian; it is computed with zlib's CRC-32 (the same CRC reflected) over
+bit-reversed bytes, its result bit-reversed back and its final xor undone.
 
 Nothing here touches a socket: the A1 driver and its fake peer both use these codecs.
 """
 from __future__ import annotations
 
 import struct
+import zlib
 
 import numpy as np
 
@@ -52,17 +54,13 @@ class A1WireError(ValueError):
     """A datagram that is not a well-formed A1 message (wrong size, bad CRC, wrong level)."""
 
 
-def _crc_table() -> list[int]:
-    table = []
-    for byte in range(256):
-        crc = byte << 24
-        for _ in range(8):
-            crc = ((crc << 1) ^ 0x04C11DB7) if crc & 0x80000000 else (crc << 1)
-        table.append(crc & 0xFFFFFFFF)
-    return table
+# Bit-reversal of every byte value: CRC-32/MPEG-2 is the reflected CRC-32 that zlib computes in C, run over
+# bit-reversed bytes, with its result bit-reversed and its final xor undone.
+_REVERSED_BYTES = bytes(int(f"{value:08b}"[::-1], 2) for value in range(256))
 
 
-_TABLE = _crc_table()
+def _reflect32(value: int) -> int:
+    return int(f"{value:032b}"[::-1], 2)
 
 
 def crc32_core(data: bytes | bytearray | memoryview) -> int:
@@ -70,12 +68,9 @@ def crc32_core(data: bytes | bytearray | memoryview) -> int:
     n_words = len(data) // 4 - 1
     if n_words < 0:
         raise A1WireError(f"crc32_core: {len(data)} bytes is shorter than one word; pass a whole message")
-    words = np.frombuffer(bytes(data[: 4 * n_words]), dtype="<u4")
-    crc = 0xFFFFFFFF
-    table = _TABLE
-    for byte in words.astype(">u4").tobytes():
-        crc = ((crc << 8) & 0xFFFFFFFF) ^ table[(crc >> 24) ^ byte]
-    return crc
+    # Each word is fed most significant byte first, i.e. its big-endian bytes.
+    big_endian = np.frombuffer(bytes(data[: 4 * n_words]), dtype="<u4").astype(">u4").tobytes()
+    return _reflect32(zlib.crc32(big_endian.translate(_REVERSED_BYTES)) ^ 0xFFFFFFFF)
 
 
 def _check(data: bytes | bytearray | memoryview, size: int, crc_at: int, what: str) -> None:

@@ -34,7 +34,7 @@ def crc32_mpeg2(data: bytes) -> int:
     return crc
 
 
-def test_the_table_crc_is_the_bitwise_definition():
+def test_the_fast_crc_is_the_bitwise_definition():
     rng = np.random.default_rng(0)
     for size in (8, 64, a1_wire.LOW_CMD_SIZE, a1_wire.LOW_STATE_SIZE):
         data = rng.integers(0, 256, size, dtype=np.uint8).tobytes()

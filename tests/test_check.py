@@ -4,6 +4,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from robotd import check, config
@@ -60,3 +61,23 @@ def test_real_robot_configs_load_and_name_a_real_driver(name):
     assert loaded.control.pacing == "realtime"
     assert not loaded.robot.driver.startswith(("sim_", "mock_"))
     assert check.device_address(loaded.robot) != "(no address: simulated or default device)"
+
+
+def test_check_against_the_fake_a1_reports_its_rate_tick_and_clock():
+    pytest.importorskip("mujoco", reason="the fake A1 runs the MuJoCo A1 (pip install 'robotd[sim]')")
+    from drivers.fake_a1 import FakeA1
+
+    with FakeA1("127.0.0.1") as fake:
+        host, port = fake.address
+        result = run_check("configs/a1_walk.yaml", "--set", f"robot.args.robot_ip={host}",
+                           "--set", f"robot.args.robot_port={port}", "--set", "robot.args.local_port=0",
+                           "--set", "robot.args.local_ip=127.0.0.1", "--seconds", "1")
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    assert f"robot 'legs': driver a1, robot_ip {host}:{port}: ok" in out
+    assert "timestamp domain: hardware_clock" in out and "clock offset host - device" in out
+    assert "base_vel_est (3,) float32" in out
+    assert fake.counters["malformed"] == 0
+    # a check never commands motion: only damping (kp 0) ever reached the fake
+    commands = [command for _, command in fake.commands]
+    assert commands and all(float(np.max(command["kp"])) == 0.0 for command in commands)

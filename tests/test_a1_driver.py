@@ -1,0 +1,393 @@
+"""The real A1 driver (drivers/a1.py) against the fake A1 (drivers/fake_a1.py) on loopback UDP."""
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+import numpy as np
+import pytest
+
+try:
+    import drivers.mujoco_sim  # noqa: F401  - picks MUJOCO_GL=egl and survives a broken GL backend
+except ModuleNotFoundError as err:
+    if err.name != "mujoco":
+        raise
+pytest.importorskip("mujoco", reason="mujoco is not installed (pip install 'robotd[sim]'): the fake A1 needs it")
+
+from drivers import a1_wire, registry  # noqa: E402
+from drivers.a1 import A1, unwrap_tick  # noqa: E402
+from drivers.fake_a1 import FakeA1  # noqa: E402
+
+STAND = np.tile([0.0, 0.9, -1.8], 4)
+ZEROS = np.zeros(12)
+POS_STOP_F32 = float(np.float32(a1_wire.POS_STOP_F))
+
+
+def wait_for(predicate, timeout_s: float, step_s: float = 0.002) -> float | None:
+    """Seconds until predicate() held, or None when it did not within timeout_s."""
+    start = time.monotonic()
+    while time.monotonic() - start < timeout_s:
+        if predicate():
+            return time.monotonic() - start
+        time.sleep(step_s)
+    return None
+
+
+def is_damping(command: dict, kd: float) -> bool:
+    return bool(np.all(command["mode"] == a1_wire.MODE_SERVO) and np.all(command["kp"] == 0.0)
+                and np.allclose(command["kd"], kd, atol=1 / 16) and np.all(command["q"] == POS_STOP_F32))
+
+
+@pytest.fixture
+def fake():
+    robot = FakeA1().start()
+    yield robot
+    robot.stop()
+
+
+@pytest.fixture
+def connect(fake):
+    made = []
+
+    def make(**kwargs) -> A1:
+        args = dict(robot_ip="127.0.0.1", robot_port=fake.address[1], local_ip="127.0.0.1", local_port=0)
+        args.update(kwargs)
+        driver = A1(**args)
+        made.append(driver)
+        driver.connect()
+        return driver
+
+    yield make
+    for driver in made:
+        driver.disconnect()
+
+
+def commands_since(fake: FakeA1, t_ns: int) -> list[dict]:
+    return [command for received_ns, command in list(fake.commands) if received_ns >= t_ns]
+
+
+# ----------------------------------------------------------------------------------------------
+def test_the_driver_is_registered_real_and_shares_the_mujoco_a1s_constants():
+    from drivers.mujoco_sim import A1Sim
+
+    sim = A1Sim()
+    driver = registry.make("a1", robot_ip="127.0.0.1", local_ip="127.0.0.1")
+    assert isinstance(driver, A1) and not driver.simulated and not registry.is_simulated("a1")
+    assert driver.n_motors == sim.n_motors == 12
+    np.testing.assert_array_equal(driver.stand_q_rad, sim.stand_q_rad)
+    np.testing.assert_allclose(driver.joint_limits_rad, sim.joint_limits_rad, atol=1e-6)
+    assert driver._socket is None                       # nothing touched the network
+    assert driver.max_tilt_rad == 0.8
+    assert A1(robot_ip="127.0.0.1", local_ip="127.0.0.1", max_tilt_rad=np.pi).max_tilt_rad is None   # fall latch off
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"inner_rate_hz": 100}, r"^A1 'legs': inner_rate_hz must be a number in \[200, 2000\], got 100; the A1 needs 500"),
+    ({"robot_ip": "robot"}, r"^A1 'legs': robot_ip must be an IPv4 address, got 'robot'"),
+    ({"local_port": 70000}, r"^A1 'legs': local_port must be an integer port in \[0, 65535\], got 70000"),
+    ({"filter_alpha": 0.0}, r"^A1 'legs': filter_alpha must be a number in \(0, 1\], got 0.0"),
+    ({"tau_max_nm": 40.0}, r"^A1 'legs': tau_max_nm must be a number in \(0, 33.5\], got 40.0"),
+    ({"damping_kd": 6.0}, r"^A1 'legs': damping_kd must be a number in \(0, 5\], got 6.0"),
+    ({"state_timeout_s": float("nan")}, r"^A1 'legs': state_timeout_s must be a number in \[0.004, 10\], got nan"),
+    ({"max_tilt_rad": -1}, r"^A1 'legs': max_tilt_rad must be a number in \(0, 3.14159\], got -1"),
+])
+def test_bad_configuration_fails_in_one_line(kwargs, message):
+    with pytest.raises(ValueError, match=message) as info:
+        A1(**{"robot_ip": "127.0.0.1", "local_ip": "127.0.0.1", **kwargs})
+    assert "\n" not in str(info.value)
+
+
+def test_read_has_sim_a1s_keys_and_the_robots_clock(connect, fake):
+    from drivers.sim_a1 import SimA1
+
+    driver = connect()
+    expected = {key: spec for key, spec in SimA1().reading_spec().items() if not key.startswith("scene_")}
+    expected["base_vel_est"] = ((3,), "float32")        # leg odometry in place of the simulator's scene_base_vel
+    assert driver.reading_spec() == expected
+    driver.command_motors(STAND, ZEROS, np.full(12, 60.0), np.full(12, 2.0), ZEROS)
+    time.sleep(0.3)                                      # standing on its four feet
+    first = driver.read()
+    assert {key: (value.shape, value.dtype.name) for key, value in first.values.items()} == expected
+    assert first.domain == "hardware_clock"
+    assert first.hw_time_ns == int(first.values["tick"][0]) * 1_000_000
+    assert 0 <= time.monotonic_ns() - first.host_time_ns < 50_000_000
+    assert first.values["foot_contact"].tolist() == [1.0] * 4    # the fake reports its feet's contact forces
+    time.sleep(0.05)
+    second = driver.read()
+    assert 40_000_000 <= second.hw_time_ns - first.hw_time_ns <= 200_000_000
+    assert second.host_time_ns > first.host_time_ns
+    np.testing.assert_allclose(second.values["joint_pos"], fake.sim.q(), atol=0.05)
+    assert np.abs(second.values["base_vel_est"]).max() < 0.05     # standing still: leg odometry reads ~0
+
+
+def test_inner_loop_rate_and_idle_damping_on_the_wire(connect, fake):
+    driver = connect(damping_kd=3.0)
+    time.sleep(0.2)
+    count0, t0 = fake.counters["commands"], time.monotonic()
+    time.sleep(1.0)
+    count1, t1 = fake.counters["commands"], time.monotonic()
+    rate = (count1 - count0) / (t1 - t0)
+    info = driver.info()
+    received = np.array([t for t, _ in list(fake.commands)][-500:], dtype=np.int64)
+    jitter_ms = np.abs(np.diff(received) - 2_000_000) / 1e6
+    print(f"\nA1 inner loop: {rate:.1f} Hz at the fake; driver info {info['inner_rate_hz']:.0f} Hz, "
+          f"send jitter p99 {info['tick_jitter_p99_ms']:.3f} ms, arrival jitter p99 "
+          f"{np.percentile(jitter_ms, 99):.3f} ms, inner thread CPU {info['inner_cpu_fraction']:.1%}, "
+          f"late ticks {driver.counters['late_ticks']}")
+    assert abs(rate - 500.0) < 25.0
+    assert abs(info["inner_rate_hz"] - 500.0) < 25.0
+    assert fake.counters["malformed"] == 0
+    assert info["robot"] == f"127.0.0.1:{fake.address[1]}" and info["local"].startswith("127.0.0.1:")
+    assert info["states"] > 400 and info["since_last_state_s"] < 0.05 and info["last_tick"] > 0
+    # Nothing but damping ever reached the wire before the first command_motors().
+    commands = [command for _, command in list(fake.commands)]
+    assert len(commands) > 500
+    assert all(command["level"] == a1_wire.LOWLEVEL and is_damping(command, 3.0) for command in commands)
+
+
+def test_a_new_target_ramps_on_the_wire_over_interpolate_s(connect, fake):
+    driver = connect(interpolate_s=0.1)
+    driver.command_motors(STAND, ZEROS, np.full(12, 60.0), np.full(12, 2.0), ZEROS)
+    time.sleep(0.3)
+    assert np.allclose(fake.last_command["q"], STAND, atol=1e-6) and np.allclose(fake.last_command["kp"], 60.0)
+    goal = STAND.copy()
+    goal[1::3] += 0.2                                    # every thigh 0.2 rad further
+    t_ns = time.monotonic_ns()
+    driver.command_motors(goal, ZEROS, np.full(12, 60.0), np.full(12, 2.0), ZEROS)
+    assert wait_for(lambda: fake.last_command["q"][1] == pytest.approx(goal[1], abs=1e-6), 1.0) is not None
+    time.sleep(0.02)
+    thigh = np.array([command["q"][1] for command in commands_since(fake, t_ns)])
+    assert thigh[0] < STAND[1] + 0.03                    # starts at the target in force, not at the new one
+    assert np.all(np.diff(thigh) >= -1e-6)               # moves one way only
+    intermediate = thigh[(thigh > STAND[1] + 0.02) & (thigh < goal[1] - 0.02)]
+    # About 0.1 s x 500 Hz minus the ends (a loaded machine drops ticks, never adds any).
+    assert 15 <= len(intermediate) <= 55
+    assert thigh[-1] == pytest.approx(goal[1], abs=1e-6)
+    np.testing.assert_allclose(fake.last_command["q"], goal, atol=1e-6)
+
+
+def test_with_interpolate_0_a_target_steps_and_the_filter_smooths_it(connect, fake):
+    driver = connect(interpolate_s=0.0, filter_alpha=0.2)
+    driver.command_motors(STAND, ZEROS, np.full(12, 60.0), np.full(12, 2.0), ZEROS)
+    time.sleep(0.2)
+    goal = STAND + np.tile([0.0, 0.2, 0.0], 4)
+    t_ns = time.monotonic_ns()
+    driver.command_motors(goal, ZEROS, np.full(12, 60.0), np.full(12, 2.0), ZEROS)
+    time.sleep(0.1)
+    thigh = np.array([command["q"][1] for command in commands_since(fake, t_ns)])
+    thigh = thigh[np.argmax(thigh > STAND[1] + 1e-6):]   # from the first tick after the command
+    steps = np.diff(np.concatenate([[STAND[1]], thigh]))
+    # First order: each tick closes 20 % of the remaining gap.
+    assert steps[0] == pytest.approx(0.2 * 0.2, abs=1e-4) and steps[1] == pytest.approx(0.8 * 0.2 * 0.2, abs=1e-4)
+    assert thigh[-1] == pytest.approx(goal[1], abs=1e-3)
+
+
+def test_hard_limits_clip_what_reaches_the_wire(connect, fake):
+    driver = connect(interpolate_s=0.0, kp_max=50.0, kd_max=4.0, tau_max_nm=10.0)
+    lower, upper = driver.joint_limits_rad[:, 0], driver.joint_limits_rad[:, 1]
+    q = STAND.copy()
+    q[0], q[2] = 1.5, -3.5                               # FR hip above its limit, FR calf below
+    driver.command_motors(q, ZEROS, np.full(12, 80.0), np.full(12, 6.0), np.full(12, -20.0))
+    assert driver.counters["clipped"] == 1
+    time.sleep(0.05)
+    wire = fake.last_command
+    assert wire["q"][0] == pytest.approx(upper[0], abs=1e-6) and wire["q"][2] == pytest.approx(lower[2], abs=1e-6)
+    np.testing.assert_allclose(wire["q"][3:], STAND[3:], atol=1e-6)
+    assert np.all(wire["kp"] == 50.0) and np.all(wire["kd"] == 4.0) and np.all(wire["tau"] == -10.0)
+    driver.command_motors(STAND, ZEROS, np.full(12, 40.0), np.full(12, 1.0), ZEROS)
+    assert driver.counters["clipped"] == 1                # within the limits: nothing clipped
+    for bad, message in ((np.zeros(11), r"q_rad must have shape \(12,\), got \(11,\)"),
+                         (np.full(12, np.nan), r"q_rad must be finite")):
+        with pytest.raises(ValueError, match=message):
+            driver.command_motors(bad, ZEROS, ZEROS, ZEROS, ZEROS)
+    with pytest.raises(ValueError, match=r"^A1 'legs': command_motors kp must be >= 0"):
+        driver.command_motors(STAND, ZEROS, np.full(12, -1.0), ZEROS, ZEROS)
+
+
+def test_a_fall_latches_damping_until_reset_stands_the_robot_up(connect, fake):
+    driver = connect(max_tilt_rad=0.6, damping_kd=3.0, stand_up_s=0.3)
+    driver.command_motors(STAND, ZEROS, np.full(12, 60.0), np.full(12, 2.0), ZEROS)
+    time.sleep(0.1)
+    assert not driver.status().fallen and fake.last_command["kp"][0] == 60.0
+    fake.tilt((1.2, 0.0, 0.0))                           # on its side
+    assert wait_for(lambda: driver.status().fallen, 0.05) is not None
+    assert wait_for(lambda: is_damping(fake.last_command, 3.0), 0.02) is not None
+    status = driver.status()
+    assert status.ok and status.fallen and driver.counters["falls"] == 1
+    driver.command_motors(STAND, ZEROS, np.full(12, 60.0), np.full(12, 2.0), ZEROS)
+    time.sleep(0.05)
+    assert is_damping(fake.last_command, 3.0) and driver.status().fallen      # still latched
+    with pytest.raises(RuntimeError, match=r"cannot stand up while tilted 1.20 rad"):
+        driver.reset()
+    fake.tilt(None)
+    time.sleep(0.3)                                      # damped, the robot sinks
+    start_q = fake.sim.q()
+    t_ns = time.monotonic_ns()
+    t0 = time.monotonic()
+    driver.reset()
+    assert 0.3 <= time.monotonic() - t0 < 0.5
+    assert not driver.status().fallen
+    assert wait_for(lambda: np.allclose(fake.last_command["q"], STAND, atol=1e-6), 0.5) is not None  # the stand pose
+    calf = np.array([command["q"][2] for command in commands_since(fake, t_ns)
+                     if not is_damping(command, 3.0)])             # damping still in flight at the start
+    assert calf[0] == pytest.approx(start_q[2], abs=0.05)         # the ramp starts from the measured pose
+    assert np.sum((calf > min(start_q[2], STAND[2]) + 0.01) & (calf < max(start_q[2], STAND[2]) - 0.01)) > 50
+    assert np.all(fake.last_command["kp"] == 60.0) and np.all(fake.last_command["kd"] == 2.0)
+
+
+def test_the_watchdog_damps_on_silence_and_recovers(connect, fake):
+    driver = connect(state_timeout_s=0.1, damping_kd=3.0)
+    driver.command_motors(STAND, ZEROS, np.full(12, 60.0), np.full(12, 2.0), ZEROS)
+    time.sleep(0.1)
+    assert driver.status().ok
+    fake.go_silent()
+    waited = wait_for(lambda: driver.status().link_lost, 0.5)
+    assert waited is not None and 0.09 <= waited <= 0.1 + 0.03
+    status = driver.status()
+    assert not status.ok and status.link_lost
+    assert f"no state from 127.0.0.1:{fake.address[1]} for 0.1" in status.fault
+    assert wait_for(lambda: is_damping(fake.last_command, 3.0), 0.02) is not None
+    assert driver.counters["watchdog_trips"] == 1 and fake.counters["unanswered"] > 10
+    time.sleep(0.05)
+    assert driver.counters["watchdog_trips"] == 1                      # one trip per silence
+    with pytest.raises(RuntimeError, match=r"no state from 127.0.0.1:\d+ for 0.1\d\d s before standing up"):
+        driver.reset()
+    fake.resume()
+    assert wait_for(lambda: driver.status().ok, 0.05) is not None
+    assert not driver.status().link_lost
+    time.sleep(0.02)
+    assert is_damping(fake.last_command, 3.0)            # damping holds until a new command
+    driver.command_motors(STAND, ZEROS, np.full(12, 60.0), np.full(12, 2.0), ZEROS)
+    assert wait_for(lambda: fake.last_command["kp"][0] == 60.0, 0.05) is not None
+
+
+def test_an_error_in_the_inner_loop_leaves_it_sending_damping_and_reports_it(connect, fake, monkeypatch):
+    driver = connect(damping_kd=3.0)
+    driver.command_motors(STAND, ZEROS, np.full(12, 60.0), np.full(12, 2.0), ZEROS)
+    assert wait_for(lambda: fake.last_command["kp"][0] == 60.0, 0.2) is not None
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr("drivers.a1.a1_wire.encode_low_cmd", broken)
+    assert wait_for(lambda: not driver.status().ok, 0.1) is not None
+    assert "inner command loop failed (RuntimeError: boom)" in driver.status().fault
+    count = fake.counters["commands"]
+    time.sleep(0.05)
+    assert fake.counters["commands"] > count + 10 and is_damping(fake.last_command, 3.0)
+
+
+def test_connecting_to_a_silent_port_fails_naming_the_address():
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.settimeout(1.0)
+        port = silent.getsockname()[1]
+        driver = A1(robot_ip="127.0.0.1", robot_port=port, local_ip="127.0.0.1", local_port=0)
+        t0 = time.monotonic()
+        with pytest.raises(RuntimeError, match=rf"^A1 'legs': no state from 127.0.0.1:{port} within 1.0 s: is the "
+                                               rf"robot on and in low-level mode, and robot_ip/robot_port right\?$"):
+            driver.connect()
+        assert 0.9 <= time.monotonic() - t0 < 1.5
+        assert driver._socket is None and driver._thread is None and not driver.status().ok
+        data, _ = silent.recvfrom(2048)                  # it had been sending damping all along
+        assert is_damping(a1_wire.decode_low_cmd(data), driver.damping_kd)
+        with pytest.raises(RuntimeError, match="not connected"):
+            driver.read()
+        driver.disconnect()                              # idempotent
+
+
+def test_unwrap_tick_continues_across_the_u32_wrap():
+    assert unwrap_tick(None, 5) == 5
+    assert unwrap_tick(2**32 - 1, 0) == 2**32
+    assert unwrap_tick(2**32 - 2, 1) == 2**32 + 1
+    assert unwrap_tick(2**32 + 3, 1) == 2**32 + 1        # a reordered tick lands just behind
+    assert unwrap_tick(5 * 2**32 + 10, 12) == 5 * 2**32 + 12
+    last = None
+    for tick in [2**32 - 4, 2**32 - 2, 0, 2, 2**31, 2**32 - 1, 3]:
+        last = unwrap_tick(last, tick)
+    assert last == 2 * 2**32 + 3
+
+
+def test_a_hand_made_robot_wrapping_its_tick_with_garbage_on_the_wire():
+    """A loopback peer replying with ticks across 2**32, plus garbage and states from a stranger."""
+    robot = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    robot.bind(("127.0.0.1", 0))
+    robot.settimeout(0.05)
+    stranger = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    stranger.bind(("127.0.0.2", 0))
+    stop = threading.Event()
+    start_tick = 2**32 - 100
+
+    def serve():
+        n = 0
+        t0 = time.monotonic()
+        while not stop.is_set():
+            try:
+                _, sender = robot.recvfrom(2048)
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            tick = start_tick + int((time.monotonic() - t0) * 1000)
+            robot.sendto(a1_wire.encode_low_state(q=STAND, dq=ZEROS, tick=tick), sender)
+            n += 1
+            if n % 50 == 0:
+                robot.sendto(b"garbage", sender)
+                stranger.sendto(a1_wire.encode_low_state(q=ZEROS, dq=ZEROS, tick=tick), sender)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    driver = A1(robot_ip="127.0.0.1", robot_port=robot.getsockname()[1], local_ip="127.0.0.1", local_port=0)
+    try:
+        driver.connect()
+        first = driver.read()
+        assert first.hw_time_ns < 2**32 * 1_000_000
+        time.sleep(0.3)
+        later = driver.read()
+        assert later.hw_time_ns >= (2**32 + 150) * 1_000_000                  # unwrapped past the u32 range
+        assert int(later.values["tick"][0]) == later.hw_time_ns // 1_000_000 - 2**32    # the raw tick wrapped
+        assert driver.counters["malformed"] >= 4 and driver.status().ok
+        np.testing.assert_allclose(later.values["joint_pos"], STAND, atol=1e-6)   # never the stranger's
+    finally:
+        driver.disconnect()
+        stop.set()
+        thread.join(2.0)
+        robot.close()
+        stranger.close()
+
+
+def test_fifty_control_steps_through_robot_io_and_the_safety_layer(fake):
+    from robotd.config import from_dict
+    from robotd.robot_io import RobotIO
+
+    config = from_dict({
+        "robot": {"name": "legs", "driver": "a1",
+                  "args": {"robot_ip": "127.0.0.1", "robot_port": fake.address[1], "local_ip": "127.0.0.1",
+                           "local_port": 0, "stand_up_s": 0.5}},
+        "control": {"rate_hz": 50.0, "action_deadline_ms": 10.0},
+        "safety": {"legged": {"kp": 60.0, "kd": 2.0, "action_scale_rad": 0.3, "max_delta_rad": 0.1}},
+    })
+    io = RobotIO(config)
+    io.connect()
+    try:
+        assert io.reset()
+        rng = np.random.default_rng(0)
+        stale = 0
+        for _ in range(50):
+            t_ns = time.monotonic_ns()
+            arrays, timing = io.read_all(t_ns)
+            status = io.check_status()
+            assert status["ok"] and not status["fallen"]
+            assert timing["legs"]["domain"] == "hardware_clock"
+            stale += timing["legs"]["stale"]
+            command = io.act(rng.uniform(-0.3, 0.3, 12), arrays)
+            assert command.kind == "motors"
+            time.sleep(max(0.0, 0.02 - (time.monotonic_ns() - t_ns) / 1e9))
+        assert stale == 0
+        wire = fake.last_command
+        assert np.all(wire["kp"] == 60.0) and np.all(np.abs(wire["q"] - STAND) <= 0.3 + 1e-6)
+        assert fake.counters["malformed"] == 0 and fake.sim.tilt_rad() < 0.3
+    finally:
+        io.disconnect()
+    assert is_damping(fake.last_command, 2.0)            # disconnect left it damped
