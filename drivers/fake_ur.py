@@ -845,8 +845,10 @@ class FakeURServer:
 
     def __init__(self, host: str = "127.0.0.2", *, version: tuple[int, int, int, int] = CB3_VERSION,
                  start_q: list[float] | None = None, serial: str = DEFAULT_SERIAL, unlock_delay_s: float = 0.0,
-                 stop_script_on_fault: bool = False, trace: bool = False) -> None:
+                 stop_script_on_fault: bool = False, trace: bool = False, gripper: bool = False) -> None:
         self.host = check_loopback("FakeURServer", host)
+        self.gripper = gripper
+        self.robotiq = None
         self.version = check_version("FakeURServer", version)
         self.serial = serial
         self._trace = trace
@@ -878,6 +880,13 @@ class FakeURServer:
         except OSError:
             self.stop()
             raise
+        if self.gripper:
+            from drivers.fake_robotiq import FakeRobotiq   # a Robotiq URCap on its port 63352, as on a real cell
+            try:
+                self.robotiq = FakeRobotiq(self.host).start()
+            except OSError:
+                self.stop()
+                raise
         for thread in self._threads:
             thread.start()
         return self
@@ -885,6 +894,9 @@ class FakeURServer:
     def stop(self) -> None:
         """Stop serving: close the listening sockets; connection threads end within ~0.1 s."""
         self.stop_event.set()
+        if self.robotiq is not None:
+            self.robotiq.stop()
+            self.robotiq = None
         for sock in self._sockets:
             try:
                 sock.close()
@@ -1115,8 +1127,9 @@ class FakeURController:
 
     def __init__(self, host: str = "127.0.0.2", *, version: tuple[int, int, int, int] = CB3_VERSION,
                  start_q=None, serial: str = DEFAULT_SERIAL, unlock_delay_s: float = 0.0,
-                 stop_script_on_fault: bool = False, trace: bool = False) -> None:
+                 stop_script_on_fault: bool = False, trace: bool = False, gripper: bool = False) -> None:
         self.host = check_loopback("FakeURController", host)
+        self.gripper = bool(gripper)
         self.version = check_version("FakeURController", version)
         if start_q is not None:
             try:
@@ -1167,6 +1180,8 @@ class FakeURController:
             command.append("--stop-script-on-fault")
         if self.trace:
             command.append("--trace")
+        if self.gripper:
+            command.append("--gripper")
         process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
                                    cwd=root)
         self._replies = queue.Queue()
@@ -1326,12 +1341,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stop-script-on-fault", action="store_true",
                         help="a protective or emergency stop ends the running script (reupload it after)")
     parser.add_argument("--trace", action="store_true", help="print every message received to stderr")
+    parser.add_argument("--gripper", action="store_true", help="also serve a Robotiq gripper URCap on port 63352")
     parser.add_argument("--control", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     try:
         server = FakeURServer(args.host, version=args.version, start_q=args.start_q, serial=args.serial,
                               unlock_delay_s=args.unlock_delay, stop_script_on_fault=args.stop_script_on_fault,
-                              trace=args.trace).start()
+                              trace=args.trace, gripper=args.gripper).start()
     except ValueError as err:
         if args.control:
             _reply({"error": str(err), "type": "ValueError"})

@@ -1,0 +1,257 @@
+"""The UR5 driver (drivers/ur5.py) through the real ur-rtde client against the fake UR controller.
+
+Each test serves its own loopback address (127.0.0.60 and up): the controller's ports are fixed.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+try:
+    import drivers.mujoco_sim  # noqa: F401  - picks MUJOCO_GL=egl and survives a broken GL backend
+except ModuleNotFoundError as err:
+    if err.name != "mujoco":
+        raise
+pytest.importorskip("mujoco", reason="mujoco is not installed (pip install 'robotd[sim]'): the fake UR needs it")
+pytest.importorskip("rtde_control", reason="ur-rtde is not installed (pip install 'robotd[ur5]')")
+
+from drivers.fake_ur import FakeURController  # noqa: E402
+from drivers.mujoco_sim import UR5Sim  # noqa: E402
+from drivers.ur5 import UR5, ur5_point_m  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+HOME = np.array([0.0, -1.57, 1.57, -1.57, -1.57, 0.0])
+
+
+def wait_until(predicate, timeout_s: float) -> float | None:
+    """Seconds until predicate() holds, or None after timeout_s."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout_s:
+        if predicate():
+            return time.monotonic() - t0
+        time.sleep(0.002)
+    return None
+
+
+def servo_for(arm: UR5, target: np.ndarray, seconds: float, rate_hz: float = 125.0) -> None:
+    """A servo loop at rate_hz: each period the target moves at most max_step_rad from the measured joints."""
+    period = 1.0 / rate_hz
+    deadline = time.monotonic()
+    for _ in range(int(seconds * rate_hz)):
+        arm.command_joint_position(target)
+        deadline += period
+        time.sleep(max(0.0, deadline - time.monotonic()))
+
+
+def test_dh_point_matches_the_simulated_arms_tool_centre_point():
+    sim = UR5Sim()
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        q = rng.uniform(-np.pi, np.pi, 6)
+        np.testing.assert_allclose(ur5_point_m(q, (0.0, 0.0, UR5Sim.TOOL_OFFSET_M)), sim.tcp_position(q), atol=1e-5)
+
+
+def test_bad_arguments_fail_in_one_line():
+    for kwargs, match in (({}, "set robot.args.host"), ({"host": "127.0.0.1", "servo_gain": 50}, "servo_gain 50"),
+                          ({"host": "127.0.0.1", "servo_lookahead_s": 0.5}, "servo_lookahead_s"),
+                          ({"host": "127.0.0.1", "gripper": "suction"}, "gripper 'suction' is unknown"),
+                          ({"host": "127.0.0.1", "home_q_rad": [0, 0, 0, 0, 0, 9]}, "home_q_rad")):
+        with pytest.raises(ValueError, match=match) as info:
+            UR5(**kwargs)
+        assert "\n" not in str(info.value)
+
+
+def test_servo_loop_at_125_hz_with_the_controller_clock_as_hardware_time():
+    with FakeURController("127.0.0.60", start_q=HOME.tolist()):
+        arm = UR5(host="127.0.0.60", tool_offset_m=UR5Sim.TOOL_OFFSET_M, max_step_rad=0.05)
+        arm.set_control_period(0.008)
+        arm.connect()
+        try:
+            first = arm.read()
+            assert first.domain == "hardware_clock"
+            np.testing.assert_allclose(first.values["joint_pos"], HOME, atol=1e-3)
+            target = HOME + np.array([0.3, -0.2, 0.2, 0.1, 0.0, 0.3])
+            started = time.monotonic()
+            servo_for(arm, target, 2.0)
+            elapsed = time.monotonic() - started
+            last = arm.read()
+            np.testing.assert_allclose(last.values["joint_pos"], target, atol=0.03)
+            # The controller's clock advanced with the wall clock, in whole 8 ms periods.
+            advanced_s = (last.hw_time_ns - first.hw_time_ns) / 1e9
+            assert abs(advanced_s - elapsed) < 0.1, (advanced_s, elapsed)
+            assert round(last.hw_time_ns / 8e6) * 8e6 == pytest.approx(last.hw_time_ns, abs=1e5)
+            assert arm.status().ok and not arm.status().link_lost
+            assert arm.counters["command_failures"] == 0 and arm.counters["commands"] >= 240
+            assert arm.counters["clipped"] > 0                          # max_step_rad held the first steps back
+            # tcp_pos is the DH tool centre point of the measured joints, as the controller reports it
+            info = arm.info(measure_s=0.5)
+            np.testing.assert_allclose(info["tcp_pos_m"], info["controller_tcp_pos_m"], atol=2e-3)
+            assert info["rtde_rate_hz"] == pytest.approx(125, rel=0.1)
+        finally:
+            arm.disconnect()
+
+
+def test_tcp_velocity_moves_the_tool_and_a_stop_holds_it():
+    with FakeURController("127.0.0.61", start_q=HOME.tolist()):
+        arm = UR5(host="127.0.0.61", tool_offset_m=UR5Sim.TOOL_OFFSET_M, max_tcp_speed_m_s=0.1)
+        arm.connect()
+        try:
+            before = arm.read().values["tcp_pos"].astype(float)
+            for _ in range(25):
+                arm.command_tcp_velocity(np.array([0.0, 0.5, 0.0, 0.0, 0.0, 0.0]))   # capped to 0.1 m/s
+                time.sleep(0.02)
+            arm.stop()
+            time.sleep(0.2)
+            moved = arm.read().values["tcp_pos"].astype(float)
+            assert 0.02 < moved[1] - before[1] < 0.08, moved - before
+            assert abs(moved[0] - before[0]) < 0.01 and abs(moved[2] - before[2]) < 0.01
+            time.sleep(0.2)
+            np.testing.assert_allclose(arm.read().values["tcp_pos"], moved, atol=2e-3)   # held after the stop
+            assert arm.counters["clipped"] == 25
+        finally:
+            arm.disconnect()
+
+
+def test_protective_stop_is_reported_nothing_moves_and_reset_needs_it_cleared():
+    with FakeURController("127.0.0.62", start_q=HOME.tolist()) as fake:
+        arm = UR5(host="127.0.0.62", max_step_rad=0.1)
+        arm.set_control_period(0.04)
+        arm.connect()
+        try:
+            fake.protective_stop()
+            assert wait_until(lambda: arm.status().protective_stop, 0.5) is not None
+            status = arm.status()
+            assert not status.ok and not status.link_lost and "protective stop" in status.fault
+            q = arm.read().values["joint_pos"].copy()
+            servo_for(arm, q + 0.1, 0.3, 25.0)
+            np.testing.assert_allclose(arm.read().values["joint_pos"], q, atol=1e-4)
+            with pytest.raises(RuntimeError, match="clear it on the teach pendant"):
+                arm.reset()
+        finally:
+            arm.disconnect()
+
+
+def test_reset_unlocks_through_the_dashboard_when_allowed_and_moves_home():
+    start = HOME + np.array([0.4, 0.0, 0.0, 0.0, 0.0, 0.0])
+    with FakeURController("127.0.0.63", start_q=start.tolist()) as fake:
+        arm = UR5(host="127.0.0.63", unlock_protective_stop=True, home_speed_rad_s=1.0, home_acc_rad_s2=1.4)
+        arm.connect()
+        try:
+            fake.protective_stop()
+            assert wait_until(lambda: arm.status().protective_stop, 0.5) is not None
+            arm.reset()
+            assert arm.status().ok
+            np.testing.assert_allclose(arm.read().values["joint_pos"], HOME, atol=0.01)
+        finally:
+            arm.disconnect()
+
+
+def test_a_vanished_controller_is_a_lost_link_within_a_few_periods_and_nothing_is_sent():
+    fake = FakeURController("127.0.0.64", start_q=HOME.tolist()).start()
+    arm = UR5(host="127.0.0.64", freshness_s=0.05)
+    arm.set_control_period(0.008)
+    arm.connect()
+    try:
+        servo_for(arm, HOME + 0.05, 0.3)
+        fake.vanish()
+        vanished = time.monotonic()
+        detected = wait_until(lambda: arm.status().link_lost, 1.0)
+        assert detected is not None and detected < 0.1, detected       # within a few 8 ms periods (and 25 Hz ticks)
+        assert "127.0.0.64" in arm.status().fault
+        sent = arm.counters["commands"]
+        arm.command_joint_position(HOME)
+        arm.command_tcp_velocity(np.zeros(6))
+        assert arm.counters["commands"] == sent and arm.counters["skipped_while_lost"] == 2
+        with pytest.raises(RuntimeError, match="reconnect"):
+            arm.reset()
+        print(f"vanished controller seen as a lost link after {(time.monotonic() - vanished) * 1000:.0f} ms")
+    finally:
+        started = time.monotonic()
+        arm.disconnect()
+        assert time.monotonic() - started < 3.0
+        fake.stop()
+
+
+def test_a_frozen_controller_is_caught_by_the_timestamp_before_the_library_notices():
+    fake = FakeURController("127.0.0.65", start_q=HOME.tolist()).start()
+    arm = UR5(host="127.0.0.65", freshness_s=0.05)
+    arm.connect()
+    try:
+        fake.freeze()                           # the process stops: the socket stays open, nothing arrives
+        detected = wait_until(lambda: arm.status().link_lost, 1.0)
+        assert detected is not None and detected < 0.2, detected
+        assert "has not advanced" in arm.status().fault
+    finally:
+        fake.vanish()
+        arm.disconnect()
+        fake.stop()
+
+
+def test_the_robotiq_gripper_through_the_arm():
+    with FakeURController("127.0.0.66", start_q=HOME.tolist(), gripper=True):
+        arm = UR5(host="127.0.0.66", gripper="robotiq")
+        arm.connect()
+        try:
+            assert arm.has_gripper and "gripper_pos" in arm.reading_spec()
+            assert arm.read().values["gripper_pos"][0] == 0.0
+            arm.command_gripper(1.0)
+            assert wait_until(lambda: arm.read().values["gripper_pos"][0] == 1.0, 3.0) is not None
+        finally:
+            arm.disconnect()
+
+
+def _train(args: list[str], timeout_s: float) -> subprocess.CompletedProcess:
+    fast = ["--set", "learner.model.preset=tiny", "--set", "learner.train_ratio=0", "--set", "actor.prefill_steps=60",
+            "--set", "learner.min_replay_steps=60", "--set", "learner.batch_size=4", "--set", "learner.batch_length=16",
+            "--set", "learner.publish_every_updates=2", "--set", "learner.threads=1", "--set", "task.episode_steps=50",
+            "--set", "actor.drain_timeout_s=90"]
+    return subprocess.run([sys.executable, "-m", "robotd", "train", str(ROOT / "configs" / "ur5_reach.yaml"),
+                           *args, *fast], capture_output=True, text=True, timeout=timeout_s, cwd=ROOT)
+
+
+def test_software_in_the_loop_ur5_reach_session(tmp_path):
+    """robotd train configs/ur5_reach.yaml with the robot address set to the fake controller, end to end."""
+    logdir = tmp_path / "sil"
+    with FakeURController("127.0.0.67") as fake:
+        result = _train(["--steps", "150", "--logdir", str(logdir), "--set", "robot.args.host=127.0.0.67",
+                         "--set", "robot.args.home_speed_rad_s=1.0", "--set", "robot.args.home_acc_rad_s2=1.4"], 240)
+        counts = fake.state()["commands"]
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((logdir / "summary.json").read_text())
+    assert summary["env_steps"] == 150
+    assert summary["logged_steps"] == summary["ingested_steps"] == 150 and summary["lost_steps"] == 0
+    # 25 Hz ticks, except while a reset's blocking moveJ takes the arm home
+    assert summary["period_error_ms"]["p50"] < 5 and summary["control_rate_hz"] > 20
+    assert summary["episodes"] >= 3                                    # 50-step episodes, each ending in a reset
+    # the policy moved the tool with speedL (command 10) and every reset went home with moveJ (command 1)
+    assert counts.get("10", counts.get(10, 0)) > 50 and counts.get("1", counts.get(1, 0)) >= 2, counts
+
+
+def test_the_daemon_stops_and_the_session_ends_when_the_controller_vanishes(tmp_path):
+    logdir = tmp_path / "vanish"
+    fake = FakeURController("127.0.0.68").start()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "robotd", "train", str(ROOT / "configs" / "ur5_reach.yaml"), "--logdir", str(logdir),
+         "--set", "robot.args.host=127.0.0.68", "--set", "learner.model.preset=tiny", "--set", "learner.threads=1",
+         "--set", "actor.drain_timeout_s=30"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        # wait until the robot is being driven (speedL commands arrive), then pull the plug
+        assert wait_until(lambda: fake.state()["commands"].get("10", fake.state()["commands"].get(10, 0)) > 20, 60)
+        fake.vanish()
+        _, stderr = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+        fake.stop()
+    assert process.returncode == 1, stderr[-3000:]
+    assert "link lost" in stderr and "127.0.0.68" in stderr
+    daemon = json.loads((logdir / "stats" / "daemon.json").read_text())
+    assert daemon["link_losses"] == 1 and "127.0.0.68" in daemon["stop_reason"]
+    summary = json.loads((logdir / "summary.json").read_text())
+    assert summary["logged_steps"] == summary["env_steps"] > 0       # what was collected before is kept
