@@ -64,6 +64,15 @@ DISCONNECT_DAMP_TICKS = 10
 DISCONNECT_WAIT_S = 0.2
 
 N_MOTORS = a1_wire.N_MOTORS
+# What every A1 driver reads, simulated or real (the simulated one adds its scene_* readings).
+A1_READING_SPEC = {
+    "joint_pos": ((N_MOTORS,), "float32"),
+    "joint_vel": ((N_MOTORS,), "float32"),
+    "imu_rpy": ((3,), "float32"),
+    "imu_gyro": ((3,), "float32"),
+    "foot_contact": ((4,), "float32"),
+    "tick": ((1,), "uint32"),
+}
 # The A1's standing pose and joint limits (FR, FL, RR, RL x hip, thigh, calf), as in drivers/models/a1.xml.
 STAND_Q_RAD = np.tile([0.0, 0.9, -1.8], 4)
 JOINT_LIMITS_RAD = np.tile(np.array([[-0.802851, 0.802851], [-1.0472, 4.18879], [-2.69653, -0.916298]]), (4, 1))
@@ -318,15 +327,7 @@ class A1(Legged):
     def reading_spec(self) -> dict[str, tuple[tuple[int, ...], str]]:
         """joint_pos, joint_vel (12,), imu_rpy, imu_gyro (3,), foot_contact (4,) float32; tick (1,) uint32 ms;
         base_vel_est (3,) float32: the trunk's velocity in the heading frame by leg odometry (m/s)."""
-        return {
-            "joint_pos": ((N_MOTORS,), "float32"),
-            "joint_vel": ((N_MOTORS,), "float32"),
-            "imu_rpy": ((3,), "float32"),
-            "imu_gyro": ((3,), "float32"),
-            "foot_contact": ((4,), "float32"),
-            "tick": ((1,), "uint32"),
-            "base_vel_est": ((3,), "float32"),
-        }
+        return {**A1_READING_SPEC, "base_vel_est": ((3,), "float32")}
 
     # --- Device -----------------------------------------------------------------------------
     def read(self) -> Reading:

@@ -30,6 +30,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from drivers.a1 import A1_READING_SPEC
 from drivers.base import DeviceStatus, Legged, Reading
 from drivers.device_clock import DeviceClock
 from drivers.realism import DelayLine, History, check_probability, check_seconds
@@ -201,12 +202,7 @@ class SimA1(Legged):
     def reading_spec(self) -> dict[str, tuple[tuple[int, ...], str]]:
         """MockLegged's readings plus imu_gyro (3,) and the privileged scene_base_vel (3,), scene_base_height (1,)."""
         return {
-            "joint_pos": ((self.n_motors,), "float32"),
-            "joint_vel": ((self.n_motors,), "float32"),
-            "imu_rpy": ((3,), "float32"),
-            "imu_gyro": ((3,), "float32"),
-            "foot_contact": ((4,), "float32"),
-            "tick": ((1,), "uint32"),
+            **A1_READING_SPEC,
             "scene_base_vel": ((3,), "float32"),
             "scene_base_height": ((1,), "float32"),
         }
