@@ -321,3 +321,16 @@ def test_a_protective_stop_mid_session_ends_one_episode_and_the_session_waits_un
     assert actor["stopped_ticks"] > 30                                  # about 2.5 s at 25 Hz without an episode
     # one episode ended by the stop; no stream of one-step episodes while the robot stayed stopped
     assert summary["episodes"] <= 250 // 50 + 2, summary["episodes"]
+
+
+def test_an_e_series_controller_streams_at_500_hz_and_takes_servo_commands():
+    with FakeURController("127.0.0.71", version=(5, 11, 0, 0), start_q=HOME.tolist()):
+        arm = UR5(host="127.0.0.71", max_step_rad=0.05)
+        arm.set_control_period(0.002)
+        arm.connect()
+        try:
+            assert arm.info(measure_s=0.5)["rtde_rate_hz"] == pytest.approx(500, rel=0.1)
+            servo_for(arm, HOME + 0.1, 1.0, rate_hz=500.0)
+            np.testing.assert_allclose(arm.read().values["joint_pos"], HOME + 0.1, atol=0.02)
+        finally:
+            arm.disconnect()
