@@ -32,6 +32,8 @@ def device_address(device: DeviceConfig) -> str:
         if args.get(key) is not None:
             port = f":{args[port_key]}" if port_key and args.get(port_key) is not None else ""
             return f"{key} {args[key]}{port}"
+    if "serial" in args:
+        return "serial (any: the only connected camera)"
     return "(no address: simulated or default device)"
 
 
@@ -51,6 +53,7 @@ def _measure(device, seconds: float) -> list[str]:
     """Polls the device's readings for ``seconds``: rate of new timestamps, clock offset and drift, drops."""
     estimator = ClockOffsetEstimator(window_s=max(0.5, seconds))
     stamps, frames, domains = [], [], set()
+    device.read()                         # a first read may set things up (a renderer, a stream): not measured
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         reading = device.read()
