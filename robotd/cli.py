@@ -71,6 +71,11 @@ def cmd_daemon(args) -> int:
     return 0
 
 
+# Subcommands that are programs of their own (python -m MODULE): robotd never imports the actor or learner.
+PROGRAMS = {"actor": "actor", "learner": "learner", "replay": "learner.offline", "inspect": "learner.inspect",
+            "export": "robotd.export"}
+
+
 def _exec_module(module: str, argv: list[str]) -> int:
     os.execv(sys.executable, [sys.executable, "-m", module, *argv])
     return 0  # not reached
@@ -129,9 +134,13 @@ def build_parser() -> argparse.ArgumentParser:
     daemon = sub.add_parser("daemon", help="the robot daemon (on the robot PC)")
     add_common(daemon)
     daemon.set_defaults(func=cmd_daemon)
-    # actor and learner are their own programs (python -m actor / learner); main() hands their arguments over.
+    # These are their own programs (python -m MODULE); main() hands their arguments over.
     sub.add_parser("actor", help="the actor (on the robot PC); robotd actor --help for its options")
     sub.add_parser("learner", help="the learner (on the GPU box); robotd learner --help for its options")
+    sub.add_parser("replay", help="train a learner offline from recorded sessions; robotd replay --help")
+    sub.add_parser("inspect", help="a recorded session's episodes, plots, videos and an HTML report; "
+                                   "robotd inspect --help")
+    sub.add_parser("export", help="export recorded episodes to another format (LeRobot); robotd export --help")
     keys = sub.add_parser("keys", help="make CurveZMQ keys for a learner and its actors")
     keys.add_argument("keys_dir", help="directory for the keys (made if missing)")
     keys.add_argument("--actors", default="actor", help="comma-separated actor key names (default: actor)")
@@ -142,8 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``robotd`` console script."""
     argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] in ("actor", "learner"):
-        return _exec_module(argv[0], argv[1:])
+    if argv and argv[0] in PROGRAMS:
+        return _exec_module(PROGRAMS[argv[0]], argv[1:])
     args = build_parser().parse_args(argv)
     return args.func(args)
 
