@@ -32,6 +32,15 @@ if [[ ",${extras}," =~ ,(realsense|test), ]] && ! ldconfig -p 2>/dev/null | grep
     echo "setup: pyrealsense2 needs libusb-1.0: run 'sudo apt-get install libusb-1.0-0', then rerun" >&2; exit 1
   fi
 fi
+# The test suite renders robotd inspect's HTML report in headless Chromium (Debian's chromium).
+if [[ ",${extras}," =~ ,test, ]] && ! command -v chromium >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    apt-get install -y -q chromium >/dev/null || { apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null; } \
+      || echo "setup: apt-get install chromium failed: the HTML report test will be skipped" >&2
+  else
+    echo "setup: no chromium: the HTML report test will be skipped (sudo apt-get install chromium)" >&2
+  fi
+fi
 if [ -n "$extras" ]; then
   pip install -e ".[${extras}]"
 else
