@@ -25,7 +25,7 @@ from actor.stream import ExperienceStream
 from actor.weights import WeightSubscriber
 from learner.dreamer import Policy
 from learner.sizes import model_config
-from robotd import session, steps, tasks, wire
+from robotd import quality, session, steps, tasks, wire
 from robotd.config import Config
 from robotd.episodes import EpisodeWriter
 from robotd.metrics import MetricsWriter
@@ -61,7 +61,7 @@ class Actor:
         self.stop_requested = threading.Event()
         self.rng = np.random.default_rng(config.seed + 7)
         self.counters = {"env_steps": 0, "episodes": 0, "late_steps": 0, "chunks": 0, "weight_swaps": 0,
-                         "policy_version_max": 0, "network_steps": 0, "random_steps": 0, "stopped_ticks": 0,
+                         "policy_version_max": 0, "network_steps": 0, "random_steps": 0, "stopped_ticks": 0, "flagged_episodes": 0,
                          "daemon_timeouts": 0, "act_ms_max": 0.0, "malformed_obs": 0,
                          "learner_waits": 0, "learner_wait_s": 0.0}
         self.policy_version = 0
@@ -295,9 +295,14 @@ class Actor:
         The learner's replayed steps are estimated from the newest weights version (one version per
         publish_every_updates updates of batch_size x batch_length), with one more publish interval
         of slack, so the learner (which stops at the ratio itself) always publishes far enough to
-        release the actor. Nothing waits before prefill_steps and min_replay_steps are collected."""
+        release the actor. Nothing waits before prefill_steps and min_replay_steps are collected.
+        A session started from a checkpoint (learner.init_checkpoint) also waits for its first weights."""
         learner = self.config.learner
-        if self.config.control.pacing != "lockstep" or learner.train_ratio <= 0:
+        if self.config.control.pacing != "lockstep":
+            return False
+        if learner.init_checkpoint and self.policy_version == 0:
+            return True
+        if learner.train_ratio <= 0:
             return False
         collected = self.counters["env_steps"] + (self.pending is not None)
         if collected < max(self.config.actor.prefill_steps, learner.min_replay_steps):
@@ -401,8 +406,17 @@ class Actor:
 
     def _close_episode(self) -> None:
         writer = self.episode
-        stats = episode_stats(self.episode_timing, self.config.control.rate_hz, self.devices)
-        writer.close(stats=stats, flags=sorted(self.episode_flags))
+        rows = self.episode_timing
+        data = {key: np.asarray([row[key] for row in rows]) for key in (rows[0] if rows else {})}
+        camera_fps = {camera.name: float(camera.args["fps"]) for camera in self.config.cameras
+                      if isinstance(camera.args.get("fps"), (int, float))}
+        stats = quality.episode_stats(data, self.config.control.rate_hz, self.devices, camera_fps,
+                                      flags=self.episode_flags)
+        flagged = quality.assess(stats, self.config.quality, self.devices, self.episode_flags)
+        if flagged:
+            self.counters["flagged_episodes"] += 1
+            log.warning("episode %d flagged, kept out of offline training: %s", self.episode_id, "; ".join(flagged))
+        writer.close(stats=stats, flags=sorted(self.episode_flags | set(flagged)))
         self.counters["episodes"] += 1
         self.last_return = self.episode_return
         self.metrics.write(self.counters["env_steps"], {"episode/return": self.episode_return,
@@ -485,23 +499,6 @@ def random_action(rng: np.random.Generator, action_dim: int, discrete: bool) -> 
         action[rng.integers(action_dim)] = 1.0
         return action
     return rng.uniform(-1.0, 1.0, action_dim).astype(np.float32)
-
-
-def episode_stats(rows: list[dict], rate_hz: float, devices: list[str]) -> dict:
-    """Timing quality of an episode from its steps' timing fields."""
-    data = {key: np.asarray([row[key] for row in rows]) for key in (rows[0] if rows else {})}
-    t_ns = data.get(steps.T_TICK_NS, np.zeros(0)).astype(np.float64)
-    periods_ms = np.diff(t_ns) / 1e6 if len(t_ns) > 1 else np.zeros(1)
-    versions = data.get(steps.POLICY_VERSION, np.zeros(1, np.int64))
-    stats = {"length": len(rows), "late_steps": int(np.sum(data.get(steps.LATE, 0))),
-             "period_ms_p50": float(np.percentile(periods_ms, 50)), "period_ms_p99": float(np.percentile(periods_ms, 99)),
-             "target_period_ms": 1000.0 / rate_hz, "return": float(np.sum(data.get(steps.REWARD, 0.0))),
-             "policy_version_min": int(versions.min(initial=0)), "policy_version_max": int(versions.max(initial=0))}
-    for device in devices:
-        stats[f"{device}_stale"] = int(np.sum(data.get(f"timing/{device}/stale", 0)))
-        ages_ms = data.get(f"timing/{device}/age_ns", np.zeros(1)) / 1e6
-        stats[f"{device}_age_ms_p99"] = float(np.percentile(ages_ms, 99)) if len(ages_ms) else 0.0
-    return stats
 
 
 def run(config: Config, *, logdir: str, learner_address: str | None = None, max_steps: int | None = None,

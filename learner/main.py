@@ -13,6 +13,7 @@ import signal
 import tempfile
 import threading
 import time
+from pathlib import Path
 
 import torch
 import zmq
@@ -152,6 +153,8 @@ class Learner:
         if checkpoint is not None:
             publisher.version = trainer.load(checkpoint)
             log.info("resumed from checkpoint: %d updates, weights v%d", trainer.updates, publisher.version)
+        elif config.init_checkpoint:
+            self._start_from(trainer, publisher, config.init_checkpoint, ingest.spec)
         prefetch = Prefetcher(lambda: trainer.prepare(ray.get(replay.sample.remote(config.batch_size,
                                                                                    config.batch_length)))
                               if ray.get(replay.stats.remote())["replay_steps"] >= config.min_replay_steps else None)
@@ -197,6 +200,21 @@ class Learner:
             prefetch.stop()
             if trainer.updates > 0:
                 trainer.save(publisher.version)
+
+    def _start_from(self, trainer, publisher, path: str, spec: dict) -> None:
+        """Loads ``learner.init_checkpoint`` (e.g. from robotd replay) and publishes its policy at once."""
+        state = read_checkpoint(Path(path))
+        if state is None:
+            raise RuntimeError(f"learner.init_checkpoint {path!r}: no such checkpoint file")
+        recorded = {key: (tuple(shape), dtype) for key, (shape, dtype) in state["spec"].items()}
+        if recorded != {key: (tuple(shape), dtype) for key, (shape, dtype) in spec.items()}:
+            different = sorted(set(recorded) ^ set(spec)) or sorted(k for k in spec if recorded.get(k) != tuple(spec[k]))
+            raise RuntimeError(f"learner.init_checkpoint {path!r} was trained on other steps than this robot sends "
+                               f"(first difference: {different[0] if different else '?'}): use a checkpoint "
+                               f"trained with this config")
+        publisher.version = trainer.load(state)
+        publisher.publish(trainer.agent.policy_state_dict())
+        log.info("started from %s: %d updates, weights v%d published", path, trainer.updates, publisher.version)
 
     def _report(self, trainer, batch, metrics) -> None:
         """World-model losses and open-loop prediction on the last batch: scalars to metrics, videos as GIFs."""

@@ -85,6 +85,12 @@ def cmd_train(args) -> int:
     from robotd.orchestrator import train
     setup_logging("train")
     try:
+        if args.init is not None:
+            init = Path(args.init).resolve()
+            if not init.is_file():
+                raise ValueError(f"--init {args.init!r}: no such checkpoint file (robotd replay writes "
+                                 f"LOGDIR/checkpoints/latest.pt)")
+            args.overrides = [*args.overrides, f"learner.init_checkpoint={init}"]
         config = load_config(args)
         logdir = args.logdir or default_logdir(args.config)
         return train(config, logdir=logdir, steps=args.steps)
@@ -124,6 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="run daemon, actor and learner on this machine")
     add_common(train)
     train.add_argument("--steps", type=int, default=None, help="stop after this many environment steps")
+    train.add_argument("--init", default=None, metavar="CHECKPOINT",
+                       help="start the learner (and the robot's policy) from this checkpoint, e.g. robotd replay's")
     train.set_defaults(func=cmd_train)
     check = sub.add_parser("check", help="connect to every configured device and report what was found")
     check.add_argument("config", help="YAML config file (see configs/)")

@@ -103,6 +103,19 @@ class TaskConfig:
 
 
 @dataclass
+class QualityConfig:
+    """Bounds on an episode's timing quality: an episode outside them is flagged when it is written and kept out
+    of offline training and replay refills (``robotd replay --include-flagged`` takes it anyway)."""
+    max_period_p99_factor: float = spec(2.0, range=(1.0, 1000.0),
+                                        help="p99 control period at most this many target periods")
+    max_late_fraction: float = spec(0.1, range=(0.0, 1.0), help="steps whose action came after the deadline")
+    max_stale_fraction: float = spec(0.1, range=(0.0, 1.0), help="steps with a stale reading, per device")
+    max_dropped_frame_fraction: float = spec(0.1, range=(0.0, 1.0),
+                                             help="camera frames lost (frame-number gaps) per step, per camera")
+    exclude_protective_stops: bool = spec(False, help="flag episodes that ended in a protective stop too")
+
+
+@dataclass
 class ActorConfig:
     """The policy process on the robot PC."""
     prefill_steps: int = spec(200, range=(0, 10_000_000), help="random-policy steps before the network acts")
@@ -143,6 +156,8 @@ class LearnerConfig:
                                  help="world-model report (losses, open-loop video) period; 0 disables it")
     threads: int = spec(1, range=(1, 256), help="torch threads; keep low when sharing a machine with the daemon")
     device: str = spec("auto", choices=("auto", "cpu", "cuda"))
+    init_checkpoint: str = spec("", help="start from this checkpoint (e.g. one robotd replay wrote) when the "
+                                         "session has none of its own; robotd train --init PATH sets it")
     ray_address: str = spec("", help="empty starts Ray locally; 'auto' or ray://host:port joins a cluster")
 
 
@@ -169,6 +184,7 @@ class Config:
     safety: SafetyConfig = spec(default_factory=SafetyConfig)
     task: TaskConfig = spec(default_factory=TaskConfig)
     actor: ActorConfig = spec(default_factory=ActorConfig)
+    quality: QualityConfig = spec(default_factory=QualityConfig)
     learner: LearnerConfig = spec(default_factory=LearnerConfig)
     network: NetworkConfig = spec(default_factory=NetworkConfig)
     seed: int = spec(0, range=(0, 2**31 - 1))

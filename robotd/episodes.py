@@ -1,6 +1,6 @@
 """Episode files: one HDF5 file per episode, written step by step and read back offline.
 
-Layout (LAYOUT_VERSION = 1), defined here and nowhere else::
+Layout (LAYOUT_VERSION = 2), defined here and nowhere else::
 
     <name>.h5
       attrs    layout_version, session, actor_id, episode_id, robot, task,
@@ -10,6 +10,13 @@ Layout (LAYOUT_VERSION = 1), defined here and nowhere else::
                uint8 arrays with ndim >= 3 per step (images) are gzip-compressed, one frame per chunk
       stats/   attrs: the per-episode stats given to close()
     <name>.h5.journal   only while the episode is open, or after its writer died
+
+Layout versions. Layout 2: every episode of a session has the step keys is_success and
+applied_action (see robotd.steps). Layout 1 files, written before those keys existed,
+still load: read_episode fills is_success with False and applied_action with a copy of
+action where they are absent, returns attrs layout_version 2 with upgraded_from_layout 1
+and filled_keys (the keys it made up), and leaves the file as it is. A file or journal of
+a newer layout raises LayoutVersionError naming it, its version and the versions read here.
 
 Durability. An HDF5 file is not crash safe: one killed while open for writing is
 marked open in its superblock and no longer opens, and HDF5's SWMR mode, which keeps
@@ -42,7 +49,11 @@ from typing import Any, NamedTuple
 import h5py
 import numpy as np
 
-LAYOUT_VERSION = 1
+LAYOUT_VERSION = 2
+# Every layout read_episode loads; older ones are upgraded in memory by _upgraded().
+READABLE_LAYOUT_VERSIONS = (1, 2)
+# Layout 1 lacks these step keys: each is made from the steps the file has (None: from nothing).
+_LAYOUT_1_FILLS = {"is_success": None, "applied_action": "action"}
 
 REQUIRED_ATTRS = ("session", "actor_id", "episode_id", "robot", "task", "control_rate_hz")
 _WRITER_ATTRS = ("layout_version", "closed", "flags")
@@ -187,8 +198,10 @@ class EpisodeWriter:
 def read_episode(path: str | Path) -> EpisodeData:
     """Reads every whole step of an episode, whether it was closed or its writer died.
 
-    Raises ValueError naming the file when it cannot be read, and
-    LayoutVersionError when it was written with another layout.
+    A layout 1 episode comes back as layout 2 (see the module docstring: the missing
+    keys are filled and attrs["upgraded_from_layout"] is 1). Raises ValueError naming
+    the file when it cannot be read, and LayoutVersionError when it was written with a
+    layout this build does not read.
     """
     path = Path(path)
     file = _open_closed_h5(path)
@@ -196,7 +209,7 @@ def read_episode(path: str | Path) -> EpisodeData:
         header, records = _read_journal(_journal_path(path))
         spec = _spec_from_header(header)
         steps = {key: records[key].astype(dtype) for key, (_, dtype) in spec.items()}
-        return EpisodeData(steps=steps, attrs=dict(header["attrs"]), stats={}, complete=False)
+        return _upgraded(EpisodeData(steps=steps, attrs=dict(header["attrs"]), stats={}, complete=False))
     with file:
         try:
             steps = {key: dataset[()] for key, dataset in _step_datasets(file).items()}
@@ -204,7 +217,28 @@ def read_episode(path: str | Path) -> EpisodeData:
             stats = {name: _plain(value) for name, value in file[_STATS].attrs.items()} if _STATS in file else {}
         except (OSError, KeyError, RuntimeError) as error:
             raise ValueError(f"episode file {path} cannot be read: {error}") from error
-    return EpisodeData(steps=steps, attrs=attrs, stats=stats, complete=bool(attrs.get("closed", False)))
+    return _upgraded(EpisodeData(steps=steps, attrs=attrs, stats=stats, complete=bool(attrs.get("closed", False))))
+
+
+def _upgraded(episode: EpisodeData) -> EpisodeData:
+    """Returns a layout 1 episode as layout 2, filling the step keys layout 1 lacks; others as they are."""
+    if episode.attrs.get("layout_version") != 1:
+        return episode
+    steps, attrs = dict(episode.steps), dict(episode.attrs)
+    n_steps = len(next(iter(steps.values()))) if steps else 0
+    filled = []
+    for key, source in _LAYOUT_1_FILLS.items():
+        if key in steps:
+            continue
+        if source is None:
+            steps[key] = np.zeros(n_steps, dtype=bool)
+        elif source in steps:
+            steps[key] = steps[source].copy()
+        else:
+            continue
+        filled.append(key)
+    attrs.update(layout_version=LAYOUT_VERSION, upgraded_from_layout=1, filled_keys=filled)
+    return episode._replace(steps=steps, attrs=attrs)
 
 
 def count_steps(path: str | Path) -> int:
@@ -283,11 +317,12 @@ def _open_closed_h5(path: Path) -> h5py.File | None:
 
 def _check_layout_version(path: Path, version: Any) -> None:
     version = _plain(version)
-    if version != LAYOUT_VERSION:
-        raise LayoutVersionError(
-            f"episode file {path} has layout_version {version}, but this build reads layout_version {LAYOUT_VERSION}; "
-            "read it with the robotd version that wrote it"
-        )
+    if version in READABLE_LAYOUT_VERSIONS and not isinstance(version, bool):
+        return
+    readable = " or ".join(str(known) for known in READABLE_LAYOUT_VERSIONS)
+    newer = isinstance(version, int) and not isinstance(version, bool) and version > LAYOUT_VERSION
+    fix = "upgrade robotd to read it" if newer else "read it with the robotd version that wrote it"
+    raise LayoutVersionError(f"episode file {path} has layout_version {version}, but this build reads layout_version {readable}; {fix}")
 
 
 def _create_h5(

@@ -315,13 +315,120 @@ def test_recover_leaves_a_closed_episode_as_it_is(tmp_path):
     assert read_episode(path).attrs["flags"] == ["done"]
 
 
-def test_file_with_another_layout_version_raises_naming_file_and_both_versions(tmp_path):
+def test_file_with_a_newer_layout_version_raises_naming_file_its_version_and_the_readable_ones(tmp_path):
     path = write_episode(tmp_path / "ep.h5", 1)
     with h5py.File(path, "r+") as file:
-        file.attrs["layout_version"] = 99
+        file.attrs["layout_version"] = 3
 
-    with pytest.raises(LayoutVersionError, match=rf"ep\.h5 has layout_version 99, but this build reads layout_version {LAYOUT_VERSION}"):
+    with pytest.raises(LayoutVersionError, match=r"ep\.h5 has layout_version 3, but this build reads layout_version 1 or 2; upgrade robotd") as error:
         read_episode(path)
+    assert "\n" not in str(error.value)
+    with pytest.raises(LayoutVersionError, match="layout_version 3"):
+        count_steps(path)
+
+
+def test_file_with_an_unknown_layout_version_raises_without_suggesting_an_upgrade(tmp_path):
+    path = write_episode(tmp_path / "ep.h5", 1)
+    with h5py.File(path, "r+") as file:
+        file.attrs["layout_version"] = 0
+
+    with pytest.raises(LayoutVersionError, match="layout_version 0, but this build reads layout_version 1 or 2; read it with"):
+        read_episode(path)
+
+
+def test_new_episodes_are_written_with_layout_version_2(tmp_path):
+    path = write_episode(tmp_path / "ep.h5", 1)
+
+    assert LAYOUT_VERSION == 2
+    with h5py.File(path, "r") as file:
+        assert file.attrs["layout_version"] == 2
+    assert "upgraded_from_layout" not in read_episode(path).attrs
+
+
+SPEC_V2 = {**SPEC, "action": ((2,), "float32"), "applied_action": ((2,), "float32"), "is_success": ((), "bool")}
+
+
+def step_v2(index: int) -> dict:
+    """A step of a layout 2 episode: step_for(index) with a success verdict and an applied action unlike the action."""
+    return {**step_for(index), "action": np.array([index, -index], dtype=np.float32),
+            "applied_action": np.array([index / 2, 0], dtype=np.float32), "is_success": index % 2 == 1}
+
+
+def layout_1_episode(path: Path, n_steps: int) -> Path:
+    """A closed episode as layout 1 wrote it: layout_version 1 and no is_success or applied_action."""
+    with EpisodeWriter(path, SPEC_V2, ATTRS) as writer:
+        for index in range(n_steps):
+            writer.append(step_v2(index))
+    with h5py.File(path, "r+") as file:
+        file.attrs["layout_version"] = 1
+        del file["steps/is_success"], file["steps/applied_action"]
+    return path
+
+
+def test_layout_1_file_loads_with_is_success_false_and_applied_action_equal_to_action(tmp_path):
+    path = layout_1_episode(tmp_path / "old.h5", 4)
+
+    episode = read_episode(path)
+
+    np.testing.assert_array_equal(episode.steps["is_success"], np.zeros(4, dtype=bool))
+    assert episode.steps["is_success"].dtype == np.bool_
+    np.testing.assert_array_equal(episode.steps["applied_action"], [[index, -index] for index in range(4)])
+    assert episode.steps["applied_action"].dtype == np.float32
+    assert episode.steps["applied_action"] is not episode.steps["action"]
+    assert episode.attrs["upgraded_from_layout"] == 1
+    assert episode.attrs["layout_version"] == 2
+    assert sorted(episode.attrs["filled_keys"]) == ["applied_action", "is_success"]
+    assert episode.complete is True
+    with h5py.File(path, "r") as file:
+        assert file.attrs["layout_version"] == 1 and "is_success" not in file["steps"]
+
+
+def test_layout_1_file_that_has_the_keys_keeps_its_values(tmp_path):
+    path = tmp_path / "ep.h5"
+    with EpisodeWriter(path, SPEC_V2, ATTRS) as writer:
+        for index in range(3):
+            writer.append(step_v2(index))
+    with h5py.File(path, "r+") as file:
+        file.attrs["layout_version"] = 1
+
+    episode = read_episode(path)
+
+    np.testing.assert_array_equal(episode.steps["is_success"], [False, True, False])
+    np.testing.assert_array_equal(episode.steps["applied_action"][:, 0], [0, 0.5, 1])
+    assert (episode.attrs["upgraded_from_layout"], episode.attrs["filled_keys"]) == (1, [])
+
+
+def test_layout_1_journal_of_a_killed_writer_loads_and_recovers(tmp_path, monkeypatch):
+    import robotd.episodes as episodes
+
+    monkeypatch.setattr(episodes, "LAYOUT_VERSION", 1)
+    killed = killed_episode(tmp_path, 3)
+    monkeypatch.undo()
+    with journal_of(killed).open("rb") as journal:
+        assert b'"layout_version": 1' in journal.read(4096)
+
+    episode = read_episode(killed)
+
+    assert_steps_are_the_first({key: episode.steps[key] for key in SPEC}, 3)
+    np.testing.assert_array_equal(episode.steps["applied_action"], episode.steps["action"])
+    assert (episode.attrs["upgraded_from_layout"], episode.complete) == (1, False)
+    assert count_steps(killed) == 3
+    assert recover(killed) == 3
+    recovered = read_episode(killed)
+    assert (recovered.attrs["upgraded_from_layout"], recovered.attrs["flags"]) == (1, ["recovered"])
+    np.testing.assert_array_equal(recovered.steps["is_success"], np.zeros(3, dtype=bool))
+
+
+def test_journal_of_a_newer_layout_raises_naming_it(tmp_path, monkeypatch):
+    import robotd.episodes as episodes
+
+    monkeypatch.setattr(episodes, "LAYOUT_VERSION", 3)
+    killed = killed_episode(tmp_path, 2)
+    monkeypatch.undo()
+    (tmp_path / "killed.h5").unlink()
+
+    with pytest.raises(LayoutVersionError, match=r"killed\.h5\.journal has layout_version 3, .* upgrade robotd"):
+        read_episode(killed)
 
 
 def test_file_that_is_not_hdf5_raises_value_error_naming_the_file(tmp_path):
