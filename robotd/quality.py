@@ -38,11 +38,12 @@ def episode_stats(data: Mapping[str, np.ndarray], rate_hz: float, devices: Itera
     length = len(data.get(steps.REWARD, ()))
     t_ns = np.asarray(data.get(steps.T_TICK_NS, np.zeros(0)), np.float64)
     periods_ms = np.diff(t_ns) / 1e6 if len(t_ns) > 1 else np.zeros(1)
-    versions = np.asarray(data.get(steps.POLICY_VERSION, np.zeros(1, np.int64)))
+    versions = np.asarray(data.get(steps.POLICY_VERSION, np.zeros(0, np.int64)))
     stats = {"length": int(length), "late_steps": int(np.sum(data.get(steps.LATE, 0))),
              "period_ms_p50": float(np.percentile(periods_ms, 50)), "period_ms_p99": float(np.percentile(periods_ms, 99)),
              "target_period_ms": 1000.0 / rate_hz, "return": float(np.sum(data.get(steps.REWARD, 0.0))),
-             "policy_version_min": int(versions.min(initial=0)), "policy_version_max": int(versions.max(initial=0)),
+             "policy_version_min": int(versions.min()) if versions.size else 0,
+             "policy_version_max": int(versions.max()) if versions.size else 0,
              "protective_stops": int("protective_stop" in set(flags))}
     for device in devices:
         stats[f"{device}_stale"] = int(np.sum(data.get(f"timing/{device}/stale", 0)))

@@ -41,7 +41,11 @@ def test_stats_measure_periods_late_stale_and_frames():
     stats = quality.episode_stats(data, 25.0, ["camera"], {"camera": 25.0})
     assert stats["length"] == 100 and stats["late_steps"] == 7 and stats["camera_stale"] == 3
     assert stats["period_ms_p50"] == pytest.approx(40.0) and stats["period_ms_p99"] > 40.0
-    assert stats["camera_dropped_frames"] == 0 and stats["policy_version_max"] == 9
+    assert stats["camera_dropped_frames"] == 0
+    assert stats["policy_version_min"] == 0 and stats["policy_version_max"] == 9
+    later = _steps()
+    later[steps.POLICY_VERSION] = later[steps.POLICY_VERSION] + 3      # an episode run wholly on weights v3..v12
+    assert quality.episode_stats(later, 25.0, [])["policy_version_min"] == 3
     gaps = np.arange(100)
     gaps[60:] += 5                                            # five frames lost once
     gaps[30] = gaps[29]                                       # one frame seen twice
