@@ -371,12 +371,33 @@ class Actor:
         self.counters["env_steps"] += 1
         self.counters["policy_version_max"] = max(self.counters["policy_version_max"], int(record[steps.POLICY_VERSION]))
         self.pending = None
-        if record[steps.IS_LAST] or len(self.chunk_rows) >= self.config.actor.chunk_steps:
-            self._emit_chunk()
         if record[steps.IS_LAST]:
-            self._close_episode()
+            self._end_episode()
+        elif len(self.chunk_rows) >= self.config.actor.chunk_steps:
+            self._emit_chunk()
 
-    def _emit_chunk(self) -> None:
+    def _end_episode(self) -> None:
+        """Sends the episode's last chunk with its verdict (a flagged episode's steps are kept out of training)
+        and closes its file."""
+        stats, flagged = self._episode_verdict()
+        exclude = None
+        if flagged and self.episode_timing:
+            exclude = {"from": int(self.episode_timing[0][steps.STREAM_STEP]), "n": len(self.episode_timing),
+                       "reasons": flagged}
+        self._emit_chunk(exclude=exclude)
+        self._close_episode(stats, flagged)
+
+    def _episode_verdict(self) -> tuple[dict, list[str]]:
+        """The open episode's timing statistics and its quality flags (robotd/quality.py)."""
+        rows = self.episode_timing
+        data = {key: np.asarray([row[key] for row in rows]) for key in (rows[0] if rows else {})}
+        camera_fps = {camera.name: float(camera.args["fps"]) for camera in self.config.cameras
+                      if isinstance(camera.args.get("fps"), (int, float))}
+        stats = quality.episode_stats(data, self.config.control.rate_hz, self.devices, camera_fps,
+                                      flags=self.episode_flags)
+        return stats, quality.assess(stats, self.config.quality, self.devices, self.episode_flags)
+
+    def _emit_chunk(self, exclude: dict | None = None) -> None:
         rows = self.chunk_rows
         if not rows:
             return
@@ -384,6 +405,8 @@ class Actor:
                   for key, (shape, dtype) in self.step_spec.items()}
         meta = {"actor_id": self.actor_id, "stream": self.stream_id, "episode_id": self.episode_id,
                 "seq": self.seq, "n_steps": len(rows), "stream_step": self.stream_step}
+        if exclude is not None:
+            meta["exclude"] = exclude
         self.stream.put(self.seq, wire.encode(wire.Kind.CHUNK, meta, arrays), len(rows), self.stream_step)
         self.seq += 1
         self.stream_step += len(rows)
@@ -404,18 +427,11 @@ class Actor:
         self.episode_flags: set[str] = set()
         self.episode_timing: list[dict] = []
 
-    def _close_episode(self) -> None:
+    def _close_episode(self, stats: dict, flagged: list[str]) -> None:
         writer = self.episode
-        rows = self.episode_timing
-        data = {key: np.asarray([row[key] for row in rows]) for key in (rows[0] if rows else {})}
-        camera_fps = {camera.name: float(camera.args["fps"]) for camera in self.config.cameras
-                      if isinstance(camera.args.get("fps"), (int, float))}
-        stats = quality.episode_stats(data, self.config.control.rate_hz, self.devices, camera_fps,
-                                      flags=self.episode_flags)
-        flagged = quality.assess(stats, self.config.quality, self.devices, self.episode_flags)
         if flagged:
             self.counters["flagged_episodes"] += 1
-            log.warning("episode %d flagged, kept out of offline training: %s", self.episode_id, "; ".join(flagged))
+            log.warning("episode %d flagged, kept out of training: %s", self.episode_id, "; ".join(flagged))
         writer.close(stats=stats, flags=sorted(self.episode_flags | set(flagged)))
         self.counters["episodes"] += 1
         self.last_return = self.episode_return
@@ -469,8 +485,7 @@ class Actor:
             else:
                 self._complete_pending(None, None, force_last=True)
         if self.episode is not None:
-            self._emit_chunk()
-            self._close_episode()
+            self._end_episode()
         try:
             wire.send(daemon, wire.Kind.BYE, {"reason": "actor finished"}, flags=zmq.NOBLOCK)
         except zmq.ZMQError:

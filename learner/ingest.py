@@ -108,7 +108,8 @@ class IngestServer(threading.Thread):
     def __init__(self, context: zmq.Context, address: str, *, config_digest: str, store: Callable[[str, int, dict], None],
                  weights_port: int, spec: dict | None, on_spec: Callable[[dict], None], max_bytes: int,
                  refill: Callable[[dict, "IngestLedger"], int] | None = None,
-                 secure: Callable[[zmq.Socket], None] | None = None):
+                 secure: Callable[[zmq.Socket], None] | None = None,
+                 exclude: Callable[[str, int, int], bool] | None = None):
         super().__init__(name="ingest", daemon=True)
         self.socket = context.socket(zmq.ROUTER)
         self.socket.setsockopt(zmq.LINGER, 0)
@@ -123,12 +124,14 @@ class IngestServer(threading.Thread):
         self.action_discrete: bool | None = None     # from the first accepted hello (one-hot actions)
         self.on_spec = on_spec
         self.refill = refill
+        # Keeps a stream's step range out of training (a chunk's "exclude": an episode flagged for timing quality).
+        self.exclude = exclude
         self.refilled_steps = 0
         self.instance = uuid.uuid4().hex[:12]
         self.receiver = wire.Receiver("ingest", max_bytes=max_bytes)
         self.ledger = IngestLedger()
         self.peers: dict[bytes, dict] = {}
-        self.counters = {"chunks": 0, "refused_chunks": 0, "refused_hellos": 0, "heartbeats": 0}
+        self.counters = {"chunks": 0, "refused_chunks": 0, "refused_hellos": 0, "heartbeats": 0, "excluded_episodes": 0}
         self._halt = threading.Event()
         self.lock = threading.Lock()
 
@@ -236,6 +239,14 @@ class IngestServer(threading.Thread):
                 self.store(stream, stream_step + skip, arrays)
                 self.ledger.record(stream, seq, stream_step + skip, n_steps - skip)
                 self.counters["chunks"] += 1
+        excluded = meta.get("exclude")
+        if self.exclude is not None and isinstance(excluded, dict):
+            start, count = excluded.get("from"), excluded.get("n")
+            if isinstance(start, int) and isinstance(count, int) and start >= 0 and 0 < count <= 10_000_000:
+                if self.exclude(stream, start, count):
+                    self.counters["excluded_episodes"] += 1
+                    log.info("steps %d..%d of %s kept out of training: %s", start, start + count - 1, stream,
+                             str(excluded.get("reasons", ""))[:300])
         self._reply(identity, wire.Kind.ACK, {"seq": seq})
 
     def stats(self) -> dict:

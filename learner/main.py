@@ -106,11 +106,15 @@ class Learner:
             replay = ray.remote(num_cpus=0.25)(ReplayBuffer).remote(config.learner.replay_capacity_steps, config.seed)
             def store(stream, step, arrays):
                 ray.get(replay.add.remote(stream, step, arrays))
+
+            def exclude(stream, start, n_steps):
+                return ray.get(replay.exclude.remote(stream, start, n_steps))
             ingest = IngestServer(context, config.network.experience, config_digest=config.digest(), store=store,
                                   weights_port=int(weights_address.rsplit(":", 1)[1]), spec=spec,
                                   on_spec=lambda s: self.spec_ready.set(), max_bytes=max_bytes,
-                                  refill=lambda spec, ledger: refill_from_episodes(self.logdir, spec, ledger, store),
-                                  secure=secure)
+                                  refill=lambda spec, ledger: refill_from_episodes(self.logdir, spec, ledger, store,
+                                                                                   exclude),
+                                  secure=secure, exclude=exclude)
             if spec is not None:
                 self.spec_ready.set()
             ingest.start()

@@ -14,12 +14,17 @@ import numpy as np
 
 from robotd import session, steps
 from robotd.episodes import read_episode
+from robotd.quality import quality_flags
 
 log = logging.getLogger("learner.refill")
 
 
-def refill_from_episodes(logdir: str | Path, spec: dict, ledger, store: Callable[[str, int, dict], None]) -> int:
-    """Stores every logged step not yet in ``ledger``; returns how many steps were loaded."""
+def refill_from_episodes(logdir: str | Path, spec: dict, ledger, store: Callable[[str, int, dict], None],
+                         exclude: Callable[[str, int, int], bool] | None = None) -> int:
+    """Stores every logged step not yet in ``ledger``; returns how many steps were loaded.
+
+    An episode flagged for timing quality is stored too (the stream stays contiguous, so the actor's
+    resent chunks are recognised) and its steps are passed to ``exclude``, keeping them out of training."""
     loaded = 0
     for path in sorted((Path(logdir) / session.EPISODES).glob("*.h5")):
         try:
@@ -43,6 +48,8 @@ def refill_from_episodes(logdir: str | Path, spec: dict, ledger, store: Callable
             continue
         stream = f"{attrs['actor_id']}/{attrs['stream']}"
         start = int(stream_steps[0])
+        if exclude is not None and quality_flags(attrs.get("flags", ())):
+            exclude(stream, start, n_steps)
         ledger.start_stream(stream, start)
         skip = ledger.already_stored_until(stream, start) - start
         if skip >= n_steps:

@@ -4,7 +4,8 @@ A chunk that continues where its stream's last segment ends extends that segment
 after a gap (or arriving out of order) starts a new segment, so a sampled sequence never
 silently joins steps that were not consecutive on the robot. Sequences may cross episode
 boundaries inside a segment; ``is_first`` marks them, as in DreamerV3. Capacity is in steps;
-the oldest chunks go first. Plain Python: the learner wraps it in a Ray actor.
+the oldest chunks go first. Ranges of a stream can be excluded (the steps of an episode flagged for
+timing quality): sampled sequences avoid them. Plain Python: the learner wraps it in a Ray actor.
 """
 from __future__ import annotations
 
@@ -26,6 +27,10 @@ class _Segment:
         return self.start + self.length
 
 
+# Draws per sequence before one overlapping an excluded range is taken anyway.
+EXCLUDED_TRIES = 64
+
+
 class ReplayBuffer:
     """Uniform sampling of fixed-length sequences from everything collected so far."""
 
@@ -37,6 +42,10 @@ class ReplayBuffer:
         self.steps = 0
         self.added_steps = 0
         self.evicted_steps = 0
+        # Stream step ranges [start, end) kept out of training (episodes flagged for timing quality).
+        self.excluded: dict[str, list[tuple[int, int]]] = {}
+        self.excluded_steps = 0
+        self.fallback_sequences = 0
 
     def add(self, stream: str, stream_step: int, arrays: dict[str, np.ndarray]) -> int:
         """Stores a chunk of consecutive steps starting at ``stream_step`` of ``stream``; returns steps stored."""
@@ -68,21 +77,40 @@ class ReplayBuffer:
                 if segment in segments:
                     segments.remove(segment)
 
+    def exclude(self, stream: str, start: int, n_steps: int) -> bool:
+        """Keeps stream steps [start, start + n_steps) out of sampled sequences; False when already excluded."""
+        ranges = self.excluded.setdefault(stream, [])
+        if (start, start + n_steps) in ranges or n_steps <= 0:
+            return False
+        ranges.append((start, start + n_steps))
+        self.excluded_steps += n_steps
+        return True
+
+    def _overlaps_excluded(self, stream: str, start: int, length: int) -> bool:
+        return any(lo < start + length and start < hi for lo, hi in self.excluded.get(stream, ()))
+
     def can_sample(self, length: int) -> bool:
         """True when some segment holds at least ``length`` steps."""
         return any(s.length >= length for segments in self.segments.values() for s in segments)
 
     def sample(self, batch_size: int, length: int) -> dict[str, np.ndarray] | None:
         """A batch of ``batch_size`` sequences of ``length`` consecutive steps, (B, T, ...) per key; None if too little data."""
-        candidates = [s for segments in self.segments.values() for s in segments if s.length >= length]
+        candidates = [(stream, s) for stream, segments in self.segments.items() for s in segments if s.length >= length]
         if not candidates:
             return None
-        weights = np.array([s.length - length + 1 for s in candidates], np.float64)
-        picks = self.rng.choice(len(candidates), size=batch_size, p=weights / weights.sum())
+        weights = np.array([s.length - length + 1 for _, s in candidates], np.float64)
+        weights /= weights.sum()
         sequences = []
-        for pick in picks:
-            segment = candidates[pick]
-            offset = int(self.rng.integers(0, segment.length - length + 1))
+        while len(sequences) < batch_size:
+            # A sequence touching an excluded range is drawn again; when nothing clean turns up in
+            # EXCLUDED_TRIES draws (almost everything excluded), one is taken anyway so training goes on.
+            for _ in range(EXCLUDED_TRIES):
+                stream, segment = candidates[int(self.rng.choice(len(candidates), p=weights))]
+                offset = int(self.rng.integers(0, segment.length - length + 1))
+                if not self._overlaps_excluded(stream, segment.start + offset, length):
+                    break
+            else:
+                self.fallback_sequences += 1
             sequences.append(self._slice(segment, offset, length))
         return {key: np.stack([seq[key] for seq in sequences]) for key in sequences[0]}
 
@@ -104,5 +132,6 @@ class ReplayBuffer:
     def stats(self) -> dict:
         """Counters for status and summaries."""
         return {"replay_steps": self.steps, "added_steps": self.added_steps, "evicted_steps": self.evicted_steps,
+                "excluded_steps": self.excluded_steps, "fallback_sequences": self.fallback_sequences,
                 "streams": len(self.segments),
                 "segments": sum(len(segments) for segments in self.segments.values())}

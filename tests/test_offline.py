@@ -157,5 +157,8 @@ def test_a_session_started_from_a_replayed_checkpoint_flags_its_stale_episodes(r
         flags = quality.quality_flags(episode.attrs["flags"])
         assert [flag.split(" ")[0] for flag in flags] == ["quality:camera_stale"], flags
         assert episode.stats["camera_stale"] > 0.1 * episode.stats["length"]
+    # the live learner was told with each episode's last chunk and kept those steps out of its batches
+    learner = json.loads((logdir / "stats" / "learner.json").read_text())
+    assert learner["excluded_episodes"] == 2 and learner["excluded_steps"] == 150
     refused = replay(logdir, "--updates", 1, "--logdir", tmp_path / "none")
     assert refused.returncode == 2 and "no usable episode" in refused.stderr and "--include-flagged" in refused.stderr

@@ -57,3 +57,27 @@ def test_sampling_covers_the_whole_segment():
     for _ in range(200):
         starts.update(replay.sample(4, 10)["index"][:, 0].tolist())
     assert min(starts) == 0 and max(starts) == 54
+
+
+def test_excluded_steps_are_never_sampled_while_clean_ones_exist():
+    replay = ReplayBuffer(10_000, seed=2)
+    for start in range(0, 300, 50):
+        replay.add("a", start, chunk(start, 50))
+    assert replay.exclude("a", 100, 100) and not replay.exclude("a", 100, 100)     # an episode's steps, once
+    seen = set()
+    for _ in range(50):
+        batch = replay.sample(8, 20)
+        seen.update(batch["index"].ravel().tolist())
+    assert not seen & set(range(100, 200))
+    assert seen & set(range(0, 100)) and seen & set(range(200, 300))
+    stats = replay.stats()
+    assert stats["excluded_steps"] == 100 and stats["fallback_sequences"] == 0
+
+
+def test_when_everything_is_excluded_training_still_gets_batches_and_it_is_counted():
+    replay = ReplayBuffer(10_000, seed=3)
+    replay.add("a", 0, chunk(0, 64))
+    replay.exclude("a", 0, 64)
+    batch = replay.sample(4, 16)
+    assert batch["index"].shape == (4, 16)
+    assert replay.stats()["fallback_sequences"] == 4
