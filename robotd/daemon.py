@@ -137,6 +137,10 @@ class Daemon:
                 else:
                     act = self._wait_action(socket, receiver, actor, tick, t_tick_ns + deadline_ns, clock, watchdog)
                 self._command_robot(act, arrays, tick)
+                if act is not None and act.meta.get("reset") is True:
+                    # A reset (a real arm's moveJ home) can take seconds, during which the actor had nothing to
+                    # answer: its silence started when the reset ended, not when it was asked for.
+                    watchdog.feed()
                 if self._prev["policy_version"] > 0 and not self.lockstep:
                     self.training_stats.add(max(0, t_tick_ns - tick_deadline_ns))
                 status.publish(self._status_counters(clock, actor_connected=True))
