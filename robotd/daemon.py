@@ -135,7 +135,11 @@ class Daemon:
                         continue
                     clock.stepped()
                 else:
-                    act = self._wait_action(socket, receiver, actor, tick, t_tick_ns + deadline_ns, clock, watchdog)
+                    act, actor = self._wait_action(socket, receiver, actor, tick, t_tick_ns + deadline_ns, clock,
+                                                   watchdog)
+                    if actor is None:               # the actor said bye while we waited: the robot is stopped
+                        status.publish(self._status_counters(clock, actor_connected=False))
+                        continue
                 self._command_robot(act, arrays, tick)
                 if act is not None and act.meta.get("reset") is True:
                     # A reset (a real arm's moveJ home) can take seconds, during which the actor had nothing to
@@ -219,16 +223,21 @@ class Daemon:
         return actor
 
     def _wait_action(self, socket, receiver, actor, tick, until_ns, clock, watchdog):
-        """Waits for the action of ``tick`` until ``until_ns``; other messages are handled meanwhile."""
+        """Waits for the action of ``tick`` until ``until_ns``; other messages are handled meanwhile.
+
+        Returns (the action or None when late, the actor): None for the actor after its bye, another
+        identity after another actor's hello (whose first tick is the next one)."""
         while True:
             remaining_ms = (until_ns - time.monotonic_ns()) / 1e6
             if remaining_ms <= 0:
-                return None
+                return None, actor
             if not socket.poll(max(1, int(remaining_ms))) and time.monotonic_ns() >= until_ns:
-                return None
-            message, _ = self._drain_until_action(socket, receiver, actor, tick, watchdog)
+                return None, actor
+            message, handled = self._drain_until_action(socket, receiver, actor, tick, watchdog)
             if message is not None:
-                return message
+                return message, actor
+            if handled != actor:
+                return None, handled
 
     def _drain_until_action(self, socket, receiver, actor, tick, watchdog):
         """Handles the messages waiting on ``socket``. Returns (the action of ``tick`` from ``actor``, actor) as
