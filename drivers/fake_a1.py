@@ -24,7 +24,6 @@ It refuses to bind anything but a loopback address.
 """
 from __future__ import annotations
 
-import ipaddress
 import socket
 import collections
 import threading
@@ -33,6 +32,7 @@ import time
 import numpy as np
 
 from drivers import a1_wire
+from drivers.realism import check_loopback
 
 _NS_PER_S = 1_000_000_000
 COMMAND_HISTORY = 2048  # commands kept in FakeA1.commands (about 4 s at 500 Hz)
@@ -52,13 +52,7 @@ class FakeA1:
     """The fake robot: ``start()`` serves on a thread until ``stop()``; ``address`` is (host, port)."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, *, start: str = "stand") -> None:
-        try:
-            loopback = ipaddress.ip_address(host).is_loopback
-        except ValueError:
-            loopback = False
-        if not loopback:
-            raise ValueError(f"FakeA1: host {host!r} is not a loopback address: a fake robot serves this machine "
-                             f"only; use 127.0.0.1")
+        check_loopback("FakeA1", host)
         if start not in ("stand", "lying"):
             raise ValueError(f"FakeA1: start must be 'stand' or 'lying', got {start!r}")
         import mujoco  # imported here so importing drivers never needs mujoco

@@ -8,11 +8,11 @@ software-in-the-loop runs; it refuses anything but a loopback address.
 """
 from __future__ import annotations
 
-import ipaddress
 import socket
 import threading
 import time
 
+from drivers.realism import check_loopback
 from drivers.robotiq import ROBOTIQ_PORT
 
 VARIABLES = ("ACT", "GTO", "POS", "SPE", "FOR", "STA", "OBJ")
@@ -23,12 +23,7 @@ class FakeRobotiq:
 
     def __init__(self, host: str = "127.0.0.1", port: int = ROBOTIQ_PORT, *, stroke_s: float = 0.5,
                  activation_s: float = 0.1, object_at: int | None = None) -> None:
-        try:
-            loopback = ipaddress.ip_address(host).is_loopback
-        except ValueError:
-            loopback = False
-        if not loopback:
-            raise ValueError(f"FakeRobotiq: host {host!r} is not a loopback address; use 127.0.0.x")
+        check_loopback("FakeRobotiq", host)
         self.stroke_s, self.activation_s, self.object_at = float(stroke_s), float(activation_s), object_at
         self._server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

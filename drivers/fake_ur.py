@@ -37,7 +37,6 @@ Only loopback addresses are served, so parallel tests each take their own (127.0
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import json
 import math
 import os
@@ -53,6 +52,8 @@ import time
 from collections import Counter
 
 import numpy as np
+
+from drivers.realism import check_loopback
 
 RTDE_PORT = 30004
 DASHBOARD_PORT = 29999
@@ -261,19 +262,6 @@ def _rotation_vector(rotation: np.ndarray) -> np.ndarray:
         axis = (rotation[:, column] + np.eye(3)[column]) / math.sqrt(2.0 * (1.0 + rotation[column, column]))
         return axis * angle
     return axis / (2.0 * math.sin(angle)) * angle
-
-
-def check_loopback(owner: str, host: object) -> str:
-    """host as a loopback IPv4 address string, or a one-line ValueError."""
-    try:
-        address = ipaddress.ip_address(host)  # type: ignore[arg-type]
-        loopback = address.version == 4 and address.is_loopback
-    except ValueError:
-        loopback = False
-    if not loopback:
-        raise ValueError(f"{owner}: host {host!r} is not an IPv4 loopback address: a fake controller serves this "
-                         f"machine only; use one of 127.0.0.2, 127.0.0.3, ...")
-    return str(host)
 
 
 def check_version(owner: str, version: object) -> tuple[int, int, int, int]:

@@ -12,6 +12,7 @@ Both are plain data structures over integer nanosecond times; they know nothing 
 from __future__ import annotations
 
 import bisect
+import ipaddress
 import math
 from collections import deque
 from typing import Any
@@ -19,6 +20,19 @@ from typing import Any
 import numpy as np
 
 _NS_PER_S = 1_000_000_000
+
+
+def check_loopback(owner: str, host: object) -> str:
+    """host as an IPv4 loopback address string (a fake peer serves this machine only), or a one-line ValueError."""
+    try:
+        address = ipaddress.ip_address(host)  # type: ignore[arg-type]
+        loopback = address.version == 4 and address.is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        raise ValueError(f"{owner}: host {host!r} is not an IPv4 loopback address: a fake peer serves this machine "
+                         f"only; use 127.0.0.1, 127.0.0.2, ...")
+    return str(host)
 
 
 def check_seconds(owner: str, what: str, value: object) -> float:

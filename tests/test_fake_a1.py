@@ -36,7 +36,7 @@ def exchange(sock, robot, datagram: bytes) -> dict:
 
 
 def test_only_loopback_is_served():
-    with pytest.raises(ValueError, match="FakeA1: host '0.0.0.0' is not a loopback address"):
+    with pytest.raises(ValueError, match="FakeA1: host '0.0.0.0' is not an IPv4 loopback address"):
         FakeA1("0.0.0.0")
 
 
