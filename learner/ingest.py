@@ -196,7 +196,7 @@ class IngestServer(threading.Thread):
                 self.on_spec(spec)
                 self._refill()
             else:
-                mismatch = _spec_mismatch(self.spec, spec)
+                mismatch = steps.spec_mismatch(self.spec, spec)
                 if mismatch:
                     reason = f"step spec differs from the learner's: {mismatch}: use the same robot, cameras and task"
         if reason is not None:
@@ -255,14 +255,3 @@ class IngestServer(threading.Thread):
             return {**self.counters, "ingested_steps": self.ledger.ingested_steps, "refilled_steps": self.refilled_steps,
                     "duplicate_chunks": self.ledger.duplicate_chunks, "lost_steps": self.ledger.lost_steps,
                     "malformed": self.receiver.malformed, "actors": len(self.peers)}
-
-
-def _spec_mismatch(expected: dict, got: dict) -> str | None:
-    for key in sorted(set(expected) | set(got)):
-        if key not in got:
-            return f"key {key!r} missing"
-        if key not in expected:
-            return f"unexpected key {key!r}"
-        if tuple(expected[key][0]) != tuple(got[key][0]) or expected[key][1] != got[key][1]:
-            return f"key {key!r} is {got[key]}, expected {expected[key]}"
-    return None

@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import html
+import importlib.util
 import json
 import shutil
 import sys
@@ -535,9 +536,7 @@ def plot_policy_lag(scan: SessionScan, path: Path) -> Path:
 
 def write_plots(scan: SessionScan, out_dir: Path) -> dict[str, Path]:
     """Writes every plot as plots/<name>.png under out_dir; returns name -> path (empty without matplotlib)."""
-    try:
-        import matplotlib  # noqa: F401  (an optional dependency: pip install matplotlib)
-    except ImportError:
+    if importlib.util.find_spec("matplotlib") is None:     # an optional dependency (pip install matplotlib)
         return {}
     plots_dir = out_dir / "plots"
     plots_dir.mkdir(parents=True, exist_ok=True)

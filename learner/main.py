@@ -22,8 +22,7 @@ from learner.dreamer import describe_parameters, model_summary
 from learner.ingest import IngestServer
 from learner.refill import refill_from_episodes
 from learner.replay import ReplayBuffer
-from learner.report import write_report_videos
-from learner.trainer import CHECKPOINT_FILE, Prefetcher, Trainer, WeightPublisher, read_checkpoint
+from learner.trainer import CHECKPOINT_FILE, Prefetcher, Trainer, WeightPublisher, read_checkpoint, resolve_device
 from robotd import session
 from robotd.config import Config
 from robotd.metrics import MetricsWriter
@@ -60,14 +59,6 @@ def _curve_server(config: Config, context: zmq.Context):
     return server
 
 
-def _device(choice: str) -> str:
-    if choice == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if choice == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("learner.device = cuda but torch sees no CUDA device: set learner.device=cpu or auto")
-    return choice
-
-
 class Learner:
     """Wires Ray replay, ingest, trainer and publisher together for one session."""
 
@@ -78,7 +69,7 @@ class Learner:
         self.stop_requested = threading.Event()
         self.trainer: Trainer | None = None
         self.spec_ready = threading.Event()
-        self.device = _device(config.learner.device)
+        self.device = resolve_device(config.learner.device)
         self.ingested_steps = lambda: 0
 
     def run(self) -> dict:
@@ -158,7 +149,7 @@ class Learner:
             publisher.version = trainer.load(checkpoint)
             log.info("resumed from checkpoint: %d updates, weights v%d", trainer.updates, publisher.version)
         elif config.init_checkpoint:
-            self._start_from(trainer, publisher, config.init_checkpoint, ingest.spec)
+            self._start_from(trainer, publisher, config.init_checkpoint)
         prefetch = Prefetcher(lambda: trainer.prepare(ray.get(replay.sample.remote(config.batch_size,
                                                                                    config.batch_length)))
                               if ray.get(replay.stats.remote())["replay_steps"] >= config.min_replay_steps else None)
@@ -194,7 +185,7 @@ class Learner:
                                                     "weights_version": publisher.version,
                                                     "ingested_steps": ingest.ledger.ingested_steps})
                 if config.report_every_s and now - last_report >= config.report_every_s:
-                    self._report(trainer, batch, metrics)
+                    trainer.write_report(batch, metrics)
                     last_report = now
                 if now - last_checkpoint >= config.checkpoint_every_s:
                     trainer.save(publisher.version)
@@ -205,30 +196,14 @@ class Learner:
             if trainer.updates > 0:
                 trainer.save(publisher.version)
 
-    def _start_from(self, trainer, publisher, path: str, spec: dict) -> None:
+    def _start_from(self, trainer, publisher, path: str) -> None:
         """Loads ``learner.init_checkpoint`` (e.g. from robotd replay) and publishes its policy at once."""
         state = read_checkpoint(Path(path))
         if state is None:
             raise RuntimeError(f"learner.init_checkpoint {path!r}: no such checkpoint file")
-        recorded = {key: (tuple(shape), dtype) for key, (shape, dtype) in state["spec"].items()}
-        if recorded != {key: (tuple(shape), dtype) for key, (shape, dtype) in spec.items()}:
-            different = sorted(set(recorded) ^ set(spec)) or sorted(k for k in spec if recorded.get(k) != tuple(spec[k]))
-            raise RuntimeError(f"learner.init_checkpoint {path!r} was trained on other steps than this robot sends "
-                               f"(first difference: {different[0] if different else '?'}): use a checkpoint "
-                               f"trained with this config")
-        publisher.version = trainer.load(state)
+        publisher.version = trainer.start_from(state, f"learner.init_checkpoint {path!r}")
         publisher.publish(trainer.agent.policy_state_dict())
         log.info("started from %s: %d updates, weights v%d published", path, trainer.updates, publisher.version)
-
-    def _report(self, trainer, batch, metrics) -> None:
-        """World-model losses and open-loop prediction on the last batch: scalars to metrics, videos as GIFs."""
-        try:
-            scalars, videos = trainer.report(batch)
-            metrics.write(trainer.updates, scalars)
-            for path in write_report_videos(self.logdir, trainer.updates, videos):
-                log.info("world-model report: %s", path)
-        except Exception:  # a report must never stop training
-            log.exception("world-model report failed; training goes on")
 
     def _status(self, status, ray, replay, trainer, publisher, updates_per_s) -> None:
         if not status.due():

@@ -26,8 +26,7 @@ import numpy as np
 import torch
 
 from learner.replay import ReplayBuffer
-from learner.report import write_report_videos
-from learner.trainer import CHECKPOINT_FILE, Trainer, read_checkpoint
+from learner.trainer import CHECKPOINT_FILE, Trainer, read_checkpoint, resolve_device
 from robotd import cli, session, steps
 from robotd.config import Config, save
 from robotd.episodes import read_episode
@@ -150,20 +149,15 @@ def run(config: Config, logdirs: list[str], *, updates: int, out: str, init: str
     root = session.prepare(out)
     save(config, root / session.CONFIG)
     torch.set_num_threads(learner.threads)
-    device = device or ("cuda" if learner.device in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
+    device = resolve_device(device or learner.device)
     init_state = None
     if init:
         init_state = read_checkpoint(Path(init))
         if init_state is None:
             raise ReplayError(f"--init {init!r}: no such checkpoint file")
-        recorded = {key: (tuple(shape), dtype) for key, (shape, dtype) in init_state["spec"].items()}
-        if recorded != spec:
-            diff = sorted(set(recorded) ^ set(spec)) or sorted(k for k in spec if recorded.get(k) != spec[k])
-            raise ReplayError(f"--init {init!r} was trained on other steps than these sessions record (first "
-                              f"difference: {diff[0]!r}): start without --init or record with the same config")
     discrete = bool(init_state["action_discrete"]) if init_state else is_discrete(used)
     trainer = Trainer(config, spec, device, root, action_discrete=discrete)
-    version = trainer.load(init_state) if init_state else 0
+    version = trainer.start_from(init_state, f"--init {init!r}") if init_state else 0
     rng_state = replay.rng.bit_generator.state
     replay.rng = np.random.default_rng(EVAL_SEED)
     eval_batch = trainer.prepare(replay.sample(learner.batch_size, learner.batch_length))
@@ -190,7 +184,7 @@ def run(config: Config, logdirs: list[str], *, updates: int, out: str, init: str
                                                 "ingested_steps": replay_steps})
                 last_metrics = now
             if learner.report_every_s and now - last_report >= learner.report_every_s:
-                _report(trainer, batch, metrics, root)
+                trainer.write_report(batch, metrics)
                 last_report = now
             if now - last_checkpoint >= learner.checkpoint_every_s:
                 trainer.save(version)
@@ -201,7 +195,7 @@ def run(config: Config, logdirs: list[str], *, updates: int, out: str, init: str
             trainer.save(version + 1)
         metrics.close()
     after, _ = trainer.report(eval_batch)
-    _report(trainer, eval_batch, None, root)
+    trainer.write_report(eval_batch)
     wall_s = time.monotonic() - started
     summary = {
         "sources": [str(Path(d).resolve()) for d in logdirs], "episodes_used": len(used),
@@ -218,16 +212,6 @@ def run(config: Config, logdirs: list[str], *, updates: int, out: str, init: str
                                           "parameters": trainer.parameter_count(), "last_losses": trainer.last_metrics,
                                           "replay_steps": int(replay_steps)})
     return summary
-
-
-def _report(trainer, batch, metrics, root) -> None:
-    try:
-        scalars, videos = trainer.report(batch)
-        if metrics is not None:
-            metrics.write(trainer.updates, scalars)
-        write_report_videos(root, trainer.updates, videos)
-    except Exception:  # a report must never stop training
-        log.exception("world-model report failed; training goes on")
 
 
 def main(argv: list[str] | None = None) -> int:

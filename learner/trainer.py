@@ -19,6 +19,7 @@ import torch
 import zmq
 
 from learner.dreamer import Dreamer
+from learner.report import write_report_videos
 from learner.sizes import model_config
 from robotd import session, steps, wire
 from robotd.config import Config
@@ -156,11 +157,45 @@ class Trainer:
         os.replace(tmp, path)
         return path
 
+    def start_from(self, state: dict, what: str) -> int:
+        """Restores from a checkpoint made elsewhere (``what`` names it in errors), refusing one trained on other
+        steps than this trainer's; returns its weights version."""
+        mismatch = steps.spec_mismatch(self.spec, {key: (tuple(shape), dtype)
+                                                   for key, (shape, dtype) in state["spec"].items()})
+        if mismatch:
+            raise ValueError(f"{what} was trained on other steps than these ({mismatch}): use a checkpoint trained "
+                             f"with the same robot, cameras and task")
+        return self.load(state)
+
+    def write_report(self, batch, metrics=None) -> list[Path]:
+        """The world-model report on a batch: scalars to ``metrics`` (when given), open-loop videos as GIFs in
+        the log directory's reports/. Never raises: a report must not stop training."""
+        try:
+            scalars, videos = self.report(batch)
+            if metrics is not None:
+                metrics.write(self.updates, scalars)
+            written = write_report_videos(self.logdir, self.updates, videos)
+        except Exception:  # noqa: BLE001 - a report must never stop training
+            log.exception("world-model report failed; training goes on")
+            return []
+        for path in written:
+            log.info("world-model report: %s", path)
+        return written
+
     def load(self, state: dict) -> int:
         """Restores from a checkpoint dict; returns its weights version."""
         self.agent.load_checkpoint(state["agent"])
         self.replayed_steps = int(state.get("replayed_steps", 0))
         return int(state.get("version", 0))
+
+
+def resolve_device(choice: str) -> str:
+    """The torch device for learner.device: auto picks cuda when torch sees one; cuda without one is an error."""
+    if choice == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("learner.device = cuda but torch sees no CUDA device: set learner.device=cpu or auto")
+    return choice
 
 
 def read_checkpoint(path: Path) -> dict | None:

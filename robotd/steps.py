@@ -81,3 +81,15 @@ def check_against(spec: Spec, arrays: dict[str, np.ndarray], n_steps: int) -> st
         if value.dtype != np.dtype(dtype):
             return f"key {key!r} has dtype {value.dtype}, expected {dtype}"
     return None
+
+
+def spec_mismatch(expected: Spec, got: Spec) -> str | None:
+    """How step spec ``got`` differs from ``expected`` (the first differing key), or None when they agree."""
+    for key in sorted(set(expected) | set(got)):
+        if key not in got:
+            return f"key {key!r} missing"
+        if key not in expected:
+            return f"unexpected key {key!r}"
+        if tuple(expected[key][0]) != tuple(got[key][0]) or expected[key][1] != got[key][1]:
+            return f"key {key!r} is {got[key]}, expected {expected[key]}"
+    return None
