@@ -391,10 +391,8 @@ class Actor:
         """The open episode's timing statistics and its quality flags (robotd/quality.py)."""
         rows = self.episode_timing
         data = {key: np.asarray([row[key] for row in rows]) for key in (rows[0] if rows else {})}
-        camera_fps = {camera.name: float(camera.args["fps"]) for camera in self.config.cameras
-                      if isinstance(camera.args.get("fps"), (int, float))}
-        stats = quality.episode_stats(data, self.config.control.rate_hz, self.devices, camera_fps,
-                                      flags=self.episode_flags)
+        stats = quality.episode_stats(data, self.config.control.rate_hz, self.devices,
+                                      quality.camera_fps(self.config), flags=self.episode_flags)
         return stats, quality.assess(stats, self.config.quality, self.devices, self.episode_flags)
 
     def _emit_chunk(self, exclude: dict | None = None) -> None:

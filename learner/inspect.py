@@ -45,7 +45,7 @@ from typing import Any
 
 import numpy as np
 
-from robotd import session, steps
+from robotd import quality, session, steps
 from robotd.episodes import read_episode
 
 OPENLOOP_MAX_STEPS = 64
@@ -128,23 +128,6 @@ def _image_keys(step_arrays: dict[str, np.ndarray]) -> list[str]:
                   and value.shape[-1] in (1, 3))
 
 
-def _dropped_frames(frames: np.ndarray, rate_hz: float, fps: float | None) -> int | None:
-    """Frames a camera produced that no step saw: frame-number advances beyond the normal one per step."""
-    frames = np.asarray(frames, np.int64)
-    if frames.size < 2 or np.any(frames < 0):
-        return None
-    advance = np.diff(frames)
-    normal = int(np.ceil(fps / rate_hz - 1e-9)) if fps and rate_hz > 0 else max(1, int(np.ceil(np.median(advance))))
-    return int(np.sum(np.clip(advance - normal, 0, None)))
-
-
-def _camera_fps(config: Any) -> dict[str, float]:
-    if config is None:
-        return {}
-    return {camera.name: float(camera.args["fps"]) for camera in config.cameras
-            if isinstance(camera.args.get("fps"), (int, float))}
-
-
 def _one_line(error: BaseException) -> str:
     text = " ".join(str(error).split())
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
@@ -170,12 +153,10 @@ def read_episode_record(path: Path, *, rate_hz: float | None = None, camera_fps:
     devices = _devices(arrays)
     stale = {device: int(np.sum(arrays[f"timing/{device}/stale"])) for device in devices
              if f"timing/{device}/stale" in arrays}
-    dropped = {}
-    for device in devices:
-        frames = arrays.get(f"timing/{device}/frame_number")
-        count = None if frames is None else _dropped_frames(frames, rate, (camera_fps or {}).get(device))
-        if count is not None:
-            dropped[device] = int(stats.get(f"{device}_dropped_frames", count))
+    # The same statistics the actor stored when it wrote the episode (robotd/quality.py), from the steps themselves.
+    measured = quality.episode_stats(arrays, rate, devices, camera_fps) if rate > 0 else {}
+    dropped = {device: int(stats.get(f"{device}_dropped_frames", measured[f"{device}_dropped_frames"]))
+               for device in devices if f"{device}_dropped_frames" in measured}
     flags = attrs.get("flags", [])
     flags = [str(flag) for flag in (flags if isinstance(flags, (list, tuple)) else [flags])]
     episode_id = attrs.get("episode_id")
@@ -259,7 +240,7 @@ def scan_session(logdir: str | Path) -> SessionScan:
                          f"give the --logdir of a robotd train session")
     config, config_error = _load_config(logdir)
     rate_hz = float(config.control.rate_hz) if config is not None else None
-    fps = _camera_fps(config)
+    fps = quality.camera_fps(config)
     records = [read_episode_record(path, rate_hz=rate_hz, camera_fps=fps) for path in episode_files(logdir)]
     # Session order: by start time where known, then by file name (actor, episode number).
     records.sort(key=lambda record: (record.start_wall_s is None, record.start_wall_s or 0.0, record.path.name))
@@ -336,7 +317,7 @@ def summarise(rows: list[dict[str, Any]], summary: dict[str, Any] | None = None)
         "stale_readings": sum(sum(row["stale"].values()) for row in good),
         "dropped_frames": sum(sum(row["dropped_frames"].values()) for row in good),
         "policy_version_max": max(highs) if highs else None,
-        "flagged": sum(bool(row["flags"]) and any(flag.startswith("quality:") for flag in row["flags"]) for row in good),
+        "flagged": sum(bool(quality.quality_flags(row["flags"])) for row in good),
         "logged_steps": (summary or {}).get("logged_steps"), "learner_updates": (summary or {}).get("learner_updates"),
     }
 
@@ -676,7 +657,7 @@ def _html_table(rows: list[dict[str, Any]]) -> str:
             body.append(f'<tr class="error"><td>{html.escape(row["file"])}</td>'
                         f'<td colspan="{len(TABLE_COLUMNS) - 1}">unreadable: {html.escape(row["error"])}</td></tr>')
             continue
-        flagged = any(flag.startswith("quality:") or flag == "protective_stop" for flag in row["flags"])
+        flagged = bool(quality.quality_flags(row["flags"])) or "protective_stop" in row["flags"]
         cells = "".join(f"<td>{html.escape(cell)}</td>" for cell in _cells(row))
         body.append(f'<tr{" class=flagged" if flagged else ""} title="{html.escape(row["file"], quote=True)}">{cells}</tr>')
     return f"<table>\n<tr>{head}</tr>\n" + "\n".join(body) + "\n</table>"

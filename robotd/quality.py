@@ -20,6 +20,14 @@ from robotd import steps
 QUALITY_PREFIX = "quality:"
 
 
+def camera_fps(config) -> dict[str, float]:
+    """Each configured camera's frame rate where its args give one (``fps``): device name -> fps."""
+    if config is None:
+        return {}
+    return {camera.name: float(camera.args["fps"]) for camera in config.cameras
+            if isinstance(camera.args.get("fps"), (int, float))}
+
+
 def _frames(data: Mapping[str, np.ndarray], device: str) -> np.ndarray | None:
     frames = data.get(f"timing/{device}/frame_number")
     if frames is None:
