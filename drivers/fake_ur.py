@@ -828,6 +828,24 @@ _MAX_SCRIPT = 1 << 20
 _PROGRAM = re.compile(r"^(def|sec)\s+(\w+)\s*\(\s*\)\s*:\s*$(.*?)^end\s*$", re.M | re.S)
 
 
+# Dashboard commands whose answer never changes (the others depend on the controller's state).
+_DASHBOARD_FIXED_REPLIES = {
+    "get robot model": "UR5",
+    "is in remote control": "true",
+    "robotmode": "Robotmode: RUNNING",
+    "close safety popup": "closing safety popup",
+    "close popup": "closing popup",
+    "power on": "Powering on",
+    "power off": "Powering off",
+    "brake release": "Brake releasing",
+    "get loaded program": "No program loaded",
+    "isprogramsaved": "true <unnamed>",
+    "pause": "Pausing program",
+    "restart safety": "Restarting safety",
+    "shutdown": "Shutting down",
+}
+
+
 class FakeURServer:
     """The listening sockets and their threads, around one _Controller; runs in the serving process."""
 
@@ -960,45 +978,27 @@ class FakeURServer:
         with controller.lock:
             safety = _SAFETY_NAMES[controller.safety_mode()]
             running = controller.script_running
+        if lower in _DASHBOARD_FIXED_REPLIES:
+            return _DASHBOARD_FIXED_REPLIES[lower], False
         if lower == "polyscopeversion":
             return f"URSoftware {major}.{minor}.{bugfix}.{build or 1} (Jan 01 2024)", False
         if lower == "get serial number":
             return self.serial, False
-        if lower == "get robot model":
-            return "UR5", False
-        if lower == "is in remote control":
-            return "true", False
-        if lower == "robotmode":
-            return "Robotmode: RUNNING", False
         if lower == "safetymode":
             return f"Safetymode: {safety}", False
         if lower == "safetystatus":
             return f"Safetystatus: {safety}", False
         if lower == "unlock protective stop":
             return controller.unlock_protective_stop(), False
-        if lower == "close safety popup":
-            return "closing safety popup", False
-        if lower == "close popup":
-            return "closing popup", False
         if lower.startswith("popup "):
             return "showing popup", False
         if lower.startswith("addtolog "):
             return "Added log message", False
-        if lower == "power on":
-            return "Powering on", False
-        if lower == "power off":
-            return "Powering off", False
-        if lower == "brake release":
-            return "Brake releasing", False
         if lower == "running":
             return f"Program running: {'true' if running else 'false'}", False
         if lower == "programstate":
             name = controller.script_name or "<unnamed>"
             return f"{'PLAYING' if running else 'STOPPED'} {name}", False
-        if lower == "get loaded program":
-            return "No program loaded", False
-        if lower == "isprogramsaved":
-            return "true <unnamed>", False
         if lower == "play":
             if controller.script_name:
                 with controller.lock:
@@ -1009,14 +1009,8 @@ class FakeURServer:
         if lower == "stop":
             controller.stop_program()
             return "Stopped", False
-        if lower == "pause":
-            return "Pausing program", False
-        if lower == "restart safety":
-            return "Restarting safety", False
         if lower == "quit":
             return "Disconnected", True
-        if lower == "shutdown":
-            return "Shutting down", False
         if lower.startswith("load "):
             return f"File not found: {command[5:]}", False
         return f"could not understand: '{command}'", False
