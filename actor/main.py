@@ -158,7 +158,11 @@ class Actor:
     def _loop(self, daemon, context, max_bytes) -> None:
         config = self.config
         period_s = 1.0 / config.control.rate_hz
-        silence_s = max(1.0, 20 * period_s)
+        lockstep = config.control.pacing == "lockstep"
+        # In real time a silent daemon means the robot stopped: the episode ends there. In lockstep the daemon
+        # steps only when the action arrives, so a silence is a busy machine and the episode goes on; only a
+        # daemon whose watchdog gave up on this actor (after control.watchdog_s) needs the hello again.
+        silence_s = config.control.watchdog_s + 1.0 if lockstep else max(1.0, 20 * period_s)
         self.pending: Pending | None = None
         self._zmq = (context, max_bytes)
         self.episode = None
@@ -173,7 +177,7 @@ class Actor:
                 self._subscribe_weights(context, max_bytes)
             if not daemon.poll(50):
                 silent_s = time.monotonic() - last_obs_s
-                if silent_s > silence_s and self.pending is not None:
+                if silent_s > silence_s and self.pending is not None and not lockstep:
                     self.counters["daemon_timeouts"] += 1
                     log.warning("no observation from the daemon for %.1f s: ending the episode", silence_s)
                     self._complete_pending(None, None, force_last=True)

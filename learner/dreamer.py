@@ -112,6 +112,7 @@ class ModelConfig:
     loss_policy: float = 1.0
     loss_value: float = 1.0
     loss_repval: float = 0.3
+    repval_grad: bool = True  # the replay value loss also trains the world model's representations (published)
     # Optimiser (LaProp with adaptive gradient clipping).
     lr: float = 4e-5
     agc: float = 0.3
@@ -168,9 +169,9 @@ PRESETS = ("tiny", *_SIZES)
 def preset(name: str) -> ModelConfig:
     """The named size preset as a ``ModelConfig`` (paper hyperparameters throughout)."""
     if name == "tiny":
-        # Small enough for CI on two cores; a shorter imagination horizon keeps updates quick.
-        return ModelConfig(deter=64, hidden=64, stoch=8, classes=8, blocks=8, units=64, layers=1, cnn_depth=4,
-                           horizon=8)
+        # Small enough for the test suite on two cores (not for learning: see the small preset); the
+        # published hyperparameters, horizon 15 included.
+        return ModelConfig(deter=64, hidden=64, stoch=8, classes=8, blocks=8, units=64, layers=1, cnn_depth=4)
     if name not in _SIZES:
         raise ValueError(f"unknown model preset {name!r}; known presets: {', '.join(PRESETS)}")
     deter, hidden, classes, depth, units = _SIZES[name]
@@ -406,14 +407,15 @@ class Dreamer(nn.Module):
         with self._autocast():
             model_loss, metrics, posterior = self._world_model_loss(data)
             start = LatentState(posterior.deter.detach(), posterior.stoch.detach())
+            replay_states = posterior if self.config.repval_grad else start
             behaviour_loss, behaviour_metrics = self._behaviour_losses(
-                start, data["reward"], data["is_last"], data["is_terminal"]
+                start, data["reward"], data["is_last"], data["is_terminal"], replay_states
             )
         metrics.update(behaviour_metrics)
 
         self.optimiser.zero_grad(set_to_none=True)
-        # Imagination runs without gradients and the actor-critic starts from detached states, so
-        # the world model's gradients come from its own loss only.
+        # Imagination runs without gradients and the actor-critic starts from detached states; the world
+        # model's gradients come from its own loss and, with repval_grad, from the replay value loss.
         (model_loss + behaviour_loss).backward()
         self.optimiser.step()
         self._update_slow_critic()
@@ -493,9 +495,13 @@ class Dreamer(nn.Module):
         return features, torch.stack(outputs, dim=1), torch.stack(actions, dim=1)
 
     def _behaviour_losses(
-        self, start: LatentState, reward: torch.Tensor, is_last: torch.Tensor, is_terminal: torch.Tensor
+        self, start: LatentState, reward: torch.Tensor, is_last: torch.Tensor, is_terminal: torch.Tensor,
+        replay_states: LatentState | None = None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Scaled actor and critic losses from imagination started at every posterior state ``(B, T, ...)``."""
+        """Scaled actor and critic losses from imagination started at every posterior state ``(B, T, ...)``.
+
+        ``replay_states`` are the posterior states the replay value loss reads (``start`` when not
+        given); passed with their gradients, that loss also shapes the world model."""
         config = self.config
         batch, length = reward.shape
         world_model = self.world_model
@@ -531,7 +537,8 @@ class Dreamer(nn.Module):
         ).mean()
 
         imagined_returns = returns[:, 0].reshape(batch, length)
-        replay_loss = self._replay_critic_loss(start, reward, is_last, is_terminal, imagined_returns)
+        replay_loss = self._replay_critic_loss(start if replay_states is None else replay_states, reward, is_last,
+                                               is_terminal, imagined_returns)
 
         metrics = {
             "loss/actor": actor_loss.detach(),
@@ -562,15 +569,17 @@ class Dreamer(nn.Module):
         Targets are lambda-returns of the real rewards and terminations, bootstrapped with the
         imagined return from each replayed state; the recursion is cut at ``is_last`` so it
         never crosses into the next episode, and the last step of an episode gets no loss.
+        The critic reads ``start``'s features as given: with their gradients (``repval_grad``)
+        the loss flows into the encoder and RSSM too.
         """
         config = self.config
+        features = self.world_model.rssm.features(start)
         with torch.no_grad():
-            features = self.world_model.rssm.features(start)
             not_last = 1.0 - is_last.float()
             targets = lambda_returns(
                 reward, 1.0 - is_terminal.float(), imagined_returns, config.gamma, config.lam * not_last
             )
-            slow_values = self.slow_critic.predict(self.slow_critic(features[:, :-1]))
+            slow_values = self.slow_critic.predict(self.slow_critic(features[:, :-1].detach()))
         logits = self.critic(features[:, :-1])
         losses = self.critic.loss(logits, targets)
         losses = losses + config.slow_critic_reg * self.critic.loss(logits, slow_values)

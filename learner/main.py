@@ -75,7 +75,7 @@ class Learner:
     def run(self) -> dict:
         """Runs until a stop is requested; returns the final stats."""
         config = self.config
-        torch.set_num_threads(config.learner.threads)
+        torch.set_num_threads(config.learner_threads())
         max_bytes = int(config.network.max_message_mb * 2**20)
         context = zmq.Context()
         self.curve = _curve_server(config, context)

@@ -65,21 +65,22 @@ def split_obs_spec(obs_spec: ObsSpec) -> tuple[dict[str, tuple[int, int, int]], 
 
 
 def trunc_normal_(weight: torch.Tensor, fan_in: int, scale: float = 1.0) -> torch.Tensor:
-    """Fill ``weight`` from a normal truncated at two standard deviations with variance ``scale / fan_in``.
+    """Fill ``weight`` from a normal truncated at two standard deviations with standard deviation
+    ``scale / sqrt(fan_in)``: the published initialiser, whose ``scale`` multiplies the weights.
 
     0.87962566 is the standard deviation of a unit normal truncated to [-2, 2]; dividing by it
-    makes the variance of the truncated samples exactly ``scale / fan_in``. ``scale = 0`` gives
-    zeros (the output layers of the reward head and the critic start at zero).
+    makes the variance of the truncated samples exactly ``1 / fan_in`` before scaling. ``scale = 0``
+    gives zeros (the output layers of the reward head and the critic start at zero).
     """
     with torch.no_grad():
         if scale == 0.0:
             return weight.zero_()
-        std = math.sqrt(scale / fan_in) / 0.87962566103423978
+        std = scale * math.sqrt(1.0 / fan_in) / 0.87962566103423978
         return nn.init.trunc_normal_(weight, 0.0, std, -2.0 * std, 2.0 * std)
 
 
 class Linear(nn.Linear):
-    """``nn.Linear`` with the truncated-normal fan-in initialisation; ``outscale`` scales the weight variance."""
+    """``nn.Linear`` with the truncated-normal fan-in initialisation; ``outscale`` multiplies the weights."""
 
     def __init__(self, in_features: int, out_features: int, outscale: float = 1.0) -> None:
         super().__init__(in_features, out_features)
@@ -88,7 +89,11 @@ class Linear(nn.Linear):
 
 
 class BlockLinear(nn.Module):
-    """Block-diagonal linear layer: ``(..., G * I) -> (..., G * O)``, each of ``G`` groups mixing only its own inputs."""
+    """Block-diagonal linear layer: ``(..., G * I) -> (..., G * O)``, each of ``G`` groups mixing only its own inputs.
+
+    Initialised as published: the fan-in is the whole input ``G * I`` (the kernel's shape
+    ``(G, I, O)`` counted like a convolution's receptive field), not one block's ``I``.
+    """
 
     def __init__(self, in_features: int, out_features: int, groups: int) -> None:
         super().__init__()
@@ -98,7 +103,7 @@ class BlockLinear(nn.Module):
         self.groups = groups
         self.weight = nn.Parameter(torch.empty(groups, in_features // groups, out_features // groups))
         self.bias = nn.Parameter(torch.zeros(out_features))
-        trunc_normal_(self.weight, in_features // groups)
+        trunc_normal_(self.weight, in_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Apply each group's weight to its slice of the last dimension."""
@@ -117,12 +122,13 @@ class SharedInputBlockLinear(BlockLinear):
 
     The weights on the shared input are kept as one dense ``(S, G * O)`` matrix, so the layer
     costs one grouped product on ``own`` plus one dense product on ``shared`` and never builds
-    ``G`` copies of the shared input. Initialisation uses the per-group fan-in ``I_own + S``.
+    ``G`` copies of the shared input. Initialisation uses the fan-in of the published layer, whose
+    input is the ``G`` groups' ``concat(own_g, shared)`` flattened: ``G * I_own + G * S``.
     """
 
     def __init__(self, own_features: int, shared_features: int, out_features: int, groups: int) -> None:
         super().__init__(own_features, out_features, groups)
-        fan_in = own_features // groups + shared_features
+        fan_in = own_features + groups * shared_features
         trunc_normal_(self.weight, fan_in)
         self.shared_weight = nn.Parameter(torch.empty(shared_features, out_features))
         trunc_normal_(self.shared_weight, fan_in)

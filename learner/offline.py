@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -148,7 +149,8 @@ def run(config: Config, logdirs: list[str], *, updates: int, out: str, init: str
                           f"learner.batch_length (--set learner.batch_length=N)")
     root = session.prepare(out)
     save(config, root / session.CONFIG)
-    torch.set_num_threads(learner.threads)
+    # Nothing else runs beside offline training: auto (0) takes every core.
+    torch.set_num_threads(learner.threads or max(1, len(os.sched_getaffinity(0))))
     device = resolve_device(device or learner.device)
     init_state = None
     if init:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import hashlib
+import os
 import json
 import typing
 from dataclasses import dataclass, field
@@ -154,7 +155,9 @@ class LearnerConfig:
     checkpoint_every_s: float = spec(120.0, range=(1.0, 1e6))
     report_every_s: float = spec(300.0, range=(0.0, 1e6),
                                  help="world-model report (losses, open-loop video) period; 0 disables it")
-    threads: int = spec(1, range=(1, 256), help="torch threads; keep low when sharing a machine with the daemon")
+    threads: int = spec(0, range=(0, 256),
+                        help="torch threads; 0 = auto: every core when lockstep pacing holds the simulation for "
+                             "the learner (learner.train_ratio > 0), else 1 so a real robot's daemon keeps a core")
     device: str = spec("auto", choices=("auto", "cpu", "cuda"))
     init_checkpoint: str = spec("", help="start from this checkpoint (e.g. one robotd replay wrote) when the "
                                          "session has none of its own; robotd train --init PATH sets it")
@@ -189,6 +192,15 @@ class Config:
     network: NetworkConfig = spec(default_factory=NetworkConfig)
     seed: int = spec(0, range=(0, 2**31 - 1))
     session: str = spec("", help="session name; empty takes the log directory's name")
+
+    def learner_threads(self) -> int:
+        """The learner's torch threads: ``learner.threads``, or for 0 (auto) every core of this machine when the
+        simulation waits for the learner (lockstep with a train ratio: nothing else needs the cores then), else 1."""
+        if self.learner.threads > 0:
+            return self.learner.threads
+        if self.control.pacing == "lockstep" and self.learner.train_ratio > 0:
+            return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+        return 1
 
     def to_dict(self) -> dict:
         """Plain nested dict (what YAML and the session directory store)."""

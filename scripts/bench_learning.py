@@ -291,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
                     starts = config.actor.prefill_steps if args.sac_learning_starts is None else args.sac_learning_starts
                     try:
                         curve = run_sac(args.config, args.overrides, seed, args.steps, learning_starts=starts,
-                                        buffer_size=min(args.sac_buffer, args.steps), threads=config.learner.threads)
+                                        buffer_size=min(args.sac_buffer, args.steps), threads=max(1, config.learner_threads()))
                     except ImportError as exc:
                         print(f"bench_learning: error: SAC needs stable-baselines3 ({exc}): pip install -e '.[bench]'",
                               file=sys.stderr)
