@@ -84,6 +84,18 @@ def test_box_observation_and_continuous_action_rescaled_to_the_bounds():
         env.command_action(np.array([np.nan]))
 
 
+def test_gymnasium_mujoco_suite_runs_as_a_robot():
+    """Gymnasium's own MuJoCo environments (which import imageio, part of the sim and test extras) drive like any other."""
+    pytest.importorskip("mujoco", reason="the MuJoCo suite needs mujoco (sim or test extra)")
+    env = connected(env_id="Hopper-v5", seed=1)
+    assert env.reading_spec()["state"] == ((11,), "float32") and env.action_dim == 3
+    start = env.read().values["state"].copy()
+    for _ in range(5):
+        env.command_action(np.array([1.0, -1.0, 0.5]))
+    assert env.last_env_action == pytest.approx([1.0, -1.0, 0.5])
+    assert not np.array_equal(env.read().values["state"], start)
+
+
 def test_the_same_seed_gives_the_same_episode():
     a, b = connected(env_id="Pendulum-v1", seed=7), connected(env_id="Pendulum-v1", seed=7)
     for _ in range(5):
