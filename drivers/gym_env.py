@@ -12,9 +12,10 @@ where kwargs are every arg this driver does not take itself. The driver's own ar
 
 Readings: the observation flattened into keys (a Box is ``state``, float32 and flat; a Dict's
 entries keep their names, nested ones joined with ``_``; Discrete becomes a one-hot; uint8
-HxWxC Boxes are images), plus ``reward``, ``terminated`` and ``truncated`` (float32 (1,)) of the
-last step. The ``gym`` task turns those three into reward and episode ends, and keeps them out of
-the policy's observation.
+HxWxC Boxes are images), plus ``reward``, ``terminated``, ``truncated`` and ``success`` (float32
+(1,)) of the last step; ``success`` is the step's ``info["is_success"]`` (0 where the environment
+does not report one). The ``gym`` task turns those into reward, episode ends and the task's
+success, and keeps them out of the policy's observation.
 
 Actions are normalised: a Box action space takes ``prod(shape)`` values in [-1, 1], rescaled to
 the space's bounds; a Discrete(n) space takes n scores, of which the largest wins (the policy
@@ -39,8 +40,17 @@ import numpy as np
 from drivers.base import DeviceStatus, Reading, SteppedEnv
 from drivers.registry import register
 
-SIGNAL_KEYS = ("reward", "terminated", "truncated")
+SIGNAL_KEYS = ("reward", "terminated", "truncated", "success")
 """Reading keys that carry the last step's outcome rather than an observation."""
+
+
+def _truthy(value) -> bool:
+    """An environment's ``is_success`` (bool, number or one-element array) as a bool; anything else is False."""
+    try:
+        array = np.asarray(value, np.float64).reshape(-1)
+    except (TypeError, ValueError):
+        return False
+    return bool(array.size == 1 and np.isfinite(array[0]) and array[0] > 0.5)
 
 
 def resize_image(image: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -251,11 +261,11 @@ class GymEnv(SteppedEnv):
             self.reset()
             return
         env_action = self.env_action(action)
-        obs, reward, terminated, truncated, _ = self.env.step(env_action)
+        obs, reward, terminated, truncated, info = self.env.step(env_action)
         self.last_env_action = env_action
         self.steps += 1
         self._done = bool(terminated or truncated)
-        self._store(obs, float(reward), bool(terminated), bool(truncated))
+        self._store(obs, float(reward), bool(terminated), bool(truncated), info)
 
     def env_action(self, action: np.ndarray):
         """The environment's action for a normalised one."""
@@ -276,15 +286,15 @@ class GymEnv(SteppedEnv):
         if not self._connected:
             raise RuntimeError(f"{self._owner} is not connected; call connect() first")
         if self._first_reset:
-            obs, _ = self.env.reset(seed=self.seed)
+            obs, info = self.env.reset(seed=self.seed)
             self._first_reset = False
         else:
-            obs, _ = self.env.reset()
+            obs, info = self.env.reset()
         self.episodes += 1
         self._done = False
-        self._store(obs, 0.0, False, False)
+        self._store(obs, 0.0, False, False, info)
 
-    def _store(self, obs, reward: float, terminated: bool, truncated: bool) -> None:
+    def _store(self, obs, reward: float, terminated: bool, truncated: bool, info=None) -> None:
         values = self._flat.values(obs) if self.vector_obs else {}
         if self.pixels:
             frame = self.env.render()
@@ -295,4 +305,6 @@ class GymEnv(SteppedEnv):
         values["reward"] = np.array([reward], np.float32)
         values["terminated"] = np.array([float(terminated)], np.float32)
         values["truncated"] = np.array([float(truncated)], np.float32)
+        success = info.get("is_success", False) if isinstance(info, dict) else False
+        values["success"] = np.array([1.0 if _truthy(success) else 0.0], np.float32)
         self._values = values

@@ -23,7 +23,7 @@ from robotd.safety import SimSafety  # noqa: E402
 from tests.test_daemon import Running  # noqa: E402
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
-SIGNALS = ("reward", "terminated", "truncated")
+SIGNALS = ("reward", "terminated", "truncated", "success")
 
 
 class CountingEnv(gymnasium.Env):
@@ -70,7 +70,7 @@ def test_box_observation_and_continuous_action_rescaled_to_the_bounds():
     env = connected(env_id="Pendulum-v1", seed=3)
     assert env.simulated and not env.action_discrete and env.action_dim == 1
     assert env.reading_spec() == {"state": ((3,), "float32"), "reward": ((1,), "float32"),
-                                  "terminated": ((1,), "float32"), "truncated": ((1,), "float32")}
+                                  "terminated": ((1,), "float32"), "truncated": ((1,), "float32"), "success": ((1,), "float32")}
     first = env.read()
     assert first.values["state"].dtype == np.float32 and first.values["reward"][0] == 0.0
     assert first.domain == "system_time" and first.frame_number == 0
@@ -94,6 +94,15 @@ def test_gymnasium_mujoco_suite_runs_as_a_robot():
         env.command_action(np.array([1.0, -1.0, 0.5]))
     assert env.last_env_action == pytest.approx([1.0, -1.0, 0.5])
     assert not np.array_equal(env.read().values["state"], start)
+
+
+def test_the_environments_is_success_is_the_success_reading():
+    env = connected(env_id="robotd.gym_envs:robotd/PointReach-v0", seed=2)
+    assert env.read().values["success"][0] == 0.0
+    inner = env.env.unwrapped
+    for _ in range(12):
+        env.command_action((inner.target - inner.position) / inner.speed)
+    assert inner._distance() < inner.success_radius and env.read().values["success"][0] == 1.0
 
 
 def test_the_same_seed_gives_the_same_episode():
@@ -120,7 +129,7 @@ def test_dict_observations_are_flattened_into_keys():
     env = connected(env_id="RobotdCounting-v0")
     spec = env.reading_spec()
     assert spec == {"pos": ((2,), "float32"), "mode": ((3,), "float32"), "nested_a": ((1,), "float32"),
-                    "reward": ((1,), "float32"), "terminated": ((1,), "float32"), "truncated": ((1,), "float32")}
+                    "reward": ((1,), "float32"), "terminated": ((1,), "float32"), "truncated": ((1,), "float32"), "success": ((1,), "float32")}
     env.command_action(np.eye(4)[2])
     values = env.read().values
     np.testing.assert_array_equal(values["pos"], [1, -1])
@@ -187,6 +196,11 @@ def test_the_gym_task_takes_reward_and_episode_ends_from_the_env_and_hides_them_
     obs = task.observe({"env": {"state": np.ones(3, np.float32), "reward": np.array([1.0], np.float32),
                                 "terminated": np.array([0.0], np.float32), "truncated": np.array([1.0], np.float32)}})
     assert task.reward(obs) == 0.5 and not task.is_terminal(obs) and task.is_truncated(obs)
+    assert not task.is_success(obs)
+    obs = task.observe({"env": {"state": np.ones(3, np.float32), "reward": np.array([0.0], np.float32),
+                                "terminated": np.array([0.0], np.float32), "truncated": np.array([0.0], np.float32),
+                                "success": np.array([1.0], np.float32)}})
+    assert set(obs) == {"state"} and task.is_success(obs)
     with pytest.raises(ValueError, match="robot.driver = gym"):
         task.observation_spec({"env": {"state": ((3,), "float32")}})
 
