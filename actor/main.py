@@ -7,6 +7,7 @@ current chunk. New weights are swapped in between steps.
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 import logging
 import os
@@ -25,7 +26,7 @@ from actor.stream import ExperienceStream
 from actor.weights import WeightSubscriber
 from learner.dreamer import Policy
 from learner.sizes import model_config
-from robotd import quality, session, steps, tasks, wire
+from robotd import curves, quality, session, steps, tasks, wire
 from robotd.config import Config
 from robotd.episodes import EpisodeWriter
 from robotd.metrics import MetricsWriter
@@ -33,6 +34,9 @@ from robotd.security import SecurityError, configure_client, needs_auth
 from robotd.status import StatusPublisher
 
 log = logging.getLogger("actor")
+
+ROLLING_EPISODES = 20
+"""The window of the rolling return and success rate (status, metrics/actor.jsonl, TensorBoard)."""
 
 
 class DaemonError(RuntimeError):
@@ -67,6 +71,11 @@ class Actor:
         self.policy_version = 0
         self.published_at = 0.0
         self.last_return = 0.0
+        self.last_success = False
+        # (return, success) of the last ROLLING_EPISODES finished episodes (ended by themselves, robotd/curves.py).
+        self.recent: collections.deque[tuple[float, bool]] = collections.deque(maxlen=ROLLING_EPISODES)
+        self.finished_episodes = 0
+        self.succeeded_episodes = 0
 
     # ----------------------------------------------------------------------------------------
     def _curve_client(self):
@@ -370,7 +379,7 @@ class Actor:
         self.episode.append(record)
         self.episode_return += float(record[steps.REWARD])
         self.episode_timing.append({key: record[key] for key in self.step_spec
-                                    if key.startswith("timing/") or key == steps.REWARD})
+                                    if key.startswith("timing/") or key in (steps.REWARD, steps.IS_SUCCESS)})
         self.chunk_rows.append(record)
         self.counters["env_steps"] += 1
         self.counters["policy_version_max"] = max(self.counters["policy_version_max"], int(record[steps.POLICY_VERSION]))
@@ -437,12 +446,27 @@ class Actor:
         writer.close(stats=stats, flags=sorted(self.episode_flags | set(flagged)))
         self.counters["episodes"] += 1
         self.last_return = self.episode_return
-        self.metrics.write(self.counters["env_steps"], {"episode/return": self.episode_return,
-                                                        "episode/length": stats["length"],
-                                                        "episode/late_steps": stats["late_steps"],
-                                                        "episode/period_p99_ms": stats["period_ms_p99"],
-                                                        "policy_version": self.policy_version})
+        self.last_success = bool(stats["success"])
+        scalars = {"episode/return": self.episode_return, "episode/success": float(self.last_success),
+                   "episode/length": stats["length"], "episode/late_steps": stats["late_steps"],
+                   "episode/period_p99_ms": stats["period_ms_p99"], "policy_version": self.policy_version}
+        # The rolling figures count only episodes that ended by themselves, not one cut off by the session's end.
+        finished = bool(self.episode_flags & set(curves.ENDINGS))
+        scalars["episode/finished"] = float(finished)
+        if finished:
+            self.recent.append((self.episode_return, self.last_success))
+            self.finished_episodes += 1
+            self.succeeded_episodes += int(self.last_success)
+        if self.recent:
+            scalars["episode/return_mean20"], scalars["episode/success_rate20"] = self.rolling()
+        self.metrics.write(self.counters["env_steps"], scalars)
         self.episode = None
+
+    def rolling(self) -> tuple[float, float]:
+        """Mean return and success rate of the last ROLLING_EPISODES finished episodes ((0, 0) before any)."""
+        if not self.recent:
+            return 0.0, 0.0
+        return (float(np.mean([r for r, _ in self.recent])), float(np.mean([s for _, s in self.recent])))
 
     # ----------------------------------------------------------------------------------------
     def _subscribe_weights(self, context, max_bytes) -> None:
@@ -469,10 +493,16 @@ class Actor:
         self.counters["weight_swaps"] += 1
 
     def _publish_status(self, *, force: bool = False) -> None:
+        if not force and not self.status.due():
+            return
         age = time.time() - self.published_at if self.published_at else -1.0
+        return_mean, success_rate = self.rolling()
         self.status.publish({"env_steps": self.counters["env_steps"], "episodes": self.counters["episodes"],
                              "policy_version": self.policy_version, "policy_age_s": age,
-                             "last_return": self.last_return, "unacked_chunks": self.stream.pending,
+                             "last_return": self.last_return, "last_success": int(self.last_success),
+                             "finished_episodes": self.finished_episodes, "return_mean20": return_mean,
+                             "success_rate": success_rate,
+                             "unacked_chunks": self.stream.pending,
                              "learner_connected": self.stream.accepted.is_set()}, force=force)
 
     def _finish(self, daemon) -> None:
@@ -498,7 +528,10 @@ class Actor:
                         self.stream.pending)
         if self.weights is not None:
             self.weights.stop()
+        return_mean, success_rate = self.rolling()
         self.stats = {**self.counters, "actor_id": self.actor_id, "unacked_chunks": self.stream.pending,
+                      "finished_episodes": self.finished_episodes, "succeeded_episodes": self.succeeded_episodes,
+                      "return_mean20": return_mean, "success_rate20": success_rate,
                       "sent_chunks": self.stream.sent_chunks, "resent_chunks": self.stream.resent_chunks,
                       "acked_chunks": self.stream.acked_chunks, "learner_restarts": self.stream.reconnects,
                       "spilled_chunks": self.stream.spool.spilled_total,

@@ -4,12 +4,14 @@ Everything comes from the session directory alone (no process needs to run)::
 
     python -m learner.inspect LOGDIR [--out DIR] [--episodes N] [--no-model] [--device cpu]
 
-prints one row per episode file (length, return, control period p50/p99 against the target,
-late steps, stale readings per device, dropped camera frames, policy version range, flags) and a
-session summary line, then writes ``DIR`` (default ``LOGDIR/inspect``)::
+prints one row per episode file (length, return, success, control period p50/p99 against the
+target, late steps, stale readings per device, dropped camera frames, policy version range, flags)
+and a session summary line, then writes ``DIR`` (default ``LOGDIR/inspect``)::
 
     index.html                 the page: summary, episode table, plots and videos (relative links only)
-    plots/learning_curve.png   episode return against env steps and wall time; learner losses
+    plots/learning_curve.png   episode return (raw and rolling mean) and rolling success rate against env
+                               steps, with the end of the random prefill marked; return against wall
+                               time; learner losses
     plots/control_period.png   histogram of the control period (t_tick_ns differences) with the target
     plots/sensor_age.png       distribution of each device's reading age
     plots/policy_lag.png       policy versions used against the learner's, and the lag per step
@@ -25,6 +27,11 @@ bound on the true lag: the learner writes a metrics record every few seconds). A
 time is its episode's ``started_at`` (1 s resolution) plus its tick offset, stretched to the
 time the actor logged the episode's close where that record is found, since tick times are
 simulated under lockstep pacing.
+
+Success. An episode succeeded when the task reported ``is_success`` at its last step. Only finished
+episodes (ended by themselves: terminal, truncated or time limit; robotd/curves.py) count towards the
+success rate and the rolling figures; the table shows '-' for the others (cut off by the end of the
+session, a protective stop, or still open).
 
 Unreadable episode files are listed with their error; episodes whose writer died are read from
 their journal (robotd.episodes.read_episode).
@@ -45,12 +52,14 @@ from typing import Any
 
 import numpy as np
 
-from robotd import quality, session, steps
+from robotd import curves, quality, session, steps
 from robotd.episodes import read_episode
 
 OPENLOOP_MAX_STEPS = 64
 MAX_GIF_FPS = 50.0
 PLOTS = ("learning_curve", "control_period", "sensor_age", "policy_lag")
+ROLLING_EPISODES = 10
+"""The window of the learning curve's rolling return and success rate."""
 _LOSS_KEYS = ("loss/world_model", "loss/image", "loss/reward", "loss/actor", "loss/critic")
 
 
@@ -165,6 +174,8 @@ def read_episode_record(path: Path, *, rate_hz: float | None = None, camera_fps:
         "actor": str(attrs.get("actor_id", "")),
         "length": int(length),
         "return": float(np.sum(rewards)),
+        "finished": curves.is_finished(data),
+        "success": curves.last_step_success(arrays),
         "period_ms_p50": float(np.percentile(periods_ms, 50)) if periods_ms.size else float("nan"),
         "period_ms_p99": float(np.percentile(periods_ms, 99)) if periods_ms.size else float("nan"),
         "target_period_ms": target_ms,
@@ -277,13 +288,17 @@ def _versions(row: dict[str, Any]) -> str:
 
 def _cells(row: dict[str, Any]) -> list[str]:
     """A readable row's cells in the order of TABLE_COLUMNS."""
-    return [row["episode"], str(row["length"]), _num(row["return"], ".2f"),
+    return [row["episode"], str(row["length"]), _num(row["return"], ".2f"), _success(row),
             f"{_num(row['period_ms_p50'])}/{_num(row['period_ms_p99'])} ({_num(row['target_period_ms'])})",
             str(row["late_steps"]), _per_device(row["stale"]), _per_device(row["dropped_frames"]), _versions(row),
             (", ".join(row["flags"]) or "-") + ("" if row["complete"] else " [open: from journal]")]
 
 
-TABLE_COLUMNS = ("episode", "steps", "return", "period p50/p99 (target) ms", "late", "stale", "dropped frames",
+def _success(row: dict[str, Any]) -> str:
+    return ("yes" if row.get("success") else "no") if row.get("finished") else "-"
+
+
+TABLE_COLUMNS = ("episode", "steps", "return", "success", "period p50/p99 (target) ms", "late", "stale", "dropped frames",
                  "policy", "flags")
 
 
@@ -307,11 +322,15 @@ def summarise(rows: list[dict[str, Any]], summary: dict[str, Any] | None = None)
     p99 = [row["period_ms_p99"] for row in good if np.isfinite(row["period_ms_p99"])]
     targets = [row["target_period_ms"] for row in good if np.isfinite(row["target_period_ms"])]
     highs = [row["policy_version_max"] for row in good if row["policy_version_max"] is not None]
+    finished = [row for row in good if row.get("finished")]
+    succeeded = sum(bool(row.get("success")) for row in finished)
     return {
         "episodes": len(rows), "unreadable": len(rows) - len(good), "open": sum(not row["complete"] for row in good),
         "steps": sum(row["length"] for row in good),
         "return_mean": float(np.mean(returns)) if returns else None,
         "return_last": returns[-1] if returns else None,
+        "finished": len(finished), "succeeded": succeeded,
+        "success_rate": succeeded / len(finished) if finished else None,
         "period_ms_p99_max": max(p99) if p99 else None, "target_period_ms": targets[0] if targets else None,
         "late_steps": sum(row["late_steps"] for row in good),
         "stale_readings": sum(sum(row["stale"].values()) for row in good),
@@ -322,11 +341,16 @@ def summarise(rows: list[dict[str, Any]], summary: dict[str, Any] | None = None)
     }
 
 
+def _percent(rate: float | None) -> float | None:
+    return None if rate is None else 100.0 * rate
+
+
 def summary_line(figures: dict[str, Any]) -> str:
     """The one-line session summary printed under the table."""
     text = (f"session: {figures['episodes']} episodes ({figures['unreadable']} unreadable, {figures['open']} open), "
             f"{figures['steps']} steps, return mean {_num(figures['return_mean'], '.2f')} "
-            f"last {_num(figures['return_last'], '.2f')}, period p99 max {_num(figures['period_ms_p99_max'])} ms "
+            f"last {_num(figures['return_last'], '.2f')}, {figures['succeeded']} of {figures['finished']} finished "
+            f"episodes succeeded ({_num(_percent(figures['success_rate']), '.0f')}%), period p99 max {_num(figures['period_ms_p99_max'])} ms "
             f"(target {_num(figures['target_period_ms'])}), {figures['late_steps']} late steps, "
             f"{figures['stale_readings']} stale readings, {figures['dropped_frames']} dropped frames, "
             f"policy up to v{figures['policy_version_max'] if figures['policy_version_max'] is not None else '-'}, "
@@ -360,15 +384,66 @@ def _readable(scan: SessionScan) -> list[EpisodeRecord]:
     return [record for record in scan.episodes if not record.row.get("error")]
 
 
+def learning_curve(scan: SessionScan, window: int = ROLLING_EPISODES) -> dict[str, Any]:
+    """The learning curve's data: every readable episode's end step and return, and for the finished ones
+    their end step, rolling mean return and rolling success rate over ``window`` episodes, plus the env step
+    where the random prefill ended (``prefill_end``, with ``prefill_source`` saying how it was found; None
+    when unknown).
+
+    Env steps count every step of every readable episode in session order. The prefill ends at the first
+    step whose action came from the policy (policy_version > 0); when no step did, at the config's
+    actor.prefill_steps."""
+    episodes = _readable(scan)
+    lengths = np.asarray([record.row["length"] for record in episodes], np.int64)
+    ends = np.cumsum(lengths)
+    finished = [index for index, record in enumerate(episodes) if record.row.get("finished")]
+    returns = np.asarray([episodes[index].row["return"] for index in finished], np.float64)
+    successes = np.asarray([bool(episodes[index].row.get("success")) for index in finished], np.float64)
+    prefill_end, source = None, None
+    for record, end, length in zip(episodes, ends, lengths):
+        versions = record.timing.get("policy_version", np.zeros(0))
+        if versions.size and np.any(versions > 0):
+            prefill_end, source = int(end - length + int(np.argmax(versions > 0))), "first step of the policy"
+            break
+    if prefill_end is None and scan.config is not None and scan.config.actor.prefill_steps > 0:
+        prefill_end, source = int(scan.config.actor.prefill_steps), "actor.prefill_steps (no step used the policy)"
+    return {"end_step": ends, "return": np.asarray([record.row["return"] for record in episodes], np.float64),
+            "finished_end_step": ends[finished] if finished else np.zeros(0, np.int64),
+            "return_mean": curves.rolling_mean(returns, window) if finished else np.zeros(0),
+            "success_rate": curves.rolling_mean(successes, window) if finished else np.zeros(0),
+            "success": successes, "prefill_end": prefill_end, "prefill_source": source}
+
+
 def plot_learning_curve(scan: SessionScan, path: Path) -> Path:
-    """Episode return against env steps and against wall time, and the learner's losses against wall time."""
-    figure, (by_steps, by_time, losses) = _figure(3)
+    """Episode return (raw, and its rolling mean) and the rolling success rate against env steps, with the end
+    of the random prefill marked; return against wall time; the learner's losses against wall time."""
+    figure, (by_steps, success, by_time, losses) = _figure(4, 3.0)
     episodes = _readable(scan)
     origin = _session_origin(scan)
+    curve = learning_curve(scan)
     if episodes:
-        ends = np.cumsum([record.row["length"] for record in episodes])
-        returns = [record.row["return"] for record in episodes]
-        by_steps.plot(ends, returns, "o-")
+        by_steps.plot(curve["end_step"], curve["return"], "o", alpha=0.4, label="episode return")
+        if curve["return_mean"].size:
+            by_steps.plot(curve["finished_end_step"], curve["return_mean"], "-", linewidth=2,
+                          label=f"rolling mean of {ROLLING_EPISODES} finished episodes")
+            success.plot(curve["finished_end_step"], 100 * curve["success_rate"], "-", linewidth=2,
+                         label=f"rolling success rate ({ROLLING_EPISODES} episodes)")
+            success.plot(curve["finished_end_step"], 100 * curve["success"], "|", color="gray",
+                         label="episode succeeded (100) or not (0)")
+            overall = 100 * float(np.mean(curve["success"]))
+            success.set_title(f"Success rate: {int(curve['success'].sum())} of {curve['success'].size} finished "
+                              f"episodes ({overall:.0f}%)")
+        else:
+            _no_data(success, "no finished episode")
+            success.set_title("Success rate")
+        if curve["prefill_end"] is not None:
+            for axes in (by_steps, success):
+                axes.axvline(curve["prefill_end"], color="red", linestyle="--",
+                             label=f"prefill ends ({curve['prefill_source']})")
+        by_steps.legend(fontsize="small")
+        if curve["return_mean"].size:
+            success.set_ylim(-5, 105)
+            success.legend(fontsize="small")
         timed = [(float(record.step_wall_s()[-1]), record.row["return"]) for record in episodes
                  if record.start_wall_s is not None and record.row["length"] and origin is not None]
         if timed:
@@ -376,9 +451,11 @@ def plot_learning_curve(scan: SessionScan, path: Path) -> Path:
         else:
             _no_data(by_time, "no episode start times (started_at)")
     else:
-        _no_data(by_steps, "no readable episodes")
-        _no_data(by_time, "no readable episodes")
+        for axes in (by_steps, success, by_time):
+            _no_data(axes, "no readable episodes")
+        success.set_title("Success rate")
     by_steps.set(xlabel="env steps (end of episode)", ylabel="episode return", title="Return against env steps")
+    success.set(xlabel="env steps (end of episode)", ylabel="success rate (%)")
     by_time.set(xlabel="wall time (min from session start)", ylabel="episode return", title="Return against wall time")
     records = [record for record in scan.learner_metrics if isinstance(record.get("time"), (int, float))]
     drawn = False
@@ -622,7 +699,10 @@ def _copy_latest_training_report(scan: SessionScan, out_dir: Path) -> dict[str, 
 # ---- page --------------------------------------------------------------------------------------------------------
 
 _PLOT_CAPTIONS = {
-    "learning_curve": "Episode return against env steps (top) and wall time (middle); the learner's losses from "
+    "learning_curve": "Episode return against env steps with its rolling mean over the last 10 finished episodes "
+                      "(top); the rolling success rate over the last 10 finished episodes, an episode succeeding "
+                      "when the task reports success at its last step (second); the dashed line marks where the "
+                      "random prefill ended. Return against wall time (third); the learner's losses from "
                       "metrics/learner.jsonl (bottom).",
     "control_period": "Control period: differences of consecutive t_tick_ns within each episode, over all episodes; "
                       "the dashed line is the target period.",
@@ -663,11 +743,23 @@ def _html_table(rows: list[dict[str, Any]]) -> str:
     return f"<table>\n<tr>{head}</tr>\n" + "\n".join(body) + "\n</table>"
 
 
+def _summary_value(key: str, value: Any) -> str:
+    """A summary.json value for the page: the success rate as a percentage, the first20/last20 windows in words."""
+    if key == "success_rate" and isinstance(value, (int, float)):
+        return f"{100 * value:.0f}% of the finished episodes"
+    if isinstance(value, dict) and "episodes" in value:
+        rate = value.get("success_rate")
+        return (f"{value['episodes']} episodes, return mean {_num(value.get('return_mean'), '.2f')}, "
+                f"success {_num(_percent(rate), '.0f')}%")
+    return str(value)
+
+
 def _summary_html(figures: dict[str, Any], summary: dict[str, Any]) -> str:
-    keys = ("env_steps", "episodes", "logged_steps", "ingested_steps", "lost_steps", "learner_updates",
+    keys = ("env_steps", "episodes", "finished_episodes", "episodes_succeeded", "success_rate", "first20", "last20",
+            "logged_steps", "ingested_steps", "lost_steps", "learner_updates",
             "policy_version_max", "control_rate_hz", "target_rate_hz", "late_steps", "stale_readings",
             "protective_stops", "watchdog_stops", "pacing", "exit_reason", "wall_s")
-    items = "".join(f"<tr><th>{html.escape(key)}</th><td>{html.escape(str(summary[key]))}</td></tr>"
+    items = "".join(f"<tr><th>{html.escape(key)}</th><td>{html.escape(_summary_value(key, summary[key]))}</td></tr>"
                     for key in keys if key in summary)
     table = f"<table>{items}</table>" if items else '<p class="note">No summary.json (the session did not end cleanly).</p>'
     return f"<p>{html.escape(summary_line(figures))}</p>\n{table}"
@@ -688,7 +780,9 @@ def render_html(scan: SessionScan, out_dir: Path, plots: dict[str, Path], camera
         if note:
             parts.append(f'<p class="note">{html.escape(note)}</p>')
     parts += ["<h2>Episodes</h2>",
-              "<p>Period in ms: p50/p99 of the control period with the target in brackets. Stale: readings older "
+              "<p>Success: the task reported success at the episode's last step ('-' for an episode that did not "
+              "end by itself: cut off by the end of the session, a protective stop, or still open). "
+              "Period in ms: p50/p99 of the control period with the target in brackets. Stale: readings older "
               "than control.max_age_ms, per device. Dropped frames: camera frames no step saw (gaps in "
               "frame_number). Policy: the range of weights versions that chose the actions.</p>",
               _html_table(rows), "<h2>Plots</h2>"]

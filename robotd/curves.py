@@ -1,8 +1,9 @@
 """Learning curves from a session's episode files: per finished episode its end step, return and success.
 
-Shared by scripts/eval_gym.py and scripts/bench_learning.py. An episode is finished when its file
-is complete and it ended by itself (terminal step, truncation or the task's time limit), not
-when the end of the session cut it off.
+Shared by scripts/eval_gym.py, scripts/bench_learning.py, summary.json (robotd/orchestrator.py), the
+actor's rolling figures and ``robotd inspect``. An episode is finished when its file is complete and
+it ended by itself (terminal step, truncation or the task's time limit), not when the end of the
+session (or a protective stop) cut it off. It succeeded when ``is_success`` holds at its last step.
 """
 from __future__ import annotations
 
@@ -49,28 +50,61 @@ def finished_episodes(logdir: Path, success: Callable[[dict], bool] | None = Non
     Each is ``{"actor", "episode", "end_step", "return", "length", "policy_version"}``, plus
     ``"success"`` when a ``success(steps)`` function (of the episode's step arrays) is given.
     ``end_step`` is the cumulative number of steps of its actor's stream when it ended (one per
-    observation, the reset's included), ``length`` its number of actions."""
+    observation, the reset's included), ``length`` its number of actions. An unreadable file raises
+    its ValueError."""
     found = []
     for path in sorted((Path(logdir) / "episodes").glob("*.h5")):
-        episode = read_episode(path)
-        data, attrs = episode.steps, episode.attrs
-        rewards = data.get(step_keys.REWARD)
-        if rewards is None or len(rewards) == 0:
-            continue
-        flags = set(attrs.get("flags", []))
-        ended = bool(data[step_keys.IS_TERMINAL][-1]) or bool(flags & set(ENDINGS))
-        if not (episode.complete and ended):
-            continue
-        entry = {"actor": str(attrs.get("actor_id", "")), "episode": int(attrs.get("episode_id", 0)),
-                 "end_step": int(data[step_keys.STREAM_STEP][-1]) + 1,
-                 "return": float(np.sum(rewards, dtype=np.float64)),
-                 "length": int(len(rewards) - 1),
-                 "policy_version": int(np.max(data[step_keys.POLICY_VERSION]))}
-        if success is not None:
-            entry["success"] = bool(success(data))
-        found.append(entry)
-    found.sort(key=lambda e: (e["end_step"], e["actor"], e["episode"]))
-    return found
+        entry = finished_entry(read_episode(path), success)
+        if entry is not None:
+            found.append(entry)
+    return sort_played(found)
+
+
+def is_finished(episode) -> bool:
+    """True when the episode (robotd.episodes.EpisodeData) is complete and ended by itself."""
+    data, attrs = episode.steps, episode.attrs
+    rewards = data.get(step_keys.REWARD)
+    if rewards is None or len(rewards) == 0 or not episode.complete:
+        return False
+    flags = set(attrs.get("flags", []))
+    terminal = data.get(step_keys.IS_TERMINAL)
+    return bool(terminal is not None and len(terminal) and terminal[-1]) or bool(flags & set(ENDINGS))
+
+
+def finished_entry(episode, success: Callable[[dict], bool] | None = None) -> dict | None:
+    """One episode's entry as in ``finished_episodes``, or None when it did not finish."""
+    if not is_finished(episode):
+        return None
+    data, attrs = episode.steps, episode.attrs
+    rewards = data[step_keys.REWARD]
+    entry = {"actor": str(attrs.get("actor_id", "")), "episode": int(attrs.get("episode_id", 0)),
+             "end_step": int(data[step_keys.STREAM_STEP][-1]) + 1,
+             "return": float(np.sum(rewards, dtype=np.float64)),
+             "length": int(len(rewards) - 1),
+             "policy_version": int(np.max(data[step_keys.POLICY_VERSION]))}
+    if success is not None:
+        entry["success"] = bool(success(data))
+    return entry
+
+
+def sort_played(entries: list[dict]) -> list[dict]:
+    """Finished-episode entries in the order they were played (end step, then actor and episode)."""
+    return sorted(entries, key=lambda e: (e["end_step"], e["actor"], e["episode"]))
+
+
+def last_step_success(data: dict) -> bool:
+    """The episode succeeded: the task counted the state at its last step as solved (``is_success``)."""
+    flags = data.get(step_keys.IS_SUCCESS)
+    return bool(flags is not None and len(flags) and flags[-1])
+
+
+def window_summary(entries: list[dict]) -> dict:
+    """``{"episodes", "return_mean", "success_rate"}`` of finished-episode entries (the rates None when empty)."""
+    returns = [float(e["return"]) for e in entries]
+    successes = [bool(e.get("success", False)) for e in entries]
+    return {"episodes": len(entries),
+            "return_mean": float(np.mean(returns)) if returns else None,
+            "success_rate": float(np.mean(successes)) if successes else None}
 
 
 def rolling_mean(values, window: int) -> np.ndarray:

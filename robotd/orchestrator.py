@@ -22,15 +22,17 @@ from pathlib import Path
 
 import zmq
 
-from robotd import session
+from robotd import curves, session
 from robotd.config import Config, save
-from robotd.episodes import count_steps
+from robotd.episodes import count_steps, read_episode
 from robotd.netutil import free_tcp_ports
 from robotd.status import StatusCollector, format_line
 
 log = logging.getLogger("robotd.train")
 
 STOP_ORDER = ("daemon", "actor", "learner")
+WINDOW_EPISODES = 20
+"""summary.json's first20 and last20: the first and last this many finished episodes."""
 LEARNER_RESTARTS = 3
 
 
@@ -201,7 +203,7 @@ def summarize(root: Path, *, reason: str, wall_s: float, exit_codes: dict) -> di
             logged += count_steps(path)
         except ValueError as exc:
             unreadable.append(f"{Path(path).name}: {exc}")
-    return {
+    return {**episode_outcomes(root),
         "env_steps": actor.get("env_steps", 0), "episodes": actor.get("episodes", 0), "logged_steps": logged,
         "ingested_steps": learner.get("ingested_steps", 0), "duplicate_chunks": learner.get("duplicate_chunks", 0),
         "lost_steps": learner.get("lost_steps", 0), "learner_updates": learner.get("learner_updates", 0),
@@ -222,8 +224,50 @@ def summarize(root: Path, *, reason: str, wall_s: float, exit_codes: dict) -> di
     }
 
 
+def episode_outcomes(root: Path) -> dict:
+    """Return and success of the session's finished episodes (robotd/curves.py), for summary.json.
+
+    ``first20`` and ``last20`` hold ``episodes``, ``return_mean`` and ``success_rate`` of the first and last
+    20 finished episodes (fewer when there are fewer; the means None when there are none); ``success_rate``
+    and ``episodes_succeeded`` count every finished episode. An episode succeeded when the task reported
+    ``is_success`` at its last step; an unreadable file is left out (``unreadable_episodes`` names it)."""
+    entries = []
+    for path in sorted(glob.glob(str(root / session.EPISODES / "*.h5"))):
+        try:
+            entry = curves.finished_entry(read_episode(path), curves.last_step_success)
+        except (ValueError, OSError, KeyError):
+            continue
+        if entry is not None:
+            entries.append(entry)
+    entries = curves.sort_played(entries)
+    succeeded = sum(entry["success"] for entry in entries)
+    return {"finished_episodes": len(entries), "episodes_succeeded": succeeded,
+            "success_rate": succeeded / len(entries) if entries else None,
+            "first20": curves.window_summary(entries[:WINDOW_EPISODES]),
+            "last20": curves.window_summary(entries[-WINDOW_EPISODES:])}
+
+
+
 def _ms(value) -> str:
     return "n/a" if value is None else f"{value:.3f}"
+
+
+def _window_text(window) -> str:
+    if not isinstance(window, dict) or not window.get("episodes"):
+        return "-"
+    ret, rate = window.get("return_mean"), window.get("success_rate")
+    ret_text = f"{ret:.2f}" if isinstance(ret, (int, float)) else "-"
+    rate_text = f"{rate:.0%}" if isinstance(rate, (int, float)) else "-"
+    return f"return {ret_text}, success {rate_text} ({window['episodes']} episodes)"
+
+
+def _outcome_line(summary: dict) -> str:
+    """The finished episodes' success and return, first 20 against last 20."""
+    finished = summary.get("finished_episodes", 0)
+    rate = summary.get("success_rate")
+    rate_text = f" ({rate:.0%})" if isinstance(rate, (int, float)) else ""
+    return (f"  episodes: {finished} finished, {summary.get('episodes_succeeded', 0)} succeeded{rate_text}; "
+            f"first 20: {_window_text(summary.get('first20'))}; last 20: {_window_text(summary.get('last20'))}")
 
 
 def format_summary(summary: dict, root: Path) -> str:
@@ -239,5 +283,6 @@ def format_summary(summary: dict, root: Path) -> str:
         f"(while training p99 {_ms(training.get('p99'))} ms), late steps {summary['late_steps']}, "
         f"stale readings {summary['stale_readings']}, {summary['scheduling']}",
         f"  learner: {summary['learner_updates']} updates, newest policy used v{summary['policy_version_max']}",
+        _outcome_line(summary),
         f"  summary: {root / session.SUMMARY}",
     ])

@@ -1,8 +1,8 @@
 """Episode timing quality: statistics computed when an episode is written, and the bounds that flag it.
 
 ``episode_stats`` summarises an episode's steps (control period p50/p99, late steps, stale readings
-and sensor age per device, camera frames dropped or repeated, protective stops, return, policy
-versions); the actor stores them in the episode file. ``assess`` compares them with the config's
+and sensor age per device, camera frames dropped or repeated, protective stops, return, success
+(``is_success`` at the last step), policy versions); the actor stores them in the episode file. ``assess`` compares them with the config's
 ``quality`` bounds and returns one flag per violated bound, ``"quality:<what> (<value>, bound
 <bound>)"``; the actor adds those flags to the file's flags. Flagged episodes stay on disk and are
 kept out of offline training (``robotd replay``) and of a restarted learner's refill unless asked
@@ -53,6 +53,9 @@ def episode_stats(data: Mapping[str, np.ndarray], rate_hz: float, devices: Itera
              "policy_version_min": int(versions.min()) if versions.size else 0,
              "policy_version_max": int(versions.max()) if versions.size else 0,
              "protective_stops": int("protective_stop" in set(flags))}
+    # The episode succeeded when the task counted the state at its last step as solved.
+    success = data.get(steps.IS_SUCCESS)
+    stats["success"] = bool(success is not None and len(success) and np.asarray(success)[-1])
     for device in devices:
         stats[f"{device}_stale"] = int(np.sum(data.get(f"timing/{device}/stale", 0)))
         ages_ms = np.asarray(data.get(f"timing/{device}/age_ns", np.zeros(1)), np.float64) / 1e6

@@ -5,6 +5,7 @@ any order. Messages are ``wire.Kind.STATUS`` with ``process`` and a flat ``count
 """
 from __future__ import annotations
 
+import math
 import time
 
 import zmq
@@ -76,23 +77,98 @@ class StatusCollector:
         self._socket.close(0)
 
 
-def format_line(latest: dict[str, dict], now_s: float | None = None) -> str:
-    """The live status line of a session from the newest counters of each process."""
-    daemon, actor, learner = (latest.get(name, {}) for name in ("daemon", "actor", "learner"))
-    parts = []
+LINE_WIDTH = 80
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _count(value) -> str:
+    """A count in at most 5 characters: 1234, 12.3k, 123k, 1.00M ('?' when not a number)."""
+    if not _is_number(value):
+        return "?"
+    if abs(value) < 10_000:
+        return f"{value:.0f}"
+    for suffix, scale in (("k", 1e3), ("M", 1e6), ("G", 1e9), ("T", 1e12)):
+        scaled = value / scale
+        if abs(scaled) < 999.5 or suffix == "T":
+            digits = 2 if abs(scaled) < 9.995 else 1 if abs(scaled) < 99.95 else 0
+            return f"{scaled:.{digits}f}{suffix}"
+    return "?"
+
+
+def _value(value) -> str:
+    """A signed value such as a return in at most 6 characters: -1.50, -12.3, -123.5, -1235, -12.3k."""
+    if not _is_number(value):
+        return "?"
+    size = abs(value)
+    if size < 9.995:
+        return f"{value:.2f}"
+    if size < 999.95:
+        return f"{value:.1f}"
+    return _count(value)
+
+
+def _rate(value, small: str = ".1f") -> str:
+    """A rate: one decimal below 100, a count from there on."""
+    if not _is_number(value):
+        return "?"
+    return format(value, small) if abs(value) < 99.95 else _count(value)
+
+
+def format_line(latest: dict[str, dict], now_s: float | None = None, width: int = LINE_WIDTH) -> str:
+    """The live status line of a session from the newest counters of each process, at most ``width`` columns.
+
+    ``25.0Hz late 3 | st 1200 ep 12 ret -12.3 ok 40% v7 | rb 1200 2.5u/s``: control rate and late
+    steps (daemon); env steps, episodes, mean return and success rate of the last 20 finished
+    episodes ('-' before the first) and the policy version at the robot (actor); replay size and
+    updates per second (learner). Where room is left, the period error p99, the policy's age, the
+    unacknowledged chunks, the train ratio and the published version follow. A counter that is not
+    a number shows as '?'."""
+    daemon, actor, learner = (latest.get(name) for name in ("daemon", "actor", "learner"))
+    daemon, actor, learner = (part if isinstance(part, dict) else {} for part in (daemon, actor, learner))
+    # Each group is a list of (text, priority): priority None is always shown, the others in increasing
+    # order as long as the line stays within width.
+    groups: list[list[tuple[str, int | None]]] = []
     if daemon:
-        parts.append(f"ctrl {daemon.get('rate_hz', 0):.1f}Hz "
-                     f"jit p99 {daemon.get('error_p99_ms', 0):.2f}ms late {daemon.get('late_steps', 0)}")
+        p99 = daemon.get("error_p99_ms")
+        groups.append([(f"{_rate(daemon.get('rate_hz'))}Hz", None), (f"late {_count(daemon.get('late_steps', 0))}", None),
+                       (f"p99 {_rate(p99, '.2f')}ms", 1)])
     if actor:
+        finished = actor.get("finished_episodes")
+        none_yet = _is_number(finished) and finished <= 0
+        ret = "-" if none_yet else _value(actor.get("return_mean20"))
+        success = actor.get("success_rate")
+        ok = "-" if none_yet else f"{success * 100:.0f}%" if _is_number(success) else "?"
         age = actor.get("policy_age_s")
-        age_text = f" age {age:.0f}s" if isinstance(age, (int, float)) and age >= 0 else ""
-        parts.append(f"steps {actor.get('env_steps', 0)} eps {actor.get('episodes', 0)} "
-                     f"ret {actor.get('last_return', 0):.2f} policy v{actor.get('policy_version', 0)}{age_text} "
-                     f"unacked {actor.get('unacked_chunks', 0)}")
+        unacked = actor.get("unacked_chunks")
+        group = [(f"st {_count(actor.get('env_steps', 0))}", None), (f"ep {_count(actor.get('episodes', 0))}", None),
+                 (f"ret {ret}", None), (f"ok {ok}", None), (f"v{_count(actor.get('policy_version', 0))}", None)]
+        if _is_number(age) and age >= 0:
+            group.append((f"age {age:.0f}s" if age < 9999.5 else f"age {_count(age)}s", 2))
+        if _is_number(unacked) and unacked > 0:
+            group.append((f"unacked {_count(unacked)}", 3))
+        groups.append(group)
     if learner:
         ratio = learner.get("train_ratio")
-        ratio_text = f" ratio {ratio:.0f}" if isinstance(ratio, (int, float)) and ratio > 0 else ""
-        parts.append(f"replay {learner.get('replay_steps', 0)} "
-                     f"upd {learner.get('updates', 0)} ({learner.get('updates_per_s', 0):.1f}/s){ratio_text} "
-                     f"pub v{learner.get('published_version', 0)}")
-    return " | ".join(parts) if parts else "waiting for processes..."
+        group = [(f"rb {_count(learner.get('replay_steps', 0))}", None),
+                 (f"{_rate(learner.get('updates_per_s', 0))}u/s", None)]
+        if _is_number(ratio) and ratio > 0:
+            group.append((f"ratio {_count(ratio)}", 4))
+        group.append((f"pub v{_count(learner.get('published_version', 0))}", 5))
+        groups.append(group)
+    if not groups:
+        return "waiting for processes..."
+
+    def render(shown: set[int], separator: str = " | ") -> str:
+        return separator.join(" ".join(text for text, priority in group if priority is None or priority in shown)
+                              for group in groups)
+
+    shown: set[int] = set()
+    for priority in sorted({priority for group in groups for _, priority in group if priority is not None}):
+        if len(render(shown | {priority})) <= width:
+            shown.add(priority)
+    line = render(shown)
+    # Only extreme figures come this far: the groups close up, and what still does not fit is cut.
+    return line if len(line) <= width else render(shown, "|")[:width]

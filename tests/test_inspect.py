@@ -64,6 +64,11 @@ def test_table_matches_episode_files_and_summary(recorded_session):
         assert (row["policy_version_min"], row["policy_version_max"]) == (versions.min(), versions.max())
         assert row["flags"] == list(episode.attrs["flags"])
         assert row["target_period_ms"] == pytest.approx(1000.0 / episode.attrs["control_rate_hz"])
+        assert row["success"] == episode.stats["success"] == bool(episode.steps["is_success"][-1])
+    # The session's summary.json counts the same successes (every episode here hit the time limit).
+    assert summary["finished_episodes"] == 3 == summary["first20"]["episodes"] == summary["last20"]["episodes"]
+    assert summary["episodes_succeeded"] == sum(row["success"] for row in rows)
+    assert summary["last20"]["return_mean"] == pytest.approx(np.mean([row["return"] for row in rows]), abs=1e-3)
     text = inspect.format_table(rows)
     assert len(text.splitlines()) == 4
     line = inspect.summary_line(inspect.summarise(rows, summary))
@@ -194,3 +199,85 @@ def test_bad_logdir_is_one_line_and_exit_2(tmp_path, capsys):
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and str(missing) in result.stderr and "session directory" in result.stderr
     assert result.stdout == ""
+
+
+# ---- success and the learning curve, on a hand-made session (no processes) ---------------------------------------
+
+def _hand_made_episode(episodes: Path, episode_id: int, rewards, *, success_last: bool, versions, flags=("time_limit",),
+                       close: bool = True) -> None:
+    spec = {"action": ((1,), "float32"), "reward": ((), "float32"), "is_first": ((), "bool"), "is_last": ((), "bool"),
+            "is_terminal": ((), "bool"), "is_success": ((), "bool"), "timing/t_tick_ns": ((), "int64"),
+            "timing/stream_step": ((), "int64"), "timing/policy_version": ((), "int64"), "timing/late": ((), "bool")}
+    attrs = {"session": "s", "actor_id": "actor0", "episode_id": episode_id, "robot": "mock_arm", "task": "t",
+             "control_rate_hz": 25.0, "started_at": f"2024-01-01T00:{episode_id // 60:02d}:{episode_id % 60:02d}+00:00"}
+    writer = EpisodeWriter(episodes / f"actor0-{episode_id:06d}.h5", spec, attrs)
+    for t, (reward, version) in enumerate(zip(rewards, versions)):
+        last = t == len(rewards) - 1
+        writer.append({"action": [0.0], "reward": reward, "is_first": t == 0, "is_last": last and close,
+                       "is_terminal": False, "is_success": last and success_last, "timing/t_tick_ns": t * 40_000_000,
+                       "timing/stream_step": 10 * episode_id + t, "timing/policy_version": version,
+                       "timing/late": False})
+    if close:
+        writer.close(stats={}, flags=list(flags))
+
+
+def _session_with_successes(root: Path, *, policy_from_step: int | None = 23) -> Path:
+    """12 finished episodes of 10 steps (episode i returns i and succeeds when i is odd), the policy taking over
+    at session step policy_from_step, then one episode cut off by the end of the session."""
+    episodes = root / "episodes"
+    episodes.mkdir(parents=True)
+    for i in range(12):
+        versions = [int(policy_from_step is not None and 10 * i + t >= policy_from_step) for t in range(10)]
+        _hand_made_episode(episodes, i, [0.0] * 9 + [float(i)], success_last=i % 2 == 1, versions=versions)
+    _hand_made_episode(episodes, 12, [0.0, 50.0], success_last=True, versions=[int(policy_from_step is not None)] * 2,
+                       flags=())
+    return root
+
+
+def test_the_table_has_a_success_column_and_the_summary_a_success_rate(tmp_path):
+    logdir = _session_with_successes(tmp_path / "s")
+    rows = inspect.episode_table(logdir)
+    assert [row["success"] for row in rows[:4]] == [False, True, False, True]
+    assert [row["finished"] for row in rows] == [True] * 12 + [False]
+    lines = inspect.format_table(rows).splitlines()
+    assert lines[0].split()[:4] == ["episode", "steps", "return", "success"]
+    assert lines[1].split()[3] == "no" and lines[2].split()[3] == "yes" and lines[13].split()[3] == "-"
+    figures = inspect.summarise(rows)
+    assert (figures["finished"], figures["succeeded"], figures["success_rate"]) == (12, 6, 0.5)
+    assert "6 of 12 finished episodes succeeded (50%)" in inspect.summary_line(figures)
+
+
+def test_the_learning_curve_has_rolling_return_and_success_and_the_end_of_the_prefill(tmp_path):
+    scan = inspect.scan_session(_session_with_successes(tmp_path / "s"))
+    curve = inspect.learning_curve(scan)
+    assert list(curve["end_step"]) == [10 * (i + 1) for i in range(12)] + [122]
+    assert list(curve["finished_end_step"]) == [10 * (i + 1) for i in range(12)]
+    # Rolling over the last 10 finished episodes: after 12 episodes, episodes 2..11.
+    assert curve["return_mean"][-1] == pytest.approx(np.mean(np.arange(2, 12)))
+    assert curve["return_mean"][0] == 0.0 and curve["return_mean"][1] == pytest.approx(0.5)
+    assert curve["success_rate"][-1] == pytest.approx(0.5) and curve["success_rate"][1] == pytest.approx(0.5)
+    assert (curve["prefill_end"], curve["prefill_source"]) == (23, "first step of the policy")
+
+
+def test_without_policy_steps_the_prefill_end_comes_from_the_config(tmp_path):
+    from robotd import config
+    logdir = _session_with_successes(tmp_path / "s", policy_from_step=None)
+    assert inspect.learning_curve(inspect.scan_session(logdir))["prefill_end"] is None      # no config.yaml
+    config.save(config.load(REPO_ROOT / "configs" / "mock_arm.yaml", ["actor.prefill_steps=70"]), logdir / "config.yaml")
+    curve = inspect.learning_curve(inspect.scan_session(logdir))
+    assert curve["prefill_end"] == 70 and "actor.prefill_steps" in curve["prefill_source"]
+
+
+def test_the_page_and_the_plot_show_the_success_rate(tmp_path):
+    logdir = _session_with_successes(tmp_path / "s")
+    (logdir / "summary.json").write_text(json.dumps({
+        "episodes": 13, "finished_episodes": 12, "episodes_succeeded": 6, "success_rate": 0.5,
+        "first20": {"episodes": 12, "return_mean": 5.5, "success_rate": 0.5},
+        "last20": {"episodes": 12, "return_mean": 5.5, "success_rate": 0.5}}))
+    index = inspect.write_report(logdir, tmp_path / "out", episodes=0, model=False)
+    page = index.read_text()
+    assert "6 of 12 finished episodes succeeded (50%)" in page
+    assert "50% of the finished episodes" in page and "12 episodes, return mean 5.50, success 50%" in page
+    assert "rolling success rate" in page and "<th>success</th>" in page
+    with Image.open(tmp_path / "out" / "plots" / "learning_curve.png") as image:
+        assert image.size[1] > image.size[0]          # four panels stacked

@@ -112,3 +112,87 @@ def test_metric_that_is_not_a_number_is_rejected_naming_it(tmp_path):
 def test_process_name_that_cannot_name_a_file_is_rejected(tmp_path):
     with pytest.raises(ValueError, match="'../actor'"):
         MetricsWriter(tmp_path, process="../actor")
+
+
+# ---- the actor's per-episode scalars ------------------------------------------------------------------------------
+
+def _drive_actor_episodes(tmp_path, episodes):
+    """Runs an Actor's episode bookkeeping (steps completed, episodes closed) without daemon or learner.
+
+    ``episodes`` is a list of (rewards, success at the last step, ended by the time limit)."""
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from actor.main import Actor, Pending
+    from robotd import config as config_module, steps
+
+    root = Path(__file__).resolve().parents[1]
+    actor = Actor(config_module.load(root / "configs" / "mock_arm.yaml", ["task.episode_steps=3"]), logdir=str(tmp_path),
+                  actor_id="actor0")
+    actor.metrics = MetricsWriter(tmp_path, process="actor")
+    published = []
+    actor.status = SimpleNamespace(due=lambda: True, publish=lambda counters, force=False: published.append(counters))
+    actor.stream = SimpleNamespace(put=lambda *args: None, pending=0, accepted=SimpleNamespace(is_set=lambda: True))
+    actor.task = SimpleNamespace(name="t")
+    actor.devices, actor.action_dim = [], 1
+    actor.step_spec = steps.step_spec({"x": ((1,), "float32")}, 1, [])
+    actor.next_episode_id, actor.seq, actor.stream_step, actor.chunk_rows, actor.episode = 0, 0, 0, [], None
+    tick = 0
+    for rewards, success, time_limit in episodes:
+        actor._open_episode()
+        for t, reward in enumerate(rewards):
+            last = t == len(rewards) - 1
+            record = {"obs/x": np.zeros(1, np.float32), steps.REWARD: np.float32(reward), steps.IS_FIRST: t == 0,
+                      steps.IS_LAST: last, steps.IS_TERMINAL: False, steps.IS_SUCCESS: last and success,
+                      steps.TICK: tick, steps.T_TICK_NS: tick * 40_000_000, steps.POLICY_VERSION: 0}
+            if last and time_limit:
+                actor.episode_flags.add("time_limit")
+            actor.pending = Pending(tick, record, np.zeros(1, np.float32))
+            actor._complete_pending(None, None, force_last=last)
+            tick += 1
+        actor._publish_status(force=True)
+    actor.metrics.close()
+    return actor, published
+
+
+def test_the_actor_writes_each_episodes_return_success_length_and_rolling_figures(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from robotd.episodes import read_episode
+
+    # 22 episodes that hit the time limit (episode i returns i, succeeds when i % 3 == 0), then one cut short.
+    played = [([0.0, 0.0, float(i)], i % 3 == 0, True) for i in range(22)] + [([0.0, 50.0], True, False)]
+    actor, published = _drive_actor_episodes(tmp_path, played)
+    records = [record for record in read_metrics(tmp_path / "metrics" / "actor.jsonl") if "episode/return" in record]
+    assert len(records) == 23
+    assert [record["episode/success"] for record in records[:4]] == [1.0, 0.0, 0.0, 1.0]
+    assert [record["episode/length"] for record in records[:2]] == [3, 3] and records[-1]["episode/length"] == 2
+    assert [record["step"] for record in records[:2]] == [3, 6]                   # against env steps
+    assert records[0]["episode/return_mean20"] == 0.0 and records[0]["episode/success_rate20"] == 1.0
+    assert records[1]["episode/return_mean20"] == 0.5 and records[1]["episode/success_rate20"] == 0.5
+    # Over the last 20 finished episodes (2..21); the episode cut short counts in neither.
+    expected_mean, expected_rate = sum(range(2, 22)) / 20, sum(i % 3 == 0 for i in range(2, 22)) / 20
+    assert records[21]["episode/return_mean20"] == pytest.approx(expected_mean)
+    assert records[21]["episode/success_rate20"] == pytest.approx(expected_rate)
+    assert records[22]["episode/finished"] == 0.0 and records[22]["episode/success"] == 1.0
+    assert records[22]["episode/return_mean20"] == pytest.approx(expected_mean)
+    events = EventAccumulator(str(tmp_path / "tb" / "actor"))
+    events.Reload()
+    for tag in ("episode/return", "episode/success", "episode/length", "episode/success_rate20", "episode/return_mean20"):
+        assert len(events.Scalars(tag)) == 23, tag
+    # The status counters.
+    last = published[-1]
+    assert (last["episodes"], last["finished_episodes"], last["last_success"], last["last_return"]) == (23, 22, 1, 50.0)
+    assert last["return_mean20"] == pytest.approx(expected_mean) and last["success_rate"] == pytest.approx(expected_rate)
+    assert published[0]["success_rate"] == 1.0 and published[0]["last_success"] == 1
+    # The episode files' stats hold the success.
+    files = sorted((tmp_path / "episodes").glob("*.h5"))
+    assert [read_episode(path).stats["success"] for path in files[:4]] == [True, False, False, True]
+
+
+def test_with_no_success_ever_the_rolling_rate_is_zero(tmp_path):
+    actor, published = _drive_actor_episodes(tmp_path, [([1.0, 2.0], False, True)] * 3)
+    assert published[-1]["success_rate"] == 0.0 and published[-1]["return_mean20"] == 3.0
+    assert actor.rolling() == (3.0, 0.0)

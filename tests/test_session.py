@@ -237,3 +237,66 @@ def test_ctrl_c_while_the_processes_are_still_starting_leaves_nothing_running(tm
     assert summary["logged_steps"] == summary["env_steps"]
     assert session_processes(str(logdir)) == []
     assert ray_processes_since(pids_before) == []
+
+
+# ---- summary.json's return and success, from hand-made episode files (no processes) ------------------------------
+
+def _write_episode(episodes_dir: Path, actor: str, episode_id: int, *, rewards, success_last: bool,
+                   flags=("time_limit",), stream_start: int = 0, close: bool = True) -> None:
+    """An episode file as the actor writes it: rewards per step, is_success only at the last step if asked."""
+    from robotd.episodes import EpisodeWriter
+    spec = {"action": ((1,), "float32"), "reward": ((), "float32"), "is_first": ((), "bool"), "is_last": ((), "bool"),
+            "is_terminal": ((), "bool"), "is_success": ((), "bool"), "timing/stream_step": ((), "int64"),
+            "timing/policy_version": ((), "int64")}
+    attrs = {"session": "s", "actor_id": actor, "episode_id": episode_id, "robot": "mock_arm", "task": "t",
+             "control_rate_hz": 25.0}
+    writer = EpisodeWriter(episodes_dir / f"{actor}-{episode_id:06d}.h5", spec, attrs)
+    n = len(rewards)
+    for t, reward in enumerate(rewards):
+        last = t == n - 1
+        writer.append({"action": [0.0], "reward": reward, "is_first": t == 0, "is_last": last and close,
+                       "is_terminal": False, "is_success": last and success_last, "timing/stream_step": stream_start + t,
+                       "timing/policy_version": 0})
+    if close:
+        writer.close(stats={}, flags=list(flags))
+
+
+def _hand_made_session(root: Path, n_finished: int, succeeded_from: int) -> Path:
+    """n_finished episodes of 4 steps (episode i has return i, succeeds from succeeded_from on), then one
+    episode cut off by the end of the session (success at its last step, which must not count)."""
+    episodes = root / "episodes"
+    episodes.mkdir(parents=True)
+    for i in range(n_finished):
+        _write_episode(episodes, "actor0", i, rewards=[0.0, 0.0, 0.0, float(i)], success_last=i >= succeeded_from,
+                       stream_start=4 * i)
+    _write_episode(episodes, "actor0", n_finished, rewards=[0.0, 100.0], success_last=True, flags=(),
+                   stream_start=4 * n_finished)
+    return root
+
+
+def test_summary_has_first20_and_last20_return_and_success_of_the_finished_episodes(tmp_path):
+    from robotd.orchestrator import format_summary, summarize
+    root = _hand_made_session(tmp_path / "s", 25, 15)
+    (root / "episodes" / "actor0-000099.h5").write_bytes(b"not HDF5" * 10)
+    summary = summarize(root, reason="steps done", wall_s=1.0, exit_codes={})
+    assert summary["finished_episodes"] == 25 and summary["episodes_succeeded"] == 10
+    assert summary["success_rate"] == pytest.approx(0.4)
+    assert summary["first20"] == {"episodes": 20, "return_mean": pytest.approx(9.5), "success_rate": pytest.approx(0.25)}
+    assert summary["last20"] == {"episodes": 20, "return_mean": pytest.approx(14.5), "success_rate": pytest.approx(0.5)}
+    assert len(summary["unreadable_episodes"]) == 1 and summary["logged_steps"] == 25 * 4 + 2
+    json.dumps(summary, allow_nan=False)
+    line = [text for text in format_summary(summary, root).splitlines() if text.startswith("  episodes:")]
+    assert line == ["  episodes: 25 finished, 10 succeeded (40%); first 20: return 9.50, success 25% (20 episodes); "
+                    "last 20: return 14.50, success 50% (20 episodes)"]
+
+
+def test_summary_of_a_short_session_and_of_one_without_finished_episodes(tmp_path):
+    from robotd.orchestrator import episode_outcomes, format_summary, summarize
+    short = episode_outcomes(_hand_made_session(tmp_path / "short", 3, 2))
+    assert short["first20"] == short["last20"] == {"episodes": 3, "return_mean": pytest.approx(1.0),
+                                                   "success_rate": pytest.approx(1 / 3)}
+    empty = _hand_made_session(tmp_path / "empty", 0, 0)
+    summary = summarize(empty, reason="interrupted", wall_s=1.0, exit_codes={})
+    assert summary["finished_episodes"] == summary["episodes_succeeded"] == 0 and summary["success_rate"] is None
+    assert summary["first20"] == summary["last20"] == {"episodes": 0, "return_mean": None, "success_rate": None}
+    assert "  episodes: 0 finished, 0 succeeded; first 20: -; last 20: -" in format_summary(summary, empty)
