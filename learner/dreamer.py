@@ -6,7 +6,11 @@ same encoder, RSSM and actor modules, loaded from ``Dreamer.policy_state_dict()`
 Batch layout (``Dreamer.train_step``): every observation key ``(B, T, ...)``; ``action`` ``(B, T, A)``
 in [-1, 1] (one-hot for discrete actions), the action taken after observing step ``t``;
 ``reward`` ``(B, T)``, received on arriving at step ``t``; ``is_first``, ``is_last``,
-``is_terminal`` ``(B, T)`` flags.
+``is_terminal`` ``(B, T)`` flags. Optional replay context (``ModelConfig.replay_context``, DreamerV3's
+``replay_context: 1``): ``context_deter`` ``(B, deter)``, ``context_stoch`` ``(B, stoch, classes)``,
+``context_action`` ``(B, A)`` and ``context_valid`` ``(B,)``, the stored posterior latent of the step
+before each sequence and the action taken there, which the RSSM continues from instead of the initial
+state; ``Dreamer.last_posterior`` holds the latents of the last update for writing back to the replay.
 
 Sizes follow the published presets (Hafner et al. 2024, configs ``size1m`` .. ``size400m``);
 every dimension can be overridden. The hyperparameters are the paper's: LaProp with adaptive
@@ -60,6 +64,9 @@ log = logging.getLogger("learner.dreamer")
 BATCH_KEYS = ("action", "reward", "is_first", "is_last", "is_terminal")
 """Non-observation keys of a training batch; observation keys may not use these names."""
 
+CONTEXT_KEYS = ("context_deter", "context_stoch", "context_action", "context_valid")
+"""Optional replay-context keys of a training batch (see ``ModelConfig.replay_context``); reserved too."""
+
 PRECISIONS = ("auto", "float32", "bfloat16")
 COMPILE_CHOICES = ("auto", "on", "off")
 
@@ -103,6 +110,9 @@ class ModelConfig:
     # World model.
     free_nats: float = 1.0
     unimix: float = 0.01
+    # 1: a replayed sequence continues from the stored posterior latent of the step before it (given by the
+    # batch's context_* keys) unless it starts an episode, as published; 0: every sequence starts cold.
+    replay_context: int = 1
     # Loss scales.
     loss_rec: float = 1.0
     loss_rew: float = 1.0
@@ -145,6 +155,9 @@ class ModelConfig:
             raise ValueError(f"model setting bins = {self.bins} must be odd and at least 3")
         if not self.cnn_mults or min(self.cnn_mults) < 1:
             raise ValueError(f"model setting cnn_mults = {self.cnn_mults} needs at least one positive multiplier")
+        if self.replay_context not in (0, 1):
+            raise ValueError(f"model setting replay_context = {self.replay_context} must be 0 (cold start) or 1 "
+                             f"(continue from the replayed latent)")
 
     @property
     def gamma(self) -> float:
@@ -162,8 +175,13 @@ _SIZES = {
     "200m": (8192, 1024, 64, 64, 1024),
     "400m": (12288, 1536, 96, 96, 1536),
 }
-PRESETS = ("tiny", *_SIZES)
-"""Known size presets: "tiny" for tests and CPU demos, then the paper's sizes by parameter count."""
+SMALL = dict(deter=256, hidden=128, stoch=16, classes=16, blocks=8, units=128, layers=2, cnn_depth=16, lr=1e-4,
+             warmup=100)
+"""The small-compute preset (learner.profile small_cpu): sizes, learning rate and warm-up chosen from the measured
+sweep in benchmarks/small_cpu/ so that simulated tasks learn in minutes on a 2-core CPU."""
+
+PRESETS = ("tiny", "small", *_SIZES)
+"""Known presets: "tiny" for tests, "small" for learning on a CPU, then the paper's sizes by parameter count."""
 
 
 def preset(name: str) -> ModelConfig:
@@ -172,6 +190,8 @@ def preset(name: str) -> ModelConfig:
         # Small enough for the test suite on two cores (not for learning: see the small preset); the
         # published hyperparameters, horizon 15 included.
         return ModelConfig(deter=64, hidden=64, stoch=8, classes=8, blocks=8, units=64, layers=1, cnn_depth=4)
+    if name == "small":
+        return ModelConfig(**SMALL)
     if name not in _SIZES:
         raise ValueError(f"unknown model preset {name!r}; known presets: {', '.join(PRESETS)}")
     deter, hidden, classes, depth, units = _SIZES[name]
@@ -194,9 +214,9 @@ def build_policy_modules(obs_spec: ObsSpec, action_dim: int, config: ModelConfig
 def _check_obs_spec(obs_spec: ObsSpec, action_dim: int) -> None:
     if not obs_spec:
         raise ValueError("obs_spec needs at least one observation")
-    reserved = sorted(set(obs_spec) & set(BATCH_KEYS))
+    reserved = sorted(set(obs_spec) & {*BATCH_KEYS, *CONTEXT_KEYS})
     if reserved:
-        raise ValueError(f"observation keys {reserved} clash with batch keys {list(BATCH_KEYS)}")
+        raise ValueError(f"observation keys {reserved} clash with batch keys {[*BATCH_KEYS, *CONTEXT_KEYS]}")
     if action_dim < 1:
         raise ValueError(f"action_dim must be at least 1, got {action_dim}")
 
@@ -228,8 +248,11 @@ class WorldModel(nn.Module):
         reward: torch.Tensor,
         is_first: torch.Tensor,
         is_terminal: torch.Tensor,
+        start: LatentState | None = None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor], LatentState]:
         """World-model loss of sequences ``(B, T, ...)``; returns the scaled loss, its parts and the posterior states.
+
+        ``start`` is the state before step 0 where ``is_first[:, 0]`` is false (see ``RSSM.observe``).
 
         Loss = ``loss_rec`` * reconstruction + ``loss_rew`` * reward two-hot cross-entropy +
         ``loss_con`` * continue BCE (target ``1 - is_terminal``) + ``loss_dyn`` *
@@ -239,7 +262,7 @@ class WorldModel(nn.Module):
         """
         config = self.config
         embed = self.encoder(obs)
-        states, posterior, prior = self.rssm.observe(embed, previous_action, is_first)
+        states, posterior, prior = self.rssm.observe(embed, previous_action, is_first, start)
         features = self.rssm.features(states)
 
         reconstruction = self.decoder.loss(states.deter, states.stoch, obs)
@@ -315,6 +338,7 @@ class Dreamer(nn.Module):
                                 betas=(config.beta1, config.beta2), eps=config.eps, agc=config.agc,
                                 warmup=config.warmup)
         self.updates = 0
+        self._last_posterior: tuple[torch.Tensor, torch.Tensor] | None = None
         precision = _resolve_device_choice(config.precision, self.device, "bfloat16", "float32")
         self.autocast_dtype = torch.bfloat16 if precision == "bfloat16" else None
         self.compiled = _resolve_device_choice(config.compile, self.device, "on", "off") == "on"
@@ -382,9 +406,11 @@ class Dreamer(nn.Module):
         """One update of the world model, actor and critic on a batch of sequences; returns metrics.
 
         All losses are computed with the current parameters, summed, and minimised with one
-        backward pass and one optimiser step. The first step of every sequence starts from the
-        learned initial state, whether or not it begins an episode, since the state from before
-        the sequence is unknown.
+        backward pass and one optimiser step. With ``replay_context`` on and the batch's context
+        keys given, the first step of a sequence continues from ``context_deter``/``context_stoch``
+        where ``context_valid`` is true and ``is_first`` false; otherwise (and always with
+        ``replay_context`` 0) it starts from the learned initial state. The posterior latents of
+        the batch are kept in :attr:`last_posterior` afterwards.
         """
         data = self._prepare_batch(batch)
         if self.compiled and not self._compile_checked:
@@ -398,6 +424,21 @@ class Dreamer(nn.Module):
                 self._compile_checked = True
         return self._train_step(data)
 
+    @property
+    def last_posterior(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """The posterior states of the last ``train_step``'s batch, for writing back to the replay (None before
+        the first): deter ``(B, T, deter)`` float32 and the stoch classes ``(B, T, stoch)`` (uint8, int16 when
+        more than 256 classes)."""
+        return self.posterior_arrays(np.float32)
+
+    def posterior_arrays(self, deter_dtype=np.float32) -> tuple[np.ndarray, np.ndarray] | None:
+        """:attr:`last_posterior` with deter as ``deter_dtype`` (float16 or float32), converted on the device."""
+        if self._last_posterior is None:
+            return None
+        deter, stoch = self._last_posterior
+        torch_dtype = torch.float16 if np.dtype(deter_dtype) == np.float16 else torch.float32
+        return deter.to(torch_dtype).cpu().numpy(), stoch.cpu().numpy()
+
     def _disable_compile(self) -> None:
         compile_norm_act(False)
         self._imagine_step = self._imagine_step_eager
@@ -407,6 +448,8 @@ class Dreamer(nn.Module):
         with self._autocast():
             model_loss, metrics, posterior = self._world_model_loss(data)
             start = LatentState(posterior.deter.detach(), posterior.stoch.detach())
+            index_dtype = torch.uint8 if self.config.classes <= 256 else torch.int16
+            self._last_posterior = (start.deter, start.stoch.argmax(-1).to(index_dtype))
             replay_states = posterior if self.config.repval_grad else start
             behaviour_loss, behaviour_metrics = self._behaviour_losses(
                 start, data["reward"], data["is_last"], data["is_terminal"], replay_states
@@ -433,10 +476,17 @@ class Dreamer(nn.Module):
         obs = {key: data[key] for key in self.obs_spec}
         action = data["action"]
         is_first = data["is_first"].clone()
-        is_first[:, 0] = True
-        # The RSSM at step t conditions on the action taken after step t - 1.
-        previous_action = torch.cat([torch.zeros_like(action[:, :1]), action[:, :-1]], dim=1)
-        return self.world_model.loss(obs, previous_action, data["reward"], is_first, data["is_terminal"])
+        # The RSSM at step t conditions on the action taken after step t - 1; step 0 on the context step's.
+        first_action = data.get("context_action", torch.zeros_like(action[:, 0]))
+        previous_action = torch.cat([first_action[:, None], action[:, :-1]], dim=1)
+        start = None
+        if "context_deter" in data:
+            # Continue from the replayed latent where it is valid and no episode starts; elsewhere reset.
+            is_first[:, 0] |= ~data["context_valid"]
+            start = LatentState(data["context_deter"], data["context_stoch"])
+        else:
+            is_first[:, 0] = True
+        return self.world_model.loss(obs, previous_action, data["reward"], is_first, data["is_terminal"], start)
 
     def _prepare_batch(self, batch: dict[str, np.ndarray | torch.Tensor]) -> dict[str, torch.Tensor]:
         missing = [key for key in (*self.obs_spec, *BATCH_KEYS) if key not in batch]
@@ -460,7 +510,23 @@ class Dreamer(nn.Module):
         if data["action"].shape[-1] != self.action_dim:
             raise ValueError(f"action has {data['action'].shape[-1]} entries per step, the model expects "
                              f"{self.action_dim}")
+        if self.config.replay_context and "context_deter" in batch and "context_stoch" in batch:
+            self._prepare_context(batch, data, to_tensor)
         return data
+
+    def _prepare_context(self, batch, data: dict[str, torch.Tensor], to_tensor) -> None:
+        """Adds the batch's replay context to ``data``, checking its shapes."""
+        config = self.config
+        size = data["reward"].shape[0]
+        expected = {"context_deter": (size, config.deter), "context_stoch": (size, config.stoch, config.classes),
+                    "context_action": (size, self.action_dim), "context_valid": (size,)}
+        for key, shape in expected.items():
+            if key in batch:
+                data[key] = to_tensor(batch[key], torch.bool if key == "context_valid" else torch.float32)
+                if tuple(data[key].shape) != shape:
+                    raise ValueError(f"{key} has shape {tuple(data[key].shape)}, the model expects {shape}")
+        if "context_valid" not in data:
+            data["context_valid"] = torch.ones(size, dtype=torch.bool, device=self.device)
 
     def _imagine_step_eager(self, deter: torch.Tensor, stoch: torch.Tensor, action: torch.Tensor
                             ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -150,8 +150,9 @@ class Learner:
             log.info("resumed from checkpoint: %d updates, weights v%d", trainer.updates, publisher.version)
         elif config.init_checkpoint:
             self._start_from(trainer, publisher, config.init_checkpoint)
+        context = trainer.replay_context
         prefetch = Prefetcher(lambda: trainer.prepare(ray.get(replay.sample.remote(config.batch_size,
-                                                                                   config.batch_length)))
+                                                                                   config.batch_length, context)))
                               if ray.get(replay.stats.remote())["replay_steps"] >= config.min_replay_steps else None)
         prefetch.start()
         last_checkpoint = time.monotonic()
@@ -174,6 +175,10 @@ class Learner:
                     self._status(status, ray, replay, trainer, publisher, updates_per_s)
                     continue
                 result = trainer.train(batch)
+                writeback = trainer.latent_writeback()
+                if writeback is not None:
+                    # Fire and forget: the replay actor applies it before the next sample it serves.
+                    replay.update_latents.remote(*writeback)
                 window_updates += 1
                 if trainer.updates % config.publish_every_updates == 0:
                     publisher.publish(trainer.agent.policy_state_dict())

@@ -617,18 +617,22 @@ class RSSM(nn.Module):
         posterior = self.posterior_log_probs(deter, self.posterior_input(embed))
         return LatentState(deter, straight_through_sample(posterior).to(deter.dtype)), posterior
 
-    def observe(self, embed: torch.Tensor, previous_action: torch.Tensor, is_first: torch.Tensor
-                ) -> tuple[LatentState, torch.Tensor, torch.Tensor]:
+    def observe(self, embed: torch.Tensor, previous_action: torch.Tensor, is_first: torch.Tensor,
+                start: LatentState | None = None) -> tuple[LatentState, torch.Tensor, torch.Tensor]:
         """Filter whole sequences ``(B, T, ...)``.
 
         ``previous_action[:, t]`` is the action taken before observation ``t``. Where
         ``is_first[:, t]`` is true the state is reset to the initial state and the previous
         action to zeros before stepping, so episodes inside a sequence do not leak into each
-        other. Returns the posterior states, posterior and prior log-probabilities.
+        other. ``start`` (``(B, deter)``, ``(B, stoch, classes)``) is the state before step 0,
+        continued from where ``is_first[:, 0]`` is false (with ``previous_action[:, 0]`` as the
+        action taken in it); without it every sequence starts from the initial state. Returns the
+        posterior states, posterior and prior log-probabilities.
         """
         batch, length = embed.shape[:2]
         initial = self.initial_state(batch)
-        state = initial
+        state = initial if start is None else LatentState(start.deter.to(initial.deter.dtype),
+                                                          start.stoch.to(initial.stoch.dtype))
         first = is_first.unsqueeze(-1)
         # Everything that does not depend on the recurrence is computed for all steps at once.
         action_input = self.action_input(previous_action * (~first).to(previous_action.dtype))

@@ -174,8 +174,11 @@ def run(config: Config, logdirs: list[str], *, updates: int, out: str, init: str
              len(used), replay_steps, ", ".join(map(str, logdirs)), len(left_out), updates, device)
     try:
         for done in range(1, updates + 1):
-            batch = replay.sample(learner.batch_size, learner.batch_length)
+            batch = replay.sample(learner.batch_size, learner.batch_length, context=trainer.replay_context)
             result = trainer.train(batch)
+            writeback = trainer.latent_writeback()
+            if writeback is not None:
+                replay.update_latents(*writeback)
             window_updates += 1
             now = time.monotonic()
             if now - window_start >= 2.0 or done == updates:

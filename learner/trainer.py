@@ -111,6 +111,13 @@ class Trainer:
                              discrete=self.action_discrete)
         self.replayed_steps = 0
         self.last_metrics: dict[str, float] = {}
+        self._replay_keys: np.ndarray | None = None
+
+    @property
+    def replay_context(self) -> bool:
+        """Whether batches should be sampled with replay context (``replay.sample(..., context=True)``) and the
+        posterior latents written back after each update (:meth:`latent_writeback`)."""
+        return bool(self.agent.config.replay_context)
 
     @property
     def updates(self) -> int:
@@ -137,9 +144,20 @@ class Trainer:
         """One full update (world model + actor + critic) on a replay batch or one made by :meth:`prepare`."""
         tensors = batch if isinstance(batch.get("reward"), torch.Tensor) else self.prepare(batch)
         metrics = self.agent.train_step(tensors)
+        keys = tensors.get("replay_keys")
+        self._replay_keys = keys.numpy() if keys is not None and self.replay_context else None
         self.replayed_steps += int(tensors["reward"].numel())
         self.last_metrics = metrics
         return metrics
+
+    def latent_writeback(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, int] | None:
+        """Arguments for ``ReplayBuffer.update_latents`` after :meth:`train` on a batch sampled with context:
+        ``(replay_keys, deter (float16), stoch classes, classes)``; None when there is nothing to write back."""
+        if self._replay_keys is None:
+            return None
+        keys, self._replay_keys = self._replay_keys, None
+        deter, stoch = self.agent.posterior_arrays(np.float16)
+        return keys, deter, stoch, self.agent.config.classes
 
     def report(self, batch: dict[str, np.ndarray] | dict[str, torch.Tensor]
                ) -> tuple[dict[str, float], dict[str, np.ndarray]]:

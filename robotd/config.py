@@ -128,8 +128,17 @@ class ActorConfig:
     daemon_timeout_s: float = spec(10.0, range=(0.1, 600.0), help="how long to wait for the daemon's hello")
 
 
-MODEL_PRESETS = ("tiny", "1m", "12m", "25m", "50m", "100m", "200m", "400m")
+MODEL_PRESETS = ("tiny", "small", "1m", "12m", "25m", "50m", "100m", "200m", "400m")
 """The size presets of learner.dreamer (kept here so loading a config does not import torch)."""
+
+LEARNER_PROFILES: dict[str, dict] = {
+    # The small-compute setting: learns simulated tasks on a 2-core CPU within minutes (chosen from the measured
+    # sweep in benchmarks/small_cpu/). The model preset "small" carries the sizes, learning rate and warm-up.
+    "small_cpu": {"model": {"preset": "small"}, "batch_size": 16, "batch_length": 32, "train_ratio": 256,
+                  "threads": 0},
+}
+"""Named learner settings: ``learner.profile: NAME`` fills these learner keys; keys the config file or ``--set``
+gives itself win. The paper's settings for GPU learners are the plain defaults with a paper model preset."""
 
 
 @dataclass
@@ -143,6 +152,9 @@ class ModelSection:
 @dataclass
 class LearnerConfig:
     """The training process (Ray replay, ingest, trainer, weight publisher)."""
+    profile: str = spec("", choices=("", *LEARNER_PROFILES),
+                        help="a named learner setting (small_cpu: learns on a 2-core CPU) filling the learner keys "
+                             "this config does not give; empty: the plain defaults")
     model: ModelSection = spec(default_factory=ModelSection)
     batch_size: int = spec(8, range=(1, 4096))
     batch_length: int = spec(32, range=(2, 4096))
@@ -372,12 +384,32 @@ def load(path: str | Path | None, overrides: list[str] = ()) -> Config:
             mark = getattr(exc, "problem_mark", None)
             where = f" at line {mark.line + 1}" if mark else ""
             raise ConfigError(f"config file {str(path)!r} is not valid YAML{where}: fix the syntax") from None
+    parsed = [parse_override(text) for text in overrides]
     base = Config().to_dict()
+    profile = _profile_name(data, parsed)
+    if profile:
+        _deep_merge(base["learner"], LEARNER_PROFILES[profile], "learner")
     _deep_merge(base, data, "")
-    for text in overrides:
-        key_path, value = parse_override(text)
+    for key_path, value in parsed:
         apply_override(base, key_path, value)
     return from_dict(base)
+
+
+def _profile_name(data: dict, parsed: list[tuple[list[str], Any]]) -> str:
+    """The learner profile the file and overrides ask for ('' for none); an unknown name fails in one line."""
+    learner = data.get("learner") if isinstance(data, dict) else None
+    name = learner.get("profile", "") if isinstance(learner, dict) else ""
+    for key_path, value in parsed:
+        if key_path == ["learner", "profile"]:
+            name = value
+        elif key_path == ["learner"] and isinstance(value, dict) and "profile" in value:
+            name = value["profile"]
+    if name in ("", None):
+        return ""
+    if name not in LEARNER_PROFILES:
+        raise ConfigError(f"config: learner.profile = {name!r} is not allowed: choose one of "
+                          f"{', '.join(LEARNER_PROFILES)} (or leave it empty)")
+    return name
 
 
 def _deep_merge(base: dict, update: dict, prefix: str) -> None:

@@ -58,11 +58,18 @@ def obs_spec_of(spec: Spec) -> Spec:
     return {key[len(OBS_PREFIX):]: value for key, value in spec.items() if key.startswith(OBS_PREFIX)}
 
 
+CONTEXT_KEYS = ("context_deter", "context_stoch", "context_action", "context_valid", "replay_keys")
+"""Replay-context keys of a batch sampled with context (learner/replay.py), kept by ``training_batch``."""
+
+
 def training_batch(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """The keys the world model trains on, renamed (``obs/image`` -> ``image``)."""
+    """The keys the world model trains on, renamed (``obs/image`` -> ``image``), with any replay-context keys."""
     batch = {key[len(OBS_PREFIX):]: value for key, value in arrays.items() if key.startswith(OBS_PREFIX)}
     for key in (ACTION, REWARD, IS_FIRST, IS_LAST, IS_TERMINAL):
         batch[key] = arrays[key]
+    for key in CONTEXT_KEYS:
+        if key in arrays:
+            batch[key] = arrays[key]
     return batch
 
 

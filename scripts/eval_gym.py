@@ -5,7 +5,7 @@
     python scripts/eval_gym.py Pendulum-v1 --steps 5000 --out p.json --config configs/gym_pendulum.yaml \\
         --set learner.batch_size=32
 
-The session config is the base config (--config, else a built-in one with the tiny model) with
+The session config is the base config (--config, else a built-in one with the small_cpu learner profile) with
 the robot made a ``gym`` driver for ENV_ID (``--pixels``: 64x64 rendered frames instead of the
 environment's own observation), no cameras, the ``gym`` task and lockstep pacing; --set overrides
 apply last. ``robotd train`` then runs daemon, actor and learner for N environment steps (robotd's
@@ -41,8 +41,7 @@ DEFAULT_BASE = {
     "control": {"rate_hz": 20, "action_deadline_ms": 45, "watchdog_s": 5.0},
     "task": {"episode_steps": 100_000},
     "actor": {"prefill_steps": 1000, "chunk_steps": 32},
-    "learner": {"model": {"preset": "tiny"}, "batch_size": 16, "batch_length": 32, "min_replay_steps": 1000,
-                "train_ratio": 64, "publish_every_updates": 5, "threads": 1},
+    "learner": {"profile": "small_cpu", "min_replay_steps": 1000, "publish_every_updates": 5},
 }
 
 
@@ -139,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("env_id", help="Gymnasium environment id, e.g. Pendulum-v1")
     parser.add_argument("--steps", type=int, required=True, help="environment steps to run")
     parser.add_argument("--out", required=True, help="JSON file for the learning curve (the plot goes next to it)")
-    parser.add_argument("--config", default=None, help="base config (default: a built-in tiny-model config)")
+    parser.add_argument("--config", default=None, help="base config (default: a built-in config with the small_cpu learner profile)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override any config key, applied last")
     parser.add_argument("--pixels", action="store_true", help="observe 64x64 rendered frames instead of the state")

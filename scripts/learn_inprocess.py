@@ -28,6 +28,11 @@ from learner.dreamer import Dreamer, Policy, preset  # noqa: E402
 from learner.replay import ReplayBuffer  # noqa: E402
 
 
+WATCHED = ("loss/world_model", "loss/reward", "actor/entropy", "imagination/value", "imagination/reward",
+           "return_normaliser/scale", "optimiser/grad_norm")
+"""Learner metrics printed with every finished episode."""
+
+
 def parse_value(text: str):
     try:
         return json.loads(text)
@@ -110,19 +115,24 @@ def main(argv: list[str] | None = None) -> int:
             lengths.append(episode_length)
             end_steps.append(step + 1)
             updates_at.append(agent.updates)
+            recent = metrics_log[-1] if metrics_log else {}
+            shown = " ".join(f"{key.split('/')[-1]} {recent[key]:.3g}" for key in WATCHED if key in recent)
             print(f"step {step + 1:6d}  return {episode_return:9.2f}  updates {agent.updates:5d}  "
-                  f"{time.monotonic() - t0:6.0f} s", flush=True)
+                  f"{time.monotonic() - t0:6.0f} s  {shown}", flush=True)
             obs, _ = env.reset(seed=args.seed * 100003 + len(returns))
             reward, first, episode_return, episode_length = 0.0, True, 0.0, 0
         if step + 1 >= args.prefill and replay.can_sample(args.length):
             replayed_target = (step + 1 - args.prefill) * args.ratio
             while replayed < replayed_target:
-                batch = replay.sample(args.batch, args.length)
+                batch = replay.sample(args.batch, args.length, context=bool(config.replay_context))
                 metrics = agent.train_step(batch)
+                if config.replay_context:
+                    deter, stoch = agent.last_posterior
+                    replay.update_latents(batch["replay_keys"], deter, stoch, config.classes)
                 replayed += args.batch * args.length
                 if agent.updates % args.sync == 0:
                     policy.load(agent.policy_state_dict())
-                if agent.updates % 50 == 0:
+                if agent.updates % 25 == 0:
                     metrics_log.append({"update": agent.updates, "step": step + 1,
                                         **{k: round(float(v), 5) for k, v in metrics.items()}})
     wall = time.monotonic() - t0

@@ -99,3 +99,42 @@ def test_digest_changes_with_what_processes_must_share():
 def test_bare_on_and_off_in_yaml_mean_the_words(tmp_path):
     assert cfg.load(write(tmp_path, "control: {realtime: off}\n")).control.realtime == "off"
     assert cfg.load(write(tmp_path, "control: {realtime: on}\n")).control.realtime == "on"
+
+
+def test_a_learner_profile_fills_the_keys_the_config_does_not_give(tmp_path):
+    config = cfg.load(write(tmp_path, "learner: {profile: small_cpu}\n"))
+    profile = cfg.LEARNER_PROFILES["small_cpu"]
+    assert config.learner.model.preset == profile["model"]["preset"] == "small"
+    assert (config.learner.batch_size, config.learner.train_ratio) == (profile["batch_size"], profile["train_ratio"])
+    # The file's own keys win, and so do --set overrides (also one that names the profile itself).
+    config = cfg.load(write(tmp_path, "learner: {profile: small_cpu, batch_size: 4, model: {overrides: {lr: 0.001}}}\n"),
+                      ["learner.train_ratio=32"])
+    assert config.learner.batch_size == 4 and config.learner.train_ratio == 32
+    assert config.learner.model.preset == "small" and config.learner.model.overrides == {"lr": 0.001}
+    assert cfg.load(write(tmp_path, "learner: {batch_size: 4}\n"), ["learner.profile=small_cpu"]).learner.model.preset \
+        == "small"
+    # Without a profile, the plain defaults.
+    assert cfg.load(write(tmp_path, "seed: 1\n")).learner.model.preset == "tiny"
+
+
+def test_a_saved_config_with_a_profile_loads_back_the_same(tmp_path):
+    config = cfg.load(write(tmp_path, "learner: {profile: small_cpu, batch_length: 16}\n"))
+    cfg.save(config, tmp_path / "resolved.yaml")
+    assert cfg.load(tmp_path / "resolved.yaml") == config
+
+
+def test_an_unknown_profile_fails_in_one_line(tmp_path):
+    with pytest.raises(cfg.ConfigError, match=r"learner.profile = 'fast' is not allowed: choose one of small_cpu"):
+        cfg.load(write(tmp_path, "learner: {profile: fast}\n"))
+    with pytest.raises(cfg.ConfigError, match=r"learner.profile = 'gpu'"):
+        cfg.load(write(tmp_path, "seed: 1\n"), ["learner.profile=gpu"])
+
+
+def test_learner_threads_auto_takes_every_core_only_when_the_simulation_waits_for_the_learner(tmp_path):
+    import os
+    cores = len(os.sched_getaffinity(0))
+    lockstep = cfg.load(CONFIGS / "gym_pendulum.yaml", ["learner.threads=0", "learner.train_ratio=64"])
+    assert lockstep.learner_threads() == cores
+    assert cfg.load(CONFIGS / "gym_pendulum.yaml", ["learner.threads=0", "learner.train_ratio=0"]).learner_threads() == 1
+    assert cfg.load(CONFIGS / "mock_arm.yaml", ["learner.threads=0"]).learner_threads() == 1      # real time
+    assert cfg.load(CONFIGS / "gym_pendulum.yaml", ["learner.threads=3"]).learner_threads() == 3

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from learner.dreamer import Dreamer, ModelConfig, Policy, preset
+from learner.networks import LatentState
 
 ACTION_DIM = 6
 OBS_SPEC = {"image": ((16, 16, 3), "uint8"), "vector": ((12,), "float32")}
@@ -67,7 +68,7 @@ def test_presets_have_the_published_sizes_and_unknown_names_are_rejected():
     assert (config.lr, config.agc, config.eps, config.warmup) == (4e-5, 0.3, 1e-20, 1000)
     assert (config.loss_dyn, config.loss_rep, config.loss_repval, config.free_nats) == (1.0, 0.1, 0.3, 1.0)
     assert (config.entropy, config.lam, config.slow_critic_rate, config.unimix) == (3e-4, 0.95, 0.02, 0.01)
-    with pytest.raises(ValueError, match="huge.*tiny, 1m, 12m"):
+    with pytest.raises(ValueError, match="huge.*tiny, small, 1m, 12m"):
         preset("huge")
 
 
@@ -433,3 +434,96 @@ def test_fused_norm_act_matches_autograd_through_rmsnorm_and_silu():
     for fused, reference in zip(*results):
         torch.testing.assert_close(fused, reference)
     assert torch.autograd.gradcheck(_norm_act, (x, weight))
+
+
+# Replay context: a sequence continues from the stored latent of the step before it.
+
+def make_context(config: ModelConfig, seed: int, batch: int = 4) -> dict[str, np.ndarray]:
+    """A random latent state (tanh-bounded deter, one-hot stoch) and action for the step before each sequence."""
+    rng = np.random.default_rng(seed)
+    return {
+        "context_deter": np.tanh(rng.normal(size=(batch, config.deter))).astype(np.float32),
+        "context_stoch": np.eye(config.classes, dtype=np.float32)[rng.integers(0, config.classes,
+                                                                               (batch, config.stoch))],
+        "context_action": rng.uniform(-1, 1, (batch, ACTION_DIM)).astype(np.float32),
+        "context_valid": np.ones(batch, bool),
+    }
+
+
+def step_zero_deter(config: ModelConfig, batch: dict[str, np.ndarray]) -> np.ndarray:
+    """The step-0 posterior deter ``(B, deter)`` of one update of a freshly seeded tiny agent."""
+    torch.manual_seed(0)
+    agent = Dreamer(OBS_SPEC, ACTION_DIM, config)
+    agent.train_step(batch)
+    return agent.last_posterior[0][:, 0]
+
+
+def test_replay_context_setting_is_validated_and_on_by_default():
+    assert ModelConfig().replay_context == 1 and preset("tiny").replay_context == 1
+    with pytest.raises(ValueError, match="replay_context = 2 must be 0"):
+        ModelConfig(replay_context=2)
+
+
+def test_replay_context_is_where_step_zero_continues_from():
+    """Old behaviour (every sequence starts cold) fails this: the context must change the step-0 posterior."""
+    batch = make_batch(seed=5)
+    batch["is_first"][1:, 0] = False                   # sequences 1..3 start mid-episode, sequence 0 an episode
+    context = make_context(preset("tiny"), seed=6)
+    context["context_valid"][3] = False                # no latent stored for sequence 3's context step
+    tiny, cold_config = preset("tiny"), dataclasses.replace(preset("tiny"), replay_context=0)
+    cold = step_zero_deter(tiny, batch)
+    warm = step_zero_deter(tiny, {**batch, **context})
+    invalid = step_zero_deter(tiny, {**batch, **context, "context_valid": np.zeros(4, bool)})
+    ignored = step_zero_deter(cold_config, {**batch, **context})
+    continued = [not np.allclose(warm[row], cold[row]) for row in range(4)]
+    assert continued == [False, True, True, False]     # the episode start and the invalid context start cold
+    np.testing.assert_allclose(invalid, cold, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(ignored, cold, rtol=0, atol=1e-6)    # replay_context 0 ignores the context
+
+
+def test_observe_from_a_start_state_continues_the_sequence(agent):
+    rssm = agent.world_model.rssm
+    embed = torch.randn(2, 6, agent.world_model.encoder.out_features)
+    action = torch.randn(2, 6, ACTION_DIM)
+    is_first = torch.zeros(2, 6, dtype=torch.bool)
+    is_first[:, 0] = True
+    with torch.no_grad():
+        whole, _, _ = rssm.observe(embed, action, is_first)
+        start = LatentState(whole.deter[:, 2], whole.stoch[:, 2])
+        rest, _, _ = rssm.observe(embed[:, 3:], action[:, 3:], is_first[:, 3:], start)
+        cold, _, _ = rssm.observe(embed[:, 3:], action[:, 3:], is_first[:, 3:])
+    torch.testing.assert_close(rest.deter[:, 0], whole.deter[:, 3])
+    assert not torch.allclose(cold.deter[:, 0], whole.deter[:, 3])
+
+
+def test_last_posterior_holds_the_latents_of_the_update_for_writing_back(agent):
+    assert agent.last_posterior is None
+    agent.train_step(make_batch(seed=7))
+    deter, stoch = agent.last_posterior
+    config = agent.config
+    assert deter.shape == (4, 16, config.deter) and deter.dtype == np.float32
+    assert stoch.shape == (4, 16, config.stoch) and stoch.dtype == np.uint8 and stoch.max() < config.classes
+    half, same = agent.posterior_arrays(np.float16)
+    assert half.dtype == np.float16 and np.array_equal(same, stoch)
+    np.testing.assert_allclose(half, deter, atol=1e-3)
+
+
+def test_written_back_latents_become_the_next_batches_context():
+    from learner.replay import ReplayBuffer
+    from robotd import steps
+    torch.manual_seed(0)
+    agent = Dreamer(OBS_SPEC, ACTION_DIM, preset("tiny"))
+    replay = ReplayBuffer(10_000, seed=0)
+    episode = make_batch(seed=8, batch=1, length=64)
+    replay.add("a", 0, {("obs/" + key if key in OBS_SPEC else key): value[0] for key, value in episode.items()})
+    batch = replay.sample(4, 16, context=True)
+    assert not batch["context_valid"].any()
+    agent.train_step(steps.training_batch(batch))
+    deter, stoch = agent.last_posterior
+    replay.update_latents(batch["replay_keys"], deter, stoch, agent.config.classes)
+    for _ in range(20):
+        batch = replay.sample(4, 16, context=True)
+        if batch["context_valid"].any():
+            break
+    assert batch["context_valid"].any()
+    assert math.isfinite(agent.train_step(steps.training_batch(batch))["loss/world_model"])

@@ -1,5 +1,6 @@
 """Replay: contiguous segments per stream, sequence sampling, capacity."""
 import numpy as np
+import pytest
 
 from learner.replay import ReplayBuffer
 
@@ -81,3 +82,152 @@ def test_when_everything_is_excluded_training_still_gets_batches_and_it_is_count
     batch = replay.sample(4, 16)
     assert batch["index"].shape == (4, 16)
     assert replay.stats()["fallback_sequences"] == 4
+
+
+# Replay context: latents written back by the learner come back as the context of the next sequence.
+
+DETER, STOCH, CLASSES = 4, 3, 5
+
+
+def step_chunk(start: int, n: int, first: tuple[int, ...] = ()) -> dict:
+    """Steps in the step layout; ``action`` and ``index`` hold the stream step, ``is_first`` at ``first``."""
+    index = np.arange(start, start + n)
+    return {"index": index.astype(np.int64), "action": np.stack([index, -index], 1).astype(np.float32),
+            "is_first": np.isin(index, first)}
+
+
+def latents_of(keys: np.ndarray, length: int) -> tuple[np.ndarray, np.ndarray]:
+    """Latents that name their stream step: deter = step % 1024 (exact in float16), stoch classes = step % CLASSES."""
+    steps = keys[:, 1:2] + np.arange(length)[None]
+    deter = np.repeat(steps[..., None] % 1024, DETER, -1).astype(np.float32)
+    stoch = np.repeat((steps % CLASSES)[..., None], STOCH, -1).astype(np.uint8)
+    return deter, stoch
+
+
+def segment_id(replay: ReplayBuffer) -> int:
+    return int(replay.sample(1, 2, context=True)["replay_keys"][0, 0])
+
+
+def check_context(batch: dict) -> None:
+    """Every valid context is the latent and action written for the step before the sequence."""
+    before = batch["index"][:, 0] - 1
+    valid = batch["context_valid"]
+    assert np.all(batch["context_deter"][valid] == before[valid, None] % 1024)
+    assert np.all(batch["context_stoch"][valid].argmax(-1) == (before[valid, None] % CLASSES))
+    assert np.all(batch["context_stoch"].sum(-1)[valid] == 1.0)
+    assert np.all(batch["context_action"][valid] == np.stack([before, -before], 1)[valid])
+    assert np.all(batch["context_deter"][~valid] == 0) and np.all(batch["context_action"][~valid] == 0)
+
+
+def test_context_sampling_leaves_the_sequences_and_their_draws_as_they_were():
+    plain, context = ReplayBuffer(10_000, seed=5), ReplayBuffer(10_000, seed=5)
+    for replay in (plain, context):
+        for start in range(0, 96, 32):
+            replay.add("a", start, step_chunk(start, 32))
+    for _ in range(5):
+        without, with_context = plain.sample(8, 20), context.sample(8, 20, context=True)
+        assert set(without) == {"index", "action", "is_first"}
+        for key, value in without.items():
+            assert np.array_equal(value, with_context[key]) and value.dtype == with_context[key].dtype
+
+
+def test_before_any_write_back_no_context_is_valid():
+    replay = ReplayBuffer(10_000, seed=6)
+    replay.add("a", 100, step_chunk(100, 64))
+    batch = replay.sample(8, 10, context=True)
+    assert not batch["context_valid"].any() and batch["context_valid"].dtype == bool
+    assert "context_deter" not in batch and "context_stoch" not in batch   # sizes unknown until a write-back
+    assert np.all(batch["context_action"] == 0) and batch["context_action"].shape == (8, 2)
+    assert batch["replay_keys"].dtype == np.int64 and np.array_equal(batch["replay_keys"][:, 1], batch["index"][:, 0])
+
+
+def test_written_back_latents_return_as_context_for_the_right_steps_across_chunks():
+    replay = ReplayBuffer(10_000, seed=7)
+    for start in range(0, 96, 32):
+        replay.add("a", start, step_chunk(start, 32, first=(50,)))
+    ident = segment_id(replay)
+    # The learner trained on steps 10..69 (crossing both chunk boundaries) and wrote their latents back.
+    keys = np.array([[ident, 10], [ident, 40]], np.int64)
+    deter, stoch = latents_of(keys, 30)
+    assert replay.update_latents(keys, deter, stoch, CLASSES) == 60
+    assert replay.stats()["latent_writes"] == 60
+    seen_valid = set()
+    for _ in range(40):
+        batch = replay.sample(16, 8, context=True)
+        assert batch["context_deter"].shape == (16, DETER) and batch["context_deter"].dtype == np.float32
+        assert batch["context_stoch"].shape == (16, STOCH, CLASSES) and batch["context_stoch"].dtype == np.float32
+        check_context(batch)
+        first = batch["index"][:, 0]
+        valid = batch["context_valid"]
+        # Valid exactly where the step before was written and the sequence does not start an episode.
+        assert np.array_equal(valid, (first - 1 >= 10) & (first - 1 < 70) & (first != 50))
+        seen_valid.update(first[valid].tolist())
+    assert {11, 32, 33, 64, 65} <= seen_valid          # contexts just before and after the chunk boundaries
+
+
+def test_no_context_at_a_segment_start_or_an_episode_start():
+    replay = ReplayBuffer(10_000, seed=8)
+    replay.add("a", 0, step_chunk(0, 40, first=(0, 20)))
+    replay.add("a", 60, step_chunk(60, 40, first=()))     # a gap: a second segment starting at step 60
+    keys = []          # each segment holds exactly one sequence of 40 steps: write both back whole
+    for _ in range(20):
+        keys.extend(map(tuple, replay.sample(4, 40, context=True)["replay_keys"].tolist()))
+    keys = np.array(sorted(set(keys)), np.int64)
+    assert keys[:, 1].tolist() == [0, 60]
+    replay.update_latents(keys, *latents_of(keys, 40), CLASSES)
+    starts = set()
+    for _ in range(40):
+        batch = replay.sample(16, 5, context=True)
+        check_context(batch)
+        first = batch["index"][:, 0]
+        assert not batch["context_valid"][np.isin(first, (0, 20, 60))].any()
+        assert batch["context_valid"][~np.isin(first, (0, 20, 60))].all()
+        starts.update(first.tolist())
+    assert {0, 20, 60} <= starts
+
+
+def test_write_backs_skip_evicted_steps_and_segments():
+    replay = ReplayBuffer(64, seed=9)
+    replay.add("a", 0, step_chunk(0, 32))
+    replay.add("a", 32, step_chunk(32, 32))
+    ident = segment_id(replay)
+    keys = np.array([[ident, 20], [ident, 40]], np.int64)
+    replay.add("a", 64, step_chunk(64, 32))              # evicts steps 0..31 while the batch trains
+    assert replay.update_latents(keys, *latents_of(keys, 20), CLASSES) == 8 + 20    # steps 32..39 and 40..59
+    for _ in range(20):
+        batch = replay.sample(16, 4, context=True)
+        check_context(batch)
+        first = batch["index"][:, 0]
+        assert np.array_equal(batch["context_valid"], (first - 1 >= 32) & (first - 1 < 60))
+    # A segment gone entirely (and a new one after a gap) takes nothing from old keys.
+    replay.add("a", 200, step_chunk(200, 64))
+    assert replay.stats()["segments"] == 1
+    assert replay.update_latents(keys, *latents_of(keys, 20), CLASSES) == 0
+    assert not replay.sample(16, 4, context=True)["context_valid"].any()
+
+
+def test_long_streams_keep_latents_in_place_through_many_evictions():
+    replay = ReplayBuffer(400, seed=10)
+    for start in range(0, 4000, 8):
+        replay.add("a", start, step_chunk(start, 8))
+        if start and start % 400 == 0:
+            batch = replay.sample(8, 30, context=True)
+            assert np.all(np.diff(batch["index"], axis=1) == 1)
+            replay.update_latents(batch["replay_keys"], *latents_of(batch["replay_keys"], 30), CLASSES)
+    ident = segment_id(replay)
+    keys = np.array([[ident, 3600]], np.int64)
+    replay.update_latents(keys, *latents_of(keys, 400), CLASSES)
+    batch = replay.sample(64, 30, context=True)
+    assert batch["index"].min() >= 3600 and np.all(np.diff(batch["index"], axis=1) == 1)
+    check_context(batch)
+    assert np.array_equal(batch["context_valid"], batch["index"][:, 0] > 3600)
+
+
+def test_latents_of_another_size_are_refused():
+    replay = ReplayBuffer(1000, seed=11)
+    replay.add("a", 0, step_chunk(0, 32))
+    keys = replay.sample(2, 8, context=True)["replay_keys"]
+    replay.update_latents(keys, *latents_of(keys, 8), CLASSES)
+    deter, stoch = latents_of(keys, 8)
+    with pytest.raises(ValueError, match="one replay serves one model"):
+        replay.update_latents(keys, deter[..., :2], stoch, CLASSES)

@@ -31,7 +31,7 @@ MS = 1_000_000
 PERIOD_NS = 50 * MS  # 20 Hz, as the configs
 FAST = ["--set", "control.rate_hz=50", "--set", "control.action_deadline_ms=15", "--set", "actor.prefill_steps=100",
         "--set", "learner.min_replay_steps=64", "--set", "learner.batch_size=4", "--set", "learner.batch_length=16",
-        "--set", "learner.publish_every_updates=2",
+        "--set", "learner.publish_every_updates=2", "--set", "learner.profile=",   # plumbing only: the tiny default model
         # A session this short can end before a loaded machine has the learner up: the actor waits for its acks.
         "--set", "actor.drain_timeout_s=90"]
 STAND_CONFIG = config_mod.load(ROOT / "configs" / "sim_a1_stand.yaml")

@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PERIOD_NS = 20_000_000  # 50 Hz
 FAST = ["--set", "control.rate_hz=50", "--set", "control.action_deadline_ms=15", "--set", "actor.prefill_steps=100",
         "--set", "learner.min_replay_steps=64", "--set", "learner.batch_size=4", "--set", "learner.batch_length=16",
-        "--set", "learner.publish_every_updates=2",
+        "--set", "learner.publish_every_updates=2", "--set", "learner.profile=",   # plumbing only: the tiny default model
         # A session this short can end before a loaded machine has the learner up: the actor waits for its acks.
         "--set", "actor.drain_timeout_s=90"]
 # Drives the wrist_2 link down into the table top, beside the bins.
