@@ -164,14 +164,21 @@ class Actor:
         return self.stats
 
     # ----------------------------------------------------------------------------------------
+    def silence_policy(self) -> tuple[float, bool]:
+        """How long a silent daemon is waited for before this actor acts on it, and whether the episode ends then.
+
+        In real time a silent daemon means the robot stopped: after ``max(1 s, 20 periods)`` the episode
+        ends there. In lockstep the daemon steps only when the action arrives, so a silence is a busy
+        machine and the episode goes on (only the environment ends or splits episodes); just a daemon whose
+        watchdog gave up on this actor (after ``control.watchdog_s``) needs the hello again."""
+        control = self.config.control
+        if control.pacing == "lockstep":
+            return control.watchdog_s + 1.0, False
+        return max(1.0, 20.0 / control.rate_hz), True
+
     def _loop(self, daemon, context, max_bytes) -> None:
         config = self.config
-        period_s = 1.0 / config.control.rate_hz
-        lockstep = config.control.pacing == "lockstep"
-        # In real time a silent daemon means the robot stopped: the episode ends there. In lockstep the daemon
-        # steps only when the action arrives, so a silence is a busy machine and the episode goes on; only a
-        # daemon whose watchdog gave up on this actor (after control.watchdog_s) needs the hello again.
-        silence_s = config.control.watchdog_s + 1.0 if lockstep else max(1.0, 20 * period_s)
+        silence_s, silence_ends_episode = self.silence_policy()
         self.pending: Pending | None = None
         self._zmq = (context, max_bytes)
         self.episode = None
@@ -186,7 +193,7 @@ class Actor:
                 self._subscribe_weights(context, max_bytes)
             if not daemon.poll(50):
                 silent_s = time.monotonic() - last_obs_s
-                if silent_s > silence_s and self.pending is not None and not lockstep:
+                if silent_s > silence_s and self.pending is not None and silence_ends_episode:
                     self.counters["daemon_timeouts"] += 1
                     log.warning("no observation from the daemon for %.1f s: ending the episode", silence_s)
                     self._complete_pending(None, None, force_last=True)

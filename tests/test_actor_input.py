@@ -46,3 +46,14 @@ def test_a_well_formed_observation_passes(actor):
 ])
 def test_a_malformed_observation_is_named(actor, meta_changes, arrays_changes, expected):
     assert expected in actor._obs_problem(obs(meta_changes, arrays_changes))
+
+
+def test_in_lockstep_a_silent_daemon_never_ends_the_episode(tmp_path):
+    """A busy machine can hold the lockstep daemon's next observation for seconds: only the environment ends an
+    episode there; in real time the silence of a stopped robot still does."""
+    realtime = Actor(cfg.load(CONFIG), logdir=str(tmp_path))
+    wait_s, ends = realtime.silence_policy()
+    assert ends and wait_s == pytest.approx(max(1.0, 20 / realtime.config.control.rate_hz))
+    lockstep = Actor(cfg.load(CONFIG, ["control.pacing=lockstep", "control.watchdog_s=3"]), logdir=str(tmp_path))
+    wait_s, ends = lockstep.silence_policy()
+    assert not ends and wait_s > 3.0
