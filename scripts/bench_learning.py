@@ -70,28 +70,61 @@ def episode_success(task: tasks.Task, data: dict) -> bool:
         return False
 
 
-def summarize(curves: list[dict], *, window: int = WINDOW, rate: float = SUCCESS_RATE) -> dict:
-    """Per method: steps to a ``rate`` success rate over ``window`` episodes and the final rolling return,
-    per seed and averaged; plus the ratio SAC / dreamer of the mean steps to that rate."""
+def steps_to_return(steps, returns, threshold: float, *, window: int = WINDOW) -> int | None:
+    """The step at which the mean return of the last ``window`` episodes first reaches ``threshold`` (full
+    windows only); None when it never does."""
+    if len(returns) < window:
+        return None
+    rolling = rolling_mean(returns, window)
+    for index in range(window - 1, len(returns)):
+        if rolling[index] >= threshold:
+            return int(steps[index])
+    return None
+
+
+def _mean_or_none(values: list) -> float | None:
+    return float(np.mean(values)) if values and None not in values else None
+
+
+def summarize(curves: list[dict], *, window: int = WINDOW, rate: float = SUCCESS_RATE,
+              return_threshold: float | None = None) -> dict:
+    """Per method: steps to a ``rate`` success rate over ``window`` episodes (and, with ``return_threshold``, to
+    that rolling return), the final rolling return and success rate, wall time, learner updates and updates per
+    second, per seed and averaged; plus the ratios SAC / dreamer of the mean steps to those thresholds."""
     summary: dict = {}
     for method in dict.fromkeys(curve["method"] for curve in curves):
         runs = [curve for curve in curves if curve["method"] == method]
         reached = [steps_to_rate(c["steps"], c["success"], rate=rate, window=window) for c in runs]
         finals = [float(rolling_mean(c["returns"], window)[-1]) if c["returns"] else None for c in runs]
+        final_success = [float(np.mean(c["success"][-20:])) if c["success"] else None for c in runs]
         known = [value for value in finals if value is not None]
-        summary[method] = {
+        entry = {
             "seeds": [c["seed"] for c in runs],
             "episodes": [len(c["returns"]) for c in runs],
             "steps_to_90": reached,
-            "steps_to_90_mean": float(np.mean(reached)) if reached and None not in reached else None,
+            "steps_to_90_mean": _mean_or_none(reached),
             "final_return": finals,
             "final_return_mean": float(np.mean(known)) if known else None,
+            "final_success_rate_last20": final_success,
+            "wall_s": [c.get("wall_s") for c in runs],
+            "updates": [c.get("updates") for c in runs],
+            "updates_per_s": [c.get("updates_per_s") for c in runs],
         }
+        if return_threshold is not None:
+            to_return = [steps_to_return(c["steps"], c["returns"], return_threshold, window=window) for c in runs]
+            entry["steps_to_return"] = to_return
+            entry["steps_to_return_mean"] = _mean_or_none(to_return)
+        summary[method] = entry
     sac, dreamer = summary.get("sac", {}), summary.get("dreamer", {})
     ratio = None
     if sac.get("steps_to_90_mean") and dreamer.get("steps_to_90_mean"):
         ratio = sac["steps_to_90_mean"] / dreamer["steps_to_90_mean"]
     summary["sac_over_dreamer_steps_to_90"] = ratio
+    if return_threshold is not None:
+        summary["return_threshold"] = return_threshold
+        summary["sac_over_dreamer_steps_to_return"] = (
+            sac["steps_to_return_mean"] / dreamer["steps_to_return_mean"]
+            if sac.get("steps_to_return_mean") and dreamer.get("steps_to_return_mean") else None)
     summary["window_episodes"] = window
     summary["success_rate"] = rate
     return summary
@@ -107,8 +140,15 @@ def format_summary(summary: dict) -> str:
         lines.append(f"{method}: steps to {summary['success_rate']:.0%} success (rolling {summary['window_episodes']}) "
                      f"per seed {entry['steps_to_90']}, final rolling return "
                      f"{'n/a' if final is None else f'{final:.3f}'} over {entry['episodes']} episodes")
+        if "steps_to_return" in entry:
+            lines.append(f"{method}: steps to a rolling return of {summary['return_threshold']:g} per seed "
+                         f"{entry['steps_to_return']}; wall {entry['wall_s']} s, updates {entry['updates']}")
     ratio = summary.get("sac_over_dreamer_steps_to_90")
     lines.append(f"SAC/dreamer steps to {summary['success_rate']:.0%}: {'n/a' if ratio is None else f'{ratio:.2f}'}")
+    if "return_threshold" in summary:
+        ratio = summary["sac_over_dreamer_steps_to_return"]
+        lines.append(f"SAC/dreamer steps to a return of {summary['return_threshold']:g}: "
+                     f"{'n/a' if ratio is None else f'{ratio:.2f}'}")
     return "\n".join(lines)
 
 
@@ -179,9 +219,14 @@ def run_dreamer(config_path: str, overrides: list[str], seed: int, steps: int, l
     task = task_factory(seed)
     episodes = finished_episodes(logdir, lambda data: episode_success(task, data)) \
         if (logdir / "episodes").is_dir() else []
+    try:
+        updates = int(json.loads((logdir / "summary.json").read_text()).get("learner_updates") or 0)
+    except (OSError, ValueError):
+        updates = None
     return {"method": "dreamer", "seed": seed, "steps": [e["end_step"] for e in episodes],
             "returns": [e["return"] for e in episodes], "success": [e["success"] for e in episodes],
             "policy_versions": [e["policy_version"] for e in episodes], "wall_s": round(wall_s, 1),
+            "updates": updates, "updates_per_s": round(updates / wall_s, 2) if updates and wall_s > 0 else None,
             "logdir": str(logdir) if keep else None, "exit_code": code}
 
 
@@ -248,6 +293,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--logdir", default=None, help="where the stack's sessions go (default: a temporary directory)")
     parser.add_argument("--sac-learning-starts", type=int, default=None,
                         help="random steps before SAC learns (default: the config's actor.prefill_steps)")
+    parser.add_argument("--return-threshold", type=float, default=None, metavar="R",
+                        help="also report the steps to a rolling return of R (e.g. -250 for Pendulum-v1)")
     parser.add_argument("--sac-buffer", type=int, default=100_000, help="SAC replay capacity (capped at --steps)")
     args = parser.parse_args(argv)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -298,7 +345,8 @@ def main(argv: list[str] | None = None) -> int:
                         return 2
                 curves.append(curve)
     result = {"task": config.task.name, "config": str(args.config), "overrides": args.overrides,
-              "steps": args.steps, "curves": curves, "summary": summarize(curves)}
+              "steps": args.steps, "curves": curves,
+              "summary": summarize(curves, return_threshold=args.return_threshold)}
     if reference:
         result["reference"] = args.reference
     out.write_text(json.dumps(result, indent=2) + "\n")

@@ -46,6 +46,12 @@ def test_steps_to_90_percent_and_the_summary_on_hand_made_curves():
     summary = bench_learning.summarize(curves[:2])
     assert summary["sac_over_dreamer_steps_to_90"] == pytest.approx(2.0)
     assert "SAC/dreamer steps to 90%: 2.00" in bench_learning.format_summary(summary)
+    # Steps to a rolling return: dreamer's returns 0..29 reach a mean of 10 over 10 episodes at episode 15.
+    summary = bench_learning.summarize(curves[:2], return_threshold=10.0)
+    assert summary["dreamer"]["steps_to_return"] == [1600] and summary["sac"]["steps_to_return"] == [None]
+    assert summary["sac_over_dreamer_steps_to_return"] is None
+    assert bench_learning.steps_to_return(steps, [0.0] * 5 + [20.0] * 25, 10.0) == 1000
+    assert "steps to a rolling return of 10" in bench_learning.format_summary(summary)
 
 
 def test_episode_success_is_the_recorded_success_of_the_last_step():
