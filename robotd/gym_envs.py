@@ -9,7 +9,7 @@ whose every device is a simulated driver are accepted.
     import robotd.gym_envs                       # registers the robotd/ ids (see below)
     env = gymnasium.make("robotd/SimUR5Reach-v0", overrides=["task.args.target_in_obs=true"])
 
-Registered ids (``register_envs``): robotd/SimUR5Reach-v0, robotd/SimUR5PickPlace-v0,
+Registered ids (``register_envs``): robotd/SimUR5Reach-v0, robotd/SimUR5ReachState-v0, robotd/SimUR5PickPlace-v0,
 robotd/SimA1Stand-v0 and robotd/SimA1Walk-v0, each on its config in the repository's configs/.
 The package declares ``register_envs`` under the "gymnasium.envs" entry points, which
 Gymnasium 0.26-0.29 load when it is imported; Gymnasium 1.x no longer loads plugins, so there
@@ -44,6 +44,7 @@ CONFIG_DIR = Path(robotd.__file__).resolve().parents[1] / "configs"
 
 ENV_CONFIGS = {
     "robotd/SimUR5Reach-v0": "sim_ur5_reach.yaml",
+    "robotd/SimUR5ReachState-v0": "sim_ur5_reach_state.yaml",
     "robotd/SimUR5PickPlace-v0": "sim_ur5_pick_place.yaml",
     "robotd/SimA1Stand-v0": "sim_a1_stand.yaml",
     "robotd/SimA1Walk-v0": "sim_a1_walk.yaml",

@@ -55,9 +55,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--sync", type=int, default=1, help="updates between policy weight copies")
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--env-kwargs", type=json.loads, default={}, help="JSON keyword arguments of gymnasium.make")
     args = parser.parse_args(argv)
 
     import gymnasium as gym
+
+    import robotd.gym_envs  # noqa: F401 - registers the robotd/ ids
 
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
@@ -66,11 +69,21 @@ def main(argv: list[str] | None = None) -> int:
         key, _, value = item.partition("=")
         overrides[key] = parse_value(value)
     config = dataclasses.replace(preset(args.preset), **overrides)
-    env = gym.make(args.env_id)
-    obs_dim = int(np.prod(env.observation_space.shape))
+    env = gym.make(args.env_id, **args.env_kwargs)
+    space = env.observation_space
+    if isinstance(space, gym.spaces.Dict):
+        obs_spec = {key: ((int(np.prod(sub.shape)),), "<f4") for key, sub in space.spaces.items()}
+    else:
+        obs_spec = {"state": ((int(np.prod(space.shape)),), "<f4")}
+
+    def observe(raw) -> dict[str, np.ndarray]:
+        if isinstance(raw, dict):
+            return {key: np.asarray(raw[key], np.float32).reshape(-1) for key in obs_spec}
+        return {"state": np.asarray(raw, np.float32).reshape(-1)}
+
     low, high = env.action_space.low, env.action_space.high
     action_dim = int(np.prod(env.action_space.shape))
-    obs_spec = {"state": ((obs_dim,), "<f4")}
+    successes = []
     agent = Dreamer(obs_spec, action_dim, config)
     policy = Policy(obs_spec, action_dim, config)
     policy.load(agent.policy_state_dict())
@@ -78,23 +91,23 @@ def main(argv: list[str] | None = None) -> int:
     rng = np.random.default_rng(args.seed)
 
     returns, lengths, end_steps, updates_at, metrics_log = [], [], [], [], []
-    chunk: dict[str, list] = {k: [] for k in ("state", "action", "reward", "is_first", "is_last", "is_terminal")}
+    chunk: dict[str, list] = {k: [] for k in (*obs_spec, "action", "reward", "is_first", "is_last", "is_terminal")}
     stream_step = 0
     obs, _ = env.reset(seed=args.seed)
     reward, first, episode_return, episode_length = 0.0, True, 0.0, 0
     replayed = 0.0
     t0 = time.monotonic()
     for step in range(args.steps):
-        state = np.asarray(obs, np.float32).reshape(-1)
+        state = observe(obs)
         if step < args.prefill:
             action = rng.uniform(-1, 1, action_dim).astype(np.float32)
-            policy.act({"state": state}, first)
+            policy.act(state, first)
         else:
-            action = policy.act({"state": state}, first)
+            action = policy.act(state, first)
         env_action = low + (action + 1.0) * 0.5 * (high - low)
-        next_obs, next_reward, terminated, truncated, _ = env.step(env_action)
+        next_obs, next_reward, terminated, truncated, info = env.step(env_action)
         last = terminated or truncated
-        for key, value in (("state", state), ("action", action), ("reward", np.float32(reward)),
+        for key, value in (*state.items(), ("action", action), ("reward", np.float32(reward)),
                            ("is_first", first), ("is_last", False), ("is_terminal", False)):
             chunk[key].append(value)
         episode_return += float(next_reward)
@@ -102,8 +115,9 @@ def main(argv: list[str] | None = None) -> int:
         reward, first, obs = float(next_reward), False, next_obs
         if last:
             # The final observation, with the last reward, closes the episode.
-            state = np.asarray(obs, np.float32).reshape(-1)
-            for key, value in (("state", state), ("action", np.zeros(action_dim, np.float32)),
+            state = observe(obs)
+            successes.append(bool(info.get("is_success", False)))
+            for key, value in (*state.items(), ("action", np.zeros(action_dim, np.float32)),
                                ("reward", np.float32(reward)), ("is_first", False), ("is_last", True),
                                ("is_terminal", bool(terminated))):
                 chunk[key].append(value)
@@ -117,7 +131,8 @@ def main(argv: list[str] | None = None) -> int:
             updates_at.append(agent.updates)
             recent = metrics_log[-1] if metrics_log else {}
             shown = " ".join(f"{key.split('/')[-1]} {recent[key]:.3g}" for key in WATCHED if key in recent)
-            print(f"step {step + 1:6d}  return {episode_return:9.2f}  updates {agent.updates:5d}  "
+            print(f"step {step + 1:6d}  return {episode_return:9.2f} {'S' if successes[-1] else ' '} "
+                  f"updates {agent.updates:5d}  "
                   f"{time.monotonic() - t0:6.0f} s  {shown}", flush=True)
             obs, _ = env.reset(seed=args.seed * 100003 + len(returns))
             reward, first, episode_return, episode_length = 0.0, True, 0.0, 0
@@ -137,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
                                         **{k: round(float(v), 5) for k, v in metrics.items()}})
     wall = time.monotonic() - t0
     result = {"env": args.env_id, "steps": args.steps, "seed": args.seed, "returns": returns, "lengths": lengths,
-              "end_steps": end_steps, "updates_at": updates_at, "updates": agent.updates, "wall_s": wall,
+              "end_steps": end_steps, "success": successes, "updates_at": updates_at, "updates": agent.updates, "wall_s": wall,
               "settings": {"preset": args.preset, "overrides": overrides, "batch": args.batch,
                            "length": args.length, "ratio": args.ratio, "prefill": args.prefill,
                            "threads": args.threads},

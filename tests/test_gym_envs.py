@@ -162,7 +162,8 @@ def test_an_out_of_range_action_is_clipped_by_the_daemons_safety_layer(reach):
     assert np.all(np.abs(env.io.prev_action) <= 1.0)
 
 
-@pytest.mark.parametrize("env_id", ["robotd/SimA1Stand-v0", "robotd/SimA1Walk-v0", "robotd/SimUR5PickPlace-v0"])
+@pytest.mark.parametrize("env_id", ["robotd/SimA1Stand-v0", "robotd/SimA1Walk-v0", "robotd/SimUR5PickPlace-v0",
+                                    "robotd/SimUR5ReachState-v0"])
 def test_the_other_simulated_tasks_step_when_their_configs_exist(env_id):
     _mujoco()
     path = gym_envs.CONFIG_DIR / ENV_CONFIGS[env_id]
