@@ -175,8 +175,8 @@ _SIZES = {
     "200m": (8192, 1024, 64, 64, 1024),
     "400m": (12288, 1536, 96, 96, 1536),
 }
-SMALL = dict(deter=256, hidden=128, stoch=16, classes=16, blocks=8, units=128, layers=2, cnn_depth=16, lr=1e-4,
-             warmup=100)
+SMALL = dict(deter=256, hidden=128, stoch=16, classes=16, blocks=8, units=128, layers=2, cnn_depth=16, lr=3e-4,
+             warmup=1)
 """The small-compute preset (learner.profile small_cpu): sizes, learning rate and warm-up chosen from the measured
 sweep in benchmarks/small_cpu/ so that simulated tasks learn in minutes on a 2-core CPU."""
 

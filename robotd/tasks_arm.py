@@ -43,14 +43,16 @@ class UR5Reach(Task):
     each robot reset and renders it as a sphere) or, for a real robot with a physical marker, the fixed
     ``target_m``. Reward per step: ``-reward_scale * ||tcp_pos - target||`` (metres), plus ``success_bonus`` while the
     distance is below ``success_radius_m`` (which is also ``is_success``). With ``target_in_obs`` the
-    target is also given as the vector observation ``target_pos`` (for state-based baselines); by
-    default the policy has to find it in the image. ``terminate_on_success`` ends the episode on
+    target is also given as the vector observation ``target_pos`` (for state-based baselines), with
+    ``target_offset_in_obs`` the vector from the tool to the target as ``target_offset``; by default
+    the policy has to find it in the image. ``terminate_on_success`` ends the episode on
     success; otherwise only the time limit does. Every episode end asks for a robot reset.
     """
 
     reset_request = True
 
-    def __init__(self, *, target_in_obs: bool = False, success_radius_m: float = 0.05, success_bonus: float = 0.0,
+    def __init__(self, *, target_in_obs: bool = False, target_offset_in_obs: bool = False,
+                 success_radius_m: float = 0.05, success_bonus: float = 0.0,
                  reward_scale: float = 1.0,
                  terminate_on_success: bool = False, target_m=None, **kwargs):
         super().__init__(**kwargs)
@@ -70,6 +72,7 @@ class UR5Reach(Task):
                                  f"(x, y, z in metres, base frame): set e.g. target_m: [0.4, 0.0, 0.3]")
             target_m = fixed.astype(np.float32)
         self.target_in_obs = bool(target_in_obs)
+        self.target_offset_in_obs = bool(target_offset_in_obs)
         self.success_radius_m = float(success_radius_m)
         self.success_bonus = float(success_bonus)
         if not isinstance(reward_scale, (int, float)) or not np.isfinite(reward_scale) or reward_scale <= 0:
@@ -88,6 +91,8 @@ class UR5Reach(Task):
         spec = _arm_proprio_spec(self.name, robot_spec, need_gripper=False)
         if self.target_in_obs:
             spec["target_pos"] = ((3,), "float32")
+        if self.target_offset_in_obs:
+            spec["target_offset"] = ((3,), "float32")
         return spec
 
     def proprio(self, robot_values):
@@ -95,6 +100,8 @@ class UR5Reach(Task):
         obs = _arm_proprio(robot_values)
         if self.target_in_obs:
             obs["target_pos"] = self._target(robot_values)
+        if self.target_offset_in_obs:
+            obs["target_offset"] = (self._target(robot_values) - np.asarray(obs["tcp_pos"], np.float32)).astype(np.float32)
         return obs
 
     def _target(self, values: dict[str, np.ndarray]) -> np.ndarray:

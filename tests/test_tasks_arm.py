@@ -85,6 +85,16 @@ def test_reach_spec_shows_the_target_only_with_target_in_obs():
     assert {key: (value.shape, value.dtype.name) for key, value in obs.items()} == shown
 
 
+def test_reach_can_show_the_vector_from_the_tool_to_the_target():
+    reading_spec = {"arm": {**ARM, **GRIPPER, **REACH_SCENE}, "camera": IMAGE_SPEC}
+    task = make("ur5_reach", target_offset_in_obs=True)
+    spec = task.observation_spec(reading_spec)
+    assert spec == {**IMAGE_SPEC, **PROPRIO, **GRIPPER, "target_offset": ((3,), "float32")}
+    obs = task.observe(arm_readings((0.1, 0.0, 0.2), scene_target_pos=(0.5, -0.2, 0.3)))
+    np.testing.assert_allclose(obs["target_offset"], [0.4, -0.2, 0.1], atol=1e-6)
+    assert {key: (value.shape, value.dtype.name) for key, value in obs.items()} == spec
+
+
 def test_reach_without_a_gripper_has_no_gripper_observation():
     spec = make("ur5_reach").observation_spec({"arm": {**ARM, **REACH_SCENE}, "camera": IMAGE_SPEC})
     assert spec == {**IMAGE_SPEC, **PROPRIO}
