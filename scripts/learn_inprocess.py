@@ -97,6 +97,18 @@ def main(argv: list[str] | None = None) -> int:
     reward, first, episode_return, episode_length = 0.0, True, 0.0, 0
     replayed = 0.0
     t0 = time.monotonic()
+
+    def write(complete: bool) -> None:
+        """The curve so far as JSON (rewritten every few episodes, so a stopped run keeps what it learned)."""
+        result = {"env": args.env_id, "steps": args.steps, "seed": args.seed, "complete": complete,
+                  "returns": returns, "lengths": lengths, "end_steps": end_steps, "success": successes,
+                  "updates_at": updates_at, "updates": agent.updates, "wall_s": time.monotonic() - t0,
+                  "settings": {"preset": args.preset, "overrides": overrides, "batch": args.batch,
+                               "length": args.length, "ratio": args.ratio, "prefill": args.prefill,
+                               "threads": args.threads},
+                  "metrics": metrics_log}
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result))
     for step in range(args.steps):
         state = observe(obs)
         if step < args.prefill:
@@ -134,6 +146,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"step {step + 1:6d}  return {episode_return:9.2f} {'S' if successes[-1] else ' '} "
                   f"updates {agent.updates:5d}  "
                   f"{time.monotonic() - t0:6.0f} s  {shown}", flush=True)
+            if len(returns) % 5 == 0:
+                write(complete=False)
             obs, _ = env.reset(seed=args.seed * 100003 + len(returns))
             reward, first, episode_return, episode_length = 0.0, True, 0.0, 0
         if step + 1 >= args.prefill and replay.can_sample(args.length):
@@ -150,17 +164,9 @@ def main(argv: list[str] | None = None) -> int:
                 if agent.updates % 25 == 0:
                     metrics_log.append({"update": agent.updates, "step": step + 1,
                                         **{k: round(float(v), 5) for k, v in metrics.items()}})
-    wall = time.monotonic() - t0
-    result = {"env": args.env_id, "steps": args.steps, "seed": args.seed, "returns": returns, "lengths": lengths,
-              "end_steps": end_steps, "success": successes, "updates_at": updates_at, "updates": agent.updates, "wall_s": wall,
-              "settings": {"preset": args.preset, "overrides": overrides, "batch": args.batch,
-                           "length": args.length, "ratio": args.ratio, "prefill": args.prefill,
-                           "threads": args.threads},
-              "metrics": metrics_log}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result))
+    write(complete=True)
     last10 = float(np.mean(returns[-10:])) if returns else float("nan")
-    print(f"done: {agent.updates} updates in {wall:.0f} s; mean of last 10 returns {last10:.1f}")
+    print(f"done: {agent.updates} updates in {time.monotonic() - t0:.0f} s; mean of last 10 returns {last10:.1f}")
     return 0
 
 
