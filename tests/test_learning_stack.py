@@ -45,8 +45,8 @@ def scripted_return(episodes: int = 40) -> float:
 
 
 # In the slow set: the processes' timing (when weights reach the actor, which batches the prefetcher holds) makes
-# runs with the same seed differ, and at this budget one of two runs measured ended worse than random (-33% of the
-# gap against 67%). The in-process learning test (tests/test_learning.py) is the default suite's guard.
+# runs with the same seed differ, and at this budget one of three runs measured ended worse than random (67%, -33%
+# and 50% of the gap closed). The in-process learning test (tests/test_learning.py) is the default suite's guard.
 @pytest.mark.slow
 def test_the_stack_learns_point_reach(tmp_path):
     config = tmp_path / "point.yaml"
@@ -74,4 +74,4 @@ def test_the_stack_learns_point_reach(tmp_path):
     print(f"PointReach through the stack: random {random_mean:.1f}, last 10 learned {last_mean:.1f}, scripted "
           f"{best:.1f}: {closed:.0%} of the gap closed; {summary['learner_updates']} updates in "
           f"{summary['wall_s']:.0f} s")
-    assert closed >= 0.4          # 0.67 and -0.33 measured (seed 0, 803 updates, 91-130 s on two cores)
+    assert closed >= 0.4          # 0.67, -0.33 and 0.50 measured (seed 0, 803 updates, 91-130 s on two cores)
