@@ -56,6 +56,7 @@ from learner.networks import (
     split_obs_spec,
 )
 from learner.optim import LaProp
+from robotd.steps import CONTEXT_KEYS as REPLAY_CONTEXT_KEYS
 
 __all__ = ["Dreamer", "ModelConfig", "ObsSpec", "PRESETS", "Policy", "WorldModel", "preset"]
 
@@ -64,8 +65,9 @@ log = logging.getLogger("learner.dreamer")
 BATCH_KEYS = ("action", "reward", "is_first", "is_last", "is_terminal")
 """Non-observation keys of a training batch; observation keys may not use these names."""
 
-CONTEXT_KEYS = ("context_deter", "context_stoch", "context_action", "context_valid")
-"""Optional replay-context keys of a training batch (see ``ModelConfig.replay_context``); reserved too."""
+CONTEXT_KEYS = tuple(key for key in REPLAY_CONTEXT_KEYS if key.startswith("context_"))
+"""Optional replay-context keys of a training batch (see ``ModelConfig.replay_context``); reserved too. The replay's
+own list (``robotd.steps.CONTEXT_KEYS``) also carries ``replay_keys``, which only the write-back reads."""
 
 PRECISIONS = ("auto", "float32", "bfloat16")
 COMPILE_CHOICES = ("auto", "on", "off")

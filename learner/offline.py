@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 import time
 from pathlib import Path
@@ -29,7 +28,7 @@ import torch
 from learner.replay import ReplayBuffer
 from learner.trainer import CHECKPOINT_FILE, Trainer, read_checkpoint, resolve_device
 from robotd import cli, session, steps
-from robotd.config import Config, save
+from robotd.config import Config, available_cores, save
 from robotd.episodes import read_episode
 from robotd.metrics import MetricsWriter
 from robotd.quality import quality_flags
@@ -150,7 +149,7 @@ def run(config: Config, logdirs: list[str], *, updates: int, out: str, init: str
     root = session.prepare(out)
     save(config, root / session.CONFIG)
     # Nothing else runs beside offline training: auto (0) takes every core.
-    torch.set_num_threads(learner.threads or max(1, len(os.sched_getaffinity(0))))
+    torch.set_num_threads(learner.threads or available_cores())
     device = resolve_device(device or learner.device)
     init_state = None
     if init:

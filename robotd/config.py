@@ -211,7 +211,7 @@ class Config:
         if self.learner.threads > 0:
             return self.learner.threads
         if self.control.pacing == "lockstep" and self.learner.train_ratio > 0:
-            return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+            return available_cores()
         return 1
 
     def to_dict(self) -> dict:
@@ -223,6 +223,13 @@ class Config:
         keyed = {k: self.to_dict()[k] for k in ("robot", "cameras", "task")}
         keyed["model"] = dataclasses.asdict(self.learner.model)
         return hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def available_cores() -> int:
+    """The CPU cores this process may run on (its affinity where the platform tells it)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
 
 
 def _type_name(tp) -> str:

@@ -116,6 +116,19 @@ def rolling_mean(values, window: int) -> np.ndarray:
     return (sums[index] - sums[start]) / (index - start)
 
 
+def steps_to_return(steps, returns, threshold: float, *, window: int = 10) -> int | None:
+    """The step at which the mean return of the last ``window`` episodes first reaches ``threshold``.
+
+    Only full windows count; None when it never does."""
+    if len(returns) < window:
+        return None
+    rolling = rolling_mean(returns, window)
+    for index in range(window - 1, len(returns)):
+        if rolling[index] >= threshold:
+            return int(steps[index])
+    return None
+
+
 def steps_to_rate(steps, success, *, rate: float = 0.9, window: int = 10) -> int | None:
     """The step at which the success rate over the last ``window`` episodes first reaches ``rate``.
 

@@ -47,7 +47,7 @@ sys.path.insert(0, str(ROOT))
 from robotd import config as config_module  # noqa: E402
 from robotd import steps as step_keys  # noqa: E402
 from robotd import tasks  # noqa: E402
-from robotd.curves import finished_episodes, rolling_mean, run_session, steps_to_rate  # noqa: E402
+from robotd.curves import finished_episodes, rolling_mean, run_session, steps_to_rate, steps_to_return  # noqa: E402,F401
 
 METHODS = ("dreamer", "sac")
 WINDOW = 10
@@ -68,18 +68,6 @@ def episode_success(task: tasks.Task, data: dict) -> bool:
         return bool(task.is_success(obs))
     except (KeyError, ValueError):
         return False
-
-
-def steps_to_return(steps, returns, threshold: float, *, window: int = WINDOW) -> int | None:
-    """The step at which the mean return of the last ``window`` episodes first reaches ``threshold`` (full
-    windows only); None when it never does."""
-    if len(returns) < window:
-        return None
-    rolling = rolling_mean(returns, window)
-    for index in range(window - 1, len(returns)):
-        if rolling[index] >= threshold:
-            return int(steps[index])
-    return None
 
 
 def _mean_or_none(values: list) -> float | None:

@@ -23,22 +23,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from robotd.curves import rolling_mean  # noqa: E402
+from robotd.curves import rolling_mean, steps_to_return  # noqa: E402
 
 
 def curve_of(data: dict) -> tuple[list[int], list[float]]:
     steps = data.get("end_steps") or data.get("steps") or []
     return [int(s) for s in steps], [float(r) for r in data.get("returns", [])]
-
-
-def steps_to(steps: list[int], returns: list[float], threshold: float, window: int) -> int | None:
-    if len(returns) < window:
-        return None
-    rolling = rolling_mean(returns, window)
-    for index in range(window - 1, len(returns)):
-        if rolling[index] >= threshold:
-            return steps[index]
-    return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -64,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
             entries.append({
                 "file": filename, "seed": data.get("seed"), "episodes": len(returns),
                 "final_rolling_return": float(rolling_mean(returns, args.window)[-1]) if returns else None,
-                "steps_to_threshold": steps_to(steps, returns, args.threshold, args.window),
+                "steps_to_threshold": steps_to_return(steps, returns, args.threshold, window=args.window),
                 "updates": data.get("updates", data.get("learner_updates")),
                 "wall_s": data.get("wall_s", data.get("wall_clock_s")),
                 "steps": steps, "returns": returns,
