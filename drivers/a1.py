@@ -42,6 +42,7 @@ from __future__ import annotations
 import collections
 import ipaddress
 import math
+import os
 import select
 import socket
 import threading
@@ -79,6 +80,14 @@ JOINT_LIMITS_RAD = np.tile(np.array([[-0.802851, 0.802851], [-1.0472, 4.18879], 
 TORQUE_LIMIT_NM = 33.5
 STAND_KP = 60.0
 STAND_KD = 2.0
+
+
+def _under_fifo() -> bool:
+    """Whether the calling thread runs under SCHED_FIFO (the kernel then wakes it on time without spinning)."""
+    try:
+        return os.sched_getscheduler(0) == os.SCHED_FIFO
+    except (AttributeError, OSError):
+        return False
 
 
 def unwrap_tick(last_ms: int | None, tick: int) -> int:
@@ -152,7 +161,9 @@ class A1(Legged):
         foot_contact_threshold is in the robot's footForce units (newtons on the fake; calibrate on
         the robot). stand_kp/stand_kd are the gains reset() stands up and holds with (at most
         kp_max/kd_max). spin_s is how
-        long before each tick the loop stops sleeping and polls the clock (at most half a period).
+        long before each tick the loop stops sleeping and polls the clock (at most half a period); a loop
+        running under SCHED_FIFO never polls (the kernel wakes it on time, and a spinning FIFO thread
+        would starve every other thread on its core).
         """
         if not isinstance(name, str) or not name:
             raise ValueError(f"A1: name must be a non-empty string, got {name!r}; pass e.g. name='legs'")
@@ -526,7 +537,7 @@ class A1(Legged):
 
     def _run(self) -> None:
         period = self.period_ns
-        spin_ns = round(self.spin_s * _NS_PER_S)
+        spin_ns = 0 if _under_fifo() else round(self.spin_s * _NS_PER_S)   # a spinning FIFO thread starves the rest
         late_ns = period // 2
         sock = self._socket
         use_select = True

@@ -2,7 +2,8 @@
 
 It binds a UDP socket on a loopback address and answers every well-formed LowCmd with one LowState,
 as the robot does: the physics runs on the wall clock (whole 1 ms steps up to the moment the
-command arrives), the command is latched, and the state after it is sent back to the sender,
+command arrives, at most 20 of them per command, so a fake starved of CPU slows its world down
+rather than its replies), the command is latched, and the state after it is sent back to the sender,
 with the robot's millisecond ``tick`` since start. A motor whose q is the "do not use" PosStopF
 (or whose dq is VelStopF) gets no position (or velocity) term, as on the robot; a slot in idle
 mode gets no torque at all. Datagrams of the wrong size, with a bad CRC or not in low-level mode
@@ -36,6 +37,7 @@ from drivers.realism import check_loopback
 
 _NS_PER_S = 1_000_000_000
 COMMAND_HISTORY = 2048  # commands kept in FakeA1.commands (about 4 s at 500 Hz)
+MAX_CATCH_UP_STEPS = 20  # physics steps (1 ms each) one command may catch up; a starved fake runs slower beyond it
 
 
 def rpy_to_quaternion(rpy) -> np.ndarray:
@@ -68,7 +70,7 @@ class FakeA1:
         self._socket.bind((host, port))
         self._socket.settimeout(0.05)
         self.address = self._socket.getsockname()
-        self.counters = {"commands": 0, "states": 0, "malformed": 0, "unanswered": 0}
+        self.counters = {"commands": 0, "states": 0, "malformed": 0, "unanswered": 0, "physics_skipped_ms": 0}
         self.last_command: dict | None = None
         self.commands: collections.deque = collections.deque(maxlen=COMMAND_HISTORY)
         self._silent = False
@@ -132,12 +134,19 @@ class FakeA1:
 
     # ----------------------------------------------------------------------------------------
     def _advance(self) -> None:
-        """Step the physics in whole steps up to now (never backwards)."""
+        """Step the physics in whole steps up to now (never backwards), at most MAX_CATCH_UP_STEPS per command.
+
+        A fake starved of CPU (a Python thread on a busy machine) would otherwise fall into a spiral: the longer
+        it waits, the more physics the next command must catch up, the later its reply. Beyond the cap the
+        world runs in slow motion instead (counted in ``counters["physics_skipped_ms"]``), and every command
+        is answered promptly, as the robot's own controller would."""
         elapsed = time.monotonic_ns() - self._t0_ns
         n = (elapsed - self._sim_ns) // self._step_ns
         if n > 0:
-            self.sim.step(int(n))
+            stepped = min(int(n), MAX_CATCH_UP_STEPS)
+            self.sim.step(stepped)
             self._sim_ns += int(n) * self._step_ns
+            self.counters["physics_skipped_ms"] += (int(n) - stepped) * self._step_ns // 1_000_000
 
     def _apply(self, command: dict) -> None:
         """Latch a decoded command on the simulated motors, with the robot's "do not use" rules."""
