@@ -73,7 +73,7 @@ def cmd_daemon(args) -> int:
 
 # Subcommands that are programs of their own (python -m MODULE): robotd never imports the actor or learner.
 PROGRAMS = {"actor": "actor", "learner": "learner", "replay": "learner.offline", "inspect": "learner.inspect",
-            "export": "robotd.export"}
+            "eval": "learner.evaluate", "export": "robotd.export"}
 
 
 def _exec_module(module: str, argv: list[str]) -> int:
@@ -148,6 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("replay", help="train a learner offline from recorded sessions; robotd replay --help")
     sub.add_parser("inspect", help="a recorded session's episodes, plots, videos and an HTML report; "
                                    "robotd inspect --help")
+    sub.add_parser("eval", help="a simulated session's policy on fixed episodes beside a random policy; "
+                                "robotd eval --help")
     sub.add_parser("export", help="export recorded episodes to another format (LeRobot); robotd export --help")
     keys = sub.add_parser("keys", help="make CurveZMQ keys for a learner and its actors")
     keys.add_argument("keys_dir", help="directory for the keys (made if missing)")

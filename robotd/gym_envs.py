@@ -77,35 +77,38 @@ def config_path(env_id: str) -> Path:
 class PointReach(gymnasium.Env):
     """A point in the plane that must move to a target and stay there: the smallest task that shows learning.
 
-    Observation: ``concat(position, target)`` (4 floats in [-1, 1]); an action in [-1, 1]^2 moves the
-    point by ``speed`` times it (kept inside the square); reward ``-||position - target||`` on
+    Observation: ``concat(position, target)`` (2 x ``dim`` floats in [-1, 1]); an action in [-1, 1]^dim
+    moves the point by ``speed`` times it (kept inside the box); reward ``-||position - target||`` on
     arriving; ``length`` steps per episode (a time limit, never terminal); ``info["is_success"]``
-    within ``success_radius``. A uniform-random policy scores about -20 per 30-step episode, going
-    straight to the target and staying about -4. Registered as ``robotd/PointReach-v0``; the test suite
-    learns it through the whole stack."""
+    within ``success_radius``. In the plane (``dim`` 2, the default) a uniform-random policy scores
+    about -20 per 30-step episode, going straight to the target and staying about -4. Registered as
+    ``robotd/PointReach-v0``; the test suite learns it (on a line, ``dim`` 1) through the whole stack."""
 
     metadata = {"render_modes": []}
 
-    def __init__(self, length: int = 30, speed: float = 0.2, success_radius: float = 0.1) -> None:
+    def __init__(self, length: int = 30, speed: float = 0.2, success_radius: float = 0.1, dim: int = 2) -> None:
+        if not isinstance(dim, int) or not 1 <= dim <= 8:
+            raise ValueError(f"PointReach: dim must be an integer in [1, 8], got {dim!r}; use e.g. dim=2")
         self.length, self.speed, self.success_radius = int(length), float(speed), float(success_radius)
-        self.observation_space = spaces.Box(-1.0, 1.0, (4,), np.float32)
-        self.action_space = spaces.Box(-1.0, 1.0, (2,), np.float32)
+        self.dim = dim
+        self.observation_space = spaces.Box(-1.0, 1.0, (2 * dim,), np.float32)
+        self.action_space = spaces.Box(-1.0, 1.0, (dim,), np.float32)
         self._rng = np.random.default_rng(0)
-        self.position = np.zeros(2)
-        self.target = np.zeros(2)
+        self.position = np.zeros(dim)
+        self.target = np.zeros(dim)
         self.steps = 0
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
         if seed is not None:
             self._rng = np.random.default_rng(seed)
-        self.position = self._rng.uniform(-1.0, 1.0, 2)
-        self.target = self._rng.uniform(-1.0, 1.0, 2)
+        self.position = self._rng.uniform(-1.0, 1.0, self.dim)
+        self.target = self._rng.uniform(-1.0, 1.0, self.dim)
         self.steps = 0
         return self._obs(), {"is_success": self._distance() < self.success_radius}
 
     def step(self, action):
-        action = np.clip(np.nan_to_num(np.asarray(action, np.float64).reshape(2)), -1.0, 1.0)
+        action = np.clip(np.nan_to_num(np.asarray(action, np.float64).reshape(self.dim)), -1.0, 1.0)
         self.position = np.clip(self.position + self.speed * action, -1.0, 1.0)
         self.steps += 1
         distance = self._distance()
