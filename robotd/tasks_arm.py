@@ -44,8 +44,9 @@ class UR5Reach(Task):
     ``target_m``. Reward per step: ``-reward_scale * ||tcp_pos - target||`` (metres), plus ``success_bonus`` while the
     distance is below ``success_radius_m`` (which is also ``is_success``). With ``target_in_obs`` the
     target is also given as the vector observation ``target_pos`` (for state-based baselines), with
-    ``target_offset_in_obs`` the vector from the tool to the target as ``target_offset``; by default
-    the policy has to find it in the image. ``terminate_on_success`` ends the episode on
+    ``target_offset_in_obs`` the vector from the tool to the target as ``target_offset``, times
+    ``offset_scale`` (10 gives decimetres: a network resolves a 1 cm error as 0.1 more easily than as
+    0.01); by default the policy has to find it in the image. ``terminate_on_success`` ends the episode on
     success; otherwise only the time limit does. Every episode end asks for a robot reset.
     """
 
@@ -53,7 +54,7 @@ class UR5Reach(Task):
 
     def __init__(self, *, target_in_obs: bool = False, target_offset_in_obs: bool = False,
                  success_radius_m: float = 0.05, success_bonus: float = 0.0,
-                 reward_scale: float = 1.0,
+                 reward_scale: float = 1.0, offset_scale: float = 1.0,
                  terminate_on_success: bool = False, target_m=None, **kwargs):
         super().__init__(**kwargs)
         if not isinstance(success_radius_m, (int, float)) or not 0.0 < float(success_radius_m) < np.inf:
@@ -79,6 +80,10 @@ class UR5Reach(Task):
             raise ValueError(f"task 'ur5_reach': reward_scale {reward_scale!r} must be a finite number > 0: "
                              f"set e.g. reward_scale: 10 (reward in -decimetres)")
         self.reward_scale = float(reward_scale)
+        if not isinstance(offset_scale, (int, float)) or not np.isfinite(offset_scale) or offset_scale <= 0:
+            raise ValueError(f"task 'ur5_reach': offset_scale {offset_scale!r} must be a finite number > 0: "
+                             f"set e.g. offset_scale: 10 (target_offset in decimetres)")
+        self.offset_scale = float(offset_scale)
         self.terminate_on_success = bool(terminate_on_success)
         self.target_m: np.ndarray | None = target_m
 
@@ -101,7 +106,8 @@ class UR5Reach(Task):
         if self.target_in_obs:
             obs["target_pos"] = self._target(robot_values)
         if self.target_offset_in_obs:
-            obs["target_offset"] = (self._target(robot_values) - np.asarray(obs["tcp_pos"], np.float32)).astype(np.float32)
+            offset = self._target(robot_values) - np.asarray(obs["tcp_pos"], np.float32)
+            obs["target_offset"] = (self.offset_scale * offset).astype(np.float32)
         return obs
 
     def _target(self, values: dict[str, np.ndarray]) -> np.ndarray:

@@ -15,8 +15,10 @@ from robotd.netutil import free_tcp_ports
 
 def make_config(**overrides):
     (port,) = free_tcp_ports(1)
-    items = [f"network.control=tcp://127.0.0.1:{port}", "control.rate_hz=50", "control.action_deadline_ms=8",
-             "control.watchdog_s=0.3", "control.realtime=off"]
+    # 10 Hz with an 80 ms deadline: an answer sent at once is in time even when a busy machine starves this
+    # process (daemon thread and scripted actor share it) for a while
+    items = [f"network.control=tcp://127.0.0.1:{port}", "control.rate_hz=10", "control.action_deadline_ms=80",
+             "control.watchdog_s=0.5", "control.realtime=off"]
     items += [f"{k}={v}" for k, v in overrides.items()]
     return cfg.load(Path(__file__).resolve().parent.parent / "configs" / "mock_arm.yaml", items)
 
@@ -97,26 +99,21 @@ def test_observation_carries_device_and_host_times_and_reading_ages(running):
     assert obs.arrays["arm/joint_pos"].shape == (6,)
 
 
-def test_an_action_in_time_is_applied_and_reported_back():
-    # 10 Hz with an 80 ms deadline: the answer is in time even when a busy machine starves this process a while
-    running = Running(make_config(**{"control.rate_hz": 10, "control.action_deadline_ms": 80}))
-    try:
-        running.hello()
-        obs = running.next_obs()
-        running.act(obs, np.full(6, 0.5))
-        following = running.next_obs()
-        assert following.meta["prev"]["tick"] == obs.meta["tick"]
-        assert following.meta["prev"]["late"] is False
-        assert following.meta["prev"]["policy_version"] == 3
-        np.testing.assert_allclose(following.arrays["prev_action"], 0.5, atol=1e-5)
-    finally:
-        running.close()
+def test_an_action_in_time_is_applied_and_reported_back(running):
+    running.hello()
+    obs = running.next_obs()
+    running.act(obs, np.full(6, 0.5))
+    following = running.next_obs()
+    assert following.meta["prev"]["tick"] == obs.meta["tick"]
+    assert following.meta["prev"]["late"] is False
+    assert following.meta["prev"]["policy_version"] == 3
+    np.testing.assert_allclose(following.arrays["prev_action"], 0.5, atol=1e-5)
 
 
 def test_a_missed_deadline_applies_the_fallback_and_marks_the_step_late(running):
     running.hello()
     obs = running.next_obs()
-    time.sleep(0.012)                                                     # past the 8 ms deadline
+    time.sleep(0.12)                                                      # past the 80 ms deadline
     running.act(obs, np.ones(6))
     following = running.next_obs()
     assert following.meta["prev"]["late"] is True

@@ -93,6 +93,14 @@ def test_reach_can_show_the_vector_from_the_tool_to_the_target():
     obs = task.observe(arm_readings((0.1, 0.0, 0.2), scene_target_pos=(0.5, -0.2, 0.3)))
     np.testing.assert_allclose(obs["target_offset"], [0.4, -0.2, 0.1], atol=1e-6)
     assert {key: (value.shape, value.dtype.name) for key, value in obs.items()} == spec
+    # in decimetres with offset_scale 10; the reward and success still measure metres
+    scaled = make("ur5_reach", target_offset_in_obs=True, offset_scale=10, success_radius_m=0.05)
+    scaled.observation_spec(reading_spec)
+    obs = scaled.observe(arm_readings((0.48, -0.2, 0.3), scene_target_pos=(0.5, -0.2, 0.3)))
+    np.testing.assert_allclose(obs["target_offset"], [0.2, 0.0, 0.0], atol=1e-5)
+    assert scaled.is_success(obs) and scaled.reward(obs) == pytest.approx(-0.02, abs=1e-5)
+    with pytest.raises(ValueError, match=r"^task 'ur5_reach': offset_scale 0 must be a finite number > 0: set e.g"):
+        make("ur5_reach", target_offset_in_obs=True, offset_scale=0)
 
 
 def test_reach_without_a_gripper_has_no_gripper_observation():
