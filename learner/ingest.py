@@ -134,6 +134,8 @@ class IngestServer(threading.Thread):
         self.counters = {"chunks": 0, "refused_chunks": 0, "refused_hellos": 0, "heartbeats": 0, "excluded_episodes": 0}
         self._halt = threading.Event()
         self.lock = threading.Lock()
+        # Set after new steps are stored: a learner holding at its train ratio wakes at once, not on its next poll.
+        self.new_steps = threading.Event()
 
     def stop(self) -> None:
         """Ends the thread and closes the socket."""
@@ -239,6 +241,7 @@ class IngestServer(threading.Thread):
                 self.store(stream, stream_step + skip, arrays)
                 self.ledger.record(stream, seq, stream_step + skip, n_steps - skip)
                 self.counters["chunks"] += 1
+                self.new_steps.set()
         excluded = meta.get("exclude")
         if self.exclude is not None and isinstance(excluded, dict):
             start, count = excluded.get("from"), excluded.get("n")

@@ -167,7 +167,10 @@ class Learner:
                 # first min_replay_steps fill the replay), so the learner never has to catch up with them.
                 collected = max(0, ingest.ledger.ingested_steps - config.min_replay_steps)
                 if config.train_ratio > 0 and trainer.replayed_steps + batch_steps > config.train_ratio * collected + batch_steps:
-                    self.stop_requested.wait(0.05)
+                    # Ahead of the ratio: wait for new steps (ingest sets the event after storing them; a stop is
+                    # seen within 50 ms). Cleared after waking, before the ratio is checked again.
+                    ingest.new_steps.wait(0.05)
+                    ingest.new_steps.clear()
                     self._status(status, ray, replay, trainer, publisher, updates_per_s)
                     continue
                 batch = prefetch.get(timeout_s=0.2)

@@ -49,7 +49,7 @@ def test_the_stack_learns_point_reach(tmp_path):
         "task": {"name": "gym", "episode_steps": 1000},
         "actor": {"prefill_steps": PREFILL, "chunk_steps": 16, "drain_timeout_s": 90.0},
         "learner": {"model": {"preset": "tiny", "overrides": {"lr": 0.001, "warmup": 20}}, "batch_size": 16,
-                    "batch_length": 16, "train_ratio": 256, "threads": 1, "min_replay_steps": PREFILL,
+                    "batch_length": 16, "train_ratio": 256, "threads": 0, "min_replay_steps": PREFILL,
                     "publish_every_updates": 2, "report_every_s": 0},
     }))
     logdir = tmp_path / "run"
