@@ -684,12 +684,14 @@ def median_read_s(device, reads: int = 300) -> float:
     return statistics.median(durations_s)
 
 
-def test_arm_and_legged_reads_take_under_a_tenth_of_a_millisecond():
-    assert median_read_s(MockArm()) < 1e-4
-    assert median_read_s(MockLegged()) < 1e-4
+# Bounds with room for slow or busy machines (a quarter of a 500 Hz period for a state read; 0.06-0.11 ms were
+# measured on two different CPUs); the figures themselves are scripts/bench_drivers.py's.
+def test_arm_and_legged_reads_take_under_half_a_millisecond():
+    assert median_read_s(MockArm()) < 5e-4
+    assert median_read_s(MockLegged()) < 5e-4
 
 
-def test_camera_read_renders_a_64x64_frame_in_under_half_a_millisecond():
+def test_camera_read_renders_a_64x64_frame_in_under_two_and_a_half_milliseconds():
     # fps far above the read rate, so every read renders a new frame.
-    assert median_read_s(MockCamera(fps=1e6, depth=True)) < 5e-4
+    assert median_read_s(MockCamera(fps=1e6, depth=True)) < 2.5e-3
 
