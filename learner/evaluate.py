@@ -44,14 +44,15 @@ def load_policy(logdir: Path, checkpoint_path: Path, env) -> tuple[object, dict]
     model = model_config(env.config.learner.model)
     discrete = bool(state.get("action_discrete", False))
     agent = Dreamer(env.obs_spec, env.action_dim, model, discrete=discrete)
-    stored = {key: (tuple(shape), dtype) for key, (shape, dtype) in state["spec"].items()}
-    obs_stored = {key[len(steps.OBS_PREFIX):]: value for key, value in stored.items()
-                  if key.startswith(steps.OBS_PREFIX)}
-    obs_here = {key: (tuple(shape), np.dtype(dtype).name) for key, (shape, dtype) in env.obs_spec.items()}
-    obs_stored = {key: (tuple(shape), np.dtype(dtype).name) for key, (shape, dtype) in obs_stored.items()}
-    if obs_stored != obs_here:
-        raise ValueError(f"{checkpoint_path} was trained on other observations ({sorted(obs_stored)}) than this "
-                         f"config gives ({sorted(obs_here)}): evaluate with the session's own config")
+    def observations(spec) -> dict:
+        return {key: (tuple(shape), np.dtype(dtype).name) for key, (shape, dtype) in spec.items()
+                if key.startswith(steps.OBS_PREFIX)}
+
+    here = observations(steps.step_spec(env.obs_spec, env.action_dim, []))
+    mismatch = steps.spec_mismatch(here, observations(state["spec"]))
+    if mismatch:
+        raise ValueError(f"{checkpoint_path} was trained on other observations ({mismatch}) than this config "
+                         f"gives: evaluate with the session's own config")
     agent.load_checkpoint(state["agent"])
     policy = Policy(env.obs_spec, env.action_dim, model, discrete=discrete)
     policy.load(agent.policy_state_dict())
