@@ -93,7 +93,11 @@ def cmd_train(args) -> int:
             args.overrides = [*args.overrides, f"learner.init_checkpoint={init}"]
         config = load_config(args)
         logdir = args.logdir or default_logdir(args.config)
-        return train(config, logdir=logdir, steps=args.steps)
+        if args.steps is not None and args.steps < 1:
+            raise ValueError(f"--steps {args.steps}: give a positive number of environment steps, e.g. --steps 2500")
+        if args.minutes is not None and not args.minutes > 0:
+            raise ValueError(f"--minutes {args.minutes}: give a positive wall-clock limit, e.g. --minutes 60")
+        return train(config, logdir=logdir, steps=args.steps, minutes=args.minutes)
     except USER_ERRORS as exc:
         return fail("train", exc)
 
@@ -130,6 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="run daemon, actor and learner on this machine")
     add_common(train)
     train.add_argument("--steps", type=int, default=None, help="stop after this many environment steps")
+    train.add_argument("--minutes", type=float, default=None,
+                       help="stop after this much wall-clock time (with --steps: whichever comes first)")
     train.add_argument("--init", default=None, metavar="CHECKPOINT",
                        help="start the learner (and the robot's policy) from this checkpoint, e.g. robotd replay's")
     train.set_defaults(func=cmd_train)

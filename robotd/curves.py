@@ -48,7 +48,8 @@ def finished_episodes(logdir: Path, success: Callable[[dict], bool] | None = Non
     """Every finished episode of the session at ``logdir``, in the order they were played.
 
     Each is ``{"actor", "episode", "end_step", "return", "length", "policy_version"}``, plus
-    ``"success"`` when a ``success(steps)`` function (of the episode's step arrays) is given.
+    ``"success"`` when a ``success(steps)`` function (of the episode's step arrays) is given, and
+    ``"start_tick_ns"`` / ``"end_tick_ns"`` (host monotonic clock of its first and last tick) when recorded.
     ``end_step`` is the cumulative number of steps of its actor's stream when it ended (one per
     observation, the reset's included), ``length`` its number of actions. An unreadable file raises
     its ValueError."""
@@ -82,6 +83,9 @@ def finished_entry(episode, success: Callable[[dict], bool] | None = None) -> di
              "return": float(np.sum(rewards, dtype=np.float64)),
              "length": int(len(rewards) - 1),
              "policy_version": int(np.max(data[step_keys.POLICY_VERSION]))}
+    ticks = data.get(step_keys.T_TICK_NS)
+    if ticks is not None and len(ticks):
+        entry["start_tick_ns"], entry["end_tick_ns"] = int(ticks[0]), int(ticks[-1])
     if success is not None:
         entry["success"] = bool(success(data))
     return entry

@@ -94,8 +94,13 @@ def _local_network(config: Config) -> Config:
     return dataclasses.replace(config, network=network)
 
 
-def train(config: Config, *, logdir: str, steps: int | None) -> int:
-    """Runs a whole session; returns the exit code."""
+COMPLETE = ("steps done", "time limit reached")
+"""Reasons a session ends having done what it was asked (exit code 0)."""
+
+
+def train(config: Config, *, logdir: str, steps: int | None, minutes: float | None = None) -> int:
+    """Runs a whole session until ``steps`` environment steps or ``minutes`` of wall time (whichever comes first),
+    Ctrl-C or a process failing; returns the exit code (0 when it ran to its limit)."""
     if session.holds_session(logdir):
         raise session.LogdirError(f"log directory {str(logdir)!r} already holds a session: choose a new --logdir "
                                   f"(its episodes and checkpoints are kept as they are)")
@@ -140,6 +145,10 @@ def train(config: Config, *, logdir: str, steps: int | None) -> int:
             if interrupted:
                 reason = "interrupted"
                 break
+            if minutes is not None and now - started >= minutes * 60.0:
+                reason = "time limit reached"
+                print(f"\nrobotd train: {minutes:g} minutes are up: stopping the session", file=sys.stderr)
+                break
             dead = [c for c in children.values() if not c.alive]
             if children["learner"] in dead and len(retired) < LEARNER_RESTARTS and children["actor"].alive:
                 # The robot keeps going; a new learner resumes from the checkpoint and refills replay
@@ -170,7 +179,7 @@ def train(config: Config, *, logdir: str, steps: int | None) -> int:
     session.write_json(root / session.SUMMARY, summary)
     print(format_summary(summary, root), file=sys.stderr)
     failed = any(code not in (0, None) for code in codes.values())
-    return 130 if reason == "interrupted" else (1 if failed or reason not in ("steps done",) else 0)
+    return 130 if reason == "interrupted" else (1 if failed or reason not in COMPLETE else 0)
 
 
 def _shutdown(children: dict[str, Child], collector: StatusCollector, interrupted: list, config: Config) -> dict:

@@ -196,9 +196,12 @@ def plot(result: dict, path: Path, reference: list[dict] | None = None, window: 
 
 # ---------------------------------------------------------------------------------------------
 def run_dreamer(config_path: str, overrides: list[str], seed: int, steps: int, logdir: Path, task_factory,
-                keep: bool = True) -> dict:
-    """One ``robotd train`` session; its finished episodes as a curve (``logdir`` recorded when ``keep``)."""
+                keep: bool = True, minutes: float | None = None) -> dict:
+    """One ``robotd train`` session (``--minutes`` too when given); its finished episodes as a curve (``logdir``
+    recorded when ``keep``)."""
     argv = [sys.executable, "-m", "robotd", "train", str(config_path), "--steps", str(steps), "--logdir", str(logdir)]
+    if minutes is not None:
+        argv += ["--minutes", f"{minutes:g}"]
     for override in [*overrides, f"seed={seed}"]:
         argv += ["--set", override]
     started = time.monotonic()
@@ -212,10 +215,20 @@ def run_dreamer(config_path: str, overrides: list[str], seed: int, steps: int, l
     except (OSError, ValueError):
         updates = None
     return {"method": "dreamer", "seed": seed, "steps": [e["end_step"] for e in episodes],
+            "wall_end_s": _wall_ends(episodes),
             "returns": [e["return"] for e in episodes], "success": [e["success"] for e in episodes],
             "policy_versions": [e["policy_version"] for e in episodes], "wall_s": round(wall_s, 1),
             "updates": updates, "updates_per_s": round(updates / wall_s, 2) if updates and wall_s > 0 else None,
             "logdir": str(logdir) if keep else None, "exit_code": code}
+
+
+def _wall_ends(episodes: list[dict]) -> list[float | None]:
+    """Seconds from the session's first recorded tick to each episode's last (host monotonic clock)."""
+    starts = [e["start_tick_ns"] for e in episodes if "start_tick_ns" in e]
+    if not starts:
+        return [None] * len(episodes)
+    first = min(starts)
+    return [round((e["end_tick_ns"] - first) / 1e9, 2) if "end_tick_ns" in e else None for e in episodes]
 
 
 def run_sac(config_path: str, overrides: list[str], seed: int, steps: int, *, learning_starts: int,
@@ -271,7 +284,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("config", help="a simulated config, e.g. configs/sim_ur5_reach.yaml")
     parser.add_argument("--steps", type=int, required=True, help="environment steps per run (robotd's count)")
-    parser.add_argument("--seeds", type=int, default=1, help="runs per method, seeds 0 .. K-1")
+    parser.add_argument("--seeds", type=int, default=1, help="runs per method, seeds FIRST .. FIRST+K-1")
+    parser.add_argument("--first-seed", type=int, default=0, metavar="FIRST", help="the first seed (default 0)")
+    parser.add_argument("--merge", action="store_true",
+                        help="keep the runs already in --out whose method and seed this call does not run "
+                             "(add seeds, or a longer SAC run, to an earlier benchmark)")
     parser.add_argument("--out", required=True, help="JSON file for the curves (the plot goes next to it)")
     parser.add_argument("--methods", default="dreamer,sac", help="comma-separated subset of dreamer,sac")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -283,6 +300,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="random steps before SAC learns (default: the config's actor.prefill_steps)")
     parser.add_argument("--return-threshold", type=float, default=None, metavar="R",
                         help="also report the steps to a rolling return of R (e.g. -250 for Pendulum-v1)")
+    parser.add_argument("--minutes", type=float, default=None,
+                        help="also end each stack session after this much wall time (the issue's 60-minute curves); "
+                             "--steps stays the upper bound")
     parser.add_argument("--sac-buffer", type=int, default=100_000, help="SAC replay capacity (capped at --steps)")
     args = parser.parse_args(argv)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -293,6 +313,26 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--steps must be at least 2")
     if args.seeds < 1:
         parser.error("--seeds must be at least 1")
+    if args.first_seed < 0:
+        parser.error(f"--first-seed {args.first_seed}: give a seed of 0 or more")
+    seeds = range(args.first_seed, args.first_seed + args.seeds)
+    out = Path(args.out)
+    kept: list[dict] = []
+    if args.merge and out.exists():
+        try:
+            earlier = json.loads(out.read_text())
+        except ValueError:
+            print(f"bench_learning: error: --merge: {out} is not JSON: remove it or drop --merge", file=sys.stderr)
+            return 2
+        if earlier.get("config") != str(args.config) or earlier.get("overrides", []) != args.overrides:
+            print(f"bench_learning: error: --merge: {out} holds {earlier.get('config')} with overrides "
+                  f"{earlier.get('overrides')}, not {args.config} with {args.overrides}: use another --out",
+                  file=sys.stderr)
+            return 2
+        kept = [c for c in earlier.get("curves", [])
+                if not (c.get("method") in methods and c.get("seed") in seeds)]
+        for curve in kept:
+            curve.setdefault("budget_steps", earlier.get("steps"))
     try:
         config = config_module.load(args.config, args.overrides)
         reference = load_reference(args.reference) if args.reference else None
@@ -311,17 +351,16 @@ def main(argv: list[str] | None = None) -> int:
         return tasks.make(seeded.task.name, robot=seeded.robot.name, cameras=[c.name for c in seeded.cameras],
                           episode_steps=seeded.task.episode_steps, seed=seed, args=seeded.task.args)
 
-    out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     curves = []
     with tempfile.TemporaryDirectory(prefix="bench-learning-") as scratch:
         root = Path(args.logdir) if args.logdir else Path(scratch)
-        for seed in range(args.seeds):
+        for seed in seeds:
             for method in methods:
                 print(f"bench_learning: {method} seed {seed}, {args.steps} steps ...", file=sys.stderr)
                 if method == "dreamer":
                     curve = run_dreamer(args.config, args.overrides, seed, args.steps, root / f"dreamer-seed{seed}",
-                                        task_factory, keep=args.logdir is not None)
+                                        task_factory, keep=args.logdir is not None, minutes=args.minutes)
                 else:
                     starts = config.actor.prefill_steps if args.sac_learning_starts is None else args.sac_learning_starts
                     try:
@@ -331,9 +370,11 @@ def main(argv: list[str] | None = None) -> int:
                         print(f"bench_learning: error: SAC needs stable-baselines3 ({exc}): pip install -e '.[bench]'",
                               file=sys.stderr)
                         return 2
+                curve["budget_steps"] = args.steps
                 curves.append(curve)
+    curves = sorted([*kept, *curves], key=lambda c: (METHODS.index(c["method"]), c["seed"]))
     result = {"task": config.task.name, "config": str(args.config), "overrides": args.overrides,
-              "steps": args.steps, "curves": curves,
+              "steps": max(int(c.get("budget_steps") or args.steps) for c in curves), "curves": curves,
               "summary": summarize(curves, return_threshold=args.return_threshold)}
     if reference:
         result["reference"] = args.reference

@@ -138,6 +138,37 @@ def test_ctrl_c_stops_everything_and_leaves_a_readable_session(tmp_path):
     assert ray_processes_since(pids_before) == []
 
 
+def test_minutes_ends_the_session_on_time_with_exit_code_zero(tmp_path):
+    logdir = tmp_path / "timed"
+    argv = [sys.executable, "-m", "robotd", "train", str(ROOT / "configs" / "mock_arm.yaml"), "--steps", "100000",
+            "--minutes", "0.3", "--logdir", str(logdir), *FAST]
+    started = time.monotonic()
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=240, cwd=ROOT)
+    wall = time.monotonic() - started
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "0.3 minutes are up" in result.stderr
+    summary = assert_session_invariants(logdir, None)
+    assert summary["exit_reason"] == "time limit reached"
+    assert 18 <= summary["wall_s"] and wall < 18 + 150       # the limit, then at most the shutdown budgets
+    assert 0 < summary["env_steps"] < 100000
+    assert session_processes(str(logdir)) == []
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("--steps", "-5", "--steps -5: give a positive number of environment steps"),
+    ("--steps", "0", "--steps 0: give a positive number"),
+    ("--minutes", "0", "--minutes 0.0: give a positive wall-clock limit"),
+])
+def test_a_limit_that_is_not_positive_fails_in_one_line_before_anything_starts(tmp_path, flag, value, message):
+    argv = [sys.executable, "-m", "robotd", "train", str(ROOT / "configs" / "mock_arm.yaml"), flag, value,
+            "--logdir", str(tmp_path / "x")]
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], result.stderr
+    assert not (tmp_path / "x").exists()
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("config", ["mock_arm.yaml", "mock_legged.yaml"])
 def test_the_acceptance_session_of_3000_steps(tmp_path, config):
