@@ -189,7 +189,7 @@ def run(config: Config, logdirs: list[str], *, updates: int, out: str, init: str
                 last_metrics = now
             if learner.report_every_s and now - last_report >= learner.report_every_s:
                 trainer.write_report(batch, metrics)
-                last_report = now
+                last_report = time.monotonic()          # the period runs from the report's end
             if now - last_checkpoint >= learner.checkpoint_every_s:
                 trainer.save(version)
                 last_checkpoint = now

@@ -27,7 +27,7 @@ def recorded_session(tmp_path_factory) -> Path:
             "--logdir", str(logdir), "--set", "control.pacing=lockstep", "--set", "learner.train_ratio=16",
             "--set", "actor.prefill_steps=100", "--set", "learner.min_replay_steps=64", "--set", "learner.batch_size=4",
             "--set", "learner.batch_length=16", "--set", "learner.publish_every_updates=2",
-            "--set", "learner.report_every_s=2", "--set", "actor.drain_timeout_s=90"]
+            "--set", "learner.report_every_s=15", "--set", "actor.drain_timeout_s=90"]
     result = subprocess.run(argv, capture_output=True, text=True, timeout=300, cwd=_ROOT)
     assert result.returncode == 0, result.stderr[-3000:]
     return logdir

@@ -8,6 +8,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from robotd.netutil import free_tcp_ports
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -36,7 +38,12 @@ def wait_for(predicate, timeout_s):
     return False
 
 
+@pytest.mark.slow
 def test_a_killed_learner_restarts_resumes_and_loses_nothing(tmp_path):
+    """A learner started on its own (as on a separate machine), SIGKILLed and started again by hand.
+
+    Slow set (38 s): the default suite covers the same resume-refill-resend path through `robotd train`'s own
+    restart (tests/test_session.py::test_a_learner_that_dies_is_restarted_and_the_session_loses_nothing)."""
     control, experience, weights = free_tcp_ports(3)
     network = ["--set", f"network.control=tcp://127.0.0.1:{control}",
                "--set", f"network.weights=tcp://127.0.0.1:{weights}", "--set", "control.rate_hz=50",

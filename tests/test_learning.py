@@ -247,8 +247,12 @@ def world_model_run(seed: int) -> tuple[dict[str, float], dict[str, float]]:
     return before, after
 
 
+@pytest.mark.slow
 def test_world_model_losses_fall_on_held_out_episodes():
-    """Total, reconstruction and reward losses on unseen episodes fall below 60% of their start."""
+    """Total, reconstruction and reward losses on unseen episodes fall below 60% of their start.
+
+    Slow set (34 s on a 2-core CPU): the default suite's stack learning test (tests/test_learning_stack.py) fails
+    when the world model stops learning, since the policy then cannot close the gap to the scripted one."""
     before, after = world_model_run(WM_SEED)
     summary = {name: (round(before[key], 3), round(after[key], 3)) for name, key in WM_CHECKED.items()}
     for name, (start, end) in summary.items():

@@ -76,7 +76,8 @@ def test_assess_flags_every_bound_broken_and_nothing_else():
 # --- robotd replay ------------------------------------------------------------------------------
 def test_offline_training_lowers_the_world_model_loss_and_leaves_a_resumable_session(recorded_session, tmp_path):
     out = tmp_path / "offline"
-    result = replay(recorded_session, "--updates", 60, "--logdir", out, "--set", FAST_LR)
+    result = replay(recorded_session, "--updates", 60, "--logdir", out, "--set", FAST_LR,
+                    "--set", "learner.report_every_s=3")
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((out / "replay.json").read_text())
     recorded = json.loads((recorded_session / "summary.json").read_text())
