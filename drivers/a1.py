@@ -155,6 +155,7 @@ class A1(Legged):
         stand_kd: float = STAND_KD,
         connect_timeout_s: float = 1.0,
         spin_s: float = 0.001,
+        min_rate_fraction: float = 0.8,
     ) -> None:
         """Validate the configuration; nothing touches the network until connect().
 
@@ -163,7 +164,8 @@ class A1(Legged):
         kp_max/kd_max). spin_s is how
         long before each tick the loop stops sleeping and polls the clock (at most half a period); a loop
         running under SCHED_FIFO never polls (the kernel wakes it on time, and a spinning FIFO thread
-        would starve every other thread on its core).
+        would starve every other thread on its core). min_rate_fraction: status() is not ok while the inner loop,
+        measured over its last second, sends fewer than this fraction of inner_rate_hz commands.
         """
         if not isinstance(name, str) or not name:
             raise ValueError(f"A1: name must be a non-empty string, got {name!r}; pass e.g. name='legs'")
@@ -206,6 +208,8 @@ class A1(Legged):
                                               hint="use e.g. 1")
         # Never poll for more than half a period, whatever the rate.
         self.spin_s = min(0.5 / self.inner_rate_hz, self._number("spin_s", spin_s, 0.0, 0.01, hint="use e.g. 0.001"))
+        self.min_rate_fraction = self._number("min_rate_fraction", min_rate_fraction, 0.0, 1.0,
+                                              hint="use e.g. 0.8, or 0 to never report the rate")
 
         self.n_motors = N_MOTORS
         self.stand_q_rad = STAND_Q_RAD.copy()
@@ -224,6 +228,7 @@ class A1(Legged):
         self._latest: _State | None = None
         self._send_times: collections.deque[int] = collections.deque(maxlen=int(2 * self.inner_rate_hz) + 16)
         self._cpu_fraction: float | None = None
+        self._rate_hz: float | None = None          # commands per second over the inner loop's last full second
         self._failed = False
         self._damp_datagram = a1_wire.encode_low_cmd(None, 0.0, 0.0, self.damping_kd, 0.0)
         self._reset_targets()
@@ -293,6 +298,7 @@ class A1(Legged):
                                f"process using the port? set local_ip/local_port") from None
         sock.setblocking(False)
         self._socket = sock
+        self._rate_hz = None
         self._bound = sock.getsockname()
         self._stop_event.clear()
         self._first_state.clear()
@@ -364,7 +370,8 @@ class A1(Legged):
         return Reading(values, latest.tick_ms * _NS_PER_MS, latest.host_ns, "hardware_clock")
 
     def status(self) -> DeviceStatus:
-        """ok unless disconnected, the inner loop died or the link is lost (``link_lost``); ``fallen`` while latched."""
+        """ok unless disconnected, the inner loop died, the link is lost (``link_lost``) or the inner loop fell
+        below ``min_rate_fraction`` of its rate over its last second; ``fallen`` while latched."""
         if not self._connected:
             return DeviceStatus(ok=False, fault=f"{self._owner} is not connected; call connect() first")
         if not self._alive() or self._failed:
@@ -379,6 +386,13 @@ class A1(Legged):
                                 fault=f"{self._owner}: no state from {self.robot_address} for {silence_s:.3f} s "
                                       f"(state_timeout_s {self.state_timeout_s:g}): link lost, motors damped; check "
                                       f"the cable and that the robot is in low-level mode")
+        rate = self._rate_hz
+        if rate is not None and rate < self.min_rate_fraction * self.inner_rate_hz:
+            return DeviceStatus(ok=False, fallen=fallen,
+                                fault=f"{self._owner}: the inner command loop ran at {rate:.0f} Hz over its last "
+                                      f"second, below {self.min_rate_fraction:g} x inner_rate_hz "
+                                      f"{self.inner_rate_hz:g}: the machine is too busy for it; free a core or run "
+                                      f"the daemon with SCHED_FIFO (README: Timing and safety)")
         return DeviceStatus(fallen=fallen)
 
     def info(self) -> dict:
@@ -543,6 +557,7 @@ class A1(Legged):
         use_select = True
         next_ns = time.monotonic_ns()
         cpu_mark = (next_ns, time.thread_time())
+        sent_mark = self.counters["commands_sent"]
         while not self._stop_event.is_set():
             while True:                                        # sleep (collecting states) until just before the tick
                 remaining = next_ns - time.monotonic_ns() - spin_ns
@@ -588,8 +603,11 @@ class A1(Legged):
                 next_ns = now_ns
             if now_ns - cpu_mark[0] >= _NS_PER_S:
                 cpu_now = time.thread_time()
-                self._cpu_fraction = (cpu_now - cpu_mark[1]) / ((now_ns - cpu_mark[0]) / _NS_PER_S)
-                cpu_mark = (now_ns, cpu_now)
+                elapsed_s = (now_ns - cpu_mark[0]) / _NS_PER_S
+                self._cpu_fraction = (cpu_now - cpu_mark[1]) / elapsed_s
+                sent = self.counters["commands_sent"]
+                self._rate_hz = (sent - sent_mark) / elapsed_s
+                cpu_mark, sent_mark = (now_ns, cpu_now), sent
 
     def _drain(self, sock: socket.socket) -> None:
         """Take every datagram waiting; keep the newest valid state from the robot, count and drop the rest."""

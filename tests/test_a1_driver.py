@@ -1,6 +1,7 @@
 """The real A1 driver (drivers/a1.py) against the fake A1 (drivers/fake_a1.py) on loopback UDP."""
 from __future__ import annotations
 
+import re
 import socket
 import threading
 import time
@@ -269,7 +270,8 @@ def test_a_fall_latches_damping_until_reset_stands_the_robot_up(connect, fake):
 
 
 def test_the_watchdog_damps_on_silence_and_recovers(connect, fake):
-    driver = connect(state_timeout_s=0.1, damping_kd=3.0)
+    # min_rate_fraction 0: a busy machine slows the inner loop, which status() would report (tested below)
+    driver = connect(state_timeout_s=0.1, damping_kd=3.0, min_rate_fraction=0.0)
     driver.command_motors(STAND, ZEROS, np.full(12, 60.0), np.full(12, 2.0), ZEROS)
     time.sleep(0.1)
     assert driver.status().ok
@@ -294,6 +296,27 @@ def test_the_watchdog_damps_on_silence_and_recovers(connect, fake):
     assert is_damping(fake.last_command, 3.0)            # damping holds until a new command
     driver.command_motors(STAND, ZEROS, np.full(12, 60.0), np.full(12, 2.0), ZEROS)
     assert wait_for(lambda: fake.last_command["kp"][0] == 60.0, 1.0) is not None
+
+
+def test_status_reports_an_inner_loop_that_falls_behind_its_rate(connect, fake, monkeypatch):
+    slow = connect(min_rate_fraction=0.8)
+    healthy_first = wait_for(lambda: slow._rate_hz is not None, 3.0)
+    assert healthy_first is not None, "the inner loop never measured its rate"
+    original = A1._tick
+
+    def late_tick(self, sock, now_ns):
+        time.sleep(0.004)                              # 4 ms per 2 ms period: at most 250 Hz of 500
+        original(self, sock, now_ns)
+
+    monkeypatch.setattr(A1, "_tick", late_tick)
+    assert wait_for(lambda: not slow.status().ok, 3.0) is not None
+    status = slow.status()
+    assert not status.link_lost and not status.fallen
+    assert re.search(r"inner command loop ran at \d+ Hz over its last second, below 0.8 x inner_rate_hz 500",
+                     status.fault), status.fault
+    assert slow.info()["inner_rate_hz"] < 0.8 * 500
+    with pytest.raises(ValueError, match=r"min_rate_fraction"):
+        A1(robot_ip="127.0.0.1", local_ip="127.0.0.1", min_rate_fraction=1.5)
 
 
 def test_an_error_in_the_inner_loop_leaves_it_sending_damping_and_reports_it(connect, fake, monkeypatch):
@@ -373,7 +396,8 @@ def test_a_hand_made_robot_wrapping_its_tick_with_garbage_on_the_wire():
 
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
-    driver = A1(robot_ip="127.0.0.1", robot_port=robot.getsockname()[1], local_ip="127.0.0.1", local_port=0)
+    driver = A1(robot_ip="127.0.0.1", robot_port=robot.getsockname()[1], local_ip="127.0.0.1", local_port=0,
+                min_rate_fraction=0.0)                 # the rate is tested on its own; a busy machine slows it
     try:
         driver.connect()
         first = driver.read()
