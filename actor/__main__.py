@@ -24,6 +24,16 @@ def main(argv: list[str] | None = None) -> int:
         return cli.fail("actor", exc)
     print(f"actor: {stats['env_steps']} steps, {stats['episodes']} episodes, "
           f"policy v{stats['policy_version_max']}, {stats['unacked_chunks']} chunks unacked", file=sys.stderr)
+    if stats.get("stop_reason") == "spool full":
+        print("robotd actor: error: the spool reached actor.spool_max_mb with the learner not acknowledging: "
+              "collection stopped; start the learner (or raise actor.spool_max_mb) and run the actor again on this "
+              "log directory to send what is kept", file=sys.stderr)
+        return 3
+    if stats["unacked_chunks"]:
+        print(f"robotd actor: error: {stats['unacked_chunks']} chunks ({stats.get('unacked_steps', 0)} steps) never "
+              f"reached a learner: they are kept in the log directory's spool/; run the actor again on it with the "
+              f"learner up to send them (every step is in the episode files too)", file=sys.stderr)
+        return 3
     return 0
 
 

@@ -63,6 +63,7 @@ class Actor:
         self.stream_id = uuid.uuid4().hex[:12]
         self.learner_address = learner_address or config.network.experience
         self.stop_requested = threading.Event()
+        self.stop_reason: str | None = None
         self.rng = np.random.default_rng(config.seed + 7)
         self.counters = {"env_steps": 0, "episodes": 0, "late_steps": 0, "chunks": 0, "weight_swaps": 0,
                          "policy_version_max": 0, "network_steps": 0, "random_steps": 0, "stopped_ticks": 0, "flagged_episodes": 0,
@@ -144,11 +145,16 @@ class Actor:
                       "stream": self.stream_id, "config_digest": config.digest(),
                       "action_discrete": self.action_discrete,
                       "spec": {key: [list(shape), dtype] for key, (shape, dtype) in self.step_spec.items()}}
-        spool = ChunkSpool(self.logdir / "spool" / self.actor_id, config.actor.spool_memory_chunks)
+        spool = ChunkSpool(self.logdir / "spool" / self.actor_id, config.actor.spool_memory_chunks,
+                           stream=self.stream_id, max_spill_bytes=int(config.actor.spool_max_mb * 2**20))
+        adopted = spool.adopt(max_bytes)
+        if adopted:
+            log.info("sending %d chunks an earlier actor left unacknowledged in %s (streams %s)", adopted,
+                     spool.spill_dir, ", ".join(sorted(spool.other_streams())))
         self.secure = self._curve_client()
         self.stream = ExperienceStream(context, self.learner_address, hello_meta, spool,
                                        resend_after_s=config.actor.resend_after_s, max_bytes=max_bytes,
-                                       secure=self.secure)
+                                       secure=self.secure, spool_full=config.actor.spool_full)
         self.stream.start()
         self.weights = None
         self.metrics = MetricsWriter(self.logdir, process="actor")
@@ -189,6 +195,9 @@ class Actor:
         self.chunk_rows: list[dict] = []
         last_obs_s = last_hello_s = time.monotonic()
         while not self.stop_requested.is_set():
+            if self.stream.spool_full_event.is_set():
+                self.stop_reason = "spool full"
+                return
             if self.weights is None and self.stream.accepted.is_set():
                 self._subscribe_weights(context, max_bytes)
             if not daemon.poll(50):
@@ -530,9 +539,12 @@ class Actor:
         except zmq.ZMQError:
             pass
         drained = self.stream.close(self.config.actor.drain_timeout_s)
+        spool = self.stream.spool
         if not drained:
-            log.warning("%d chunks not acknowledged by the learner at exit; they are in the episode files",
-                        self.stream.pending)
+            kept = spool.spill_all()
+            log.warning("%d chunks (%d steps) not acknowledged by the learner at exit: kept in %s, and the next "
+                        "actor started on this log directory sends them (%d spilled now); every step is in the "
+                        "episode files too", len(spool), spool.pending_steps, spool.spill_dir, kept)
         if self.weights is not None:
             self.weights.stop()
         return_mean, success_rate = self.rolling()
@@ -541,7 +553,9 @@ class Actor:
                       "return_mean20": return_mean, "success_rate20": success_rate,
                       "sent_chunks": self.stream.sent_chunks, "resent_chunks": self.stream.resent_chunks,
                       "acked_chunks": self.stream.acked_chunks, "learner_restarts": self.stream.reconnects,
-                      "spilled_chunks": self.stream.spool.spilled_total,
+                      "spilled_chunks": spool.spilled_total, "unacked_steps": spool.pending_steps,
+                      "spool_dropped_chunks": spool.dropped_chunks, "spool_dropped_steps": spool.dropped_steps,
+                      "adopted_chunks": spool.adopted_chunks, "stop_reason": self.stop_reason,
                       "refused_by_learner": self.stream.refused_reason, "malformed": self.receiver.malformed}
         self._publish_status(force=True)
         self.status.close()

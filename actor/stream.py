@@ -2,9 +2,11 @@
 
 A background thread owns the DEALER socket. The control loop only puts encoded chunks on a
 queue (never blocks). The thread keeps every chunk in the spool until the learner acks it,
-resends chunks not acked in time, and after the learner restarts (a new instance id in its
-hello or heartbeat) says hello again and resends everything pending. The learner drops
-duplicates, so resending is always safe.
+resends chunks not acked in time (backing off, see actor.spool), and after the learner restarts
+(a new instance id in its hello or heartbeat) says hello again and resends everything pending. The
+learner drops duplicates, so resending is always safe. When the disk spill reaches its bound the
+stream applies ``spool_full``: "stop" raises ``spool_full_event`` for the actor to stop collecting,
+"drop_oldest" drops the oldest spilled chunks (counted in ``spool.dropped_steps``).
 """
 from __future__ import annotations
 
@@ -23,21 +25,28 @@ log = logging.getLogger("actor.stream")
 HELLO_RETRY_S = 1.0
 HEARTBEAT_S = 1.0
 UNREACHABLE_WARN_S = 5.0
+SPOOL_FULL_POLICIES = ("stop", "drop_oldest")
 
 
 class ExperienceStream(threading.Thread):
     """The actor's side of the experience channel."""
 
     def __init__(self, context: zmq.Context, address: str, hello_meta: dict, spool: ChunkSpool, *,
-                 resend_after_s: float, max_bytes: int, secure=None):
+                 resend_after_s: float, max_bytes: int, secure=None, spool_full: str = "stop"):
         super().__init__(name="experience-stream", daemon=True)
         self.context = context
         self.address = address
         self.hello_meta = hello_meta
         self.spool = spool
+        if not spool.stream:
+            spool.stream = str(hello_meta.get("stream", ""))      # chunks and acks name this actor's stream
         self.resend_after_s = resend_after_s
         self.receiver = wire.Receiver("actor-stream", max_bytes=max_bytes)
         self.secure = secure
+        if spool_full not in SPOOL_FULL_POLICIES:
+            raise ValueError(f"spool_full {spool_full!r}: use one of {', '.join(SPOOL_FULL_POLICIES)}")
+        self.spool_full = spool_full
+        self.spool_full_event = threading.Event()
         self.inbox: queue.SimpleQueue = queue.SimpleQueue()
         self.accepted = threading.Event()
         self.refused_reason: str | None = None
@@ -115,7 +124,11 @@ class ExperienceStream(threading.Thread):
         """Hello with ``acked_through``: every stream step below it was acknowledged by some learner."""
         with self._lock:
             lowest = self.spool.lowest_pending_step()
-        return {**self.hello_meta, "acked_through": self.emitted_steps if lowest is None else lowest}
+            previous = self.spool.other_streams()
+        hello = {**self.hello_meta, "acked_through": self.emitted_steps if lowest is None else lowest}
+        if previous:
+            hello["previous_streams"] = previous
+        return hello
 
     def _take_inbox(self) -> None:
         while True:
@@ -126,23 +139,47 @@ class ExperienceStream(threading.Thread):
             with self._lock:
                 self.spool.add(seq, frames, n_steps, stream_step)
                 self.emitted_steps = max(self.emitted_steps, stream_step + n_steps)
+                if self.spool.full:
+                    self._on_full()
+
+    def _on_full(self) -> None:
+        """The disk spill reached its bound: apply the policy (the lock is held)."""
+        bound_mb = (self.spool.max_spill_bytes or 0) / 2**20
+        if self.spool_full == "drop_oldest":
+            dropped = 0
+            while self.spool.full and self.spool.drop_oldest_spilled():
+                dropped += 1
+            if dropped and self.spool.dropped_chunks == dropped:
+                log.error("spool full (%.0f MB of unacknowledged experience, actor.spool_max_mb): dropping the oldest "
+                          "spilled chunks (actor.spool_full drop_oldest); they stay in the episode files but this "
+                          "learner will not get them", bound_mb)
+        elif not self.spool_full_event.is_set():
+            log.error("spool full (%.0f MB of unacknowledged experience, actor.spool_max_mb): the learner at %s has "
+                      "not acknowledged it; stopping collection (actor.spool_full stop)", bound_mb, self.address)
+            self.spool_full_event.set()
 
     def _send_due(self, socket, now: float) -> None:
-        for seq in self.spool.due(now, self.resend_after_s):
-            first_time = not self.spool.was_sent(seq)
+        for key in self.spool.due(now, self.resend_after_s):
+            first_time = not self.spool.was_sent(key)
             try:
-                socket.send_multipart(self.spool.frames(seq), flags=zmq.NOBLOCK, copy=False)
+                socket.send_multipart(self.spool.frames(key), flags=zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
-            self.spool.mark_sent(seq, now)
+            except (OSError, ValueError) as exc:     # a spilled file gone or damaged: what it held is lost
+                log.error("spooled chunk %s/%d unreadable (%s): dropped", key[0], key[1], exc)
+                with self._lock:
+                    self.spool.drop(key)
+                continue
+            self.spool.mark_sent(key, now)
             self.sent_chunks += 1
             self.resent_chunks += int(not first_time)
 
     def _on_message(self, message: wire.Message) -> None:
         kind, meta = message.kind, message.meta
         if kind == wire.Kind.ACK:
+            stream = meta.get("stream")
             with self._lock:
-                self.acked_chunks += int(self.spool.ack(meta["seq"]))
+                self.acked_chunks += int(self.spool.ack(meta["seq"], stream if isinstance(stream, str) else None))
         elif kind == wire.Kind.HELLO:
             self.learner_reply = meta
             instance = meta.get("instance")

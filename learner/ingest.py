@@ -208,9 +208,12 @@ class IngestServer(threading.Thread):
             return
         peer = {"actor_id": meta.get("actor_id"), "stream": meta.get("stream")}
         acked_through = meta.get("acked_through", 0)
+        previous = _previous_streams(meta.get("previous_streams"))
         with self.lock:
             self.ledger.start_stream(f"{peer['actor_id']}/{peer['stream']}",
                                      acked_through if isinstance(acked_through, int) else 0)
+            for name, through in previous.items():       # chunks an earlier actor spilled, sent by this one
+                self.ledger.start_stream(f"{peer['actor_id']}/{name}", through)
         if self.peers.get(identity) != peer:
             log.info("actor %s (stream %s) connected", meta.get("actor_id"), meta.get("stream"))
         self.peers[identity] = peer
@@ -223,9 +226,13 @@ class IngestServer(threading.Thread):
         if peer is None:
             self._reply(identity, wire.Kind.REFUSE, {"reason": "say hello first", "code": "hello_required"})
             return
-        stream = f"{meta['actor_id']}/{meta.get('stream', peer['stream'])}"
+        chunk_stream = meta.get("stream", peer["stream"])
+        stream = f"{meta['actor_id']}/{chunk_stream}"
         stream_step, n_steps, seq = meta.get("stream_step"), meta["n_steps"], meta["seq"]
-        problem = None if isinstance(stream_step, int) and stream_step >= 0 else "stream_step missing"
+        problem = None if isinstance(stream_step, int) and not isinstance(stream_step, bool) and stream_step >= 0 \
+            else "stream_step missing"
+        if not isinstance(chunk_stream, str):
+            problem = f"stream is {type(chunk_stream).__name__}, not a string"
         problem = problem or steps.check_against(self.spec, message.arrays, n_steps)
         if problem:
             self.counters["refused_chunks"] += 1
@@ -250,7 +257,7 @@ class IngestServer(threading.Thread):
                     self.counters["excluded_episodes"] += 1
                     log.info("steps %d..%d of %s kept out of training: %s", start, start + count - 1, stream,
                              str(excluded.get("reasons", ""))[:300])
-        self._reply(identity, wire.Kind.ACK, {"seq": seq})
+        self._reply(identity, wire.Kind.ACK, {"seq": seq, "stream": chunk_stream})
 
     def stats(self) -> dict:
         """Counters for status and the session summary."""
@@ -258,3 +265,19 @@ class IngestServer(threading.Thread):
             return {**self.counters, "ingested_steps": self.ledger.ingested_steps, "refilled_steps": self.refilled_steps,
                     "duplicate_chunks": self.ledger.duplicate_chunks, "lost_steps": self.ledger.lost_steps,
                     "malformed": self.receiver.malformed, "actors": len(self.peers)}
+
+
+MAX_PREVIOUS_STREAMS = 64
+
+
+def _previous_streams(value) -> dict[str, int]:
+    """A hello's ``previous_streams`` ({stream: acked_through}, what an earlier actor left to send), checked: an
+    entry that is not a short string mapped to an int >= 0 is left out, and at most MAX_PREVIOUS_STREAMS are taken."""
+    if not isinstance(value, dict):
+        return {}
+    taken = {}
+    for name, through in list(value.items())[:MAX_PREVIOUS_STREAMS]:
+        if isinstance(name, str) and 0 < len(name) <= 64 and isinstance(through, int) \
+                and not isinstance(through, bool) and through >= 0:
+            taken[name] = through
+    return taken

@@ -59,10 +59,13 @@ def test_an_unreachable_learner_loses_nothing_the_robot_collected(tmp_path):
     finally:
         daemon.terminate()
         daemon.wait(10)
-    assert result.returncode == 0, result.stderr[-2000:]
+    # It says so and exits non-zero, and keeps every unacked chunk on disk for the next actor on this directory.
+    assert result.returncode == 3, result.stderr[-2000:]
     assert "not answering" in result.stderr and "Experience is kept" in result.stderr
+    assert f"chunks ({320} steps) never reached a learner: they are kept in the log directory's spool/" in result.stderr
     stats = json.loads((logdir / "stats" / "actor.json").read_text())
-    assert stats["env_steps"] == 320 and stats["unacked_chunks"] > 0
+    assert stats["env_steps"] == 320 and stats["unacked_chunks"] > 0 and stats["unacked_steps"] == 320
+    assert len(list((logdir / "spool").rglob("*.chunk"))) == stats["unacked_chunks"]
     assert sum(count_steps(p) for p in (logdir / "episodes").glob("*.h5")) == 320
 
 

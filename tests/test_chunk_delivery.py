@@ -16,12 +16,12 @@ from robotd.netutil import free_tcp_ports
 SPEC = steps.step_spec({"x": ((3,), "float32")}, action_dim=2, devices=["arm"])
 
 
-def make_chunk(seq: int, stream_step: int, n: int = 8) -> list:
+def make_chunk(seq: int, stream_step: int, n: int = 8, stream: str = "s0") -> list:
     arrays = {}
     for key, (shape, dtype) in SPEC.items():
         arrays[key] = np.zeros((n, *shape), dtype)
     arrays[steps.TICK] = np.arange(stream_step, stream_step + n, dtype=np.int64)
-    meta = {"actor_id": "a0", "stream": "s0", "episode_id": 0, "seq": seq, "n_steps": n, "stream_step": stream_step}
+    meta = {"actor_id": "a0", "stream": stream, "episode_id": 0, "seq": seq, "n_steps": n, "stream_step": stream_step}
     return wire.encode(wire.Kind.CHUNK, meta, arrays)
 
 
@@ -172,3 +172,94 @@ def test_hello_with_another_spec_is_refused_naming_the_key(context):
     learner.stop()
     dealer.close(0)
     assert reply.kind == wire.Kind.REFUSE and "'obs/x'" in reply.meta["reason"]
+
+
+# ---- the spool: back-off, bound, adoption ----------------------------------------------------------------------
+
+def test_resends_to_a_learner_that_never_acks_back_off(context, tmp_path):
+    (port,) = free_tcp_ports(1)
+    address = f"tcp://127.0.0.1:{port}"
+    router = context.socket(zmq.ROUTER)
+    router.bind(address)
+    spool = ChunkSpool(tmp_path / "spool", memory_chunks=64)
+    stream = ExperienceStream(context, address, HELLO, spool, resend_after_s=0.05, max_bytes=2**24)
+    stream.start()
+    for seq in range(3):
+        stream.put(seq, make_chunk(seq, seq * 8), 8, seq * 8)
+    received = 0
+    started = time.monotonic()
+    while time.monotonic() - started < 1.6:               # a learner that says hello and then freezes
+        if router.poll(20):
+            identity, *frames = router.recv_multipart()
+            if wire.decode(frames).kind == wire.Kind.HELLO:
+                router.send_multipart([identity, *wire.encode(wire.Kind.HELLO, {"role": "learner", "session": "t",
+                                                                                 "instance": "i1"})])
+            elif wire.decode(frames).kind == wire.Kind.CHUNK:
+                received += 1
+    stream.close(0.0)
+    router.close(0)
+    # every 0.05 s without back-off: about 32 sends per chunk; doubling waits 0.05, 0.1, 0.2, 0.4, 0.8 s: 6 at most
+    assert 3 <= received <= 3 * 6, received
+    assert stream.resent_chunks == received - 3
+
+
+def test_a_full_spool_drops_its_oldest_spilled_chunks_when_told_to(tmp_path):
+    spool = ChunkSpool(tmp_path / "spool", memory_chunks=1, stream="s0")
+    spool.add(0, make_chunk(0, 0), 8, 0)
+    spool.add(1, make_chunk(1, 8), 8, 8)
+    one_file = spool.spilled_bytes
+    assert one_file > 0 and not spool.full
+    spool.max_spill_bytes = 3 * one_file + 10             # three files (their sizes differ by a digit or two)
+    for seq in range(2, 5):
+        spool.add(seq, make_chunk(seq, seq * 8), 8, seq * 8)
+    assert spool.full                                     # chunks 0-3 spilled (4 is in memory), bound three files
+    assert spool.drop_oldest_spilled() == 8
+    assert not spool.full and spool.dropped_chunks == 1 and spool.dropped_steps == 8
+    assert spool.lowest_pending_step() == 8               # chunk 0 went, the oldest
+    assert len(list((tmp_path / "spool").glob("*.chunk"))) == 3
+
+
+@pytest.mark.parametrize("policy", ["stop", "drop_oldest"])
+def test_the_stream_applies_the_spool_full_policy(context, tmp_path, policy):
+    (port,) = free_tcp_ports(1)
+    spool = ChunkSpool(tmp_path / "spool", memory_chunks=1, max_spill_bytes=1)
+    stream = ExperienceStream(context, f"tcp://127.0.0.1:{port}", HELLO, spool, resend_after_s=0.05,
+                              max_bytes=2**24, spool_full=policy)
+    stream.start()
+    for seq in range(4):                                  # nobody listens: everything beyond one chunk spills
+        stream.put(seq, make_chunk(seq, seq * 8), 8, seq * 8)
+    if policy == "stop":
+        assert stream.spool_full_event.wait(5.0)
+        assert wait_for(lambda: len(spool) == 4, 5.0) and spool.dropped_chunks == 0
+    else:
+        assert wait_for(lambda: spool.dropped_chunks == 3, 5.0)
+        assert not stream.spool_full_event.is_set() and len(spool) == 1
+    stream.close(0.0)
+    with pytest.raises(ValueError, match=r"spool_full 'later': use one of stop, drop_oldest"):
+        ExperienceStream(context, "tcp://127.0.0.1:1", HELLO, spool, resend_after_s=1.0, max_bytes=1,
+                         spool_full="later")
+
+
+def test_a_new_actor_sends_what_an_earlier_one_left_in_the_spool(context, tmp_path):
+    earlier = ChunkSpool(tmp_path / "spool", memory_chunks=2, stream="s0")
+    for seq in range(5):
+        earlier.add(seq, make_chunk(seq, 40 + seq * 8), 8, 40 + seq * 8)    # steps 0..39 were acked before
+    assert earlier.spill_all() == 2 and len(list((tmp_path / "spool").glob("*.chunk"))) == 5
+    (tmp_path / "spool" / "zz-000000000001.chunk").write_bytes(b"not a chunk")
+    (port,) = free_tcp_ports(1)
+    address = f"tcp://127.0.0.1:{port}"
+    learner = Learner(context, address)
+    later = ChunkSpool(tmp_path / "spool", memory_chunks=64)
+    assert later.adopt() == 5
+    assert (tmp_path / "spool" / "zz-000000000001.chunk.unreadable").exists()
+    hello = {**HELLO, "stream": "s1"}
+    stream = ExperienceStream(context, address, hello, later, resend_after_s=0.2, max_bytes=2**24)
+    assert later.other_streams() == {"s0": 40} and stream._hello()["previous_streams"] == {"s0": 40}
+    stream.start()
+    stream.put(0, make_chunk(0, 0, stream="s1"), 8, 0)    # and its own first chunk
+    assert wait_for(lambda: stream.pending == 0)
+    stream.close(1.0)
+    stats = learner.server.stats()
+    learner.stop()
+    assert stats["ingested_steps"] == 48 and stats["lost_steps"] == 0
+    assert not list((tmp_path / "spool").glob("*.chunk"))
