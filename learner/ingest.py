@@ -185,8 +185,11 @@ class IngestServer(threading.Thread):
     def _hello(self, identity: bytes, meta: dict) -> None:
         reason = None
         if meta.get("config_digest") != self.config_digest:
-            reason = (f"config digest {meta.get('config_digest')!r} differs from the learner's {self.config_digest!r}: "
-                      f"start the actor and the learner with the same robot, cameras, task and model config")
+            # The reply never names the expected digest (a stranger could replay it); the log names both.
+            reason = ("config digest differs from the learner's: start the actor and the learner with the same "
+                      "robot, cameras, task and model config (the learner's log names both)")
+            log.warning("actor %s sent config digest %s; this learner's is %s", str(meta.get("actor_id"))[:60],
+                        str(meta.get("config_digest"))[:60], self.config_digest)
         spec = meta.get("spec")
         if reason is None and not isinstance(spec, dict):
             reason = "hello has no step spec: upgrade the actor"

@@ -48,6 +48,7 @@ class Daemon:
             check_lockstep(config)
             self.sim_clock = LockstepClock(config.control.rate_hz)
         host_clock = self.sim_clock.now_ns if self.sim_clock is not None else None
+        self._refused_peers: set[bytes] = set()       # logged once each
         self.counters = {"ticks": 0, "actor_ticks": 0, "late_steps": 0, "late_actions": 0, "stale_readings": 0,
                          "safety_clipped": 0, "watchdog_stops": 0, "protective_stops": 0, "resets": 0,
                          "malformed": 0, "refused_actors": 0, "link_losses": 0}
@@ -198,10 +199,15 @@ class Daemon:
         if kind == wire.Kind.HELLO:
             digest = message.meta.get("config_digest")
             if digest != self.config.digest():
+                # The reply never names the expected digest: a stranger could replay it in its next hello.
                 self.counters["refused_actors"] += 1
+                if identity not in self._refused_peers and len(self._refused_peers) < 1000:
+                    self._refused_peers.add(identity)
+                    log.warning("refused actor %s: config digest %s, this daemon's %s",
+                                str(message.meta.get("actor_id"))[:60], str(digest)[:60], self.config.digest())
                 wire.send_to(socket, identity, wire.Kind.REFUSE, {
-                    "reason": f"config digest {digest!r} differs from the daemon's {self.config.digest()!r}: "
-                              f"start actor and daemon with the same robot, cameras, task and model config"})
+                    "reason": "config digest differs from the daemon's: start actor and daemon with the same robot, "
+                              "cameras, task and model config (the daemon's log names both)"})
                 return actor
             wire.send_to(socket, identity, wire.Kind.HELLO, {
                 "role": "daemon", "session": self.config.session, "robot": self.kind, "action_dim": self.action_dim,

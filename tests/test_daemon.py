@@ -83,9 +83,12 @@ def test_hello_returns_the_reading_spec_and_action_size(running):
     assert reply.meta["reading_spec"]["camera"]["image"][0] == [64, 64, 3]
 
 
-def test_hello_with_another_config_is_refused_naming_the_digest(running):
+def test_hello_with_another_config_is_refused_without_revealing_the_digest(running):
     reply = running.hello(digest="000000000000")
-    assert reply.kind == wire.Kind.REFUSE and "digest" in reply.meta["reason"]
+    assert reply.kind == wire.Kind.REFUSE and "config digest differs" in reply.meta["reason"]
+    # a stranger learns nothing it could put in its next hello
+    assert running.config.digest() not in repr(reply.meta)
+    assert running.daemon.counters["refused_actors"] == 1
 
 
 def test_observation_carries_device_and_host_times_and_reading_ages(running):
