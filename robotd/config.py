@@ -122,7 +122,13 @@ class ActorConfig:
     prefill_steps: int = spec(200, range=(0, 10_000_000), help="random-policy steps before the network acts")
     chunk_steps: int = spec(32, range=(1, 4096), help="steps per experience chunk")
     spool_memory_chunks: int = spec(256, range=(1, 1_000_000), help="unacked chunks kept in memory before spilling to disk")
-    resend_after_s: float = spec(2.0, range=(0.05, 600.0), help="resend an unacked chunk after this long")
+    resend_after_s: float = spec(2.0, range=(0.05, 600.0),
+                                 help="resend an unacked chunk after this long (doubling per resend, at most 30 s)")
+    spool_max_mb: float = spec(4096.0, range=(1.0, 10_000_000.0),
+                               help="disk for unacknowledged chunks while the learner is away, in MiB")
+    spool_full: str = spec("stop", choices=("stop", "drop_oldest"),
+                           help="when spool_max_mb is reached: stop collecting (the session ends; nothing is lost) "
+                                "or drop the oldest spilled chunks (they stay in the episode files)")
     drain_timeout_s: float = spec(10.0, range=(0.0, 600.0), help="at exit, wait this long for the learner to ack")
     threads: int = spec(1, range=(1, 64))
     daemon_timeout_s: float = spec(10.0, range=(0.1, 600.0), help="how long to wait for the daemon's hello")
@@ -173,7 +179,14 @@ class LearnerConfig:
     device: str = spec("auto", choices=("auto", "cpu", "cuda"))
     init_checkpoint: str = spec("", help="start from this checkpoint (e.g. one robotd replay wrote) when the "
                                          "session has none of its own; robotd train --init PATH sets it")
-    ray_address: str = spec("", help="empty starts Ray locally; 'auto' or ray://host:port joins a cluster")
+    ray_address: str = spec("", help="empty starts Ray locally, listening on 127.0.0.1 only; 'auto', host:port "
+                                     "or ray://host:port joins a cluster, always with Ray's token auth")
+    ray_token_file: str = spec("", help="file holding the Ray cluster's auth token, readable by its owner only "
+                                        "(chmod 600), for a learner.ray_address; empty: RAY_AUTH_TOKEN, "
+                                        "RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token")
+    ray_start_timeout_s: float = spec(120.0, range=(10.0, 3600.0),
+                                      help="how long the learner keeps trying to start or join Ray, retrying "
+                                           "failed attempts, before it gives up")
 
 
 @dataclass

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import glob
+import json
 import logging
 import os
 import shutil
@@ -37,7 +38,8 @@ LEARNER_RESTARTS = 3
 
 
 class Child:
-    """One process of the session."""
+    """One process of the session; ``started_at`` is its wall-clock start (time.time()), so a stats file older
+    than that was not written by this process."""
 
     def __init__(self, name: str, argv: list[str], logdir: Path):
         self.name = name
@@ -45,6 +47,7 @@ class Child:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = open(self.log_path, "ab")
         env = dict(os.environ, PYTHONUNBUFFERED="1")
+        self.started_at = time.time()
         self.process = subprocess.Popen(argv, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                         start_new_session=True, env=env)
 
@@ -74,16 +77,81 @@ class Child:
         self.wait(5.0)
         self._log.close()
 
-    def last_error(self) -> str:
-        """The last error line of the child's log, for a one-line report."""
+    def how_it_ended(self, code: int | None = None) -> str:
+        """How the process ended, from its exit status (``code``, default the process's own; None while it runs):
+        "exited with code 3", "killed by signal 9 (SIGKILL)", "exited normally" or "is still running"."""
+        code = self.process.returncode if code is None else code
+        if code is None:
+            return "is still running"
+        if code == 0:
+            return "exited normally"
+        if code > 0:
+            return f"exited with code {code}"
         try:
-            lines = self.log_path.read_text(errors="replace").strip().splitlines()
-        except OSError:
+            name = signal.Signals(-code).name
+        except ValueError:
+            return f"killed by signal {-code}"
+        return f"killed by signal {-code} ({name})"
+
+    def last_error(self) -> str:
+        """The most telling line at the end of the child's log: the later of its last ERROR or CRITICAL record
+        (or a "robotd <process>: error:" line) and the last line of its last traceback; else its last line;
+        "" without a log. Prefixed "last error: " or "last log line: " to say which it is."""
+        line, is_error = last_log_line(self.log_path)
+        if not line:
             return ""
-        for line in reversed(lines):
-            if "error" in line.lower():
-                return line.strip()
-        return lines[-1].strip() if lines else ""
+        return f"{'last error' if is_error else 'last log line'}: {line}"
+
+    def exit_message(self, code: int | None = None, *, how: str | None = None) -> str:
+        """One line: the process's name, how it ended (``how``, else from ``code`` as in how_it_ended), then its
+        last error or log line and where its log is."""
+        detail = self.last_error()
+        return (f"{self.name} {how or self.how_it_ended(code)}" + (f"; {detail}" if detail else "")
+                + f" (log: {self.log_path})")
+
+
+LOG_TAIL_BYTES = 64 * 1024
+"""How much of the end of a log last_log_line reads."""
+MAX_QUOTED_CHARS = 300
+"""A quoted log line is cut to this many characters."""
+_ERROR_LEVELS = ("ERROR", "CRITICAL", "ERROR:", "CRITICAL:")
+
+
+def _is_error_record(line: str) -> bool:
+    """A logging record at ERROR or CRITICAL level (the level among the first four words, as in
+    robotd.cli.setup_logging's format), or the one-line error robotd.cli.fail prints."""
+    if line.startswith("robotd ") and ": error: " in line:
+        return True
+    return any(word in _ERROR_LEVELS for word in line.split(maxsplit=4)[:4])
+
+
+def last_log_line(path: Path) -> tuple[str, bool]:
+    """(line, is_error): the later of the last error record and the last line of the last traceback in the log
+    at ``path``, with is_error True; else its last non-empty line with is_error False; ("", False) without one."""
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(max(0, os.path.getsize(path) - LOG_TAIL_BYTES))
+            text = handle.read().decode("utf-8", errors="replace")
+    except OSError:
+        return "", False
+    lines = [line.rstrip() for line in text.splitlines() if line.strip()]
+    best = -1
+    for index, line in enumerate(lines):
+        if _is_error_record(line):
+            best = max(best, index)
+        elif line.startswith("Traceback (most recent call last)"):
+            # The exception's own line is the first one after the frames that is not indented.
+            end = next((i for i in range(index + 1, len(lines)) if not lines[i][:1].isspace()), None)
+            if end is not None:
+                best = max(best, end)
+    if best >= 0:
+        return _quoted(lines[best]), True
+    return (_quoted(lines[-1]), False) if lines else ("", False)
+
+
+def _quoted(line: str) -> str:
+    line = line.strip()
+    return line if len(line) <= MAX_QUOTED_CHARS else line[:MAX_QUOTED_CHARS] + "..."
 
 
 def _local_network(config: Config) -> Config:
@@ -153,17 +221,18 @@ def train(config: Config, *, logdir: str, steps: int | None, minutes: float | No
             if children["learner"] in dead and len(retired) < LEARNER_RESTARTS and children["actor"].alive:
                 # The robot keeps going; a new learner resumes from the checkpoint and refills replay
                 # from the episode files, and the actor resends whatever was not acknowledged.
-                print(f"\nrobotd train: learner exited (code {children['learner'].process.returncode}): "
-                      f"restarting it ({children['learner'].last_error()})", file=sys.stderr)
+                print(f"\nrobotd train: learner exited unexpectedly: {children['learner'].exit_message()}; "
+                      f"restarting it", file=sys.stderr)
                 children["learner"].kill_group()           # what it left behind (Ray's processes)
                 retired.append(children["learner"])
                 children["learner"] = Child("learner", [python, "-m", "learner", *common], root)
                 continue
             if any(c.name == "actor" for c in dead):
-                reason = "steps done" if children["actor"].process.returncode == 0 else "actor failed"
+                reason = "steps done" if children["actor"].process.returncode == 0 else \
+                    f"actor {children['actor'].how_it_ended()}"
                 break
             if dead:
-                reason = f"{dead[0].name} exited (code {dead[0].process.returncode})"
+                reason = f"{dead[0].name} {dead[0].how_it_ended()}"
                 break
     finally:
         if tty:
@@ -171,10 +240,15 @@ def train(config: Config, *, logdir: str, steps: int | None, minutes: float | No
         codes = _shutdown(children, collector, interrupted, config)
         collector.close()
         context.term()
-    for child in children.values():
-        if child.process.returncode not in (0, None, -signal.SIGTERM) and reason != "interrupted":
-            print(f"robotd train: {child.name} failed: {child.last_error()} (log: {child.log_path})", file=sys.stderr)
-    summary = summarize(root, reason=reason, wall_s=time.monotonic() - started, exit_codes=codes)
+    for name, child in children.items():
+        code = codes.get(name)
+        if reason == "interrupted" or code in (0, -signal.SIGTERM):
+            continue
+        how = None if code is not None else "did not stop in time and was killed by robotd train (SIGKILL)"
+        print(f"robotd train: {child.exit_message(code, how=how)}", file=sys.stderr)
+    summary = summarize(root, reason=reason, wall_s=time.monotonic() - started, exit_codes=codes,
+                        started_at={name: child.started_at for name, child in children.items()},
+                        status=collector.latest, malformed_status=collector.malformed)
     summary["learner_restarts"] = len(retired)
     session.write_json(root / session.SUMMARY, summary)
     print(format_summary(summary, root), file=sys.stderr)
@@ -202,33 +276,165 @@ def _shutdown(children: dict[str, Child], collector: StatusCollector, interrupte
     return codes
 
 
-def summarize(root: Path, *, reason: str, wall_s: float, exit_codes: dict) -> dict:
-    """summary.json: the session's counters from each process's stats and the episode files."""
-    daemon, actor, learner = (session.read_stats(root, name) for name in ("daemon", "actor", "learner"))
-    logged = 0
-    unreadable = []
-    for path in sorted(glob.glob(str(root / session.EPISODES / "*.h5"))):
+MAX_COUNT = 2**53
+"""The largest count taken from a stats file or status message into summary.json."""
+PROCESSES = ("daemon", "actor", "learner")
+
+
+def read_process_stats(root: Path, name: str, started_at: float | None = None) -> tuple[dict, str]:
+    """A process's stats file (stats/<name>.json, written when the process exits) and what it is worth:
+    ``"final"`` (a JSON object written after ``started_at``, the process's wall-clock start, when that is
+    given), ``"stale"`` (older than ``started_at``: left by an earlier process of that name, such as a learner
+    that was restarted; not used), ``"missing"`` (the process never got to write it: killed, or still
+    starting) or ``"unreadable"`` (not a JSON object; not used). Only final stats come back non-empty."""
+    path = Path(root) / session.STATS / f"{name}.json"
+    try:
+        modified = path.stat().st_mtime
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}, "missing"
+    except (OSError, ValueError, RecursionError):
+        return {}, "unreadable"
+    if not isinstance(data, dict):
+        return {}, "unreadable"
+    if started_at is not None and modified < started_at:
+        return {}, "stale"
+    return data, "final"
+
+
+def _count(value) -> int | None:
+    """``value`` when it is a whole number from 0 to MAX_COUNT (not bool), else None."""
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_COUNT:
+        return value
+    return None
+
+
+def _real(value) -> float | None:
+    """``value`` as a float when it is a finite int or float (not bool) below 1e15 in size, else None."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and -1e15 < value < 1e15:
+        return float(value)
+    return None
+
+
+class _Stats:
+    """One process's stats for summary.json: each figure checked, None when the file is not final."""
+
+    def __init__(self, data: dict, state: str):
+        self.data, self.state = data, state
+
+    @property
+    def usable(self) -> bool:
+        return self.state == "final"
+
+    def count(self, key: str, default: int | None = 0) -> int | None:
+        """A count: ``default`` when the final stats lack it, None when it is malformed or the stats not final."""
+        if not self.usable:
+            return None
+        return default if key not in self.data else _count(self.data[key])
+
+    def real(self, key: str, default: float | None = 0.0) -> float | None:
+        if not self.usable:
+            return None
+        return default if key not in self.data else _real(self.data[key])
+
+    def text(self, key: str, default: str) -> str | None:
+        if not self.usable:
+            return None
+        value = self.data.get(key, default)
+        return value[:200] if isinstance(value, str) else None
+
+    def period(self, key: str) -> dict:
+        """A period-error summary: p50, p99 and max in ms (None where not known); {} when not final."""
+        value = self.data.get(key) if self.usable else None
+        if not isinstance(value, dict):
+            return {}
+        return {name: _real(value.get(name)) for name in ("p50", "p99", "max")}
+
+
+def episode_counts(root: Path) -> tuple[int, int, list[str]]:
+    """(logged steps, episodes with at least one step, unreadable files) over the session's episode files: the
+    closed ones, and the steps in the journal of one whose writer died (an actor killed mid-episode)."""
+    folder = Path(root) / session.EPISODES
+    names = {path.name for path in folder.glob("*.h5")}
+    names |= {path.name[: -len(".journal")] for path in folder.glob("*.h5.journal")}
+    logged, episodes, unreadable = 0, 0, []
+    for name in sorted(names):
         try:
-            logged += count_steps(path)
-        except ValueError as exc:
-            unreadable.append(f"{Path(path).name}: {exc}")
+            steps = count_steps(folder / name)
+        except Exception as exc:        # a damaged file of any kind is reported here, never fatal
+            unreadable.append(f"{name}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
+            continue
+        logged += steps
+        episodes += steps > 0
+    return logged, episodes, unreadable
+
+
+def summarize(root: Path, *, reason: str, wall_s: float, exit_codes: dict, started_at: dict | None = None,
+              status: dict | None = None, malformed_status: dict | None = None) -> dict:
+    """summary.json: the session's counters from each process's stats file and the episode files.
+
+    Each figure comes from where it is known (``sources`` says where; ``stats_files`` holds each stats file's
+    state, see read_process_stats; ``started_at`` maps a process name to its wall-clock start):
+
+    * ``logged_steps`` and ``episodes``: the episode files (every step the actor takes is in its episode
+      file before it is counted; ``episodes`` counts the files with at least one step).
+    * ``env_steps``: the actor's final stats; without them (the actor was killed) the larger of the logged
+      steps and the actor's last status message (``status``, the collector's checked counters).
+    * ``ingested_steps``: the learner's final stats (unique steps its replay stored); None without them.
+    * ``lost_steps``: ``logged_steps - ingested_steps`` (0 at least): every logged step that never reached
+      replay. It needs the learner's final stats, written when the learner ran to the end (after the actor
+      had stopped sending), and is None without them. ``stream_gap_steps`` is the learner's own count of
+      gaps in the chunk streams, a part of it.
+    * Every other figure of a process whose stats file is not final is None (unknown), as is a malformed one.
+    * ``daemon_actor_ticks``: observations the daemon served to the actor (the env steps, plus at most the
+      one in flight and the ticks a stopped robot waited for its reset): a cross-check from the robot's side.
+    * ``malformed_status``: status messages dropped as malformed, per sender (robotd.status).
+    """
+    started_at = started_at if isinstance(started_at, dict) else {}
+    stats = {name: _Stats(*read_process_stats(root, name, started_at.get(name))) for name in PROCESSES}
+    daemon, actor, learner = (stats[name] for name in PROCESSES)
+    logged, episodes, unreadable = episode_counts(root)
+    sources = {"logged_steps": "episode files", "episodes": "episode files (those with steps)"}
+    env_steps = actor.count("env_steps", None)
+    if env_steps is not None:
+        sources["env_steps"] = "actor stats"
+    else:
+        last = status.get("actor") if isinstance(status, dict) else None
+        reported = _count(last.get("env_steps")) if isinstance(last, dict) else None
+        if reported is not None and reported > logged:
+            env_steps, sources["env_steps"] = reported, f"actor's last status message (actor stats {actor.state})"
+        else:
+            env_steps, sources["env_steps"] = logged, f"episode files (actor stats {actor.state})"
+    ingested = learner.count("ingested_steps", None)
+    if ingested is not None:
+        sources["ingested_steps"], sources["lost_steps"] = "learner stats", "logged_steps - ingested_steps"
+        lost = max(0, logged - ingested)
+    else:
+        sources["ingested_steps"] = sources["lost_steps"] = f"unknown (learner stats {learner.state})"
+        lost = None
+    malformed = [stats[name].count("malformed") for name in PROCESSES]
+    dropped = {str(sender)[:40]: count for sender, count in (malformed_status or {}).items()
+               if _count(count) is not None and count > 0} if isinstance(malformed_status, dict) else {}
     return {**episode_outcomes(root),
-        "env_steps": actor.get("env_steps", 0), "episodes": actor.get("episodes", 0), "logged_steps": logged,
-        "ingested_steps": learner.get("ingested_steps", 0), "duplicate_chunks": learner.get("duplicate_chunks", 0),
-        "lost_steps": learner.get("lost_steps", 0), "learner_updates": learner.get("learner_updates", 0),
-        "replayed_steps": learner.get("replayed_steps", 0),
-        "policy_version_max": actor.get("policy_version_max", 0),
-        "published_version": learner.get("published_version", 0),
-        "control_rate_hz": daemon.get("control_rate_hz", 0.0), "target_rate_hz": daemon.get("target_rate_hz", 0.0),
-        "period_error_ms": daemon.get("period_error_ms", {}),
-        "period_error_ms_while_training": daemon.get("period_error_ms_while_training", {}),
-        "late_steps": actor.get("late_steps", 0), "stale_readings": daemon.get("stale_readings", 0),
-        "daemon_late_ticks": daemon.get("late_steps", 0), "watchdog_stops": daemon.get("watchdog_stops", 0),
-        "protective_stops": daemon.get("protective_stops", 0), "safety_clipped": daemon.get("safety_clipped", 0),
-        "scheduling": daemon.get("scheduling", ""), "pacing": daemon.get("pacing", "realtime"),
-        "unacked_chunks": actor.get("unacked_chunks", 0),
-        "resent_chunks": actor.get("resent_chunks", 0),
-        "malformed_messages": sum(s.get("malformed", 0) for s in (daemon, actor, learner)),
+        "env_steps": env_steps, "episodes": episodes, "logged_steps": logged,
+        "ingested_steps": ingested, "lost_steps": lost, "stream_gap_steps": learner.count("lost_steps"),
+        "duplicate_chunks": learner.count("duplicate_chunks"), "learner_updates": learner.count("learner_updates"),
+        "replayed_steps": learner.count("replayed_steps"),
+        "policy_version_max": actor.count("policy_version_max"),
+        "published_version": learner.count("published_version"),
+        "control_rate_hz": daemon.real("control_rate_hz"), "target_rate_hz": daemon.real("target_rate_hz"),
+        "period_error_ms": daemon.period("period_error_ms"),
+        "period_error_ms_while_training": daemon.period("period_error_ms_while_training"),
+        "late_steps": actor.count("late_steps"), "stale_readings": daemon.count("stale_readings"),
+        "daemon_late_ticks": daemon.count("late_steps"), "daemon_actor_ticks": daemon.count("actor_ticks", None),
+        "watchdog_stops": daemon.count("watchdog_stops"),
+        "protective_stops": daemon.count("protective_stops"), "safety_clipped": daemon.count("safety_clipped"),
+        "scheduling": daemon.text("scheduling", ""), "pacing": daemon.text("pacing", "realtime"),
+        "unacked_chunks": actor.count("unacked_chunks"),
+        "resent_chunks": actor.count("resent_chunks"),
+        "malformed_messages": sum(count for count in malformed if count is not None),
+        "malformed_status": dropped, "sources": sources,
+        "stats_files": {name: stats[name].state for name in PROCESSES},
         "unreadable_episodes": unreadable, "exit_reason": reason, "exit_codes": exit_codes, "wall_s": round(wall_s, 2),
     }
 
@@ -258,40 +464,64 @@ def episode_outcomes(root: Path) -> dict:
 
 
 def _ms(value) -> str:
-    return "n/a" if value is None else f"{value:.3f}"
+    return f"{value:.3f}" if _real(value) is not None else "n/a"
+
+
+def _figure(value) -> str:
+    """A count for the end-of-session report: the number, or 'unknown' for anything else."""
+    return str(value) if _count(value) is not None else "unknown"
 
 
 def _window_text(window) -> str:
     if not isinstance(window, dict) or not window.get("episodes"):
         return "-"
-    ret, rate = window.get("return_mean"), window.get("success_rate")
-    ret_text = f"{ret:.2f}" if isinstance(ret, (int, float)) else "-"
-    rate_text = f"{rate:.0%}" if isinstance(rate, (int, float)) else "-"
-    return f"return {ret_text}, success {rate_text} ({window['episodes']} episodes)"
+    ret, rate = _real(window.get("return_mean")), _real(window.get("success_rate"))
+    ret_text = f"{ret:.2f}" if ret is not None else "-"
+    rate_text = f"{rate:.0%}" if rate is not None else "-"
+    return f"return {ret_text}, success {rate_text} ({_figure(window.get('episodes'))} episodes)"
 
 
 def _outcome_line(summary: dict) -> str:
     """The finished episodes' success and return, first 20 against last 20."""
-    finished = summary.get("finished_episodes", 0)
-    rate = summary.get("success_rate")
-    rate_text = f" ({rate:.0%})" if isinstance(rate, (int, float)) else ""
-    return (f"  episodes: {finished} finished, {summary.get('episodes_succeeded', 0)} succeeded{rate_text}; "
+    rate = _real(summary.get("success_rate"))
+    rate_text = f" ({rate:.0%})" if rate is not None else ""
+    return (f"  episodes: {_figure(summary.get('finished_episodes', 0))} finished, "
+            f"{_figure(summary.get('episodes_succeeded', 0))} succeeded{rate_text}; "
             f"first 20: {_window_text(summary.get('first20'))}; last 20: {_window_text(summary.get('last20'))}")
 
 
 def format_summary(summary: dict, root: Path) -> str:
-    """A few readable lines for the end of a session."""
-    period = summary.get("period_error_ms") or {}
-    training = summary.get("period_error_ms_while_training") or {}
-    return "\n".join([
-        f"session {root}: {summary['exit_reason']} after {summary['wall_s']:.0f} s",
-        f"  steps: env {summary['env_steps']}, logged {summary['logged_steps']}, ingested {summary['ingested_steps']}, "
-        f"lost {summary['lost_steps']}, duplicate chunks {summary['duplicate_chunks']}, episodes {summary['episodes']}",
-        f"  control: {summary['control_rate_hz'] or 0:.2f} Hz, period error p50/p99/max "
+    """A few readable lines for the end of a session ('unknown' or 'n/a' for a figure that is not known)."""
+    period = summary.get("period_error_ms")
+    period = period if isinstance(period, dict) else {}
+    training = summary.get("period_error_ms_while_training")
+    training = training if isinstance(training, dict) else {}
+    wall = _real(summary.get("wall_s"))
+    rate = _real(summary.get("control_rate_hz"))
+    scheduling = summary.get("scheduling")
+    lines = [
+        f"session {root}: {summary.get('exit_reason')} after {wall or 0:.0f} s",
+        f"  steps: env {_figure(summary.get('env_steps'))}, logged {_figure(summary.get('logged_steps'))}, "
+        f"ingested {_figure(summary.get('ingested_steps'))}, lost {_figure(summary.get('lost_steps'))}, "
+        f"duplicate chunks {_figure(summary.get('duplicate_chunks'))}, episodes {_figure(summary.get('episodes'))}",
+        f"  control: {'unknown' if rate is None else f'{rate:.2f}'} Hz, period error p50/p99/max "
         f"{_ms(period.get('p50'))}/{_ms(period.get('p99'))}/{_ms(period.get('max'))} ms "
-        f"(while training p99 {_ms(training.get('p99'))} ms), late steps {summary['late_steps']}, "
-        f"stale readings {summary['stale_readings']}, {summary['scheduling']}",
-        f"  learner: {summary['learner_updates']} updates, newest policy used v{summary['policy_version_max']}",
+        f"(while training p99 {_ms(training.get('p99'))} ms), late steps {_figure(summary.get('late_steps'))}, "
+        f"stale readings {_figure(summary.get('stale_readings'))}, "
+        f"{scheduling if isinstance(scheduling, str) else 'scheduling unknown'}",
+        f"  learner: {_figure(summary.get('learner_updates'))} updates, newest policy used "
+        f"v{_figure(summary.get('policy_version_max'))}",
         _outcome_line(summary),
-        f"  summary: {root / session.SUMMARY}",
-    ])
+    ]
+    states = summary.get("stats_files")
+    if isinstance(states, dict) and any(state != "final" for state in states.values()):
+        sources = summary.get("sources") if isinstance(summary.get("sources"), dict) else {}
+        lines.append(f"  stats files: {', '.join(f'{name} {state}' for name, state in states.items())}; "
+                     f"env steps from {sources.get('env_steps', 'unknown')}")
+    dropped = summary.get("malformed_status")
+    if isinstance(dropped, dict) and dropped:
+        counts = [f"{sender} {count}" for sender, count in dropped.items() if _count(count) is not None]
+        total = sum(count for count in dropped.values() if _count(count) is not None)
+        lines.append(f"  status channel: {total} malformed messages dropped ({', '.join(counts)})")
+    lines.append(f"  summary: {root / session.SUMMARY}")
+    return "\n".join(lines)

@@ -2,15 +2,126 @@
 
 Publishers connect a PUB socket to the collector's bound SUB socket, so processes can start in
 any order. Messages are ``wire.Kind.STATUS`` with ``process`` and a flat ``counters`` mapping.
+
+Anything on the loopback interface can publish, so the collector checks every field of every
+message before using it (``status_problem``): the meta holds only ``process`` and ``counters``
+and no arrays; ``process`` is one of ``PROCESSES``; ``counters`` holds at most that process's
+names in ``COUNTERS``, each of its type and within its range (bool is never a number, NaN and
+infinities are refused, counts are whole numbers from 0 to 2**53); and the actor's counters agree
+with each other (finished episodes <= episodes <= env steps). A message that fails is dropped and
+counted per sender (``malformed``: a known process name, or ``"unknown"`` when the name is missing
+or not accepted), and logged once per sender. The collector keeps its own copy of the checked
+counters, never the received objects.
 """
 from __future__ import annotations
 
+import logging
 import math
 import time
+from dataclasses import dataclass
 
 import zmq
 
 from robotd import wire
+
+log = logging.getLogger("robotd.status")
+
+PROCESSES = ("daemon", "actor", "learner")
+"""The process names a status message may carry (what robotd/daemon.py, actor/main.py and learner/main.py publish)."""
+UNKNOWN = "unknown"
+"""The sender a malformed message is counted under when it names no accepted process."""
+MAX_COUNT = 2**53
+"""The largest count accepted (every integer up to it is exact as a float)."""
+MAX_MESSAGE_BYTES = 64 * 1024
+"""The largest status message decoded; the process counters take a few hundred bytes."""
+MAX_FRAME_BYTES = 1024 * 1024
+"""ZeroMQ drops a peer that sends a larger frame before it is held in memory (ZMQ_MAXMSGSIZE)."""
+MAX_MESSAGES_PER_POLL = 1000
+"""A flood of messages cannot keep ``poll`` from returning."""
+
+
+@dataclass(frozen=True)
+class Counter:
+    """The type and range of one counter: ``count`` (a whole number), ``real`` (int or float) or ``flag`` (bool)."""
+
+    kind: str
+    low: float = 0
+    high: float = MAX_COUNT
+
+    def problem(self, value) -> str | None:
+        """Why ``value`` is not such a counter, or None."""
+        if self.kind == "flag":
+            return None if isinstance(value, bool) else f"is {_shown(value)}, expected true or false"
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return f"is {_shown(value)} ({type(value).__name__}), expected a number"
+        if self.kind == "count" and not isinstance(value, int):
+            return f"is {_shown(value)}, expected a whole number"
+        if isinstance(value, float) and not math.isfinite(value):
+            return f"is {value}, expected a finite number"
+        if not self.low <= value <= self.high:
+            return f"is {_shown(value)}, expected {self.low:g} to {self.high:g}"
+        return None
+
+
+_COUNT = Counter("count")
+_FLAG = Counter("flag")
+_RATE = Counter("real", 0, 1e9)
+_RETURN = Counter("real", -1e12, 1e12)
+
+COUNTERS: dict[str, dict[str, Counter]] = {
+    "daemon": {"rate_hz": _RATE, "error_p99_ms": Counter("real", -1e9, 1e9), "late_steps": _COUNT, "ticks": _COUNT,
+               "stale_readings": _COUNT, "actor_connected": _FLAG},
+    "actor": {"env_steps": _COUNT, "episodes": _COUNT, "policy_version": _COUNT,
+              "policy_age_s": Counter("real", -1e9, 1e9), "last_return": _RETURN, "last_success": Counter("count", 0, 1),
+              "finished_episodes": _COUNT, "return_mean20": _RETURN, "success_rate": Counter("real", 0, 1),
+              "unacked_chunks": _COUNT, "learner_connected": _FLAG},
+    "learner": {"replay_steps": _COUNT, "updates": _COUNT, "updates_per_s": _RATE, "published_version": _COUNT,
+                "train_ratio": _RATE},
+}
+"""Every counter each process may send (all optional), with its type and range. The actor's policy_age_s is
+-1 before its first weights, and below 0 when the learner's clock is ahead of the actor's."""
+
+
+def _shown(value) -> str:
+    """``repr(value)`` cut to one short line (the value came from another process)."""
+    try:
+        text = repr(value)
+    except (ValueError, RecursionError):          # an integer too long to print, or nesting too deep
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= 40 else text[:40] + "..."
+
+
+def status_problem(meta, arrays=None) -> tuple[str, str | None]:
+    """Checks a decoded status message: returns (sender, None) when it may be used, else (sender, why not).
+
+    The sender is the message's process name when it is one of ``PROCESSES``, else ``UNKNOWN``."""
+    if not isinstance(meta, dict):
+        return UNKNOWN, f"meta is a {type(meta).__name__}, expected an object"
+    process = meta.get("process")
+    if not isinstance(process, str) or process not in PROCESSES:
+        return UNKNOWN, f"process {_shown(process)} is not one of {', '.join(PROCESSES)}"
+    extra = sorted(str(key) for key in meta if key not in ("process", "counters"))
+    if extra:
+        return process, f"meta has unexpected field(s) {_shown(extra)}; only process and counters are sent"
+    if arrays:
+        return process, f"carries array(s) {_shown(sorted(arrays))}; status messages have none"
+    counters = meta.get("counters")
+    if not isinstance(counters, dict):
+        return process, f"counters is {_shown(counters)}, expected an object of counters"
+    schema = COUNTERS[process]
+    for name, value in counters.items():
+        if name not in schema:
+            return process, f"counter {_shown(name)} is not one {process} sends (known: {', '.join(schema)})"
+        problem = schema[name].problem(value)
+        if problem is not None:
+            return process, f"counter {name!r} {problem}"
+    if process == "actor":
+        steps, episodes, finished = (counters.get(name) for name in ("env_steps", "episodes", "finished_episodes"))
+        if episodes is not None and finished is not None and finished > episodes:
+            return process, f"finished_episodes {finished} is more than episodes {episodes}"
+        if steps is not None and episodes is not None and episodes > steps:
+            return process, f"episodes {episodes} is more than env_steps {steps} (every episode has a step)"
+    return process, None
 
 
 class StatusPublisher:
@@ -52,25 +163,50 @@ class StatusPublisher:
 
 
 class StatusCollector:
-    """Binds the SUB side and keeps the newest counters of every process."""
+    """Binds the SUB side and keeps the newest checked counters of every process.
+
+    ``latest`` maps a process name to a copy of its newest accepted counters and ``received_at`` to when they
+    came (time.monotonic()); ``malformed`` counts the dropped messages per sender (see the module docstring)."""
 
     def __init__(self, context: zmq.Context, address: str):
         self._socket = context.socket(zmq.SUB)
         self._socket.setsockopt(zmq.LINGER, 0)
+        self._socket.setsockopt(zmq.MAXMSGSIZE, MAX_FRAME_BYTES)
         self._socket.setsockopt(zmq.SUBSCRIBE, b"")
         self._socket.bind(address)
-        self._receiver = wire.Receiver("status")
         self.latest: dict[str, dict] = {}
         self.received_at: dict[str, float] = {}
+        self.malformed: dict[str, int] = {}
 
     def poll(self, timeout_ms: int = 0) -> None:
-        """Takes every waiting status message."""
-        while self._socket.poll(timeout_ms):
+        """Takes every waiting status message (at most MAX_MESSAGES_PER_POLL in one call)."""
+        for _ in range(MAX_MESSAGES_PER_POLL):
+            if not self._socket.poll(timeout_ms):
+                return
             timeout_ms = 0
-            message = self._receiver.decode(self._socket.recv_multipart(copy=False), expect=[wire.Kind.STATUS])
-            if message is not None and isinstance(message.meta.get("counters"), dict):
-                self.latest[message.meta["process"]] = message.meta["counters"]
-                self.received_at[message.meta["process"]] = time.monotonic()
+            self.take(self._socket.recv_multipart(copy=False))
+
+    def take(self, frames: list) -> bool:
+        """Checks one received message and keeps its counters; False (counted, logged once per sender) when
+        it is malformed."""
+        try:
+            message = wire.decode(frames, max_bytes=MAX_MESSAGE_BYTES, expect=[wire.Kind.STATUS])
+        except ValueError as exc:
+            self._drop(UNKNOWN, str(exc))
+            return False
+        sender, problem = status_problem(message.meta, message.arrays)
+        if problem is not None:
+            self._drop(sender, problem)
+            return False
+        self.latest[sender] = dict(message.meta["counters"])
+        self.received_at[sender] = time.monotonic()
+        return True
+
+    def _drop(self, sender: str, problem: str) -> None:
+        self.malformed[sender] = self.malformed.get(sender, 0) + 1
+        if self.malformed[sender] == 1:
+            log.warning("status: dropped a malformed message from %s: %s; fix the sender (further ones from %s "
+                        "are counted in summary.json's malformed_status, not logged)", sender, problem, sender)
 
     def close(self) -> None:
         """Closes the socket."""
@@ -81,7 +217,10 @@ LINE_WIDTH = 80
 
 
 def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    """True for an int or float (not bool) that is finite and small enough to show (below 1e18 in size)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    return -1e18 < value < 1e18
 
 
 def _count(value) -> str:
@@ -125,8 +264,9 @@ def format_line(latest: dict[str, dict], now_s: float | None = None, width: int 
     episodes ('-' before the first) and the policy version at the robot (actor); replay size and
     updates per second (learner). Where room is left, the period error p99, the policy's age, the
     unacknowledged chunks, the train ratio and the published version follow. A counter that is not
-    a number shows as '?'."""
-    daemon, actor, learner = (latest.get(name) for name in ("daemon", "actor", "learner"))
+    a number (or is 1e18 or more in size) shows as '?'."""
+    latest = latest if isinstance(latest, dict) else {}
+    daemon, actor, learner = (latest.get(name) for name in PROCESSES)
     daemon, actor, learner = (part if isinstance(part, dict) else {} for part in (daemon, actor, learner))
     # Each group is a list of (text, priority): priority None is always shown, the others in increasing
     # order as long as the line stays within width.

@@ -14,6 +14,8 @@ from robotd.episodes import count_steps, read_episode
 from robotd.metrics import read_metrics
 
 ROOT = Path(__file__).resolve().parent.parent
+from tests.test_ray_local import _descendants, _is_loopback, listening_sockets  # noqa: E402
+
 FAST = ["--set", "control.rate_hz=50", "--set", "control.action_deadline_ms=15", "--set", "actor.prefill_steps=100",
         "--set", "learner.min_replay_steps=64", "--set", "learner.batch_size=4", "--set", "learner.batch_length=16",
         "--set", "learner.publish_every_updates=2"]
@@ -127,9 +129,13 @@ def test_ctrl_c_stops_everything_and_leaves_a_readable_session(tmp_path):
     while time.monotonic() < deadline and len(list((logdir / "episodes").glob("*.h5"))) < 2:
         time.sleep(0.5)
     assert len(list((logdir / "episodes").glob("*.h5"))) >= 2, "the session never got going"
+    # Nothing of the session listens beyond loopback: not its channels, not Ray (GCS, raylet, workers, agents).
+    listening = listening_sockets(_descendants(process.pid))
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 130, stderr[-3000:]
+    assert len(listening) >= 5, listening                      # the four channels' binds and Ray's servers at least
+    assert [entry for entry in listening if not _is_loopback(entry[1])] == [], listening
     summary = assert_session_invariants(logdir, None)
     assert summary["exit_reason"] == "interrupted"
     daemon = json.loads((logdir / "stats" / "daemon.json").read_text())

@@ -1,0 +1,339 @@
+"""The learner's Ray: a local one listens on loopback only, a cluster is joined with token auth, and a
+failed start is retried within learner.ray_start_timeout_s."""
+import ipaddress
+import json
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from learner import main as learner_main
+from robotd import config as cfg
+from robotd.config import LearnerConfig
+from robotd.security import SecurityError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+# ---- config ------------------------------------------------------------------------------------------
+
+def test_ray_settings_default_to_local_with_a_generous_start_budget():
+    learner = cfg.load(None).learner
+    assert (learner.ray_address, learner.ray_token_file, learner.ray_start_timeout_s) == ("", "", 120.0)
+    assert cfg.load(None, ["learner.ray_start_timeout_s=300", "learner.ray_token_file=~/t"]).learner \
+        .ray_start_timeout_s == 300.0
+
+
+@pytest.mark.parametrize("value", ["5", "4000"])
+def test_ray_start_timeout_out_of_range_names_the_range(value):
+    with pytest.raises(cfg.ConfigError, match=r"learner.ray_start_timeout_s = .* is out of range: allowed 10.0 to "
+                                              r"3600.0"):
+        cfg.load(None, [f"learner.ray_start_timeout_s={value}"])
+
+
+# ---- auth decision -----------------------------------------------------------------------------------
+
+def token_file(tmp_path, mode=0o600, text="secret-token") -> Path:
+    path = tmp_path / "ray_token"
+    path.write_text(text)
+    path.chmod(mode)
+    return path
+
+
+def test_local_ray_is_single_node_and_only_then_without_token_auth(tmp_path):
+    env = learner_main.ray_env(LearnerConfig(), {"HOME": str(tmp_path)})
+    assert env == {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled"}
+    # An explicit mode from the environment is kept (token auth on a local Ray is stricter, not looser).
+    assert learner_main.ray_env(LearnerConfig(), {"RAY_AUTH_MODE": "token"})["RAY_AUTH_MODE"] == "token"
+
+
+@pytest.mark.parametrize("address", ["auto", "10.0.0.5:6379", "ray://head:10001", "127.0.0.1:6379"])
+def test_cluster_without_a_token_is_refused_in_one_line(tmp_path, address):
+    with pytest.raises(SecurityError) as info:
+        learner_main.ray_env(LearnerConfig(ray_address=address), {"HOME": str(tmp_path)})
+    message = str(info.value)
+    assert "\n" not in message
+    assert f"learner.ray_address={address}" in message and "learner.ray_token_file" in message
+    assert "RAY_AUTH_TOKEN" in message
+
+
+def test_local_is_not_a_cluster_address(tmp_path):
+    with pytest.raises(SecurityError, match="learner.ray_address=local is not a cluster address: leave it empty"):
+        learner_main.ray_env(LearnerConfig(ray_address="local"), {"RAY_AUTH_TOKEN": "t"})
+
+
+def test_cluster_never_runs_with_auth_disabled(tmp_path):
+    path = token_file(tmp_path)
+    with pytest.raises(SecurityError, match=r"RAY_AUTH_MODE=disabled .* learner.ray_address=auto needs"):
+        learner_main.ray_env(LearnerConfig(ray_address="auto", ray_token_file=str(path)),
+                             {"RAY_AUTH_MODE": "disabled"})
+
+
+def test_cluster_token_file_is_used_and_wins_over_the_environment(tmp_path):
+    path = token_file(tmp_path)
+    env = learner_main.ray_env(LearnerConfig(ray_address="ray://head:10001", ray_token_file=str(path)),
+                               {"RAY_AUTH_TOKEN": "other", "HOME": str(tmp_path)})
+    assert env == {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(path), "RAY_AUTH_TOKEN": None}
+
+
+@pytest.mark.parametrize("mode, text, expected", [
+    (0o644, "secret", r"can be read by other users \(mode 644\): chmod 600"),
+    (0o640, "secret", r"can be read by other users \(mode 640\): chmod 600"),
+    (0o600, "", r"is not a file holding a token"),
+])
+def test_unsafe_or_empty_token_file_is_refused(tmp_path, mode, text, expected):
+    path = token_file(tmp_path, mode, text)
+    with pytest.raises(SecurityError, match=rf"learner.ray_token_file '.*ray_token' {expected}"):
+        learner_main.ray_env(LearnerConfig(ray_address="auto", ray_token_file=str(path)), {})
+
+
+def test_missing_token_file_is_refused(tmp_path):
+    with pytest.raises(SecurityError, match=r"learner.ray_token_file '.*nope' cannot be read \(No such file"):
+        learner_main.ray_env(LearnerConfig(ray_address="auto", ray_token_file=str(tmp_path / "nope")), {})
+
+
+def test_cluster_token_from_rays_own_places(tmp_path):
+    cluster = LearnerConfig(ray_address="auto")
+    assert learner_main.ray_env(cluster, {"RAY_AUTH_TOKEN": "t", "HOME": str(tmp_path)}) == {"RAY_AUTH_MODE": "token"}
+    path = token_file(tmp_path, 0o644)
+    with pytest.raises(SecurityError, match=r"RAY_AUTH_TOKEN_PATH '.*' can be read by other users"):
+        learner_main.ray_env(cluster, {"RAY_AUTH_TOKEN_PATH": str(path), "HOME": str(tmp_path)})
+    (tmp_path / ".ray").mkdir()
+    default = token_file(tmp_path / ".ray", 0o600)
+    default.rename(tmp_path / ".ray" / "auth_token")
+    assert learner_main.ray_env(cluster, {"HOME": str(tmp_path)}) == {"RAY_AUTH_MODE": "token"}
+
+
+def test_start_ray_refuses_a_cluster_without_token_before_touching_ray(tmp_path, monkeypatch):
+    for name in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    config = cfg.load(None, ["learner.ray_address=ray://127.0.0.1:1"])
+    with pytest.raises(SecurityError, match="needs its auth token"):
+        learner_main._start_ray(config)
+    assert "RAY_AUTH_MODE" not in os.environ
+
+
+# ---- retries -----------------------------------------------------------------------------------------
+
+class FakeClock:
+    def __init__(self):
+        self.now = 1000.0
+        self.sleeps = []
+
+    def __call__(self):
+        return self.now
+
+    def sleep(self, seconds):
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+def flaky(clock, failures, seconds_each, error=RuntimeError("The current node timed out during startup.\nmore")):
+    calls = []
+
+    def attempt(left):
+        calls.append(left)
+        clock.now += seconds_each
+        if len(calls) <= failures:
+            raise error
+        return "up"
+    return attempt, calls
+
+
+def test_failed_starts_are_retried_within_the_budget(caplog):
+    clock = FakeClock()
+    attempt, calls = flaky(clock, failures=2, seconds_each=20)
+    with caplog.at_level(logging.INFO, logger="learner"):
+        result = learner_main.retry_start(attempt, 120, what="starting Ray", fix="fix it", clock=clock,
+                                          sleep=clock.sleep)
+    assert result == "up"
+    assert calls == [120, 99, 77]  # the time left is handed to each attempt
+    assert clock.sleeps == [1, 2]
+    infos = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert [line.split(",")[0] for line in infos] == [f"starting Ray: attempt {n}" for n in (1, 2, 3)]
+    assert len(warnings) == 2
+    assert all("failed (RuntimeError: The current node timed out during startup.)" in line for line in warnings)
+
+
+def test_retries_stop_when_the_budget_is_spent_with_a_one_line_error():
+    clock = FakeClock()
+    attempt, calls = flaky(clock, failures=99, seconds_each=25)
+    with pytest.raises(RuntimeError) as info:
+        learner_main.retry_start(attempt, 60, what="starting Ray", fix="raise learner.ray_start_timeout_s",
+                                 clock=clock, sleep=clock.sleep)
+    message = str(info.value)
+    assert "\n" not in message
+    assert message == ("starting Ray: 2 attempt(s) failed within learner.ray_start_timeout_s=60 s (last: RuntimeError:"
+                       " The current node timed out during startup.): raise learner.ray_start_timeout_s")
+    assert len(calls) == 2 and clock.now - 1000.0 <= 60 + 25
+
+
+def test_fatal_errors_are_not_retried():
+    clock = FakeClock()
+    attempt, calls = flaky(clock, failures=5, seconds_each=1, error=SecurityError("bad token"))
+    with pytest.raises(SecurityError, match="bad token"):
+        learner_main.retry_start(attempt, 120, what="x", fix="y", fatal=(SecurityError,), clock=clock,
+                                 sleep=clock.sleep)
+    assert len(calls) == 1 and clock.sleeps == []
+
+
+def test_a_stop_request_ends_the_retries():
+    clock = FakeClock()
+    attempt, calls = flaky(clock, failures=5, seconds_each=1)
+    with pytest.raises(RuntimeError, match="stopped after attempt 1 failed"):
+        learner_main.retry_start(attempt, 120, what="x", fix="y", clock=clock, sleep=clock.sleep,
+                                 stopped=lambda: bool(clock.sleeps))
+    assert len(calls) == 1
+
+
+def test_ray_waits_follow_the_budget_unless_the_environment_sets_them(monkeypatch):
+    monkeypatch.delenv("RAY_gcs_server_port_wait_time_s", raising=False)
+    monkeypatch.setenv("RAY_raylet_start_wait_time_s", "77")
+    with learner_main._ray_waits(41.2):
+        assert os.environ["RAY_gcs_server_port_wait_time_s"] == "42"
+        assert os.environ["RAY_raylet_start_wait_time_s"] == "77"
+    assert "RAY_gcs_server_port_wait_time_s" not in os.environ
+    assert os.environ["RAY_raylet_start_wait_time_s"] == "77"
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
+def test_leftovers_of_a_failed_start_are_killed_and_nothing_else(tmp_path):
+    marker = str(tmp_path / "robotd-ray-attempt")
+    sleeper = [sys.executable, "-c", "import sys, time; time.sleep(60)"]
+    left = subprocess.Popen([*sleeper, marker])
+    other = subprocess.Popen(sleeper)
+    try:
+        killed = learner_main.kill_descendants_naming(marker)
+        assert killed == [left.pid]
+        assert not Path(f"/proc/{left.pid}").exists()  # killed and reaped
+        assert other.poll() is None
+    finally:
+        for process in (left, other):
+            process.kill()
+            process.wait()
+
+
+# ---- a real local Ray --------------------------------------------------------------------------------
+
+_LOCAL_RAY = """
+import json, os, sys
+from learner.main import _start_ray
+from learner.replay import ReplayBuffer
+from robotd import config
+ray = _start_ray(config.load(None))
+replay = ray.remote(num_cpus=0.25)(ReplayBuffer).remote(1000, 0)
+ray.get(replay.stats.remote())
+print(json.dumps({"node_ip": ray.util.get_node_ip_address(), "auth": os.environ.get("RAY_AUTH_MODE")}), flush=True)
+sys.stdin.readline()
+ray.shutdown()
+print("down", flush=True)
+"""
+
+
+def _descendants(root: int) -> set[int]:
+    parents = {}
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                stat = Path(f"/proc/{entry.name}/stat").read_bytes()
+            except OSError:
+                continue
+            parents[int(entry.name)] = int(stat.rsplit(b")", 1)[1].split()[1])
+    found, frontier = {root}, [root]
+    while frontier:
+        parent = frontier.pop()
+        for pid, ppid in parents.items():
+            if ppid == parent and pid not in found:
+                found.add(pid)
+                frontier.append(pid)
+    return found
+
+
+def _socket_inodes(pids: set[int]) -> dict[int, int]:
+    inodes = {}
+    for pid in pids:
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                inodes[int(target[8:-1])] = pid
+    return inodes
+
+
+def _address(hex_address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    host = hex_address.split(":")[0]
+    raw = bytes.fromhex(host)
+    # /proc/net prints the address as 32-bit words in host (little-endian) order.
+    return ipaddress.ip_address(b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4)))
+
+
+def listening_sockets(pids: set[int]) -> list[tuple[str, str, int]]:
+    """(protocol, address, pid) of every listening TCP and bound UDP socket the processes hold."""
+    inodes = _socket_inodes(pids)
+    found = []
+    for protocol, listening in (("tcp", "0A"), ("tcp6", "0A"), ("udp", "07"), ("udp6", "07")):
+        for line in Path(f"/proc/net/{protocol}").read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == listening and int(fields[9]) in inodes:
+                found.append((protocol, f"{_address(fields[1])}:{int(fields[1].split(':')[1], 16)}",
+                              inodes[int(fields[9])]))
+    return found
+
+
+def _is_loopback(address: str) -> bool:
+    ip = ipaddress.ip_address(address.rsplit(":", 1)[0])
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return ip.is_loopback or (mapped is not None and mapped.is_loopback)
+
+
+def test_local_ray_environment_gives_ray_a_loopback_node_address():
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")}
+    env.update(learner_main.ray_env(LearnerConfig(), {}))
+    result = subprocess.run([sys.executable, "-c", "import ray; print(ray.util.get_node_ip_address())"], env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "127.0.0.1"
+
+
+@pytest.mark.slow  # 34 s on a loaded 2-core machine: Ray's start, a replay worker, Ray's shutdown
+@pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="needs /proc/net")
+def test_local_ray_listens_on_loopback_only(tmp_path):
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")}
+    stderr = open(tmp_path / "stderr.txt", "w+")
+    process = subprocess.Popen([sys.executable, "-c", _LOCAL_RAY], cwd=ROOT, env=env, text=True,
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr)
+    try:
+        line = process.stdout.readline()
+        if not line:
+            process.wait(timeout=60)
+            pytest.fail((tmp_path / "stderr.txt").read_text()[-3000:])
+        info = json.loads(line)
+        pids = _descendants(process.pid)
+        names = {Path(f"/proc/{pid}/comm").read_text().strip() for pid in pids if Path(f"/proc/{pid}").exists()}
+        sockets = listening_sockets(pids)
+        process.stdin.write("\n")
+        process.stdin.flush()
+        assert process.stdout.readline().strip() == "down"
+        assert process.wait(timeout=60) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        stderr.close()
+    assert info == {"node_ip": "127.0.0.1", "auth": "disabled"}
+    assert {"gcs_server", "raylet"} <= names
+    # GCS, raylet (node manager and object manager), the driver's and the replay worker's gRPC servers.
+    assert len(sockets) >= 5, sockets
+    assert [s for s in sockets if not _is_loopback(s[1])] == []
