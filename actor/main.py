@@ -30,7 +30,7 @@ from robotd import curves, quality, session, steps, tasks, wire
 from robotd.config import Config
 from robotd.episodes import EpisodeWriter
 from robotd.metrics import MetricsWriter
-from robotd.security import SecurityError, configure_client, needs_auth
+from robotd.security import SecurityError, client_securer, configure_client, needs_auth
 from robotd.status import StatusPublisher
 
 log = logging.getLogger("actor")
@@ -100,6 +100,9 @@ class Actor:
     def _connect_daemon(self, context):
         socket = context.socket(zmq.DEALER)
         socket.setsockopt(zmq.LINGER, 0)
+        secure = client_securer(self.config.network, self.config.network.actor_key)
+        if secure is not None:
+            secure(socket)
         socket.connect(self.config.network.control)
         self.daemon_hello = {"role": "actor", "session": self.config.session, "actor_id": self.actor_id,
                              "config_digest": self.config.digest()}
@@ -158,7 +161,8 @@ class Actor:
         self.stream.start()
         self.weights = None
         self.metrics = MetricsWriter(self.logdir, process="actor")
-        self.status = StatusPublisher(context, config.network.status, "actor")
+        self.status = StatusPublisher(context, config.network.status, "actor",
+                                      secure=client_securer(config.network, config.network.actor_key))
         log.info("actor %s up: task %s, obs %s, action dim %d, learner %s", self.actor_id, self.task.name,
                  sorted(self.obs_spec), self.action_dim, self.learner_address)
         try:

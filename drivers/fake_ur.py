@@ -16,16 +16,19 @@ It serves, on one loopback address, the ports a UR controller serves and ur-rtde
 
 The arm is drivers/sim_ur5.SimUR5 on the host clock: servoJ sets servo targets, speedJ joint
 velocities, speedL the tool's linear velocity (the tool held pointing down), moveJ moves there in
-joint space and answers "done" on arrival, the stop commands hold the arm where it is. A protective
-stop (injected, triggered by command 31, or an arm link pushing into something) or an emergency
-stop freezes the arm and makes it ignore commands until the dashboard's ``unlock protective stop``
-(or ``emergency_stop(False)``).
+joint space and answers "done" on arrival (an asynchronous moveJ answers at once and reports its run
+in the async progress register, output_int_register_2, as the script does), the stop commands hold the
+arm where it is. A protective stop (injected, triggered by command 31, or an arm link pushing into
+something), a safeguard stop or an emergency stop freezes the arm and makes it ignore commands until the
+dashboard's ``unlock protective stop`` (or ``safeguard_stop(False)``, ``emergency_stop(False)``). The
+script's RTDE watchdog (command 35) stops the program when input_int_register_0 goes without an update
+for longer than its period; the controller's own cycle thread checks it, with or without clients.
 
 ``FakeURController`` runs the server in a child process (``python -m drivers.fake_ur --control``, driven
 by JSON lines on its stdin), because the ur-rtde control interface holds the GIL while it connects: a
 server thread in the same process would never answer it. Faults to inject: ``protective_stop()``,
-``emergency_stop()``, ``vanish()`` (SIGKILL: every link closes at once, as a crashed controller) and
-``freeze()`` / ``thaw()`` (SIGSTOP / SIGCONT: links stay open but go silent, as a pulled cable).
+``safeguard_stop()``, ``emergency_stop()``, ``vanish()`` (SIGKILL: every link closes at once, as a crashed
+controller) and ``freeze()`` / ``thaw()`` (SIGSTOP / SIGCONT: links stay open but go silent, as a pulled cable).
 Everything received is parsed by hand; malformed input is counted and its connection closed.
 Only loopback addresses are served, so parallel tests each take their own (127.0.0.2, ...).
 
@@ -86,12 +89,14 @@ TYPE_FORMATS = {
 ROBOT_MODE_RUNNING = 7
 SAFETY_MODE_NORMAL = 1
 SAFETY_MODE_PROTECTIVE_STOP = 3
+SAFETY_MODE_SAFEGUARD_STOP = 5
 SAFETY_MODE_ROBOT_EMERGENCY_STOP = 7
 RUNTIME_STOPPED = 1
 RUNTIME_PLAYING = 2
 JOINT_MODE_RUNNING = 253
 SAFETY_BIT_NORMAL = 1 << 0
 SAFETY_BIT_PROTECTIVE_STOPPED = 1 << 2
+SAFETY_BIT_SAFEGUARD_STOPPED = 1 << 4
 SAFETY_BIT_ROBOT_EMERGENCY_STOPPED = 1 << 6
 SAFETY_BIT_EMERGENCY_STOPPED = 1 << 7
 SAFETY_BIT_STOPPED_DUE_TO_SAFETY = 1 << 10
@@ -109,9 +114,13 @@ CMD_SERVO_STOP = 16
 CMD_PROTECTIVE_STOP = 31
 CMD_STOPL = 33
 CMD_STOPJ = 34
+CMD_SET_WATCHDOG = 35
 CMD_STOP_SCRIPT = 255
 SCRIPT_READY = 1
 SCRIPT_DONE = 2
+# The script's async progress register (output_int_register_2): bit 15 "running", bits 16-22 a write count,
+# bits 24-30 the operation id (incremented when an operation starts), the progress in bits 0-14.
+ASYNC_RUNNING = 1 << 15
 # Commands the script handles every cycle and answers with "ready" (the client does not wait for them).
 _REALTIME_COMMANDS = frozenset({6, 9, 10, 11, 12, 24, 25, 26, 27, 38, 58, 66, 67, 68, 69, 70, 71})
 _STOP_COMMANDS = frozenset({CMD_SPEED_STOP, CMD_SERVO_STOP, CMD_STOPL, CMD_STOPJ})
@@ -286,14 +295,19 @@ class _Controller:
     """The simulated controller state shared by every connection; every method takes the lock."""
 
     def __init__(self, version: tuple[int, int, int, int], start_q: list[float] | None, serial: str,
-                 unlock_delay_s: float, stop_script_on_fault: bool = False) -> None:
+                 unlock_delay_s: float, stop_script_on_fault: bool = False, program_start_delay_s: float = 0.0) -> None:
         from drivers.sim_ur5 import SimUR5  # imports mujoco
 
         self.version = version
         self.serial = serial
         self.unlock_delay_s = unlock_delay_s
         self.stop_script_on_fault = stop_script_on_fault
+        self.program_start_delay_s = program_start_delay_s
         self.base_period_s = 1.0 / default_frequency(version)
+        # The controller's own cycle (program start, RTDE watchdog) is checked at this period; a stall of this
+        # process (a starved machine, freeze()) counts for at most stall_cap_s of RTDE silence per check.
+        self.cycle_period_s = max(self.base_period_s, 0.008)
+        self.stall_cap_s = max(4 * self.cycle_period_s, 0.02)
         self.lock = threading.RLock()
         self.t0 = time.monotonic()
         # The arm's own contact latch is off: the controller checks contacts itself, so it can also clear them.
@@ -319,6 +333,14 @@ class _Controller:
         self.protective_stop = False
         self.protective_since = 0.0
         self.emergency_stop = False
+        self.safeguard_stop = False
+        self.pending_program: tuple[str, float] | None = None   # (name, monotonic start time) of an upload
+        self.program_stop_reason = ""
+        self.watchdog_hz = 0.0        # rtde_set_watchdog's min_frequency on input_int_register_0; 0: none
+        self.watchdog_silent_s = 0.0
+        self._last_cycle: float | None = None
+        self.async_wr_count = 0
+        self.async_op_id = 0
         self.counters: Counter = Counter()
         self.commands: Counter = Counter()
         self.script_ports: Counter = Counter()
@@ -339,20 +361,24 @@ class _Controller:
     def safety_mode(self) -> int:
         if self.emergency_stop:
             return SAFETY_MODE_ROBOT_EMERGENCY_STOP
-        return SAFETY_MODE_PROTECTIVE_STOP if self.protective_stop else SAFETY_MODE_NORMAL
+        if self.protective_stop:
+            return SAFETY_MODE_PROTECTIVE_STOP
+        return SAFETY_MODE_SAFEGUARD_STOP if self.safeguard_stop else SAFETY_MODE_NORMAL
 
     def safety_status_bits(self) -> int:
         if self.emergency_stop:
             return SAFETY_BIT_ROBOT_EMERGENCY_STOPPED | SAFETY_BIT_EMERGENCY_STOPPED | SAFETY_BIT_STOPPED_DUE_TO_SAFETY
         if self.protective_stop:
             return SAFETY_BIT_PROTECTIVE_STOPPED | SAFETY_BIT_STOPPED_DUE_TO_SAFETY
+        if self.safeguard_stop:
+            return SAFETY_BIT_SAFEGUARD_STOPPED | SAFETY_BIT_STOPPED_DUE_TO_SAFETY
         return SAFETY_BIT_NORMAL
 
     def runtime_state(self) -> int:
         return RUNTIME_PLAYING if self.script_running else RUNTIME_STOPPED
 
     def frozen(self) -> bool:
-        return self.protective_stop or self.emergency_stop
+        return self.protective_stop or self.emergency_stop or self.safeguard_stop
 
     def snapshot(self, at: float | None = None) -> dict:
         """The arm stepped up to now and its state (cached per physics step), plus the controller's state;
@@ -381,8 +407,21 @@ class _Controller:
 
     # --- safety -----------------------------------------------------------------------------
     def _halt(self) -> None:
+        if self.motion is not None and self.motion["async"]:
+            self._async_progress(-1)      # the script kills its move thread and signals the end
         self.motion = None
         self.arm.stop()
+
+    def _async_progress(self, value: int) -> None:
+        """Write the async progress register as the control script's write_async_progress_register(value) does:
+        0 starts an operation (a new operation id), a negative value ends it."""
+        self.async_wr_count = 0 if self.async_wr_count >= 127 else self.async_wr_count + 1
+        if value == 0:
+            self.async_op_id = 0 if self.async_op_id >= 127 else self.async_op_id + 1
+        register = self.async_wr_count * 65536 + self.async_op_id * 16777216
+        if value >= 0:
+            register += min(value, 32767) + ASYNC_RUNNING
+        self.out_int[2] = register
 
     def _latch_protective_stop(self) -> None:
         if not self.protective_stop:
@@ -397,6 +436,8 @@ class _Controller:
             self.script_running = False
             self.executing = False
             self.out_int[0] = 0
+            self.watchdog_hz = 0.0
+            self.program_stop_reason = "safety stop"
 
     def trigger_protective_stop(self) -> None:
         """Latch a protective stop: the arm holds and ignores commands until unlocked."""
@@ -415,6 +456,17 @@ class _Controller:
             if on:
                 self._fault_ends_script()
 
+    def set_safeguard_stop(self, on: bool) -> None:
+        """Open (on) or close and reset (off) the safeguard: while it is open the arm holds and ignores commands."""
+        with self.lock:
+            self.arm.status()
+            if on and not self.safeguard_stop:
+                self.counters["safeguard_stops"] += 1
+            self.safeguard_stop = bool(on)
+            self._halt()
+            if on:
+                self._fault_ends_script()
+
     def unlock_protective_stop(self) -> str:
         """The dashboard's answer to ``unlock protective stop``; clears the stop when allowed."""
         with self.lock:
@@ -428,24 +480,64 @@ class _Controller:
 
     # --- the script port ----------------------------------------------------------------------
     def script_received(self, name: str, port: int) -> None:
-        """A complete URScript program arrived: it replaces the running one and starts playing."""
+        """A complete URScript program arrived: it replaces the running one (whose motion ends) and starts
+        playing, ``program_start_delay_s`` later (a real controller takes a moment to compile and start it)."""
         with self.lock:
             self.counters["script_uploads"] += 1
             self.script_ports[port] += 1
+            self.arm.status()
+            self._halt()
+            self.watchdog_hz = 0.0
+            if self.program_start_delay_s > 0.0:
+                self.script_running = False
+                self.executing = False
+                self.out_int[0] = 0
+                self.pending_program = (name, time.monotonic() + self.program_start_delay_s)
+            else:
+                self.start_program(name)
+
+    def start_program(self, name: str) -> None:
+        """The program starts playing: fresh script globals, no watchdog, "ready" for a command."""
+        with self.lock:
+            self.pending_program = None
             self.script_name = name
             self.script_running = True
             self.executing = False
             self.motion = None
+            self.watchdog_hz = 0.0
+            self.program_stop_reason = ""
+            self.async_wr_count = self.async_op_id = 0
+            self._async_progress(-1)      # the script's reset_async_progress()
             self.out_int[0] = SCRIPT_READY
 
-    def stop_program(self) -> None:
-        """Stop the running program (dashboard ``stop``, or the script's own stop command)."""
+    def stop_program(self, reason: str = "stopped") -> None:
+        """Stop the running program (dashboard ``stop``, the script's own stop command, a tripped watchdog);
+        the arm holds and every RTDE watchdog is removed."""
         with self.lock:
+            if self.script_running or self.pending_program is not None:
+                self.program_stop_reason = reason
+            self.pending_program = None
             self.script_running = False
             self.executing = False
             self.out_int[0] = 0
+            self.watchdog_hz = 0.0
             self.arm.status()
             self._halt()
+
+    def cycle(self, now: float) -> None:
+        """One check of the controller's own cycle: start an uploaded program when due, and stop the program
+        (rtde_set_watchdog's "stop" action) when input_int_register_0 got no update for 1 / min_frequency."""
+        with self.lock:
+            elapsed = 0.0 if self._last_cycle is None else max(0.0, now - self._last_cycle)
+            self._last_cycle = now
+            if self.pending_program is not None and now >= self.pending_program[1]:
+                self.start_program(self.pending_program[0])
+            if self.watchdog_hz > 0.0 and self.script_running:
+                self.watchdog_silent_s += min(elapsed, self.stall_cap_s)
+                if self.watchdog_silent_s > 1.0 / self.watchdog_hz:
+                    self.counters["watchdog_stops"] += 1
+                    self.stop_program(f"RTDE watchdog: no update of input_int_register_0 for "
+                                      f"{self.watchdog_silent_s:.3f} s (min frequency {self.watchdog_hz:g} Hz)")
 
     # --- RTDE inputs and the control script --------------------------------------------------
     def apply_inputs(self, values: dict[str, object]) -> None:
@@ -460,6 +552,7 @@ class _Controller:
                     self.inputs[name] = value
             if "input_int_register_0" in values:
                 self.commands[self.in_int[0]] += 1
+                self.watchdog_silent_s = 0.0    # an update of the watched register, whatever its value
             self._run_script()
 
     def _run_script(self) -> None:
@@ -508,14 +601,24 @@ class _Controller:
     def _command(self, cmd: int) -> None:
         """A command the client waits for: answer "done" now, or when a move arrives."""
         if cmd == CMD_STOP_SCRIPT:
-            self.stop_program()
+            self.stop_program("stopScript")
             return
         if cmd == CMD_PROTECTIVE_STOP:
             self._latch_protective_stop()
+        elif cmd == CMD_SET_WATCHDOG:
+            frequency = self.in_double[0]
+            if math.isfinite(frequency) and frequency > 0.0:
+                self.watchdog_hz = frequency
+                self.watchdog_silent_s = 0.0
+            else:
+                self.counters["rejected_commands"] += 1
         elif self.frozen():
             self.counters["ignored_commands"] += 1
         elif cmd in _STOP_COMMANDS:
             self._halt()
+            if cmd in (CMD_STOPL, CMD_STOPJ) and self.in_int[1] == 1:
+                self._async_progress(0)   # an asynchronous stop runs in its own thread, done at once here
+                self._async_progress(-1)
         elif cmd == CMD_MOVEJ:
             if self._start_move():
                 return
@@ -532,10 +635,14 @@ class _Controller:
             self.counters["rejected_commands"] += 1
             return False
         goal = np.clip(goal, limits[:, 0], limits[:, 1])
+        if self.motion is not None and self.motion["async"]:
+            self._async_progress(-1)      # stop_async_move(): a running asynchronous move is killed first
         start = self.arm.sim.q()
         duration = float(np.abs(goal - start).max()) / min(speed, math.pi)
         self.motion = {"start": start, "goal": goal, "t0": time.monotonic(), "duration": duration,
                        "async": asynchronous}
+        if asynchronous:
+            self._async_progress(0)
         self._advance_motion()
         if asynchronous:
             self.out_int[0] = SCRIPT_DONE
@@ -558,7 +665,9 @@ class _Controller:
         settled = error < _ARRIVED_RAD and float(np.abs(sim.dq()).max()) < _SETTLED_RAD_S
         if settled or elapsed > motion["duration"] + 2.0:
             self.motion = None
-            if not motion["async"]:
+            if motion["async"]:
+                self._async_progress(-1)
+            else:
                 self.out_int[0] = SCRIPT_DONE
 
     # --- reporting ------------------------------------------------------------------------------
@@ -571,6 +680,7 @@ class _Controller:
                 "timestamp": snap["timestamp"], "runtime_state": snap["runtime_state"],
                 "safety_mode": snap["safety_mode"], "robot_mode": ROBOT_MODE_RUNNING,
                 "script_running": self.script_running, "script_name": self.script_name,
+                "program_stop_reason": self.program_stop_reason, "watchdog_hz": self.watchdog_hz,
                 "output_int_register_0": self.out_int[0],
                 "packages_sent": self.counters["packages_sent"],
                 "packages_received": self.counters["packages_received"],
@@ -822,7 +932,7 @@ class _RTDEConnection:
 
 _DASHBOARD_GREETING = "Connected: Universal Robots Dashboard Server\n"
 _SAFETY_NAMES = {SAFETY_MODE_NORMAL: "NORMAL", SAFETY_MODE_PROTECTIVE_STOP: "PROTECTIVE_STOP",
-                 SAFETY_MODE_ROBOT_EMERGENCY_STOP: "ROBOT_EMERGENCY_STOP"}
+                 SAFETY_MODE_SAFEGUARD_STOP: "SAFEGUARD_STOP", SAFETY_MODE_ROBOT_EMERGENCY_STOP: "ROBOT_EMERGENCY_STOP"}
 _MAX_LINE = 4096
 _MAX_SCRIPT = 1 << 20
 _PROGRAM = re.compile(r"^(def|sec)\s+(\w+)\s*\(\s*\)\s*:\s*$(.*?)^end\s*$", re.M | re.S)
@@ -851,14 +961,16 @@ class FakeURServer:
 
     def __init__(self, host: str = "127.0.0.2", *, version: tuple[int, int, int, int] = CB3_VERSION,
                  start_q: list[float] | None = None, serial: str = DEFAULT_SERIAL, unlock_delay_s: float = 0.0,
-                 stop_script_on_fault: bool = False, trace: bool = False, gripper: bool = False) -> None:
+                 stop_script_on_fault: bool = False, program_start_delay_s: float = 0.0, trace: bool = False,
+                 gripper: bool = False) -> None:
         self.host = check_loopback("FakeURServer", host)
         self.gripper = gripper
         self.robotiq = None
         self.version = check_version("FakeURServer", version)
         self.serial = serial
         self._trace = trace
-        self.controller = _Controller(self.version, start_q, serial, unlock_delay_s, stop_script_on_fault)
+        self.controller = _Controller(self.version, start_q, serial, unlock_delay_s, stop_script_on_fault,
+                                      program_start_delay_s)
         self.stop_event = threading.Event()
         self._sockets: list[socket.socket] = []
         self._threads: list[threading.Thread] = []
@@ -893,9 +1005,27 @@ class FakeURServer:
             except OSError:
                 self.stop()
                 raise
+        self._threads.append(threading.Thread(target=self._cycle, name="fake-ur-cycle", daemon=True))
         for thread in self._threads:
             thread.start()
         return self
+
+    def _cycle(self) -> None:
+        """The controller's own cycle, independent of any client: program starts and the RTDE watchdog."""
+        controller = self.controller
+        period = controller.cycle_period_s
+        next_t = time.monotonic()
+        while not self.stop_event.is_set():
+            next_t += period
+            delay = next_t - time.monotonic()
+            if delay > 0.0:
+                time.sleep(delay)
+            else:
+                next_t = time.monotonic()     # behind (a starved process): no burst of catch-up cycles
+            stops = controller.counters["watchdog_stops"]
+            controller.cycle(time.monotonic())
+            if controller.counters["watchdog_stops"] != stops:
+                self.trace(f"watchdog: {controller.program_stop_reason}")
 
     def stop(self) -> None:
         """Stop serving: close the listening sockets; connection threads end within ~0.1 s."""
@@ -1001,13 +1131,11 @@ class FakeURServer:
             return f"{'PLAYING' if running else 'STOPPED'} {name}", False
         if lower == "play":
             if controller.script_name:
-                with controller.lock:
-                    controller.script_running = True
-                    controller.out_int[0] = SCRIPT_READY
+                controller.start_program(controller.script_name)
                 return "Starting program", False
             return "Failed to execute: play", False
         if lower == "stop":
-            controller.stop_program()
+            controller.stop_program("dashboard stop")
             return "Stopped", False
         if lower == "quit":
             return "Disconnected", True
@@ -1082,6 +1210,9 @@ def _control_loop(server: FakeURServer) -> None:
         elif kind == "emergency_stop":
             server.controller.set_emergency_stop(bool(request.get("on", True)))
             _reply({"ok": True})
+        elif kind == "safeguard_stop":
+            server.controller.set_safeguard_stop(bool(request.get("on", True)))
+            _reply({"ok": True})
         elif kind == "state":
             _reply(server.state())
         else:
@@ -1103,13 +1234,21 @@ class FakeURController:
     ``unlock_delay_s`` is how long after a protective stop the dashboard refuses to unlock it (a
     real UR: 5 s). With ``stop_script_on_fault`` a protective or emergency stop also ends the running
     script (runtime_state 1, as reported for real controllers): the client must reuploadScript() after the
-    unlock; without it the script keeps running through the stop. ``trace`` prints every message the fake
-    receives to stderr.
+    unlock; without it the script keeps running through the stop. ``program_start_delay_s`` is how long an
+    uploaded program takes to start playing (a real controller compiles it first; ur-rtde's reuploadScript()
+    returns before that). ``trace`` prints every message the fake receives to stderr.
+
+    The control script's RTDE watchdog is honoured as ``rtde_set_watchdog("input_int_register_0", f, "stop")``
+    does on a controller: once the script armed it (ur-rtde's setWatchdog, command 35), a data package
+    updating input_int_register_0 (any command, a kickWatchdog, a clear) must arrive at least every 1 / f
+    seconds, or the program stops (runtime_state STOPPED, the arm holds, ``program_stop_reason`` says why,
+    ``counters["watchdog_stops"]`` counts it). A program stop or a new upload removes the watchdog.
     """
 
     def __init__(self, host: str = "127.0.0.2", *, version: tuple[int, int, int, int] = CB3_VERSION,
                  start_q=None, serial: str = DEFAULT_SERIAL, unlock_delay_s: float = 0.0,
-                 stop_script_on_fault: bool = False, trace: bool = False, gripper: bool = False) -> None:
+                 stop_script_on_fault: bool = False, program_start_delay_s: float = 0.0, trace: bool = False,
+                 gripper: bool = False) -> None:
         self.host = check_loopback("FakeURController", host)
         self.gripper = bool(gripper)
         self.version = check_version("FakeURController", version)
@@ -1126,9 +1265,14 @@ class FakeURController:
         if not (isinstance(unlock_delay_s, (int, float)) and math.isfinite(unlock_delay_s) and unlock_delay_s >= 0):
             raise ValueError(f"FakeURController: unlock_delay_s must be a number of seconds >= 0, "
                              f"got {unlock_delay_s!r}")
+        if not (isinstance(program_start_delay_s, (int, float)) and math.isfinite(program_start_delay_s)
+                and 0 <= program_start_delay_s <= 10):
+            raise ValueError(f"FakeURController: program_start_delay_s must be a number of seconds in [0, 10], "
+                             f"got {program_start_delay_s!r}")
         self.start_q = start_q
         self.serial = serial
         self.unlock_delay_s = float(unlock_delay_s)
+        self.program_start_delay_s = float(program_start_delay_s)
         self.stop_script_on_fault = bool(stop_script_on_fault)
         self.trace = bool(trace)
         self.address = (self.host, RTDE_PORT)
@@ -1160,6 +1304,8 @@ class FakeURController:
             command += ["--start-q", ",".join(repr(v) for v in self.start_q)]
         if self.stop_script_on_fault:
             command.append("--stop-script-on-fault")
+        if self.program_start_delay_s:
+            command += ["--program-start-delay", repr(self.program_start_delay_s)]
         if self.trace:
             command.append("--trace")
         if self.gripper:
@@ -1219,9 +1365,15 @@ class FakeURController:
         """Press (on) or release the robot's emergency stop."""
         self._request("emergency_stop", on=bool(on))
 
+    def safeguard_stop(self, on: bool = True) -> None:
+        """Open (on) the safeguard (a door, a light curtain): safety mode SAFEGUARD_STOP, the arm holds and
+        ignores commands; off closes and resets it."""
+        self._request("safeguard_stop", on=bool(on))
+
     def state(self) -> dict:
-        """q, qd, tcp_pose, timestamp, runtime_state, safety_mode, counters (packages_sent, commands by
-        id, malformed, script_uploads, ...), cpu_s of the serving process and per-stream timing."""
+        """q, qd, tcp_pose, timestamp, runtime_state, safety_mode, script_running, program_stop_reason,
+        watchdog_hz, counters (packages_sent, commands by id, malformed, script_uploads, watchdog_stops, ...),
+        cpu_s of the serving process and per-stream timing."""
         state = self._request("state")
         state["commands"] = {int(k): v for k, v in state["commands"].items()}
         state["script_ports"] = {int(k): v for k, v in state["script_ports"].items()}
@@ -1321,7 +1473,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--unlock-delay", type=float, default=0.0, help="seconds before a protective stop unlocks")
     parser.add_argument("--start-q", type=_parse_q, default=None, help="start joint angles, rad: q0,q1,...,q5")
     parser.add_argument("--stop-script-on-fault", action="store_true",
-                        help="a protective or emergency stop ends the running script (reupload it after)")
+                        help="a protective, safeguard or emergency stop ends the running script (reupload it after)")
+    parser.add_argument("--program-start-delay", type=float, default=0.0,
+                        help="seconds an uploaded program takes to start playing")
     parser.add_argument("--trace", action="store_true", help="print every message received to stderr")
     parser.add_argument("--gripper", action="store_true", help="also serve a Robotiq gripper URCap on port 63352")
     parser.add_argument("--control", action="store_true", help=argparse.SUPPRESS)
@@ -1329,6 +1483,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         server = FakeURServer(args.host, version=args.version, start_q=args.start_q, serial=args.serial,
                               unlock_delay_s=args.unlock_delay, stop_script_on_fault=args.stop_script_on_fault,
+                              program_start_delay_s=args.program_start_delay,
                               trace=args.trace, gripper=args.gripper).start()
     except ValueError as err:
         if args.control:

@@ -33,7 +33,7 @@ from robotd import session
 from robotd.config import Config, LearnerConfig
 from robotd.metrics import MetricsWriter
 from robotd.netutil import bind_or_explain
-from robotd.security import CurveServer, SecurityError, needs_auth
+from robotd.security import CurveServer, SecurityError, client_securer, needs_auth
 from robotd.status import StatusPublisher
 
 log = logging.getLogger("learner")
@@ -351,7 +351,8 @@ class Learner:
                 self.spec_ready.set()
             ingest.start()
             self.ingested_steps = lambda: ingest.ledger.ingested_steps
-            status = StatusPublisher(context, config.network.status, "learner")
+            status = StatusPublisher(context, config.network.status, "learner",
+                                     secure=client_securer(config.network, "learner"))
             metrics = MetricsWriter(self.logdir, process="learner")
             log.info("learner up: experience %s, weights %s, device %s, Ray %s", ingest.address, weights_address,
                      self.device, config.learner.ray_address or "local")
@@ -470,6 +471,7 @@ class Learner:
         return {**ingest.stats(), **replay_stats, "learner_updates": trainer.updates if trainer else 0,
                 "replayed_steps": trainer.replayed_steps if trainer else 0,
                 "published_version": publisher.version, "device": self.device,
+                "refused_connections": self.curve.rejected if self.curve else 0,
                 "parameters": trainer.parameter_count() if trainer else 0,
                 "last_losses": trainer.last_metrics if trainer else {}}
 

@@ -24,7 +24,7 @@ from robotd import session, wire
 from robotd.clock import FixedRateClock, LockstepClock, PeriodStats, try_realtime
 from robotd.config import Config, check_lockstep
 from robotd.netutil import bind_or_explain
-from robotd.security import SecurityError, is_loopback
+from robotd.security import SecurityError, client_securer, is_loopback, server_for_every_channel
 from robotd.robot_io import RobotIO
 from robotd.safety import ActionWatchdog
 from robotd.status import StatusPublisher
@@ -51,7 +51,7 @@ class Daemon:
         self._refused_peers: set[bytes] = set()       # logged once each
         self.counters = {"ticks": 0, "actor_ticks": 0, "late_steps": 0, "late_actions": 0, "stale_readings": 0,
                          "safety_clipped": 0, "watchdog_stops": 0, "protective_stops": 0, "resets": 0,
-                         "malformed": 0, "refused_actors": 0, "link_losses": 0}
+                         "malformed": 0, "refused_actors": 0, "refused_connections": 0, "link_losses": 0}
         self.io = RobotIO(config, host_clock=host_clock, counters=self.counters)
         self.robot, self.cameras, self.devices = self.io.robot, self.io.cameras, self.io.devices
         self.kind, self.action_dim, self.action_discrete = self.io.kind, self.io.action_dim, self.io.action_discrete
@@ -83,11 +83,16 @@ class Daemon:
                 raise RuntimeError(f"control.realtime = on but {self.scheduling}: run as root or set control.realtime=auto")
         realtime = self.scheduling.startswith("SCHED_FIFO")
         context = zmq.Context()
+        network = self.config.network
+        # network.auth=always (robotd train's per-session keys): only holders of the session's keys get in.
+        self.curve = server_for_every_channel(network, context)
         socket = context.socket(zmq.ROUTER)
         socket.setsockopt(zmq.LINGER, 0)
         socket.setsockopt(zmq.ROUTER_HANDOVER, 1)
-        bind_or_explain(socket, self.config.network.control, "control channel (network.control)")
-        status = StatusPublisher(context, self.config.network.status, "daemon")
+        if self.curve is not None:
+            self.curve.configure(socket)
+        bind_or_explain(socket, network.control, "control channel (network.control)")
+        status = StatusPublisher(context, network.status, "daemon", secure=client_securer(network, "daemon"))
         self.receiver = receiver = wire.Receiver("daemon", max_bytes=int(self.config.network.max_message_mb * 2**20))
         self.io.connect()
         watchdog = ActionWatchdog(control.watchdog_s)
@@ -158,10 +163,14 @@ class Daemon:
                     pass
             self.io.disconnect()
             self.counters["malformed"] = receiver.malformed
+            if self.curve is not None:
+                self.counters["refused_connections"] = self.curve.rejected
             stats = self.final_stats(clock)
             status.publish(self._status_counters(clock, actor_connected=False), force=True)
             status.close()
             socket.close(0)
+            if self.curve is not None:
+                self.curve.stop()
             context.term()
             if self.logdir:
                 session.write_stats(self.logdir, "daemon", stats)

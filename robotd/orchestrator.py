@@ -23,7 +23,7 @@ from pathlib import Path
 
 import zmq
 
-from robotd import curves, session
+from robotd import curves, security, session
 from robotd.config import Config, save
 from robotd.episodes import count_steps, read_episode
 from robotd.netutil import free_tcp_ports
@@ -154,11 +154,23 @@ def _quoted(line: str) -> str:
     return line if len(line) <= MAX_QUOTED_CHARS else line[:MAX_QUOTED_CHARS] + "..."
 
 
-def _local_network(config: Config) -> Config:
+ACTOR_ID = "actor0"
+KEYS = "keys"
+
+
+def _local_network(config: Config, root: Path) -> Config:
+    """Loopback ports for the four channels, every one of them behind CurveZMQ with keys made for this session
+    (owner-only files in LOGDIR/keys): a process without them gets nothing from, and puts nothing into, any
+    channel, on loopback too."""
     control, experience, weights, status = free_tcp_ports(4)
+    if config.network.keys_dir:
+        log.info("network.keys_dir %s is for sessions split over machines: robotd train makes its own keys in %s",
+                 config.network.keys_dir, root / KEYS)
+    keys_dir = security.session_keys(root / KEYS, ACTOR_ID)
     network = dataclasses.replace(config.network, control=f"tcp://127.0.0.1:{control}",
                                   experience=f"tcp://127.0.0.1:{experience}",
-                                  weights=f"tcp://127.0.0.1:{weights}", status=f"tcp://127.0.0.1:{status}")
+                                  weights=f"tcp://127.0.0.1:{weights}", status=f"tcp://127.0.0.1:{status}",
+                                  auth="always", keys_dir=str(keys_dir), actor_key=ACTOR_ID)
     return dataclasses.replace(config, network=network)
 
 
@@ -175,20 +187,21 @@ def train(config: Config, *, logdir: str, steps: int | None, minutes: float | No
     root = session.prepare(logdir)
     if not config.session:
         config = dataclasses.replace(config, session=root.name)
-    config = _local_network(config)
+    config = _local_network(config, root)
     resolved = root / session.CONFIG
     save(config, resolved)
     python = sys.executable
     common = [str(resolved), "--logdir", str(root)]
     context = zmq.Context()
-    collector = StatusCollector(context, config.network.status)
+    status_curve = security.server_for_every_channel(config.network, context)
+    collector = StatusCollector(context, config.network.status, secure=status_curve.configure if status_curve else None)
     started = time.monotonic()
     interrupted: list[float] = []           # handlers first, so a Ctrl-C while starting still stops everything
     signal.signal(signal.SIGINT, lambda *_: interrupted.append(time.monotonic()))
     signal.signal(signal.SIGTERM, lambda *_: interrupted.append(time.monotonic()))
     children = {"learner": Child("learner", [python, "-m", "learner", *common], root)}
     children["daemon"] = Child("daemon", [python, "-m", "robotd", "daemon", *common], root)
-    actor_argv = [python, "-m", "actor", *common, "--actor-id", "actor0"]
+    actor_argv = [python, "-m", "actor", *common, "--actor-id", ACTOR_ID]
     if steps is not None:
         actor_argv += ["--steps", str(steps)]
     children["actor"] = Child("actor", actor_argv, root)
@@ -239,6 +252,8 @@ def train(config: Config, *, logdir: str, steps: int | None, minutes: float | No
             print(file=sys.stderr)
         codes = _shutdown(children, collector, interrupted, config)
         collector.close()
+        if status_curve is not None:
+            status_curve.stop()
         context.term()
     for name, child in children.items():
         code = codes.get(name)
@@ -250,6 +265,10 @@ def train(config: Config, *, logdir: str, steps: int | None, minutes: float | No
                         started_at={name: child.started_at for name, child in children.items()},
                         status=collector.latest, malformed_status=collector.malformed)
     summary["learner_restarts"] = len(retired)
+    # Handshakes with keys that are not the session's, per channel owner (each refused peer is logged once there).
+    summary["refused_connections"] = {
+        "status": status_curve.rejected if status_curve is not None else 0,
+        **{name: session.read_stats(root, name).get("refused_connections") for name in ("daemon", "learner")}}
     session.write_json(root / session.SUMMARY, summary)
     print(format_summary(summary, root), file=sys.stderr)
     failed = any(code not in (0, None) for code in codes.values())

@@ -102,6 +102,62 @@ def needs_auth(mode: str, *addresses: str) -> bool:
     raise ValueError(f"auth mode {mode!r} is not one of {', '.join(AUTH_MODES)}: choose one of those")
 
 
+def secures_every_channel(mode: str) -> bool:
+    """Whether ``network.auth`` asks for CURVE on every channel (control and status too), as ``robotd train``
+    sets it with its per-session keys; ``auto`` secures only the experience and weights channels that leave
+    the machine."""
+    return mode == "always"
+
+
+SESSION_CLIENTS = ("daemon", "learner")
+"""Client key names ``robotd train`` makes besides the actor's: the daemon and the learner publish status."""
+
+
+def client_securer(network, name: str):
+    """A function making a socket a CURVE client named ``name`` (its pair in ``network.keys_dir/actors/``), or
+    None when ``network.auth`` does not secure every channel. Unusable keys fail here, in one line."""
+    if not secures_every_channel(network.auth):
+        return None
+    if not network.keys_dir:
+        raise SecurityError("network.auth=always secures every channel: set network.keys_dir to a key directory "
+                            "(`robotd keys DIR`; robotd train makes one per session)")
+    if not curve_available():
+        raise SecurityError("network.auth=always needs CurveZMQ, which this libzmq lacks: install pyzmq with "
+                            "libsodium (pip install --force-reinstall pyzmq)")
+    probe_context = zmq.Context()
+    probe = probe_context.socket(zmq.DEALER)
+    try:
+        configure_client(probe, network.keys_dir, name)
+    finally:
+        probe.close(0)
+        probe_context.term()
+    return lambda socket: configure_client(socket, network.keys_dir, name)
+
+
+def server_for_every_channel(network, context: zmq.Context) -> CurveServer | None:
+    """A started CurveServer for a process that binds a control or status socket when ``network.auth`` secures
+    every channel (it serves with ``keys_dir/learner.key_secret``, the session's server key), else None."""
+    if not secures_every_channel(network.auth):
+        return None
+    if not network.keys_dir:
+        raise SecurityError("network.auth=always secures every channel: set network.keys_dir to a key directory "
+                            "holding learner.key_secret (robotd train makes one per session)")
+    server = CurveServer(context, network.keys_dir)
+    server.start()
+    return server
+
+
+def session_keys(keys_dir: str | Path, actor: str) -> Path:
+    """Makes ``robotd train``'s per-session keys in ``keys_dir`` (owner-only): the server pair and client pairs
+    for the actor, the daemon and the learner. Returns ``keys_dir``."""
+    keys_dir = Path(keys_dir)
+    names = [actor, *(name for name in SESSION_CLIENTS if name != actor)]
+    init_keys(keys_dir, actors=names)
+    for directory in (keys_dir, keys_dir / ACTORS_DIR):
+        directory.chmod(0o700)
+    return keys_dir
+
+
 def _check_name(name: str) -> None:
     """Rejects key names that would land outside the key directory or be hidden files."""
     if not name or name != Path(name).name or name.startswith("."):

@@ -127,7 +127,8 @@ def status_problem(meta, arrays=None) -> tuple[str, str | None]:
 class StatusPublisher:
     """Rate-limited publisher of one process's counters (a no-op when no address is set)."""
 
-    def __init__(self, context: zmq.Context, address: str, process: str, *, interval_s: float = 0.5):
+    def __init__(self, context: zmq.Context, address: str, process: str, *, interval_s: float = 0.5, secure=None):
+        """``secure`` (e.g. robotd.security.client_securer) makes the socket a CURVE client before it connects."""
         self.process = process
         self.interval_s = interval_s
         self._last = 0.0
@@ -136,6 +137,8 @@ class StatusPublisher:
             self._socket = context.socket(zmq.PUB)
             self._socket.setsockopt(zmq.LINGER, 0)
             self._socket.setsockopt(zmq.SNDHWM, 10)
+            if secure is not None:
+                secure(self._socket)
             self._socket.connect(address)
 
     def due(self) -> bool:
@@ -168,11 +171,14 @@ class StatusCollector:
     ``latest`` maps a process name to a copy of its newest accepted counters and ``received_at`` to when they
     came (time.monotonic()); ``malformed`` counts the dropped messages per sender (see the module docstring)."""
 
-    def __init__(self, context: zmq.Context, address: str):
+    def __init__(self, context: zmq.Context, address: str, *, secure=None):
+        """``secure`` (e.g. a started CurveServer's configure) makes the socket a CURVE server before it binds."""
         self._socket = context.socket(zmq.SUB)
         self._socket.setsockopt(zmq.LINGER, 0)
         self._socket.setsockopt(zmq.MAXMSGSIZE, MAX_FRAME_BYTES)
         self._socket.setsockopt(zmq.SUBSCRIBE, b"")
+        if secure is not None:
+            secure(self._socket)
         self._socket.bind(address)
         self.latest: dict[str, dict] = {}
         self.received_at: dict[str, float] = {}

@@ -297,6 +297,103 @@ def test_vanish_is_seen_at_once_by_both_interfaces(serve):
     assert control.servoJ(q, *SERVO)
 
 
+def test_the_scripts_watchdog_stops_the_program_unless_its_register_is_updated(serve):
+    ur = serve("127.0.0.12")
+    control = rtde_control.RTDEControlInterface(ur.host)
+    receiver = rtde_receive.RTDEReceiveInterface(ur.host)
+    assert ur.state()["watchdog_hz"] == 0.0
+    assert control.setWatchdog(5.0)                              # rtde_set_watchdog("input_int_register_0", 5, "stop")
+    assert ur.state()["watchdog_hz"] == 5.0
+    assert control.speedJ([0.2, 0.0, 0.0, 0.0, 0.0, 0.0], 1.0, 0.0)
+    for _ in range(10):                                          # kicked every 50 ms: it keeps running
+        time.sleep(0.05)
+        assert control.kickWatchdog()
+    state = ur.state()
+    assert state["script_running"] and state["counters"].get("watchdog_stops", 0) == 0
+    assert state["qd"][0] == pytest.approx(0.2, abs=0.02)
+    last = time.monotonic()
+    assert wait_until(lambda: not ur.state()["script_running"], 3.0) is not None
+    silent_s = time.monotonic() - last
+    assert 0.15 < silent_s < 1.2, silent_s                      # 1 / 5 Hz, plus the fake's cycle and a busy machine
+    state = ur.state()
+    assert state["program_stop_reason"].startswith("RTDE watchdog: no update of input_int_register_0")
+    assert state["counters"]["watchdog_stops"] == 1 and state["watchdog_hz"] == 0.0   # removed with the program
+    assert wait_until(lambda: receiver.getRuntimeState() == 1 and not control.isProgramRunning(), 0.5) is not None
+    q = np.array(receiver.getActualQ())
+    assert not control.servoJ(q.tolist(), *SERVO)               # the client refuses: no program runs
+    time.sleep(0.2)
+    np.testing.assert_allclose(receiver.getActualQ(), q, atol=1e-3)
+    assert abs(receiver.getActualQd()[0]) < 0.01
+    # a fresh program carries no watchdog until it is set again
+    assert control.reuploadScript()
+    assert wait_until(control.isProgramRunning, 1.0) is not None
+    time.sleep(0.5)
+    assert ur.state()["script_running"] and ur.state()["counters"]["watchdog_stops"] == 1
+
+
+def test_an_asynchronous_movej_reports_its_run_in_the_progress_register_and_stopj_ends_it(serve):
+    ur = serve("127.0.0.13")
+    control = rtde_control.RTDEControlInterface(ur.host)
+    receiver = rtde_receive.RTDEReceiveInterface(ur.host)
+    before = control.getAsyncOperationProgressEx()
+    assert not before.isAsyncOperationRunning() and control.getAsyncOperationProgress() < 0
+    goal = np.array(START_Q) + np.array([0.6, 0.0, 0.0, 0.0, 0.0, 0.0])
+    t0 = time.monotonic()
+    assert control.moveJ(goal.tolist(), 0.5, 1.0, True)        # returns at once
+    assert time.monotonic() - t0 < 0.5
+    assert wait_until(lambda: control.getAsyncOperationProgressEx().isAsyncOperationRunning(), 0.5) is not None
+    running = control.getAsyncOperationProgressEx()
+    assert running.operationId() == before.operationId() + 1 and control.getAsyncOperationProgress() >= 0
+    time.sleep(0.3)
+    control.stopJ(2.0, True)
+    assert wait_until(lambda: not control.getAsyncOperationProgressEx().isAsyncOperationRunning(), 0.5) is not None
+    time.sleep(0.1)                                              # the servos settle where the stop caught the arm
+    held = np.array(receiver.getActualQ())
+    assert 0.05 < held[0] - START_Q[0] < 0.5
+    time.sleep(0.2)
+    np.testing.assert_allclose(receiver.getActualQ(), held, atol=2e-3)
+    # the next one runs to its goal, and the register says when it is over
+    assert control.moveJ(goal.tolist(), 1.0, 1.0, True)
+    assert wait_until(lambda: control.getAsyncOperationProgressEx().isAsyncOperationRunning(), 0.5) is not None
+    assert wait_until(lambda: not control.getAsyncOperationProgressEx().isAsyncOperationRunning(), 5.0) is not None
+    np.testing.assert_allclose(receiver.getActualQ(), goal, atol=0.01)
+    assert ur.state()["commands"][fake_ur.CMD_STOPJ] == 1
+
+
+def test_a_safeguard_stop_and_a_slow_program_start(serve):
+    ur = serve("127.0.0.14", program_start_delay_s=0.4)
+    t0 = time.monotonic()
+    control = rtde_control.RTDEControlInterface(ur.host)        # waits for the program itself
+    assert time.monotonic() - t0 >= 0.35 and control.isProgramRunning()
+    receiver = rtde_receive.RTDEReceiveInterface(ur.host)
+    dashboard = dashboard_client.DashboardClient(ur.host)
+    dashboard.connect()
+    q0 = np.array(receiver.getActualQ())
+    ur.safeguard_stop()
+    assert wait_until(lambda: receiver.getSafetyMode() == fake_ur.SAFETY_MODE_SAFEGUARD_STOP, 0.5) is not None
+    bits = receiver.getSafetyStatusBits()
+    assert bits == fake_ur.SAFETY_BIT_SAFEGUARD_STOPPED | fake_ur.SAFETY_BIT_STOPPED_DUE_TO_SAFETY
+    assert not receiver.isProtectiveStopped() and not receiver.isEmergencyStopped()
+    assert dashboard.safetymode() == "Safetymode: SAFEGUARD_STOP"
+    for _ in range(30):
+        control.servoJ((q0 + 0.2).tolist(), *SERVO)
+        time.sleep(0.008)
+    np.testing.assert_allclose(receiver.getActualQ(), q0, atol=2e-3)      # the arm holds
+    ur.safeguard_stop(False)
+    assert wait_until(lambda: receiver.getSafetyMode() == 1, 0.5) is not None
+    # reuploadScript() returns before the controller runs the new program
+    dashboard.stop()
+    assert wait_until(lambda: not control.isProgramRunning(), 0.5) is not None
+    t0 = time.monotonic()
+    assert control.reuploadScript()
+    assert not control.isProgramRunning()
+    assert wait_until(control.isProgramRunning, 2.0) is not None
+    assert 0.3 < time.monotonic() - t0 < 1.5
+    with pytest.raises(ValueError, match="program_start_delay_s must be a number of seconds in") as info:
+        FakeURController("127.0.0.15", program_start_delay_s=-1)
+    assert "\n" not in str(info.value)
+
+
 @pytest.mark.slow
 def test_a_frozen_controller_is_only_noticed_by_the_clients_timeout(serve):
     # Only the receiver: after such a stall ur-rtde 1.6.5's control interface reconnects by itself from its

@@ -5,8 +5,10 @@ Each test serves its own loopback address (127.0.0.60 and up): the controller's 
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -20,6 +22,7 @@ except ModuleNotFoundError as err:
         raise
 pytest.importorskip("mujoco", reason="mujoco is not installed (pip install 'robotd[sim]'): the fake UR needs it")
 pytest.importorskip("rtde_control", reason="ur-rtde is not installed (pip install 'robotd[ur5]')")
+from dashboard_client import DashboardClient  # noqa: E402
 
 from drivers.fake_ur import FakeURController  # noqa: E402
 from drivers.mujoco_sim import UR5Sim  # noqa: E402
@@ -30,7 +33,10 @@ HOME = np.array([0.0, -1.57, 1.57, -1.57, -1.57, 0.0])
 # In session tests the fake controller shares two cores with daemon, actor and learner and can be starved for
 # longer than a real controller ever pauses: a looser freshness bound keeps a busy machine from looking like a
 # dead link (the driver tests above check the 50 ms bound itself).
-STARVED = ["--set", "robot.args.freshness_s=0.3"]
+# For the same reason the controller's watchdog gets 0.5 s (watchdog_hz 2) instead of 0.1 s: a daemon starved for
+# longer would have its control script stopped (the watchdog tests below check the default's behaviour).
+STARVED = ["--set", "robot.args.freshness_s=0.3", "--set", "robot.args.watchdog_hz=2"]
+FAR = HOME + np.array([1.2, 0.0, 0.0, 0.0, 0.0, 0.0])     # the base turned 1.2 rad away from home
 
 
 def wait_until(predicate, timeout_s: float) -> float | None:
@@ -41,6 +47,14 @@ def wait_until(predicate, timeout_s: float) -> float | None:
             return time.monotonic() - t0
         time.sleep(0.002)
     return None
+
+
+def idle(arm: UR5, seconds: float, period_s: float = 0.02) -> None:
+    """Reads every period_s for seconds, as the daemon's ticks do (which kicks the controller's watchdog)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        arm.read()
+        time.sleep(period_s)
 
 
 def servo_for(arm: UR5, target: np.ndarray, seconds: float, rate_hz: float = 125.0) -> None:
@@ -65,10 +79,33 @@ def test_bad_arguments_fail_in_one_line():
     for kwargs, match in (({}, "set robot.args.host"), ({"host": "127.0.0.1", "servo_gain": 50}, "servo_gain 50"),
                           ({"host": "127.0.0.1", "servo_lookahead_s": 0.5}, "servo_lookahead_s"),
                           ({"host": "127.0.0.1", "gripper": "suction"}, "gripper 'suction' is unknown"),
-                          ({"host": "127.0.0.1", "home_q_rad": [0, 0, 0, 0, 0, 9]}, "home_q_rad")):
+                          ({"host": "127.0.0.1", "home_q_rad": [0, 0, 0, 0, 0, 9]}, "home_q_rad"),
+                          ({"host": "127.0.0.1", "watchdog_hz": 0.5}, "watchdog_hz 0.5 must be 0"),
+                          ({"host": "127.0.0.1", "watchdog_hz": 200}, "watchdog_hz 200"),
+                          ({"host": "127.0.0.1", "reset_timeout_s": 0}, "reset_timeout_s 0"),
+                          ({"host": "127.0.0.1", "command_timeout_s": 0.1}, "command_timeout_s 0.1"),
+                          ({"host": "127.0.0.1", "script_start_timeout_s": 100}, "script_start_timeout_s 100"),
+                          ({"host": "127.0.0.1", "refused_limit": 0}, "refused_limit 0"),
+                          ({"host": "127.0.0.1", "refused_limit": 2.5}, "refused_limit 2.5")):
         with pytest.raises(ValueError, match=match) as info:
             UR5(**kwargs)
         assert "\n" not in str(info.value)
+    # the daemon must read or command at least twice per watchdog period
+    with pytest.raises(ValueError, match="control period of 0.08 s is too slow for watchdog_hz 10") as info:
+        UR5(host="127.0.0.1").set_control_period(0.08)
+    assert "\n" not in str(info.value)
+    UR5(host="127.0.0.1", watchdog_hz=0).set_control_period(0.5)
+    UR5(host="127.0.0.1").set_control_period(0.04)
+
+
+def test_the_reset_bound_follows_the_distance_home():
+    arm = UR5(host="127.0.0.1", home_speed_rad_s=0.5, home_acc_rad_s2=0.5)
+    # 1 rad at 0.5 rad/s, 0.5 rad/s^2: 1 s up to speed and down again, 1 s cruising: 3 s; times 1.5, plus 2 s
+    assert arm.home_move_bound_s(HOME + np.array([0, 0, 1.0, 0, 0, 0])) == pytest.approx(6.5)
+    # 0.2 rad never reaches the speed: a triangle of 2 * sqrt(0.2 / 0.5) s
+    assert arm.home_move_bound_s(HOME - 0.2) == pytest.approx(1.5 * 2 * np.sqrt(0.4) + 2.0)
+    assert arm.home_move_bound_s(HOME) == pytest.approx(2.0)
+    assert UR5(host="127.0.0.1", reset_timeout_s=30).home_move_bound_s(HOME + 3) == 30.0
 
 
 def test_servo_loop_at_125_hz_with_the_controller_clock_as_hardware_time():
@@ -111,11 +148,11 @@ def test_tcp_velocity_moves_the_tool_and_a_stop_holds_it():
                 arm.command_tcp_velocity(np.array([0.0, 0.5, 0.0, 0.0, 0.0, 0.0]))   # capped to 0.1 m/s
                 time.sleep(0.02)
             arm.stop()
-            time.sleep(0.2)
+            idle(arm, 0.2)
             moved = arm.read().values["tcp_pos"].astype(float)
             assert 0.02 < moved[1] - before[1] < 0.08, moved - before
             assert abs(moved[0] - before[0]) < 0.01 and abs(moved[2] - before[2]) < 0.01
-            time.sleep(0.2)
+            idle(arm, 0.2)
             np.testing.assert_allclose(arm.read().values["tcp_pos"], moved, atol=2e-3)   # held after the stop
             assert arm.counters["clipped"] == 25
             # joint velocity (speedJ): the base joint turns the commanded way, then holds after the stop
@@ -124,7 +161,7 @@ def test_tcp_velocity_moves_the_tool_and_a_stop_holds_it():
                 arm.command_joint_velocity(np.array([0.3, 0.0, 0.0, 0.0, 0.0, 0.0]))
                 time.sleep(0.02)
             arm.stop()
-            time.sleep(0.2)
+            idle(arm, 0.2)
             turned = arm.read().values["joint_pos"].astype(float) - q0
             assert 0.05 < turned[0] < 0.3 and np.abs(turned[1:]).max() < 0.01, turned
         finally:
@@ -215,6 +252,250 @@ def test_the_robotiq_gripper_through_the_arm():
             assert arm.read().values["gripper_pos"][0] == 0.0
             arm.command_gripper(1.0)
             assert wait_until(lambda: arm.read().values["gripper_pos"][0] == 1.0, 3.0) is not None
+        finally:
+            arm.disconnect()
+
+
+def dashboard(host: str) -> DashboardClient:
+    """A dashboard connection to the fake, as the teach pendant's operator (or a PLC) would use it."""
+    client = DashboardClient(host)
+    client.connect()
+    return client
+
+
+def test_reset_re_uploads_a_stopped_script_and_waits_until_it_runs_before_moving():
+    # the controller takes 0.5 s to start an uploaded program; ur-rtde's reuploadScript() returns before that
+    start = HOME + np.array([0.3, 0.0, 0.0, 0.0, 0.0, 0.0])
+    with FakeURController("127.0.0.72", start_q=start.tolist(), program_start_delay_s=0.5) as fake:
+        arm = UR5(host="127.0.0.72", home_speed_rad_s=1.0, home_acc_rad_s2=1.4)
+        arm.connect()
+        try:
+            assert arm.status().ok
+            dashboard("127.0.0.72").stop()                       # someone stops the program on the controller
+            assert wait_until(lambda: not arm.status().ok, 1.0) is not None
+            assert "control script is not running (runtime state STOPPED)" in arm.status().fault
+            started = time.monotonic()
+            arm.reset()
+            took = time.monotonic() - started
+            assert arm.status().ok, arm.status().fault
+            np.testing.assert_allclose(arm.read().values["joint_pos"], HOME, atol=0.01)
+            state = fake.state()
+            assert state["script_uploads"] == 2 and arm.counters["script_restarts"] == 1
+            assert state["watchdog_hz"] == 10.0                  # the new program's watchdog is armed again
+            assert took > 0.5, took                              # it waited for the program, then moved 0.3 rad
+            print(f"reset after a script stop: {took:.2f} s (0.5 s program start, then the move)")
+        finally:
+            arm.disconnect()
+
+
+def test_status_reports_safeguard_and_emergency_stops_a_stopped_script_and_refused_commands():
+    with FakeURController("127.0.0.73", start_q=HOME.tolist()) as fake:
+        arm = UR5(host="127.0.0.73", refused_limit=3)
+        arm.set_control_period(0.02)
+        arm.connect()
+        try:
+            assert arm.status().ok
+            fake.safeguard_stop()                                # a door opened, a light curtain crossed
+            assert wait_until(lambda: arm.status().protective_stop, 1.0) is not None
+            status = arm.status()
+            assert not status.ok and not status.emergency_stop and not status.link_lost
+            assert "safeguard stop (safety mode SAFEGUARD_STOP): close the safeguard" in status.fault
+            with pytest.raises(RuntimeError, match="safeguard stop"):
+                arm.reset()
+            fake.safeguard_stop(False)
+            assert wait_until(lambda: arm.status().ok, 1.0) is not None
+
+            fake.emergency_stop()
+            assert wait_until(lambda: arm.status().emergency_stop, 1.0) is not None
+            assert "emergency stop (safety mode ROBOT_EMERGENCY_STOP)" in arm.status().fault
+            fake.emergency_stop(False)
+            assert wait_until(lambda: arm.status().ok, 1.0) is not None
+
+            # a stopped program refuses every command; play starts it again but the refusals stand until one passes
+            client = dashboard("127.0.0.73")
+            client.stop()
+            assert wait_until(lambda: "control script is not running" in (arm.status().fault or ""), 1.0) is not None
+            for _ in range(3):
+                arm.command_joint_position(HOME)
+            assert arm.counters["command_failures"] == 3
+            client.play()
+            assert wait_until(lambda: "refused the last 3 commands in a row" in (arm.status().fault or ""),
+                              1.0) is not None
+            arm.command_joint_position(HOME)
+            assert arm.counters["command_failures"] == 3 and arm.status().ok
+        finally:
+            arm.disconnect()
+
+
+def _wait_for_program_stop(fake: FakeURController, timeout_s: float) -> float | None:
+    return wait_until(lambda: not fake.state()["script_running"], timeout_s)
+
+
+def test_the_controller_watchdog_stops_the_arm_when_the_driver_goes_silent():
+    with FakeURController("127.0.0.74", start_q=HOME.tolist()) as fake:
+        arm = UR5(host="127.0.0.74", watchdog_hz=5.0)
+        arm.set_control_period(0.02)
+        arm.connect()
+        try:
+            assert fake.state()["watchdog_hz"] == 0.0               # armed with the first motion command
+            for _ in range(10):
+                arm.command_joint_velocity(np.array([0.2, 0.0, 0.0, 0.0, 0.0, 0.0]))
+                time.sleep(0.02)
+            assert fake.state()["watchdog_hz"] == 5.0
+            idle(arm, 0.8)                                          # reads alone keep it fed: the arm keeps turning
+            state = fake.state()
+            assert state["script_running"] and state["counters"].get("watchdog_stops", 0) == 0
+            assert state["qd"][0] == pytest.approx(0.2, abs=0.02)
+            silent_since = arm._last_sent                           # the last package the script got
+            stopped = _wait_for_program_stop(fake, 3.0)
+            assert stopped is not None
+            tripped_s = time.monotonic() - silent_since
+            state = fake.state()
+            assert state["program_stop_reason"].startswith("RTDE watchdog")
+            assert state["counters"]["watchdog_stops"] == 1
+            # 1 / 5 Hz = 0.2 s of silence, plus the fake's 8 ms cycle and a busy machine's latency
+            assert 0.15 < tripped_s < 1.2, tripped_s
+            held = np.array(state["q"])
+            time.sleep(0.3)
+            np.testing.assert_allclose(fake.state()["q"], held, atol=1e-3)      # the arm stopped and holds
+            assert np.abs(fake.state()["qd"]).max() < 0.01
+            assert "control script is not running" in arm.status().fault
+            print(f"watchdog 5 Hz: the program stopped {tripped_s * 1000:.0f} ms after the last package")
+            arm.reset()                                             # re-uploads the script and goes home
+            assert arm.status().ok and fake.state()["watchdog_hz"] == 5.0
+        finally:
+            arm.disconnect()
+
+
+def test_without_the_watchdog_a_silent_driver_leaves_the_arm_moving():
+    with FakeURController("127.0.0.75", start_q=HOME.tolist()) as fake:
+        arm = UR5(host="127.0.0.75", watchdog_hz=0)
+        arm.connect()
+        try:
+            arm.command_joint_velocity(np.array([0.2, 0.0, 0.0, 0.0, 0.0, 0.0]))
+            q0 = fake.state()["q"][0]
+            time.sleep(0.6)
+            state = fake.state()
+            assert state["script_running"] and state["watchdog_hz"] == 0.0
+            assert state["q"][0] - q0 > 0.06                        # still turning at 0.2 rad/s: nothing stops it
+        finally:
+            arm.disconnect()
+
+
+_DRIVE = """
+import sys, time
+import numpy as np
+from drivers.ur5 import UR5
+arm = UR5(host=sys.argv[1])
+arm.set_control_period(0.04)
+arm.connect()
+while True:
+    arm.read()
+    arm.command_joint_velocity(np.array([0.2, 0.0, 0.0, 0.0, 0.0, 0.0]))
+    print("driving", flush=True)
+    time.sleep(0.04)
+"""
+
+
+def test_a_killed_driver_process_leaves_the_arm_stopped_by_the_controller_watchdog():
+    """The daemon's death (SIGKILL: no stop, no disconnect) with the default watchdog (10 Hz)."""
+    with FakeURController("127.0.0.76", start_q=HOME.tolist()) as fake:
+        process = subprocess.Popen([sys.executable, "-c", _DRIVE, "127.0.0.76"], cwd=ROOT, stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, text=True)
+        try:
+            for _ in range(10):                                     # driving for a while (10 ticks)
+                assert process.stdout.readline().strip() == "driving", process.stderr.read()[-2000:]
+            assert fake.state()["qd"][0] == pytest.approx(0.2, abs=0.02)
+            process.send_signal(signal.SIGKILL)
+            killed = time.monotonic()
+            process.wait(5.0)
+            stopped = _wait_for_program_stop(fake, 3.0)
+            assert stopped is not None
+            after_s = time.monotonic() - killed
+            state = fake.state()
+            assert state["program_stop_reason"].startswith("RTDE watchdog") and state["watchdog_hz"] == 0.0
+            assert after_s < 1.0, after_s                           # 0.1 s plus the last tick's 40 ms, generously
+            held = np.array(state["q"])
+            time.sleep(0.3)
+            np.testing.assert_allclose(fake.state()["q"], held, atol=1e-3)
+            print(f"driver process killed: the controller stopped the program {after_s * 1000:.0f} ms later")
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait(5.0)
+
+
+def _reset_in_thread(arm: UR5) -> tuple[threading.Thread, dict]:
+    outcome: dict = {}
+
+    def run() -> None:
+        started = time.monotonic()
+        try:
+            arm.reset()
+            outcome["error"] = None
+        except RuntimeError as exc:
+            outcome["error"] = str(exc)
+        outcome["ended"] = time.monotonic()
+        outcome["took_s"] = outcome["ended"] - started
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, outcome
+
+
+@pytest.mark.parametrize("death", ["vanish", "freeze"])
+def test_a_reset_fails_in_bounded_time_when_the_controller_dies_mid_move(death):
+    host = "127.0.0.90" if death == "vanish" else "127.0.0.91"
+    fake = FakeURController(host, start_q=FAR.tolist()).start()
+    arm = UR5(host=host, home_speed_rad_s=0.3, command_timeout_s=1.5)
+    arm.set_control_period(0.04)
+    arm.connect()
+    try:
+        bound = arm.home_move_bound_s(FAR)                       # 1.2 rad at 0.3 rad/s: 4.6 s; bound 8.9 s
+        thread, outcome = _reset_in_thread(arm)
+        assert wait_until(lambda: abs(fake.state()["q"][0] - FAR[0]) > 0.1, 5.0) is not None   # under way
+        getattr(fake, death)()
+        died = time.monotonic()
+        thread.join(bound + 5.0)
+        assert not thread.is_alive(), "reset() still blocked"
+        failed_after = outcome["ended"] - died
+        assert outcome["error"] is not None and host in outcome["error"]
+        assert "move home was cut off" in outcome["error"], outcome["error"]
+        assert outcome["took_s"] < bound + 1.0 and failed_after < 2.0, (outcome, failed_after)
+        assert arm.status().link_lost
+        started = time.monotonic()
+        arm.disconnect()
+        disconnect_s = time.monotonic() - started
+        # both interfaces close side by side, within command_timeout_s (a frozen controller's close is abandoned)
+        assert disconnect_s < 1.5 + 1.5, disconnect_s
+        print(f"controller {death} mid-move: reset() failed {failed_after * 1000:.0f} ms later (bound {bound:.1f} s); "
+              f"disconnect() took {disconnect_s:.2f} s")
+    finally:
+        arm.disconnect()
+        fake.vanish()
+        fake.stop()
+
+
+def test_a_move_home_that_does_not_arrive_in_time_is_stopped_and_reset_fails():
+    with FakeURController("127.0.0.92", start_q=FAR.tolist()) as fake:
+        arm = UR5(host="127.0.0.92", home_speed_rad_s=0.3, reset_timeout_s=1.0)
+        arm.set_control_period(0.04)
+        arm.connect()
+        try:
+            started = time.monotonic()
+            with pytest.raises(RuntimeError, match=r"did not arrive within 1.0 s \(reset_timeout_s; .* stopped") as info:
+                arm.reset()
+            took = time.monotonic() - started
+            assert "\n" not in str(info.value)
+            assert 1.0 < took < 3.0, took
+            state = fake.state()
+            assert state["commands"].get(34, 0) == 1                  # stopJ
+            held = np.array(state["q"])
+            assert 0.1 < FAR[0] - held[0] < 0.9                      # part of the way, then stopped
+            idle(arm, 0.3)
+            np.testing.assert_allclose(fake.state()["q"], held, atol=2e-3)
+            assert arm.status().ok                                   # nothing broken: the next reset may go on
+            print(f"move home over its 1.0 s bound: stopped and failed after {took:.2f} s")
         finally:
             arm.disconnect()
 
