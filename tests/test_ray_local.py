@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from learner import main as learner_main
+from learner import ray_start
 from robotd import config as cfg
 from robotd.config import LearnerConfig
 from robotd.security import SecurityError
@@ -44,16 +44,16 @@ def token_file(tmp_path, mode=0o600, text="secret-token") -> Path:
 
 
 def test_local_ray_is_single_node_and_only_then_without_token_auth(tmp_path):
-    env = learner_main.ray_env(LearnerConfig(), {"HOME": str(tmp_path)})
+    env = ray_start.ray_env(LearnerConfig(), {"HOME": str(tmp_path)})
     assert env == {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled"}
     # An explicit mode from the environment is kept (token auth on a local Ray is stricter, not looser).
-    assert learner_main.ray_env(LearnerConfig(), {"RAY_AUTH_MODE": "token"})["RAY_AUTH_MODE"] == "token"
+    assert ray_start.ray_env(LearnerConfig(), {"RAY_AUTH_MODE": "token"})["RAY_AUTH_MODE"] == "token"
 
 
 @pytest.mark.parametrize("address", ["auto", "10.0.0.5:6379", "ray://head:10001", "127.0.0.1:6379"])
 def test_cluster_without_a_token_is_refused_in_one_line(tmp_path, address):
     with pytest.raises(SecurityError) as info:
-        learner_main.ray_env(LearnerConfig(ray_address=address), {"HOME": str(tmp_path)})
+        ray_start.ray_env(LearnerConfig(ray_address=address), {"HOME": str(tmp_path)})
     message = str(info.value)
     assert "\n" not in message
     assert f"learner.ray_address={address}" in message and "learner.ray_token_file" in message
@@ -62,19 +62,19 @@ def test_cluster_without_a_token_is_refused_in_one_line(tmp_path, address):
 
 def test_local_is_not_a_cluster_address(tmp_path):
     with pytest.raises(SecurityError, match="learner.ray_address=local is not a cluster address: leave it empty"):
-        learner_main.ray_env(LearnerConfig(ray_address="local"), {"RAY_AUTH_TOKEN": "t"})
+        ray_start.ray_env(LearnerConfig(ray_address="local"), {"RAY_AUTH_TOKEN": "t"})
 
 
 def test_cluster_never_runs_with_auth_disabled(tmp_path):
     path = token_file(tmp_path)
     with pytest.raises(SecurityError, match=r"RAY_AUTH_MODE=disabled .* learner.ray_address=auto needs"):
-        learner_main.ray_env(LearnerConfig(ray_address="auto", ray_token_file=str(path)),
+        ray_start.ray_env(LearnerConfig(ray_address="auto", ray_token_file=str(path)),
                              {"RAY_AUTH_MODE": "disabled"})
 
 
 def test_cluster_token_file_is_used_and_wins_over_the_environment(tmp_path):
     path = token_file(tmp_path)
-    env = learner_main.ray_env(LearnerConfig(ray_address="ray://head:10001", ray_token_file=str(path)),
+    env = ray_start.ray_env(LearnerConfig(ray_address="ray://head:10001", ray_token_file=str(path)),
                                {"RAY_AUTH_TOKEN": "other", "HOME": str(tmp_path)})
     assert env == {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(path), "RAY_AUTH_TOKEN": None}
 
@@ -87,24 +87,24 @@ def test_cluster_token_file_is_used_and_wins_over_the_environment(tmp_path):
 def test_unsafe_or_empty_token_file_is_refused(tmp_path, mode, text, expected):
     path = token_file(tmp_path, mode, text)
     with pytest.raises(SecurityError, match=rf"learner.ray_token_file '.*ray_token' {expected}"):
-        learner_main.ray_env(LearnerConfig(ray_address="auto", ray_token_file=str(path)), {})
+        ray_start.ray_env(LearnerConfig(ray_address="auto", ray_token_file=str(path)), {})
 
 
 def test_missing_token_file_is_refused(tmp_path):
     with pytest.raises(SecurityError, match=r"learner.ray_token_file '.*nope' cannot be read \(No such file"):
-        learner_main.ray_env(LearnerConfig(ray_address="auto", ray_token_file=str(tmp_path / "nope")), {})
+        ray_start.ray_env(LearnerConfig(ray_address="auto", ray_token_file=str(tmp_path / "nope")), {})
 
 
 def test_cluster_token_from_rays_own_places(tmp_path):
     cluster = LearnerConfig(ray_address="auto")
-    assert learner_main.ray_env(cluster, {"RAY_AUTH_TOKEN": "t", "HOME": str(tmp_path)}) == {"RAY_AUTH_MODE": "token"}
+    assert ray_start.ray_env(cluster, {"RAY_AUTH_TOKEN": "t", "HOME": str(tmp_path)}) == {"RAY_AUTH_MODE": "token"}
     path = token_file(tmp_path, 0o644)
     with pytest.raises(SecurityError, match=r"RAY_AUTH_TOKEN_PATH '.*' can be read by other users"):
-        learner_main.ray_env(cluster, {"RAY_AUTH_TOKEN_PATH": str(path), "HOME": str(tmp_path)})
+        ray_start.ray_env(cluster, {"RAY_AUTH_TOKEN_PATH": str(path), "HOME": str(tmp_path)})
     (tmp_path / ".ray").mkdir()
     default = token_file(tmp_path / ".ray", 0o600)
     default.rename(tmp_path / ".ray" / "auth_token")
-    assert learner_main.ray_env(cluster, {"HOME": str(tmp_path)}) == {"RAY_AUTH_MODE": "token"}
+    assert ray_start.ray_env(cluster, {"HOME": str(tmp_path)}) == {"RAY_AUTH_MODE": "token"}
 
 
 def test_start_ray_refuses_a_cluster_without_token_before_touching_ray(tmp_path, monkeypatch):
@@ -113,7 +113,7 @@ def test_start_ray_refuses_a_cluster_without_token_before_touching_ray(tmp_path,
     monkeypatch.setenv("HOME", str(tmp_path))
     config = cfg.load(None, ["learner.ray_address=ray://127.0.0.1:1"])
     with pytest.raises(SecurityError, match="needs its auth token"):
-        learner_main._start_ray(config)
+        ray_start.start_ray(config)
     assert "RAY_AUTH_MODE" not in os.environ
 
 
@@ -148,7 +148,7 @@ def test_failed_starts_are_retried_within_the_budget(caplog):
     clock = FakeClock()
     attempt, calls = flaky(clock, failures=2, seconds_each=20)
     with caplog.at_level(logging.INFO, logger="learner"):
-        result = learner_main.retry_start(attempt, 120, what="starting Ray", fix="fix it", clock=clock,
+        result = ray_start.retry_start(attempt, 120, what="starting Ray", fix="fix it", clock=clock,
                                           sleep=clock.sleep)
     assert result == "up"
     assert calls == [120, 99, 77]  # the time left is handed to each attempt
@@ -164,7 +164,7 @@ def test_retries_stop_when_the_budget_is_spent_with_a_one_line_error():
     clock = FakeClock()
     attempt, calls = flaky(clock, failures=99, seconds_each=25)
     with pytest.raises(RuntimeError) as info:
-        learner_main.retry_start(attempt, 60, what="starting Ray", fix="raise learner.ray_start_timeout_s",
+        ray_start.retry_start(attempt, 60, what="starting Ray", fix="raise learner.ray_start_timeout_s",
                                  clock=clock, sleep=clock.sleep)
     message = str(info.value)
     assert "\n" not in message
@@ -177,7 +177,7 @@ def test_fatal_errors_are_not_retried():
     clock = FakeClock()
     attempt, calls = flaky(clock, failures=5, seconds_each=1, error=SecurityError("bad token"))
     with pytest.raises(SecurityError, match="bad token"):
-        learner_main.retry_start(attempt, 120, what="x", fix="y", fatal=(SecurityError,), clock=clock,
+        ray_start.retry_start(attempt, 120, what="x", fix="y", fatal=(SecurityError,), clock=clock,
                                  sleep=clock.sleep)
     assert len(calls) == 1 and clock.sleeps == []
 
@@ -186,7 +186,7 @@ def test_a_stop_request_ends_the_retries():
     clock = FakeClock()
     attempt, calls = flaky(clock, failures=5, seconds_each=1)
     with pytest.raises(RuntimeError, match="stopped after attempt 1 failed"):
-        learner_main.retry_start(attempt, 120, what="x", fix="y", clock=clock, sleep=clock.sleep,
+        ray_start.retry_start(attempt, 120, what="x", fix="y", clock=clock, sleep=clock.sleep,
                                  stopped=lambda: bool(clock.sleeps))
     assert len(calls) == 1
 
@@ -194,7 +194,7 @@ def test_a_stop_request_ends_the_retries():
 def test_ray_waits_follow_the_budget_unless_the_environment_sets_them(monkeypatch):
     monkeypatch.delenv("RAY_gcs_server_port_wait_time_s", raising=False)
     monkeypatch.setenv("RAY_raylet_start_wait_time_s", "77")
-    with learner_main._ray_waits(41.2):
+    with ray_start._ray_waits(41.2):
         assert os.environ["RAY_gcs_server_port_wait_time_s"] == "42"
         assert os.environ["RAY_raylet_start_wait_time_s"] == "77"
     assert "RAY_gcs_server_port_wait_time_s" not in os.environ
@@ -208,7 +208,7 @@ def test_leftovers_of_a_failed_start_are_killed_and_nothing_else(tmp_path):
     left = subprocess.Popen([*sleeper, marker])
     other = subprocess.Popen(sleeper)
     try:
-        killed = learner_main.kill_descendants_naming(marker)
+        killed = ray_start.kill_descendants_naming(marker)
         assert killed == [left.pid]
         assert not Path(f"/proc/{left.pid}").exists()  # killed and reaped
         assert other.poll() is None
@@ -299,7 +299,7 @@ def _is_loopback(address: str) -> bool:
 
 def test_local_ray_environment_gives_ray_a_loopback_node_address():
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")}
-    env.update(learner_main.ray_env(LearnerConfig(), {}))
+    env.update(ray_start.ray_env(LearnerConfig(), {}))
     result = subprocess.run([sys.executable, "-c", "import ray; print(ray.util.get_node_ip_address())"], env=env,
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
