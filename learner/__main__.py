@@ -11,7 +11,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="robotd learner", description="Train from streamed robot experience.")
     cli.add_common(parser)
     parser.add_argument("--bind", default=None, help="experience address to bind, e.g. tcp://0.0.0.0:5555")
-    parser.add_argument("--ray-address", default=None, help="join an existing Ray cluster (auto or ray://host:port)")
+    parser.add_argument("--ray-address", default=None, help="join an existing Ray cluster (auto, host:port or ray://host:port) with Ray's token auth: "
+                        "the token in learner.ray_token_file or RAY_AUTH_TOKEN")
     args = parser.parse_args(argv)
     cli.setup_logging("learner")
     overrides = list(args.overrides)
