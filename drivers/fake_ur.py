@@ -339,6 +339,8 @@ class _Controller:
         self.watchdog_hz = 0.0        # rtde_set_watchdog's min_frequency on input_int_register_0; 0: none
         self.watchdog_silent_s = 0.0
         self._last_cycle: float | None = None
+        self._watching = False          # whether the last cycle had an armed watchdog to watch
+        self.wake = threading.Event()   # set when the cycle has work: a watchdog armed, a program to start
         self.async_wr_count = 0
         self.async_op_id = 0
         self.counters: Counter = Counter()
@@ -493,6 +495,7 @@ class _Controller:
                 self.executing = False
                 self.out_int[0] = 0
                 self.pending_program = (name, time.monotonic() + self.program_start_delay_s)
+                self.wake.set()
             else:
                 self.start_program(name)
 
@@ -524,6 +527,11 @@ class _Controller:
             self.arm.status()
             self._halt()
 
+    def busy(self) -> bool:
+        """True while the cycle has something to watch (an armed watchdog, a program about to start)."""
+        with self.lock:
+            return self.pending_program is not None or (self.watchdog_hz > 0.0 and self.script_running)
+
     def cycle(self, now: float) -> None:
         """One check of the controller's own cycle: start an uploaded program when due, and stop the program
         (rtde_set_watchdog's "stop" action) when input_int_register_0 got no update for 1 / min_frequency."""
@@ -532,12 +540,14 @@ class _Controller:
             self._last_cycle = now
             if self.pending_program is not None and now >= self.pending_program[1]:
                 self.start_program(self.pending_program[0])
-            if self.watchdog_hz > 0.0 and self.script_running:
+            watching = self.watchdog_hz > 0.0 and self.script_running
+            if watching and self._watching:
                 self.watchdog_silent_s += min(elapsed, self.stall_cap_s)
-                if self.watchdog_silent_s > 1.0 / self.watchdog_hz:
-                    self.counters["watchdog_stops"] += 1
-                    self.stop_program(f"RTDE watchdog: no update of input_int_register_0 for "
-                                      f"{self.watchdog_silent_s:.3f} s (min frequency {self.watchdog_hz:g} Hz)")
+            self._watching = watching
+            if watching and self.watchdog_silent_s > 1.0 / self.watchdog_hz:
+                self.counters["watchdog_stops"] += 1
+                self.stop_program(f"RTDE watchdog: no update of input_int_register_0 for "
+                                  f"{self.watchdog_silent_s:.3f} s (min frequency {self.watchdog_hz:g} Hz)")
 
     # --- RTDE inputs and the control script --------------------------------------------------
     def apply_inputs(self, values: dict[str, object]) -> None:
@@ -610,6 +620,7 @@ class _Controller:
             if math.isfinite(frequency) and frequency > 0.0:
                 self.watchdog_hz = frequency
                 self.watchdog_silent_s = 0.0
+                self.wake.set()
             else:
                 self.counters["rejected_commands"] += 1
         elif self.frozen():
@@ -1011,16 +1022,17 @@ class FakeURServer:
         return self
 
     def _cycle(self) -> None:
-        """The controller's own cycle, independent of any client: program starts and the RTDE watchdog."""
+        """The controller's own cycle, independent of any client: program starts and the RTDE watchdog (checked
+        every cycle_period_s while there is something to watch, else every 0.1 s or when woken)."""
         controller = self.controller
-        period = controller.cycle_period_s
         next_t = time.monotonic()
         while not self.stop_event.is_set():
-            next_t += period
+            next_t += controller.cycle_period_s if controller.busy() else 0.1
             delay = next_t - time.monotonic()
-            if delay > 0.0:
-                time.sleep(delay)
-            else:
+            if delay > 0.0 and controller.wake.wait(delay):
+                controller.wake.clear()
+                next_t = time.monotonic()
+            elif delay <= 0.0:
                 next_t = time.monotonic()     # behind (a starved process): no burst of catch-up cycles
             stops = controller.counters["watchdog_stops"]
             controller.cycle(time.monotonic())

@@ -13,24 +13,25 @@ What this driver adds on top of the library, because the library does not:
   commands. The driver watches the connection state and that the controller timestamp keeps
   advancing: no new timestamp for ``freshness_s`` (or a dropped connection) is a lost link,
   reported in ``status()`` (``link_lost``), after which no command is sent any more.
-- **Stops.** A protective, safeguard or emergency stop is reported in ``status()`` (a safeguard stop,
-  the protective stop a door or light curtain triggers, as ``protective_stop``; any other safety mode
-  but NORMAL and REDUCED as well); the daemon ends the episode and the robot is not moved again until
-  the stop is cleared: on the teach pendant, by resetting the safeguard, or
-  (``unlock_protective_stop: true``) through the dashboard server when the next episode resets.
-  ``status()`` is also not ok while the control script is not running (every command is refused
-  then; the next reset() re-uploads it) and after ``refused_limit`` commands in a row were refused.
-  Nothing here retries motion by itself.
+- **Stops.** Safety stops are reported in ``status()``: an emergency stop as ``emergency_stop``, any
+  other safety mode but NORMAL and REDUCED as ``protective_stop`` (a protective stop; a safeguard
+  stop, the protective stop a door or light curtain triggers; a fault). The daemon ends the episode
+  and the robot is not moved again until the stop is cleared: on the teach pendant, by resetting the
+  safeguard, or (``unlock_protective_stop: true``) through the dashboard server when the next episode
+  resets. ``status()`` is also not ok while the control script is not running (every command is
+  refused then; the next reset() re-uploads it) and after ``refused_limit`` commands in a row were
+  refused. Nothing here retries motion by itself.
 - **Bounded calls.** ur-rtde waits up to 300 s for its control script to answer a command, also after
   the controller died. Every call that can wait (the stops, the reset's moveJ, setWatchdog,
   reuploadScript, stopScript, disconnect, the dashboard) runs on a daemon thread joined with a
-  deadline (``command_timeout_s``); one that misses it is abandoned (left to finish on its own), logged,
-  and counts as a lost link. The reset's move home is an asynchronous moveJ watched through the
-  measured joints until it arrives, within ``reset_timeout_s`` (default: the move's duration at
-  ``home_speed_rad_s`` / ``home_acc_rad_s2``, times 1.5, plus 2 s), else it is stopped (stopJ) and
-  reset() raises. ur-rtde's constructors hold the GIL while they wait, so no thread can bound them:
-  connect() first checks, within ``connect_timeout_s``, that the controller answers on its RTDE and
-  dashboard ports.
+  deadline (``command_timeout_s``); one that misses it is abandoned (left to finish on its own),
+  logged, and counts as a lost link. servoJ / speedJ / speedL / kickWatchdog go out directly: sent
+  only over a fresh link, they wait at most for the script's next cycle (the library gives up after
+  3 s). The reset's move home is an asynchronous moveJ watched through the measured joints until it
+  arrives, within ``reset_timeout_s`` (default: the move's duration at ``home_speed_rad_s`` /
+  ``home_acc_rad_s2``, times 1.5, plus 2 s), else it is stopped (stopJ) and reset() raises.
+  ur-rtde's constructors hold the GIL while they wait, so no thread can bound them: connect() first
+  checks, within ``connect_timeout_s``, that the controller answers on its RTDE and dashboard ports.
 - **Controller watchdog.** Before the first motion command after connect() or a script re-upload the
   driver arms the control script's RTDE watchdog (ur-rtde's setWatchdog, ``watchdog_hz``; 0 turns it
   off): every command, and read() when nothing else went out for a quarter of its period, updates
@@ -254,10 +255,11 @@ class UR5(Arm):
         self._lost: str | None = None
         self._refused_in_a_row = 0
         self._watchdog_armed = False
+        self._arm_tried_at = -math.inf
         self._last_sent = 0.0               # monotonic time of the last package sent to the control script
         self.counters = {"readings": 0, "stale_reads": 0, "commands": 0, "command_failures": 0, "clipped": 0,
                          "skipped_while_lost": 0, "resets": 0, "script_restarts": 0, "watchdog_kicks": 0,
-                         "abandoned_calls": 0}
+                         "kick_failures": 0, "abandoned_calls": 0}
 
     # ----------------------------------------------------------------------------------------
     @property
@@ -342,6 +344,7 @@ class UR5(Arm):
         self._mode = None
         self._refused_in_a_row = 0
         self._watchdog_armed = False
+        self._arm_tried_at = -math.inf
         self._probe(RTDE_PORT)
         try:
             self._receive = rtde_receive.RTDEReceiveInterface(self.host, self.frequency_hz)
@@ -350,6 +353,10 @@ class UR5(Arm):
                                f"the cable and that the controller is on") from None
         try:
             self._probe(DASHBOARD_PORT)
+        except RuntimeError:
+            self._close_interfaces()
+            raise
+        try:
             self._control = rtde_control.RTDEControlInterface(self.host, self.frequency_hz)
         except RuntimeError as exc:
             self._close_interfaces()
@@ -382,7 +389,7 @@ class UR5(Arm):
         is bounded by command_timeout_s, a step that misses it is left to finish in the background."""
         if self._gripper is not None:
             self._gripper.close()
-        if self._control is not None and self._lost is None and self._connected():
+        if self._control is not None and self._lost is None and self._connected() and self._streaming():
             try:
                 self.stop()
                 if self._lost is None:
@@ -430,6 +437,21 @@ class UR5(Arm):
             self._last_change_ns = now
             return True
         return False
+
+    def _streaming(self) -> bool:
+        """Whether a newer controller timestamp arrives within freshness_s (plus a 125 Hz period): the check before
+        a stop that no recent read has vouched for. A silent stream is latched as a lost link."""
+        first = self._receive.getTimestamp()
+        deadline = time.monotonic() + self.freshness_s + 0.008
+        while self._receive.getTimestamp() == first:
+            if time.monotonic() > deadline:
+                self._lost = (f"{self._owner}: the controller timestamp did not advance within "
+                              f"{(self.freshness_s + 0.008) * 1000:.0f} ms (freshness_s {self.freshness_s:g}): the "
+                              f"link is dead or the controller hung")
+                log.error("%s; no command is sent any more", self._lost)
+                return False
+            time.sleep(0.001)
+        return True
 
     def _check_link(self) -> str | None:
         """Why the link is lost (latched until the next connect), or None while it is fresh."""
@@ -541,10 +563,15 @@ class UR5(Arm):
             return False
         return True
 
-    def _arm_watchdog(self) -> None:
-        """setWatchdog(watchdog_hz) on the running control script, unless it is armed or off (raises _Stuck)."""
+    def _arm_watchdog(self, force: bool = False) -> None:
+        """setWatchdog(watchdog_hz) on the running control script, unless it is armed or off; a refused attempt is
+        tried again a second later at the earliest, unless force (raises _Stuck)."""
         if self.watchdog_hz <= 0.0 or self._watchdog_armed or not self._control.isProgramRunning():
             return
+        now = time.monotonic()
+        if not force and now - self._arm_tried_at < 1.0:
+            return
+        self._arm_tried_at = now
         if self._call("setWatchdog", lambda: self._control.setWatchdog(self.watchdog_hz)):
             self._watchdog_armed = True
             self._last_sent = time.monotonic()
@@ -558,8 +585,14 @@ class UR5(Arm):
             return
         now = time.monotonic()
         if now - self._last_sent >= 0.25 / self.watchdog_hz:
-            self._control.kickWatchdog()
             self._last_sent = now
+            try:
+                self._control.kickWatchdog()
+            except RuntimeError as exc:         # the link check reports what is wrong with the connection
+                self.counters["kick_failures"] += 1
+                if self.counters["kick_failures"] <= 3:
+                    log.warning("%s: kickWatchdog: %s", self._owner, exc)
+                return
             self.counters["watchdog_kicks"] += 1
 
     def _sent(self, ok: bool, what: str) -> None:
@@ -648,10 +681,12 @@ class UR5(Arm):
             self._sent(send(zero, self.stop_acc, 0.0), f"{'speedJ' if mode == 'speedj' else 'speedL'} to rest")
             fastest = float(np.abs(np.asarray(self._receive.getActualQd(), dtype=np.float64)).max())
             self._settle(max(fastest, self.max_joint_vel_rad_s) / self.stop_acc + 0.25)
-            self._sent(self._call("speedStop", lambda: self._control.speedStop(self.stop_acc)), "speedStop")
+            if self._lost is None:
+                self._sent(self._call("speedStop", lambda: self._control.speedStop(self.stop_acc)), "speedStop")
         else:
             self._settle(self.servo_lookahead_s + (self.servo_time_s or 0.008) + 0.25)
-            self._sent(self._call("servoStop", lambda: self._control.servoStop(self.stop_acc)), "servoStop")
+            if self._lost is None:
+                self._sent(self._call("servoStop", lambda: self._control.servoStop(self.stop_acc)), "servoStop")
 
     def _settle(self, within_s: float) -> bool:
         """Waits up to within_s for every joint to slow below _SETTLED_RAD_S, kicking the watchdog; True at rest."""
@@ -682,7 +717,7 @@ class UR5(Arm):
         control script (waiting until it runs) when it is not running. Raises RuntimeError naming what to check."""
         if self._control is None:
             raise RuntimeError(f"{self._owner} is not connected; call connect() first")
-        if self._check_link() is not None:
+        if self._check_link() is not None or not self._streaming():
             raise RuntimeError(f"{self._lost}; reconnect before resetting")
         stopped = self._safety_stop()
         if stopped is not None:
@@ -701,7 +736,7 @@ class UR5(Arm):
         try:
             if not self._control.isProgramRunning():
                 self._restart_script()
-            self._arm_watchdog()
+            self._arm_watchdog(force=True)
             self._move_home()
         except _Stuck as exc:
             raise RuntimeError(f"{exc}; the reset did not finish") from None

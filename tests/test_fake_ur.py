@@ -302,10 +302,11 @@ def test_the_scripts_watchdog_stops_the_program_unless_its_register_is_updated(s
     control = rtde_control.RTDEControlInterface(ur.host)
     receiver = rtde_receive.RTDEReceiveInterface(ur.host)
     assert ur.state()["watchdog_hz"] == 0.0
-    assert control.setWatchdog(5.0)                              # rtde_set_watchdog("input_int_register_0", 5, "stop")
-    assert ur.state()["watchdog_hz"] == 5.0
+    # rtde_set_watchdog("input_int_register_0", 2, "stop"): 0.5 s, as a busy machine can stall this test for 0.2 s
+    assert control.setWatchdog(2.0)
+    assert ur.state()["watchdog_hz"] == 2.0
     assert control.speedJ([0.2, 0.0, 0.0, 0.0, 0.0, 0.0], 1.0, 0.0)
-    for _ in range(10):                                          # kicked every 50 ms: it keeps running
+    for _ in range(20):                                          # kicked every 50 ms for 1 s: it keeps running
         time.sleep(0.05)
         assert control.kickWatchdog()
     state = ur.state()
@@ -314,7 +315,7 @@ def test_the_scripts_watchdog_stops_the_program_unless_its_register_is_updated(s
     last = time.monotonic()
     assert wait_until(lambda: not ur.state()["script_running"], 3.0) is not None
     silent_s = time.monotonic() - last
-    assert 0.15 < silent_s < 1.2, silent_s                      # 1 / 5 Hz, plus the fake's cycle and a busy machine
+    assert 0.45 < silent_s < 1.5, silent_s                      # 1 / 2 Hz, plus the fake's cycle and a busy machine
     state = ur.state()
     assert state["program_stop_reason"].startswith("RTDE watchdog: no update of input_int_register_0")
     assert state["counters"]["watchdog_stops"] == 1 and state["watchdog_hz"] == 0.0   # removed with the program
@@ -327,7 +328,7 @@ def test_the_scripts_watchdog_stops_the_program_unless_its_register_is_updated(s
     # a fresh program carries no watchdog until it is set again
     assert control.reuploadScript()
     assert wait_until(control.isProgramRunning, 1.0) is not None
-    time.sleep(0.5)
+    time.sleep(0.8)
     assert ur.state()["script_running"] and ur.state()["counters"]["watchdog_stops"] == 1
 
 
