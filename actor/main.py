@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import zmq
 
-from actor.spool import ChunkSpool
+from actor.spool import ChunkSpool, resend_from_episodes
 from actor.stream import ExperienceStream
 from actor.weights import WeightSubscriber
 from learner.dreamer import Policy
@@ -151,13 +151,16 @@ class Actor:
         spool = ChunkSpool(self.logdir / "spool" / self.actor_id, config.actor.spool_memory_chunks,
                            stream=self.stream_id, max_spill_bytes=int(config.actor.spool_max_mb * 2**20))
         adopted = spool.adopt(max_bytes)
-        if adopted:
-            log.info("sending %d chunks an earlier actor left unacknowledged in %s (streams %s)", adopted,
-                     spool.spill_dir, ", ".join(sorted(spool.other_streams())))
+        self.first_episode_id = session.next_episode_id(self.logdir, self.actor_id)
         self.secure = self._curve_client()
         self.stream = ExperienceStream(context, self.learner_address, hello_meta, spool,
                                        resend_after_s=config.actor.resend_after_s, max_bytes=max_bytes,
-                                       secure=self.secure, spool_full=config.actor.spool_full)
+                                       secure=self.secure, spool_full=config.actor.spool_full,
+                                       first_episode_id=self.first_episode_id)
+        rebuilt = resend_from_episodes(spool, self.stream.markers, self.logdir / session.EPISODES, self.actor_id,
+                                       self.step_spec, config.actor.chunk_steps)
+        self._log_resent(adopted, rebuilt, spool)
+        self.stream.write_markers()         # before any step: a kill from here on leaves this stream's marker
         self.stream.start()
         self.weights = None
         self.metrics = MetricsWriter(self.logdir, process="actor")
@@ -172,6 +175,21 @@ class Actor:
             daemon.close(0)
             context.term()
         return self.stats
+
+    def _log_resent(self, adopted: int, rebuilt: dict[str, dict], spool: ChunkSpool) -> None:
+        """One line saying what earlier actors left unacknowledged that this one sends first."""
+        rebuilt_steps = sum(entry["steps"] for entry in rebuilt.values())
+        rebuilt_chunks = sum(entry["chunks"] for entry in rebuilt.values())
+        streams = ", ".join(f"{name} from step {entry['from']}" for name, entry in sorted(rebuilt.items()))
+        from_files = (f"{rebuilt_steps} steps they logged but never had acknowledged, rebuilt from "
+                      f"{self.logdir / session.EPISODES} as {rebuilt_chunks} chunk{'s' if rebuilt_chunks != 1 else ''} "
+                      f"(stream{'s' if len(rebuilt) > 1 else ''} {streams})")
+        if adopted:
+            log.info("sending %d chunks an earlier actor left unacknowledged in %s (streams %s)%s", adopted,
+                     spool.spill_dir, ", ".join(sorted(spool.other_streams())),
+                     f", and {from_files}" if rebuilt else "")
+        elif rebuilt:
+            log.info("sending %s", from_files)
 
     # ----------------------------------------------------------------------------------------
     def silence_policy(self) -> tuple[float, bool]:
@@ -192,7 +210,7 @@ class Actor:
         self.pending: Pending | None = None
         self._zmq = (context, max_bytes)
         self.episode = None
-        self.next_episode_id = session.next_episode_id(self.logdir, self.actor_id)
+        self.next_episode_id = self.first_episode_id
         self.episode_step = 0
         self.seq = 0
         self.stream_step = 0
@@ -438,7 +456,8 @@ class Actor:
                 "seq": self.seq, "n_steps": len(rows), "stream_step": self.stream_step}
         if exclude is not None:
             meta["exclude"] = exclude
-        self.stream.put(self.seq, wire.encode(wire.Kind.CHUNK, meta, arrays), len(rows), self.stream_step)
+        self.stream.put(self.seq, wire.encode(wire.Kind.CHUNK, meta, arrays), len(rows), self.stream_step,
+                        self.episode_id)
         self.seq += 1
         self.stream_step += len(rows)
         self.counters["chunks"] += 1
@@ -544,6 +563,11 @@ class Actor:
             pass
         drained = self.stream.close(self.config.actor.drain_timeout_s)
         spool = self.stream.spool
+        if drained and not self.stream.is_alive():
+            try:
+                self.stream.markers.remove(self.stream_id)   # every step logged was emitted and acknowledged
+            except OSError as exc:
+                log.warning("acknowledgement marker of stream %s not removed: %s", self.stream_id, exc)
         if not drained:
             kept = spool.spill_all()
             log.warning("%d chunks (%d steps) not acknowledged by the learner at exit: kept in %s, and the next "

@@ -10,20 +10,38 @@ The disk spill has a bound (``max_spill_bytes``); the stream applies the configu
 it is reached (stop collecting, or drop the oldest spilled chunks, counted). Resends back off:
 a chunk sent k times waits ``resend_after_s * 2**(k-1)`` (at most ``max_backoff_s``) before the
 next try, so a frozen learner is not flooded; a learner that says hello again gets everything at once.
+
+What an actor killed with SIGKILL held in memory (chunks not yet acknowledged, and the steps of its
+next chunk, logged but not yet emitted) is in its episode files only. The stream keeps, per stream, an
+acknowledged-through marker (``acked-<stream>.json``, ``AckMarkers``): every step of the stream below
+it was acknowledged. An actor started again on the same log directory with the same actor id rebuilds
+chunks from the episode files for every step of such a stream at or beyond its marker that no adopted
+chunk holds (``resend_from_episodes``) and sends them under that stream.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
+import re
 import struct
 from collections import OrderedDict
 from pathlib import Path
 
-from robotd import wire
+import numpy as np
+
+from robotd import episodes, quality, steps, wire
 
 _COUNT = struct.Struct("<I")
 _LENGTH = struct.Struct("<Q")
 MAX_BACKOFF_S = 30.0
+RESEND_SEQ_BASE = 1 << 48
+"""Sequence numbers of chunks rebuilt from episode files start here, above any a stream numbers itself."""
+RESEND_SEQ_SPAN = 1 << 13
+"""A rebuilt chunk of ``n`` steps from stream step ``s`` is numbered ``RESEND_SEQ_BASE + s * RESEND_SEQ_SPAN + n``
+(n < RESEND_SEQ_SPAN): the same steps always get the same number, and different steps never share one."""
+MARKER_PREFIX = "acked-"
+_STREAM_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 
 log = logging.getLogger("actor.spool")
 
@@ -72,6 +90,7 @@ class ChunkSpool:
         self._tries: dict[Key, int] = {}
         self._steps: dict[Key, int] = {}
         self._first_step: dict[Key, int] = {}
+        self._episode: dict[Key, int | None] = {}
         self.spilled_total = 0
         self.spilled_bytes = 0
         self.dropped_chunks = 0
@@ -95,19 +114,22 @@ class ChunkSpool:
         """True when the disk spill holds more than ``max_spill_bytes``."""
         return self.max_spill_bytes is not None and self.spilled_bytes > self.max_spill_bytes
 
-    def add(self, seq: int, frames: list, n_steps: int, stream_step: int) -> None:
-        """Keeps a new chunk of this actor's stream (its frames are copied to bytes here)."""
-        key = self.key(seq)
+    def add(self, seq: int, frames: list, n_steps: int, stream_step: int, *, stream: str | None = None,
+            episode_id: int | None = None) -> None:
+        """Keeps a new chunk of ``stream`` (this actor's own when None; its frames are copied to bytes here).
+        ``episode_id`` is the episode its steps belong to, when known."""
+        key = self.key(seq, stream)
         self._memory[key] = [bytes(frame) for frame in frames]
-        self._register(key, n_steps, stream_step)
+        self._register(key, n_steps, stream_step, episode_id)
         while len(self._memory) > self.memory_chunks:
             self._spill_oldest()
 
-    def _register(self, key: Key, n_steps: int, stream_step: int) -> None:
+    def _register(self, key: Key, n_steps: int, stream_step: int, episode_id: int | None) -> None:
         self._sent_at[key] = None
         self._tries[key] = 0
         self._steps[key] = n_steps
         self._first_step[key] = stream_step
+        self._episode[key] = episode_id
 
     def _spill_oldest(self) -> None:
         key, frames = self._memory.popitem(last=False)
@@ -160,7 +182,7 @@ class ChunkSpool:
         return True
 
     def _forget(self, key: Key) -> None:
-        for table in (self._sent_at, self._tries, self._steps, self._first_step):
+        for table in (self._sent_at, self._tries, self._steps, self._first_step, self._episode):
             table.pop(key, None)
         self._memory.pop(key, None)
         path = self._spilled.pop(key, None)
@@ -173,6 +195,18 @@ class ChunkSpool:
         None when all are acked."""
         wanted = self.stream if stream is None else stream
         return min((step for (name, _), step in self._first_step.items() if name == wanted), default=None)
+
+    def oldest_pending(self, stream: str | None = None) -> tuple[int, int | None] | None:
+        """The first stream step of the oldest unacknowledged chunk of ``stream`` (this actor's own when None) and
+        the episode it belongs to (None when unknown); None when all are acked."""
+        wanted = self.stream if stream is None else stream
+        found = min(((step, key) for key, step in self._first_step.items() if key[0] == wanted), default=None)
+        return None if found is None else (found[0], self._episode.get(found[1]))
+
+    def pending_chunks(self, stream: str) -> list[tuple[int, int, int | None]]:
+        """The pending chunks of ``stream``: (first stream step, steps, episode id or None) each."""
+        return [(step, self._steps[key], self._episode.get(key))
+                for key, step in self._first_step.items() if key[0] == stream]
 
     def other_streams(self) -> dict[str, int]:
         """Adopted streams with chunks pending: their lowest pending stream step (everything of that stream
@@ -238,7 +272,7 @@ class ChunkSpool:
             key = (stream, meta["seq"])
             if key in self._sent_at:
                 continue
-            self._register(key, meta["n_steps"], step)
+            self._register(key, meta["n_steps"], step, meta["episode_id"])
             self._spilled[key] = path
             size = path.stat().st_size
             self._spill_size[key] = size
@@ -246,3 +280,185 @@ class ChunkSpool:
             adopted += 1
         self.adopted_chunks += adopted
         return adopted
+
+
+class AckMarkers:
+    """Acknowledged-through markers, one small JSON file per stream (``acked-<stream>.json``) in the spool
+    directory: every step of the stream below ``acked_through`` was acknowledged by a learner, and the steps
+    from there on are in episode ``episode_id`` of this actor id or in later ones. Each is written aside and
+    renamed over the old one, so a reader finds the old marker or the new one, never half of one."""
+
+    def __init__(self, directory: str | Path):
+        self.directory = Path(directory)
+
+    def path(self, stream: str) -> Path:
+        """The marker file of ``stream``."""
+        if not isinstance(stream, str) or not _STREAM_NAME.fullmatch(stream):
+            raise ValueError(f"stream {stream!r} cannot name a marker file: use at most 64 letters, digits, "
+                             f"'_' or '-'")
+        return self.directory / f"{MARKER_PREFIX}{stream}.json"
+
+    def write(self, stream: str, acked_through: int, episode_id: int) -> None:
+        """Records that every step of ``stream`` below ``acked_through`` was acknowledged."""
+        path = self.path(stream)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps({"stream": stream, "acked_through": int(acked_through),
+                                   "episode_id": int(episode_id)}))
+        os.replace(tmp, path)
+
+    def remove(self, stream: str) -> None:
+        """Deletes the marker of ``stream`` (all of it acknowledged); nothing happens when there is none."""
+        self.path(stream).unlink(missing_ok=True)
+
+    def read(self) -> dict[str, tuple[int, int]]:
+        """Every marker: ``{stream: (acked_through, episode_id)}``. A file that is not a marker is renamed
+        ``*.unreadable`` and logged."""
+        found: dict[str, tuple[int, int]] = {}
+        if not self.directory.is_dir():
+            return found
+        for path in sorted(self.directory.glob(f"{MARKER_PREFIX}*.json")):
+            try:
+                data = json.loads(path.read_text())
+                if not isinstance(data, dict):
+                    raise ValueError("not a JSON object")
+                stream, values = data.get("stream"), (data.get("acked_through"), data.get("episode_id"))
+                if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in values):
+                    raise ValueError("acked_through and episode_id must be whole numbers, 0 or more")
+                if self.path(stream) != path:
+                    raise ValueError(f"it names stream {str(stream)[:70]!r}")
+            except (OSError, ValueError) as exc:
+                log.warning("spool: %s is not an acknowledgement marker (%s): kept as %s.unreadable", path,
+                            str(exc)[:200], path.name)
+                path.rename(path.with_name(path.name + ".unreadable"))
+                continue
+            found[stream] = values
+        return found
+
+
+def resend_seq(stream_step: int, n_steps: int) -> int:
+    """The sequence number of a chunk rebuilt from episode files (see RESEND_SEQ_SPAN)."""
+    if not 0 < n_steps < RESEND_SEQ_SPAN:
+        raise ValueError(f"a rebuilt chunk holds 1 to {RESEND_SEQ_SPAN - 1} steps, not {n_steps}")
+    return RESEND_SEQ_BASE + stream_step * RESEND_SEQ_SPAN + n_steps
+
+
+def _merged(spans) -> list[tuple[int, int]]:
+    merged: list[list[int]] = []
+    for lo, hi in sorted(spans):
+        if merged and lo <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], hi)
+        elif hi > lo:
+            merged.append([lo, hi])
+    return [(lo, hi) for lo, hi in merged]
+
+
+def _missing(covered: list[tuple[int, int]], lo: int, hi: int) -> list[tuple[int, int]]:
+    """The parts of [lo, hi) outside the merged spans ``covered``."""
+    out, at = [], lo
+    for a, b in covered:
+        if b <= at:
+            continue
+        if a >= hi:
+            break
+        if a > at:
+            out.append((at, a))
+        at = max(at, b)
+    if at < hi:
+        out.append((at, hi))
+    return out
+
+
+def _episode_files(folder: Path, actor_id: str) -> list[tuple[int, Path]]:
+    """The episode files of ``actor_id`` in ``folder`` by episode id, those only a journal holds included."""
+    prefix, found = f"{actor_id}-", {}
+    if not folder.is_dir():
+        return []
+    for path in folder.iterdir():
+        if not path.name.startswith(prefix):
+            continue
+        number, _, suffix = path.name[len(prefix):].partition(".")
+        if number.isdigit() and suffix in ("h5", "h5.journal"):
+            found[int(number)] = path.with_name(f"{prefix}{number}.h5")
+    return sorted(found.items())
+
+
+def resend_from_episodes(spool: ChunkSpool, markers: AckMarkers, episodes_dir: str | Path, actor_id: str,
+                         spec: dict, chunk_steps: int) -> dict[str, dict]:
+    """Puts in ``spool`` chunks rebuilt from the episode files of ``actor_id`` for every step of an earlier stream,
+    at or beyond the point up to which it was acknowledged, that no pending chunk of the spool holds.
+
+    That point is the stream's marker; a stream without a marker whose spilled chunks were adopted uses its oldest
+    adopted chunk (everything before it was acknowledged: the spill holds the oldest chunks). A stream with
+    neither is not looked for: its steps stay in the episode files, where a learner restarted on this log
+    directory refills them from. Only episodes from the marker's episode on are read, and none whose steps the
+    pending chunks hold entirely. Chunks are cut as the actor cuts them (at most ``chunk_steps``, counted from the
+    episode's first step), carry the episode's quality exclusion when it was closed flagged, and are numbered by
+    ``resend_seq``. Markers of streams with nothing left to send are removed. Returns, per stream given chunks,
+    ``{"from": first stream step, "steps": n, "chunks": c}``."""
+    chunk_steps = min(int(chunk_steps), RESEND_SEQ_SPAN - 1)
+    points = {stream: value for stream, value in markers.read().items() if stream != spool.stream}
+    for stream in spool.other_streams():
+        if stream not in points:
+            step, episode = spool.oldest_pending(stream)
+            points[stream] = (step, episode or 0)
+    covered = {stream: _merged((s, s + n) for s, n, _ in spool.pending_chunks(stream)) for stream in points}
+    by_episode: dict[int, list[tuple[int, int]]] = {}
+    for stream in points:
+        for step, n_steps, episode in spool.pending_chunks(stream):
+            if episode is not None:
+                by_episode.setdefault(episode, []).append((step, step + n_steps))
+    rebuilt: dict[str, dict] = {}
+    first_episode = min((episode for _, episode in points.values()), default=0)
+    files = _episode_files(Path(episodes_dir), actor_id) if points else []
+    for episode_id, path in files:
+        if episode_id < first_episode:
+            continue
+        try:
+            held = sum(hi - lo for lo, hi in _merged(by_episode.get(episode_id, ())))
+            if held and held >= episodes.count_steps(path):
+                continue                                  # every step is in a pending chunk already
+            episode = episodes.read_episode(path)
+        except (OSError, ValueError) as exc:
+            log.warning("spool: episode %s not read for resending (%s)", path.name, str(exc).splitlines()[0][:200])
+            continue
+        stream = episode.attrs.get("stream")
+        if stream not in points:
+            continue
+        data = episode.steps
+        n_steps = len(data.get(steps.STREAM_STEP, ()))
+        problem = steps.check_against(spec, {key: data[key] for key in spec if key in data}, n_steps) \
+            if n_steps else None
+        if problem is None and n_steps and np.any(np.diff(data[steps.STREAM_STEP]) != 1):
+            problem = "its stream steps are not consecutive"
+        if problem:
+            log.warning("spool: episode %s not resent: %s", path.name, problem)
+            continue
+        if not n_steps:
+            continue
+        start = int(data[steps.STREAM_STEP][0])
+        end = start + n_steps
+        flags = quality.quality_flags(episode.attrs.get("flags", ())) if episode.complete else []
+        for lo, hi in _missing(covered[stream], max(start, points[stream][0]), end):
+            at = lo
+            while at < hi:
+                stop = min(hi, start + ((at - start) // chunk_steps + 1) * chunk_steps)
+                arrays = {key: np.ascontiguousarray(data[key][at - start:stop - start]) for key in spec}
+                meta = {"actor_id": actor_id, "stream": stream, "episode_id": episode_id,
+                        "seq": resend_seq(at, stop - at), "n_steps": stop - at, "stream_step": at}
+                if flags and stop == end:
+                    meta["exclude"] = {"from": start, "n": n_steps, "reasons": flags}
+                spool.add(meta["seq"], wire.encode(wire.Kind.CHUNK, meta, arrays), stop - at, at, stream=stream,
+                          episode_id=episode_id)
+                entry = rebuilt.setdefault(stream, {"from": at, "steps": 0, "chunks": 0})
+                entry["from"] = min(entry["from"], at)
+                entry["steps"] += stop - at
+                entry["chunks"] += 1
+                at = stop
+    for stream in points:
+        if spool.oldest_pending(stream) is None:
+            try:
+                markers.remove(stream)
+            except (OSError, ValueError) as exc:
+                log.warning("spool: marker of stream %s not removed (%s)", stream, exc)
+    return rebuilt

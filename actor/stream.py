@@ -7,6 +7,11 @@ resends chunks not acked in time (backing off, see actor.spool), and after the l
 learner drops duplicates, so resending is always safe. When the disk spill reaches its bound the
 stream applies ``spool_full``: "stop" raises ``spool_full_event`` for the actor to stop collecting,
 "drop_oldest" drops the oldest spilled chunks (counted in ``spool.dropped_steps``).
+
+The thread also keeps each stream's acknowledged-through marker in the spool directory (see
+actor.spool.AckMarkers): this actor's own stream and every earlier stream it sends, written when it
+changed at most once every MARKER_EVERY_S and at exit; an earlier stream's marker goes once all of it
+is acknowledged. A chunk the learner dropped under ``drop_oldest`` counts as settled there, as in the hello.
 """
 from __future__ import annotations
 
@@ -17,7 +22,7 @@ import time
 
 import zmq
 
-from actor.spool import ChunkSpool
+from actor.spool import AckMarkers, ChunkSpool
 from robotd import wire
 
 log = logging.getLogger("actor.stream")
@@ -26,13 +31,15 @@ HELLO_RETRY_S = 1.0
 HEARTBEAT_S = 1.0
 UNREACHABLE_WARN_S = 5.0
 SPOOL_FULL_POLICIES = ("stop", "drop_oldest")
+MARKER_EVERY_S = 1.0
 
 
 class ExperienceStream(threading.Thread):
     """The actor's side of the experience channel."""
 
     def __init__(self, context: zmq.Context, address: str, hello_meta: dict, spool: ChunkSpool, *,
-                 resend_after_s: float, max_bytes: int, secure=None, spool_full: str = "stop"):
+                 resend_after_s: float, max_bytes: int, secure=None, spool_full: str = "stop",
+                 first_episode_id: int = 0):
         super().__init__(name="experience-stream", daemon=True)
         self.context = context
         self.address = address
@@ -61,10 +68,44 @@ class ExperienceStream(threading.Thread):
         self._lock = threading.Lock()
         self.last_heard_s = time.monotonic()
         self.emitted_steps = 0
+        self.markers = AckMarkers(spool.spill_dir)
+        self._last_episode = first_episode_id        # the episode of the newest chunk taken (a lower bound of the next)
+        self._marked: dict[str, tuple[int, int] | None] = {}
+        self._marker_s = 0.0
+        self._marker_failed = False
 
-    def put(self, seq: int, frames: list, n_steps: int, stream_step: int) -> None:
+    def put(self, seq: int, frames: list, n_steps: int, stream_step: int, episode_id: int | None = None) -> None:
         """Hands a chunk to the stream (called by the control loop; returns at once)."""
-        self.inbox.put((seq, frames, n_steps, stream_step))
+        self.inbox.put((seq, frames, n_steps, stream_step, episode_id))
+
+    def write_markers(self) -> None:
+        """Writes the acknowledged-through marker of each stream whose value changed since the last write: this
+        actor's own (its oldest pending chunk, else everything emitted) and every earlier stream with chunks in
+        the spool; removes the marker of an earlier stream that has none left. A marker that cannot be written is
+        logged once; the stream goes on."""
+        with self._lock:
+            oldest = self.spool.oldest_pending()
+            state = {self.spool.stream: (self.emitted_steps, self._last_episode) if oldest is None
+                     else (oldest[0], self._last_episode if oldest[1] is None else oldest[1])}
+            for stream in set(self._marked) | set(self.spool.other_streams()):
+                if stream != self.spool.stream:
+                    found = self.spool.oldest_pending(stream)
+                    state[stream] = None if found is None else (found[0], found[1] or 0)
+        for stream, value in state.items():
+            if stream in self._marked and self._marked[stream] == value:
+                continue
+            try:
+                if value is None:
+                    self.markers.remove(stream)
+                else:
+                    self.markers.write(stream, *value)
+            except (OSError, ValueError) as exc:
+                if not self._marker_failed:
+                    log.warning("acknowledgement marker of stream %s not written (%s): after a kill, the next actor "
+                                "resends only what the spool holds", stream, exc)
+                    self._marker_failed = True
+                continue
+            self._marked[stream] = value
 
     @property
     def pending(self) -> int:
@@ -92,17 +133,19 @@ class ExperienceStream(threading.Thread):
             while True:
                 now = time.monotonic()
                 self._take_inbox()
+                if now - self._marker_s >= MARKER_EVERY_S:
+                    self.write_markers()
+                    self._marker_s = now
                 if self._halt.is_set() and (self.pending == 0 or now >= self._drain_deadline):
                     break
                 if not self.accepted.is_set():
                     if now - last_hello >= HELLO_RETRY_S and self.refused_reason is None:
-                        wire.send(socket, wire.Kind.HELLO, self._hello(), flags=zmq.NOBLOCK)
+                        self._try_send(socket, wire.Kind.HELLO, self._hello())
                         last_hello = now
                 else:
                     self._send_due(socket, now)
                     if now - last_heartbeat >= HEARTBEAT_S:
-                        wire.send(socket, wire.Kind.HEARTBEAT, {"actor_id": self.hello_meta["actor_id"]},
-                                  flags=zmq.NOBLOCK)
+                        self._try_send(socket, wire.Kind.HEARTBEAT, {"actor_id": self.hello_meta["actor_id"]})
                         last_heartbeat = now
                 if not warned and now - self.last_heard_s > UNREACHABLE_WARN_S:
                     log.warning("learner at %s not answering for %.0f s: is `robotd learner` running there? "
@@ -115,10 +158,18 @@ class ExperienceStream(threading.Thread):
                             self.last_heard_s = time.monotonic()
                             warned = False
                             self._on_message(message)
-        except zmq.Again:
-            log.warning("experience send buffer full; will retry")
         finally:
             socket.close(0)
+            self._take_inbox()
+            self.write_markers()
+
+    @staticmethod
+    def _try_send(socket, kind: wire.Kind, meta: dict) -> None:
+        """Sends a hello or heartbeat without blocking; a full send buffer skips it (the next one follows)."""
+        try:
+            wire.send(socket, kind, meta, flags=zmq.NOBLOCK)
+        except zmq.Again:
+            log.debug("experience send buffer full: %s skipped", kind.name)
 
     def _hello(self) -> dict:
         """Hello with ``acked_through``: every stream step below it was acknowledged by some learner."""
@@ -133,12 +184,14 @@ class ExperienceStream(threading.Thread):
     def _take_inbox(self) -> None:
         while True:
             try:
-                seq, frames, n_steps, stream_step = self.inbox.get_nowait()
+                seq, frames, n_steps, stream_step, episode_id = self.inbox.get_nowait()
             except queue.Empty:
                 return
             with self._lock:
-                self.spool.add(seq, frames, n_steps, stream_step)
+                self.spool.add(seq, frames, n_steps, stream_step, episode_id=episode_id)
                 self.emitted_steps = max(self.emitted_steps, stream_step + n_steps)
+                if episode_id is not None:
+                    self._last_episode = max(self._last_episode, episode_id)
                 if self.spool.full:
                     self._on_full()
 

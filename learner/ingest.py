@@ -3,7 +3,8 @@
 An actor must say hello first; its hello carries the step spec and the config digest, which
 must agree with the learner's (the first accepted spec fixes the learner's model inputs). A
 chunk is acked only after replay has stored it, so an ack means the data is safe; a chunk
-seen before is acked again and dropped. Gaps in a stream's step numbering that are never
+seen before is acked again and dropped, and of a chunk that overlaps stored steps (one an actor
+rebuilt from episode files, cut differently) only the steps not stored yet are stored. Gaps in a stream's step numbering that are never
 filled are what ``lost_steps`` counts.
 """
 from __future__ import annotations
@@ -30,6 +31,21 @@ class _Intervals:
 
     def covers(self, start: int, end: int) -> bool:
         return any(lo <= start and end <= hi for lo, hi in self.spans)
+
+    def missing(self, start: int, end: int) -> list[tuple[int, int]]:
+        """The parts of [start, end) not covered, in order."""
+        out, at = [], start
+        for lo, hi in self.spans:
+            if hi <= at:
+                continue
+            if lo >= end:
+                break
+            if lo > at:
+                out.append((at, lo))
+            at = max(at, hi)
+        if at < end:
+            out.append((at, end))
+        return out
 
     def covered_until(self, start: int) -> int:
         """The first step at or after ``start`` that is not covered."""
@@ -83,6 +99,12 @@ class IngestLedger:
         refilled from episode files)."""
         intervals = self.streams.get(stream)
         return intervals.covered_until(stream_step) if intervals else stream_step
+
+    def missing(self, stream: str, stream_step: int, n_steps: int) -> list[tuple[int, int]]:
+        """The step ranges [lo, hi) of a chunk not stored yet (a resent chunk may overlap stored steps anywhere)."""
+        intervals = self.streams.get(stream)
+        end = stream_step + n_steps
+        return intervals.missing(stream_step, end) if intervals else [(stream_step, end)]
 
     def record(self, stream: str, seq: int | None, stream_step: int, n_steps: int) -> None:
         """Marks stored steps (``seq`` None for steps refilled from episode files)."""
@@ -246,10 +268,12 @@ class IngestServer(threading.Thread):
             if duplicate:
                 self.ledger.duplicate_chunks += 1
             else:
-                skip = self.ledger.already_stored_until(stream, stream_step) - stream_step
-                arrays = {key: np.array(value[skip:]) for key, value in message.arrays.items()}
-                self.store(stream, stream_step + skip, arrays)
-                self.ledger.record(stream, seq, stream_step + skip, n_steps - skip)
+                # Only the steps not stored yet: chunks rebuilt from episode files may be cut differently.
+                for lo, hi in self.ledger.missing(stream, stream_step, n_steps):
+                    arrays = {key: np.array(value[lo - stream_step:hi - stream_step])
+                              for key, value in message.arrays.items()}
+                    self.store(stream, lo, arrays)
+                    self.ledger.record(stream, seq, lo, hi - lo)
                 self.counters["chunks"] += 1
                 self.new_steps.set()
         excluded = meta.get("exclude")

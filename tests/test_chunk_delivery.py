@@ -6,22 +6,24 @@ import numpy as np
 import pytest
 import zmq
 
-from actor.spool import ChunkSpool
+from actor.spool import RESEND_SEQ_BASE, AckMarkers, ChunkSpool, resend_from_episodes
 from actor.stream import ExperienceStream
 from learner.ingest import IngestLedger, IngestServer
 from learner.replay import ReplayBuffer
 from robotd import steps, wire
+from robotd.episodes import EpisodeWriter
 from robotd.netutil import free_tcp_ports
 
 SPEC = steps.step_spec({"x": ((3,), "float32")}, action_dim=2, devices=["arm"])
 
 
-def make_chunk(seq: int, stream_step: int, n: int = 8, stream: str = "s0") -> list:
+def make_chunk(seq: int, stream_step: int, n: int = 8, stream: str = "s0", episode_id: int = 0) -> list:
     arrays = {}
     for key, (shape, dtype) in SPEC.items():
         arrays[key] = np.zeros((n, *shape), dtype)
     arrays[steps.TICK] = np.arange(stream_step, stream_step + n, dtype=np.int64)
-    meta = {"actor_id": "a0", "stream": stream, "episode_id": 0, "seq": seq, "n_steps": n, "stream_step": stream_step}
+    meta = {"actor_id": "a0", "stream": stream, "episode_id": episode_id, "seq": seq, "n_steps": n,
+            "stream_step": stream_step}
     return wire.encode(wire.Kind.CHUNK, meta, arrays)
 
 
@@ -30,13 +32,18 @@ HELLO = {"role": "actor", "session": "t", "actor_id": "a0", "stream": "s0", "con
 
 
 class Learner:
-    """An ingest server storing into a plain replay buffer."""
+    """An ingest server storing into a plain replay buffer; ``ticks`` lists the ticks stored per stream."""
 
     def __init__(self, context, address, spec=None):
         self.replay = ReplayBuffer(100_000)
-        self.server = IngestServer(context, address, config_digest="d1", store=self.replay.add, weights_port=1,
+        self.ticks: dict[str, list[int]] = {}
+        self.server = IngestServer(context, address, config_digest="d1", store=self._store, weights_port=1,
                                    spec=spec, on_spec=lambda s: None, max_bytes=2**24)
         self.server.start()
+
+    def _store(self, stream, stream_step, arrays):
+        self.ticks.setdefault(stream, []).extend(arrays[steps.TICK].tolist())
+        return self.replay.add(stream, stream_step, arrays)
 
     def stop(self):
         self.server.stop()
@@ -263,3 +270,153 @@ def test_a_new_actor_sends_what_an_earlier_one_left_in_the_spool(context, tmp_pa
     learner.stop()
     assert stats["ingested_steps"] == 48 and stats["lost_steps"] == 0
     assert not list((tmp_path / "spool").glob("*.chunk"))
+
+
+def test_a_resent_chunk_overlapping_stored_steps_anywhere_stores_only_the_missing_ones(context):
+    (port,) = free_tcp_ports(1)
+    address = f"tcp://127.0.0.1:{port}"
+    learner = Learner(context, address)
+    dealer = context.socket(zmq.DEALER)
+    dealer.connect(address)
+    wire.send(dealer, wire.Kind.HELLO, HELLO)
+    assert wire.recv(dealer).kind == wire.Kind.HELLO
+    for seq, step, n in [(0, 0, 8), (1, 16, 8), (2, 0, 32)]:     # the last one covers both and the gaps around them
+        dealer.send_multipart(make_chunk(seq, step, n), copy=False)
+        assert wire.recv(dealer).meta["seq"] == seq
+    stats = learner.server.stats()
+    learner.stop()
+    dealer.close(0)
+    assert sorted(learner.ticks["a0/s0"]) == list(range(32))
+    assert learner.replay.added_steps == 32 and stats["ingested_steps"] == 32 and stats["lost_steps"] == 0
+
+
+# ---- acknowledgement markers, and what a killed actor left unsent ----------------------------------------------
+
+def write_episode(folder, episode_id, first_step, n, *, stream="s0", close=True, flags=()):
+    """An episode of actor a0 as the actor logs it (ticks equal stream steps); ``close=False`` leaves it as a
+    killed actor does (only its journal is whole) and returns the open writer."""
+    attrs = {"session": "t", "actor_id": "a0", "episode_id": episode_id, "robot": "mock", "task": "t",
+             "control_rate_hz": 50.0, "stream": stream}
+    writer = EpisodeWriter(folder / f"a0-{episode_id:06d}.h5", SPEC, attrs)
+    for t in range(n):
+        step = {key: np.zeros(shape, dtype) for key, (shape, dtype) in SPEC.items()}
+        step.update({steps.TICK: first_step + t, steps.STREAM_STEP: first_step + t, steps.IS_FIRST: t == 0,
+                     steps.IS_LAST: close and t == n - 1})
+        writer.append(step)
+    if close:
+        writer.close(stats={}, flags=list(flags))
+    return writer
+
+
+def test_markers_are_written_atomically_read_back_and_bad_ones_set_aside(tmp_path):
+    markers = AckMarkers(tmp_path / "spool")
+    assert markers.read() == {}
+    markers.write("s0", 96, 3)
+    markers.write("s0", 128, 4)
+    markers.write("s1", 0, 5)
+    assert markers.read() == {"s0": (128, 4), "s1": (0, 5)}
+    assert sorted(p.name for p in (tmp_path / "spool").iterdir()) == ["acked-s0.json", "acked-s1.json"]
+    markers.remove("s1")
+    markers.remove("s1")
+    (tmp_path / "spool" / "acked-s2.json").write_text('{"stream": "s2", "acked_through": -1, "episode_id": 0}')
+    (tmp_path / "spool" / "acked-s3.json").write_text('{"stream": "other", "acked_through": 1, "episode_id": 0}')
+    (tmp_path / "spool" / "acked-s4.json").write_text("{trunc")
+    assert markers.read() == {"s0": (128, 4)}
+    assert sorted(p.name for p in (tmp_path / "spool").glob("*.unreadable")) == [
+        "acked-s2.json.unreadable", "acked-s3.json.unreadable", "acked-s4.json.unreadable"]
+    with pytest.raises(ValueError, match=r"^stream '\.\./x' cannot name a marker file: use at most 64 letters"):
+        markers.write("../x", 0, 0)
+
+
+def test_the_stream_keeps_its_marker_at_the_oldest_unacknowledged_step(context, tmp_path):
+    (port,) = free_tcp_ports(1)
+    address = f"tcp://127.0.0.1:{port}"
+    spool = ChunkSpool(tmp_path / "spool", memory_chunks=64)
+    stream = ExperienceStream(context, address, HELLO, spool, resend_after_s=0.2, max_bytes=2**24,
+                              first_episode_id=5)
+    stream.write_markers()
+    assert stream.markers.read() == {"s0": (0, 5)}              # before any step
+    stream.start()
+    for seq in range(3):                                        # nobody listens yet
+        stream.put(seq, make_chunk(seq, seq * 8), 8, seq * 8, episode_id=5 + seq)
+    time.sleep(1.3)
+    assert stream.markers.read() == {"s0": (0, 5)}
+    learner = Learner(context, address)
+    assert wait_for(lambda: stream.pending == 0)
+    assert wait_for(lambda: stream.markers.read() == {"s0": (24, 7)}, 3.0), stream.markers.read()
+    learner.stop()
+    stream.put(3, make_chunk(3, 24), 8, 24, episode_id=7)       # never acknowledged
+    stream.close(0.3)
+    assert stream.markers.read() == {"s0": (24, 7)}
+
+
+def test_a_restarted_actor_resends_the_unacknowledged_tail_from_the_episode_files(context, tmp_path):
+    """The earlier actor (stream s0) logged 75 steps in two episodes, the second left open by a kill; the learner
+    acknowledged steps 0-31; one chunk (40-47) was spilled; the rest was in its memory or never emitted."""
+    (port,) = free_tcp_ports(1)
+    address = f"tcp://127.0.0.1:{port}"
+    episodes, spool_dir = tmp_path / "episodes", tmp_path / "spool" / "a0"
+    write_episode(episodes, 0, 0, 40)
+    killed = write_episode(episodes, 1, 40, 35, close=False)
+    write_episode(episodes, 2, 0, 5, stream="gone")             # an older stream, all acknowledged: no marker
+    learner = Learner(context, address)
+    earlier = ExperienceStream(context, address, HELLO, ChunkSpool(spool_dir, memory_chunks=64), resend_after_s=5.0,
+                               max_bytes=2**24)                 # no resend: every duplicate counted is a rebuilt one
+    earlier.start()
+    for seq in range(4):
+        earlier.put(seq, make_chunk(seq, seq * 8), 8, seq * 8, episode_id=0)
+    assert wait_for(lambda: earlier.pending == 0)
+    assert earlier.close(1.0)
+    assert earlier.markers.read() == {"s0": (32, 0)}
+    earlier.markers.write("s0", 24, 0)                          # written a moment before the last ack: stale
+    spilled = ChunkSpool(spool_dir, memory_chunks=1, stream="s0")
+    spilled.add(5, make_chunk(5, 40, episode_id=1), 8, 40, episode_id=1)
+    spilled.add(6, make_chunk(6, 48, episode_id=1), 8, 48, episode_id=1)   # in memory at the kill: lost with it
+
+    spool = ChunkSpool(spool_dir, memory_chunks=64, stream="s1")
+    assert spool.adopt() == 1
+    markers = AckMarkers(spool_dir)
+    rebuilt = resend_from_episodes(spool, markers, episodes, "a0", SPEC, chunk_steps=8)
+    assert rebuilt == {"s0": {"from": 24, "steps": 16 + 27, "chunks": 2 + 4}}
+    # Cut as the actor cuts (from each episode's first step), numbered apart from the stream's own chunks.
+    assert sorted(spool.pending_chunks("s0")) == [(24, 8, 0), (32, 8, 0), (40, 8, 1), (48, 8, 1), (56, 8, 1),
+                                                  (64, 8, 1), (72, 3, 1)]
+    stream = ExperienceStream(context, address, {**HELLO, "stream": "s1"}, spool, resend_after_s=5.0,
+                              max_bytes=2**24)
+    assert stream._hello()["previous_streams"] == {"s0": 24}
+    stream.start()
+    assert wait_for(lambda: stream.pending == 0)
+    assert stream.close(1.0)
+    stats = learner.server.stats()
+    learner.stop()
+    assert sorted(learner.ticks["a0/s0"]) == list(range(75))   # every step once
+    assert learner.replay.added_steps == 75 and stats["ingested_steps"] == 75 and stats["lost_steps"] == 0
+    assert stats["duplicate_chunks"] == 1                        # the stale marker's 24-31, dropped
+    seqs = learner.server.ledger.seqs["a0/s0"]                   # numbered apart from the stream's own
+    assert sorted(seq for seq in seqs if seq < RESEND_SEQ_BASE) == [0, 1, 2, 3, 5] and len(seqs) == 5 + 5
+    assert markers.read() == {"s1": (0, 0)}                      # s0 is done; s1 sent nothing yet
+    assert not list(spool_dir.glob("*.chunk"))
+    del killed
+
+
+def test_streams_without_a_marker_resend_only_beyond_their_spilled_chunks(tmp_path):
+    """A stream with neither a marker nor spilled chunks is not looked for; one with spilled chunks but no marker
+    (an older actor's spool) is taken as acknowledged up to its oldest spilled chunk."""
+    episodes, spool_dir = tmp_path / "episodes", tmp_path / "spool" / "a0"
+    write_episode(episodes, 0, 0, 20, stream="quiet")
+    write_episode(episodes, 1, 0, 30, stream="s0", flags=["quality:late_steps", "time_limit"])
+    earlier = ChunkSpool(spool_dir, memory_chunks=1, stream="s0")
+    earlier.add(1, make_chunk(1, 8, episode_id=1), 8, 8, episode_id=1)
+    earlier.spill_all()
+    spool = ChunkSpool(spool_dir, memory_chunks=64, stream="s1")
+    assert spool.adopt() == 1
+    rebuilt = resend_from_episodes(spool, AckMarkers(spool_dir), episodes, "a0", SPEC, chunk_steps=8)
+    assert rebuilt == {"s0": {"from": 16, "steps": 14, "chunks": 2}}
+    assert spool.other_streams() == {"s0": 8}
+    last = wire.decode(spool.frames(("s0", RESEND_SEQ_BASE + 24 * 8192 + 6)))
+    assert last.meta["exclude"] == {"from": 0, "n": 30, "reasons": ["quality:late_steps"]}
+    assert last.arrays[steps.TICK].tolist() == list(range(24, 30))
+    # Nothing marked, nothing spilled: nothing to send, no file read.
+    bare = ChunkSpool(tmp_path / "spool" / "b0", memory_chunks=64, stream="s2")
+    assert resend_from_episodes(bare, AckMarkers(bare.spill_dir), episodes, "a0", SPEC, chunk_steps=8) == {}
+    assert len(bare) == 0
