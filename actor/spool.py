@@ -353,22 +353,6 @@ def _merged(spans) -> list[tuple[int, int]]:
     return [(lo, hi) for lo, hi in merged]
 
 
-def _missing(covered: list[tuple[int, int]], lo: int, hi: int) -> list[tuple[int, int]]:
-    """The parts of [lo, hi) outside the merged spans ``covered``."""
-    out, at = [], lo
-    for a, b in covered:
-        if b <= at:
-            continue
-        if a >= hi:
-            break
-        if a > at:
-            out.append((at, a))
-        at = max(at, b)
-    if at < hi:
-        out.append((at, hi))
-    return out
-
-
 def _episode_files(folder: Path, actor_id: str) -> list[tuple[int, Path]]:
     """The episode files of ``actor_id`` in ``folder`` by episode id, those only a journal holds included."""
     prefix, found = f"{actor_id}-", {}
@@ -439,7 +423,7 @@ def resend_from_episodes(spool: ChunkSpool, markers: AckMarkers, episodes_dir: s
         start = int(data[steps.STREAM_STEP][0])
         end = start + n_steps
         flags = quality.quality_flags(episode.attrs.get("flags", ())) if episode.complete else []
-        for lo, hi in _missing(covered[stream], max(start, points[stream][0]), end):
+        for lo, hi in steps.uncovered(covered[stream], max(start, points[stream][0]), end):
             at = lo
             while at < hi:
                 stop = min(hi, start + ((at - start) // chunk_steps + 1) * chunk_steps)

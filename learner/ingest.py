@@ -34,18 +34,7 @@ class _Intervals:
 
     def missing(self, start: int, end: int) -> list[tuple[int, int]]:
         """The parts of [start, end) not covered, in order."""
-        out, at = [], start
-        for lo, hi in self.spans:
-            if hi <= at:
-                continue
-            if lo >= end:
-                break
-            if lo > at:
-                out.append((at, lo))
-            at = max(at, hi)
-        if at < end:
-            out.append((at, end))
-        return out
+        return steps.uncovered(self.spans, start, end)
 
     def covered_until(self, start: int) -> int:
         """The first step at or after ``start`` that is not covered."""

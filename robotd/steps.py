@@ -100,3 +100,20 @@ def spec_mismatch(expected: Spec, got: Spec) -> str | None:
         if tuple(expected[key][0]) != tuple(got[key][0]) or expected[key][1] != got[key][1]:
             return f"key {key!r} is {got[key]}, expected {expected[key]}"
     return None
+
+
+def uncovered(spans, start: int, end: int) -> list[tuple[int, int]]:
+    """The parts of the stream-step range [start, end) outside ``spans`` (sorted, merged, half-open (lo, hi)
+    pairs), in order: what a chunk adds to what a stream already has."""
+    out, at = [], start
+    for lo, hi in spans:
+        if hi <= at:
+            continue
+        if lo >= end:
+            break
+        if lo > at:
+            out.append((at, lo))
+        at = max(at, hi)
+    if at < end:
+        out.append((at, end))
+    return out
