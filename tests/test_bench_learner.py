@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "bench_learner.py"
 
 
@@ -14,6 +16,7 @@ def run_script(*args: str, cwd: Path) -> subprocess.CompletedProcess:
                           timeout=120)
 
 
+@pytest.mark.slow  # 9 s on a quiet 2-core machine (a whole benchmark run); the bad-input tests stay in the default set
 def test_tiny_run_writes_consistent_json(tmp_path):
     proc = run_script("--sizes", "tiny", "--updates", "1", "--warmup-updates", "0", "--actor-steps", "30",
                       "--batch", "2", "--length", "8", "--image", "16", "--out", "tmp.json", cwd=tmp_path)

@@ -67,6 +67,7 @@ def test_episode_success_is_the_recorded_success_of_the_last_step():
     assert not bench_learning.episode_success(mock, near)
 
 
+@pytest.mark.slow  # 12 s of SAC and plotting on a quiet 2-core machine; the summary and plot logic are tested above
 def test_a_short_sac_run_writes_the_documented_json_and_a_plot(tmp_path):
     pytest.importorskip("stable_baselines3", reason="SAC needs the bench extra (pip install -e '.[bench]')")
     pytest.importorskip("matplotlib")
