@@ -239,6 +239,9 @@ class Actor:
             if message.kind == wire.Kind.STOP:
                 log.info("daemon stopped: %s", message.meta["reason"])
                 return
+            if message.kind == wire.Kind.HEARTBEAT:
+                last_obs_s = time.monotonic()       # the daemon is resetting the robot: alive, no observation yet
+                continue
             if message.kind != wire.Kind.OBS:
                 continue
             last_obs_s = time.monotonic()

@@ -270,11 +270,13 @@ class MockArm(_MockDevice, Arm):
         tau_s: float = 0.05,
         max_vel_rad_s: float = math.pi,
         reset_noise_rad: float = 0.01,
+        reset_s: float = 0.0,
         home_q_rad: object = None,
         joint_limits_rad: object = None,
         **common,
     ) -> None:
-        """Build a disconnected arm resting at its home pose; noise_std applies to every value read."""
+        """Build a disconnected arm resting at its home pose; noise_std applies to every value read; reset() takes
+        reset_s of wall time (a real arm's move home takes seconds)."""
         super().__init__(
             name=name,
             **common,
@@ -285,6 +287,7 @@ class MockArm(_MockDevice, Arm):
         self.tau_s = _positive(self._owner, "tau_s", tau_s)
         self.max_vel_rad_s = _positive(self._owner, "max_vel_rad_s", max_vel_rad_s)
         self.reset_noise_rad = _non_negative(self._owner, "reset_noise_rad", reset_noise_rad)
+        self.reset_s = _non_negative(self._owner, "reset_s", reset_s)
         if joint_limits_rad is None:
             half_range_rad = np.full(dof, math.pi)
             if dof == 6:
@@ -361,7 +364,10 @@ class MockArm(_MockDevice, Arm):
         self._velocity_mode = True
 
     def reset(self) -> None:
-        """Put the arm at home plus seeded noise of std reset_noise_rad, at rest, and clear a protective stop."""
+        """Put the arm at home plus seeded noise of std reset_noise_rad, at rest, and clear a protective stop (after
+        reset_s of wall time)."""
+        if self.reset_s > 0:
+            time.sleep(self.reset_s)
         self._advance(self._live_now_ns())
         noisy_home_rad = self.home_q_rad + self._reset_rng.normal(0.0, self.reset_noise_rad, self.dof)
         self._q_rad = np.clip(noisy_home_rad, self.joint_limits_rad[:, 0], self.joint_limits_rad[:, 1])

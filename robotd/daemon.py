@@ -9,9 +9,12 @@ watchdog, a stop signal, or a protective stop bring the robot to a safe stop.
 With ``control.pacing: lockstep`` (simulated devices only) there is no deadline: the daemon
 waits for each action as long as the watchdog allows and steps as soon as it arrives, on a
 simulated clock that advances one control period per step (see robotd.clock.LockstepClock).
+
+The connection to the actor is one state machine, :class:`ActorLink`, shared by both pacings.
 """
 from __future__ import annotations
 
+import enum
 import logging
 import math
 import signal
@@ -30,6 +33,133 @@ from robotd.safety import ActionWatchdog
 from robotd.status import StatusPublisher
 
 log = logging.getLogger("robotd.daemon")
+
+# While the robot resets, the actor gets a heartbeat this often instead of observations (it knows the daemon lives).
+RESET_BEAT_S = 0.2
+# How long the daemon waits for a reset still running when it exits, before it stops the robot anyway.
+RESET_JOIN_S = 120.0
+
+
+class LinkState(enum.Enum):
+    """Where the daemon stands with its actor (see ActorLink)."""
+
+    NONE = "none"
+    SERVING = "serving"
+    RESETTING = "resetting"
+
+
+class ActorLink:
+    """The daemon's one actor connection: who it is, its watchdog, and every transition, in one place.
+
+    States and what the robot does in each:
+
+    ==========  =====================================================================================
+    NONE        no actor: no observations go out; the robot was stopped when the last actor left
+    SERVING     an actor with the session's config: every tick it gets an observation and owes an action
+    RESETTING   the actor asked for a reset at an episode's end: the robot moves to its start outside
+                the control tick (a thread in real time, at once in lockstep), the actor gets heartbeats
+                instead of observations, and the watchdog waits (its silence starts when the reset ends)
+    ==========  =====================================================================================
+
+    Transitions: a hello with the session's config digest makes its sender the actor (SERVING, or still
+    RESETTING: a new actor's first observation comes after the reset); a bye from the actor, or its
+    silence for longer than the watchdog while SERVING (the one watchdog stop), stops the robot and
+    leaves NONE (during a reset the robot is stopped as soon as the reset ends: nothing else may command
+    it meanwhile); a reset request goes SERVING -> RESETTING -> SERVING (or NONE when the actor left).
+    """
+
+    def __init__(self, io: RobotIO, watchdog_s: float, counters: dict, *, threaded_reset: bool):
+        self.io = io
+        self.counters = counters
+        self.watchdog = ActionWatchdog(watchdog_s)
+        self.threaded_reset = threaded_reset
+        self.state = LinkState.NONE
+        self.identity: bytes | None = None
+        # Bumped by every change of actor (hello, leave): a wait for an action ends when it moves.
+        self.generation = 0
+        self._reset_thread: threading.Thread | None = None
+        self._reset_done: bool | None = None
+        self._stop_after_reset: str | None = None
+        self._last_beat = 0.0
+
+    # -- transitions --------------------------------------------------------------------------
+    def hello(self, identity: bytes) -> None:
+        """An actor with the session's config said hello: it is served from the next tick."""
+        self.identity = identity
+        self.generation += 1
+        self.watchdog.feed()
+        self._stop_after_reset = None
+        if self.state is not LinkState.RESETTING:
+            self.state = LinkState.SERVING
+
+    def leave(self, reason: str) -> None:
+        """The actor is gone (bye, watchdog): the robot stops now, or when a running reset ends."""
+        self.identity = None
+        self.generation += 1
+        if self.state is LinkState.RESETTING:
+            self._stop_after_reset = reason
+        else:
+            self.state = LinkState.NONE
+            self.io.safe_stop(reason)
+
+    def heard(self, identity: bytes) -> None:
+        """A message from the actor: it is alive."""
+        if identity == self.identity and identity is not None:
+            self.watchdog.feed()
+
+    def check_watchdog(self) -> bool:
+        """The one watchdog stop: the actor silent for longer than the watchdog while served. True when it fired."""
+        if self.state is not LinkState.SERVING or not self.watchdog.expired():
+            return False
+        self.counters["watchdog_stops"] += 1
+        self.leave(f"actor silent for {self.watchdog.silent_for_s():.2f} s (watchdog {self.watchdog.timeout_s} s)")
+        return True
+
+    def start_reset(self) -> None:
+        """SERVING -> RESETTING: the robot moves to its start state outside the control tick."""
+        self.state = LinkState.RESETTING
+        self._reset_done = None
+        if not self.threaded_reset:
+            self._run_reset()
+            return
+        self._reset_thread = threading.Thread(target=self._run_reset, name="robot reset", daemon=True)
+        self._reset_thread.start()
+
+    def _run_reset(self) -> None:
+        self._reset_done = self.io.reset()          # RobotIO.reset never raises: a failure stops the robot
+
+    def finish_reset(self) -> bool | None:
+        """While RESETTING: None while the reset runs; once it ended, whether it succeeded (the link is then
+        SERVING again, or NONE with the robot stopped when the actor left meanwhile)."""
+        if self._reset_thread is not None:
+            if self._reset_thread.is_alive():
+                return None
+            self._reset_thread = None
+        done = bool(self._reset_done)
+        self.watchdog.feed()        # the actor had nothing to answer during the reset: its silence starts now
+        if self.identity is None:
+            self.state = LinkState.NONE
+            self.io.safe_stop(self._stop_after_reset or "actor left during the reset")
+        else:
+            self.state = LinkState.SERVING
+        self._stop_after_reset = None
+        return done
+
+    def beat(self, socket) -> None:
+        """While RESETTING: tells the actor, every RESET_BEAT_S, that the daemon is alive and resetting."""
+        now = time.monotonic()
+        if self.identity is not None and now - self._last_beat >= RESET_BEAT_S:
+            self._last_beat = now
+            wire.send_to(socket, self.identity, wire.Kind.HEARTBEAT, {"resetting": True}, flags=zmq.NOBLOCK)
+
+    def close(self) -> None:
+        """The daemon is exiting: lets a running reset end (bounded by the driver's own reset bound)."""
+        thread = self._reset_thread
+        if thread is not None and thread.is_alive():
+            log.info("waiting for the robot's reset to end before stopping it")
+            thread.join(RESET_JOIN_S)
+            if thread.is_alive():
+                log.error("the robot's reset did not end within %.0f s; stopping the robot anyway", RESET_JOIN_S)
 
 
 class Daemon:
@@ -51,10 +181,12 @@ class Daemon:
         self._refused_peers: set[bytes] = set()       # logged once each
         self.counters = {"ticks": 0, "actor_ticks": 0, "late_steps": 0, "late_actions": 0, "stale_readings": 0,
                          "safety_clipped": 0, "watchdog_stops": 0, "protective_stops": 0, "resets": 0,
-                         "malformed": 0, "refused_actors": 0, "refused_connections": 0, "link_losses": 0}
+                         "reset_ticks": 0, "robot_faults": 0, "malformed": 0, "refused_actors": 0,
+                         "refused_connections": 0, "link_losses": 0}
         self.io = RobotIO(config, host_clock=host_clock, counters=self.counters)
         self.robot, self.cameras, self.devices = self.io.robot, self.io.cameras, self.io.devices
         self.kind, self.action_dim, self.action_discrete = self.io.kind, self.io.action_dim, self.io.action_discrete
+        self.link = ActorLink(self.io, config.control.watchdog_s, self.counters, threaded_reset=not self.lockstep)
         self.stop_requested = threading.Event()
         # Why the daemon ended the session by itself (a lost link), or None when it was asked to stop.
         self.stop_reason: str | None = None
@@ -95,70 +227,70 @@ class Daemon:
         status = StatusPublisher(context, network.status, "daemon", secure=client_securer(network, "daemon"))
         self.receiver = receiver = wire.Receiver("daemon", max_bytes=int(self.config.network.max_message_mb * 2**20))
         self.io.connect()
-        watchdog = ActionWatchdog(control.watchdog_s)
+        link = self.link
         clock = self.sim_clock if self.lockstep else FixedRateClock(control.rate_hz, realtime=realtime)
         deadline_ns = int(control.action_deadline_ms * 1e6)
-        actor: bytes | None = None
         self._prev = {"tick": -1, "late": False, "clipped": False, "reset_done": False, "policy_version": 0}
         log.info("daemon up: %s robot %s at %.1f Hz, %s, control on %s", self.kind, self.config.robot.driver,
                  control.rate_hz, self.scheduling, self.config.network.control)
         clock.start()
         try:
             while not self.stop_requested.is_set():
-                if self.lockstep and actor is None:
+                if self.lockstep and link.state is LinkState.NONE:
                     socket.poll(max(1, min(100, int(self.period_s * 1000))))   # idle until an actor says hello
                 tick, tick_deadline_ns = clock.wait_next()
                 t_tick_ns = tick_deadline_ns if self.lockstep else time.monotonic_ns()
                 self.counters["ticks"] += 1
+                self._take_messages(socket, receiver, tick)
+                if link.state is LinkState.RESETTING:
+                    done = link.finish_reset()
+                    if done is None:                # still moving: nothing else touches the robot meanwhile
+                        self.counters["reset_ticks"] += 1
+                        link.beat(socket)
+                        status.publish(self._status_counters(clock))
+                        continue
+                    self._prev["reset_done"] = done
                 arrays, timing = self.io.read_all(t_tick_ns)
                 robot_status = self.io.check_status()
                 if self.io.link_lost is not None:
                     # A robot or camera that stopped answering cannot be driven safely: the session ends here.
                     self.stop_reason = f"link lost: {self.io.link_lost}"
                     break
-                actor = self._take_messages(socket, receiver, actor, watchdog, tick)
-                if actor is not None and watchdog.expired():
-                    self.counters["watchdog_stops"] += 1
-                    self.safe_stop(f"actor silent for {watchdog.silent_for_s():.2f} s (watchdog {control.watchdog_s} s)")
-                    actor = None
-                if actor is None:
-                    status.publish(self._status_counters(clock, actor_connected=False))
+                link.check_watchdog()
+                if link.state is not LinkState.SERVING:
+                    status.publish(self._status_counters(clock))
                     continue
                 meta = {"tick": tick, "t_tick_ns": t_tick_ns, "devices": timing, "prev": self._prev,
                         "robot_status": robot_status}
-                wire.send_to(socket, actor, wire.Kind.OBS, meta, {**arrays, "prev_action": self.io.prev_action,
-                                                                       "prev_applied_action": self.io.applied_action})
+                wire.send_to(socket, link.identity, wire.Kind.OBS, meta,
+                             {**arrays, "prev_action": self.io.prev_action,
+                              "prev_applied_action": self.io.applied_action})
                 self.counters["actor_ticks"] += 1
+                generation = link.generation
                 if self.lockstep:
-                    act, actor = self._wait_action_lockstep(socket, receiver, actor, tick, watchdog)
-                    if act is None:                     # stop requested, actor gone, or watchdog expired
-                        if actor is not None and watchdog.expired():
-                            self.counters["watchdog_stops"] += 1
-                            self.safe_stop(f"actor silent for {watchdog.silent_for_s():.2f} s "
-                                           f"(watchdog {control.watchdog_s} s)")
-                            actor = None
-                        status.publish(self._status_counters(clock, actor_connected=actor is not None))
+                    act = self._wait_action(socket, receiver, tick, None)
+                    if act is None:                 # stop requested, actor gone or replaced, or watchdog expired
+                        link.check_watchdog()
+                        status.publish(self._status_counters(clock))
                         continue
                     clock.stepped()
                 else:
-                    act, actor = self._wait_action(socket, receiver, actor, tick, t_tick_ns + deadline_ns, clock,
-                                                   watchdog)
-                    if actor is None:               # the actor said bye while we waited: the robot is stopped
-                        status.publish(self._status_counters(clock, actor_connected=False))
+                    act = self._wait_action(socket, receiver, tick, t_tick_ns + deadline_ns)
+                    if link.state is not LinkState.SERVING:     # the actor said bye while we waited: robot stopped
+                        status.publish(self._status_counters(clock))
                         continue
+                    if link.generation != generation:
+                        act = None                  # another actor's hello: its first tick is the next one
                 self._command_robot(act, arrays, tick)
-                if act is not None and act.meta.get("reset") is True:
-                    # A reset (a real arm's moveJ home) can take seconds, during which the actor had nothing to
-                    # answer: its silence started when the reset ended, not when it was asked for.
-                    watchdog.feed()
                 if self._prev["policy_version"] > 0 and not self.lockstep:
                     self.training_stats.add(max(0, t_tick_ns - tick_deadline_ns))
-                status.publish(self._status_counters(clock, actor_connected=True))
+                status.publish(self._status_counters(clock))
         finally:
+            link.close()
             self.safe_stop("daemon exiting")
-            if actor is not None:
+            if link.identity is not None:
                 try:
-                    wire.send_to(socket, actor, wire.Kind.STOP, {"reason": "daemon stopped"}, flags=zmq.NOBLOCK)
+                    wire.send_to(socket, link.identity, wire.Kind.STOP, {"reason": "daemon stopped"}, flags=zmq.NOBLOCK)
                 except zmq.ZMQError:
                     pass
             self.io.disconnect()
@@ -166,7 +298,7 @@ class Daemon:
             if self.curve is not None:
                 self.counters["refused_connections"] = self.curve.rejected
             stats = self.final_stats(clock)
-            status.publish(self._status_counters(clock, actor_connected=False), force=True)
+            status.publish(self._status_counters(clock, final=True), force=True)
             status.close()
             socket.close(0)
             if self.curve is not None:
@@ -177,9 +309,9 @@ class Daemon:
         return stats
 
     def _command_robot(self, act: wire.Message | None, arrays: dict, tick: int) -> None:
-        """Applies the actor's action (or the fallback when it is late) through the safety layer, or the reset
-        it asks for, and records what was applied for the next observation."""
-        reset_done, clipped = False, False
+        """Applies the actor's action (or the fallback when it is late) through the safety layer, or starts the
+        reset it asks for, and records what was applied for the next observation."""
+        clipped = False
         if act is None:
             self.counters["late_steps"] += 1
             clipped = self.io.act(None, arrays, fallback=self.config.control.fallback).clipped
@@ -187,24 +319,23 @@ class Daemon:
         else:
             late, version = False, int(act.meta["policy_version"])
             if act.meta.get("reset") is True:
-                reset_done = self.io.reset()
+                self.link.start_reset()     # reported in the first observation after it (prev.reset_done)
             else:
                 clipped = self.io.act(act.arrays["action"], arrays).clipped
-        self._prev = {"tick": tick, "late": late, "clipped": bool(clipped), "reset_done": reset_done,
+        self._prev = {"tick": tick, "late": late, "clipped": bool(clipped), "reset_done": False,
                       "policy_version": version}
 
-    def _take_messages(self, socket, receiver, actor, watchdog, tick):
+    def _take_messages(self, socket, receiver, tick) -> None:
         """Handles waiting control messages (hello, bye, stray actions) without blocking."""
         while socket.poll(0):
             frames = socket.recv_multipart(copy=False)
             identity, message = frames[0].bytes, receiver.decode(frames[1:])
-            if message is None:
-                continue
-            actor = self._handle(socket, identity, message, actor, watchdog, tick)
-        return actor
+            if message is not None:
+                self._handle(socket, identity, message, tick)
 
-    def _handle(self, socket, identity, message, actor, watchdog, tick):
-        kind = message.kind
+    def _handle(self, socket, identity: bytes, message: wire.Message, tick: int) -> None:
+        """One control message other than the awaited action: the link's transitions happen here."""
+        link, kind = self.link, message.kind
         if kind == wire.Kind.HELLO:
             digest = message.meta.get("config_digest")
             if digest != self.config.digest():
@@ -217,83 +348,59 @@ class Daemon:
                 wire.send_to(socket, identity, wire.Kind.REFUSE, {
                     "reason": "config digest differs from the daemon's: start actor and daemon with the same robot, "
                               "cameras, task and model config (the daemon's log names both)"})
-                return actor
+                return
             wire.send_to(socket, identity, wire.Kind.HELLO, {
                 "role": "daemon", "session": self.config.session, "robot": self.kind, "action_dim": self.action_dim,
                 "rate_hz": self.config.control.rate_hz, "reading_spec": self.reading_spec(),
                 "robot_name": self.robot.name, "cameras": [c.name for c in self.cameras],
                 "action_discrete": self.action_discrete, "pacing": self.config.control.pacing})
-            watchdog.feed()
-            log.info("actor %s connected", message.meta.get("actor_id", "?"))
-            return identity
-        if kind == wire.Kind.BYE and identity == actor:
-            self.safe_stop(f"actor said bye ({message.meta['reason']})")
-            return None
-        if kind == wire.Kind.ACT:
+            link.hello(identity)
+            log.info("actor %s connected", str(message.meta.get("actor_id", "?"))[:60])
+        elif kind == wire.Kind.BYE and identity == link.identity:
+            link.leave(f"actor said bye ({message.meta['reason'][:200]})")
+        elif kind == wire.Kind.ACT:
             self.counters["late_actions"] += int(message.meta["tick"] < tick)
-            if identity == actor:
-                watchdog.feed()
-        if kind == wire.Kind.HEARTBEAT and identity == actor and self.lockstep:
-            watchdog.feed()                 # a lockstep actor holding the simulation for its learner is alive
-        return actor
+            link.heard(identity)
+        elif kind == wire.Kind.HEARTBEAT and self.lockstep:
+            link.heard(identity)            # a lockstep actor holding the simulation for its learner is alive
 
-    def _wait_action(self, socket, receiver, actor, tick, until_ns, clock, watchdog):
-        """Waits for the action of ``tick`` until ``until_ns``; other messages are handled meanwhile.
-
-        Returns (the action or None when late, the actor): None for the actor after its bye, another
-        identity after another actor's hello (whose first tick is the next one)."""
-        while True:
-            remaining_ms = (until_ns - time.monotonic_ns()) / 1e6
-            if remaining_ms <= 0:
-                return None, actor
-            if not socket.poll(max(1, int(remaining_ms))) and time.monotonic_ns() >= until_ns:
-                return None, actor
-            message, handled = self._drain_until_action(socket, receiver, actor, tick, watchdog)
-            if message is not None:
-                return message, actor
-            if handled != actor:
-                return None, handled
-
-    def _drain_until_action(self, socket, receiver, actor, tick, watchdog):
-        """Handles the messages waiting on ``socket``. Returns (the action of ``tick`` from ``actor``, actor) as
-        soon as it comes, else (None, the actor after the messages: another one after its hello, None after a bye)."""
-        while socket.poll(0):
-            frames = socket.recv_multipart(copy=False)
-            identity, message = frames[0].bytes, receiver.decode(frames[1:])
-            if message is None:
-                continue
-            if (message.kind == wire.Kind.ACT and identity == actor and message.meta["tick"] == tick
-                    and message.arrays["action"].shape == (self.action_dim,)):
-                watchdog.feed()
-                return message, actor
-            handled = self._handle(socket, identity, message, actor, watchdog, tick)
-            if handled != actor:
-                return None, handled
-        return None, actor
-
-    def _wait_action_lockstep(self, socket, receiver, actor, tick, watchdog):
-        """Lockstep: waits for the action of ``tick`` as long as the watchdog allows (no deadline, so never late).
-
-        Returns (the action message, actor); (None, actor) when the watchdog expired or a stop was
-        requested; (None, the new actor) when another actor said hello; (None, None) on the actor's bye."""
+    def _wait_action(self, socket, receiver, tick: int, until_ns: int | None) -> wire.Message | None:
+        """Waits for the actor's action of ``tick`` until ``until_ns`` (real time), or with ``None`` (lockstep) as
+        long as the watchdog allows; other messages are handled meanwhile. Returns the action, or None when it is
+        late, the watchdog expired, a stop was requested, or the actor left or was replaced."""
+        link = self.link
+        generation = link.generation
         while not self.stop_requested.is_set():
-            remaining_s = watchdog.timeout_s - watchdog.silent_for_s()
+            if until_ns is None:
+                remaining_s = link.watchdog.timeout_s - link.watchdog.silent_for_s()
+                timeout_ms = max(1, min(100, math.ceil(remaining_s * 1000)))
+            else:
+                remaining_s = (until_ns - time.monotonic_ns()) / 1e9
+                timeout_ms = max(1, int(remaining_s * 1000))
             if remaining_s <= 0:
-                return None, actor
-            if not socket.poll(max(1, min(100, math.ceil(remaining_s * 1000)))):
+                return None
+            if not socket.poll(timeout_ms):
                 continue
-            message, handled = self._drain_until_action(socket, receiver, actor, tick, watchdog)
-            if message is not None:
-                return message, actor
-            if handled != actor:
-                return None, handled        # bye (None) or another actor's hello: serve it from the next tick
-        return None, actor
+            while socket.poll(0):
+                frames = socket.recv_multipart(copy=False)
+                identity, message = frames[0].bytes, receiver.decode(frames[1:])
+                if message is None:
+                    continue
+                if (message.kind == wire.Kind.ACT and identity == link.identity and message.meta["tick"] == tick
+                        and message.arrays["action"].shape == (self.action_dim,)):
+                    link.heard(identity)
+                    return message
+                self._handle(socket, identity, message, tick)
+                if link.generation != generation:
+                    return None             # bye, or another actor's hello: it is served from the next tick
+        return None
 
-    def _status_counters(self, clock, *, actor_connected: bool) -> dict:
+    def _status_counters(self, clock, *, final: bool = False) -> dict:
         summary = clock.stats.summary()
         return {"rate_hz": summary.get("rate_hz") or 0.0, "error_p99_ms": summary["period_error_ms"]["p99"] or 0.0,
                 "late_steps": self.counters["late_steps"], "ticks": self.counters["ticks"],
-                "stale_readings": self.counters["stale_readings"], "actor_connected": actor_connected}
+                "stale_readings": self.counters["stale_readings"],
+                "actor_connected": self.link.identity is not None and not final}
 
     def final_stats(self, clock) -> dict:
         """The daemon's counters and timing for summary.json."""

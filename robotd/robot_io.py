@@ -134,6 +134,7 @@ class RobotIO:
         self.applied_action = np.zeros(self.action_dim, np.float32)
         self.protective_stop = False
         self._last_stopped_reset = -float("inf")
+        self._fault: str | None = None                # the robot's current fault (status not ok), logged once
         self.link_lost: str | None = None
         # A driver that paces its own motion commands (a UR's servoJ time) learns the control period.
         if hasattr(self.robot, "set_control_period"):
@@ -230,9 +231,25 @@ class RobotIO:
             log.error("%s", lost)
             self.safe_stop("link lost")
         self.link_lost = lost
+        self._note_fault(robot_status, lost)
         return {"ok": bool(robot_status.ok), "protective_stop": bool(robot_status.protective_stop),
                 "emergency_stop": bool(robot_status.emergency_stop), "fallen": bool(robot_status.fallen),
                 "fault": robot_status.fault, "link_lost": lost is not None}
+
+    def _note_fault(self, robot_status, lost: str | None) -> None:
+        """Logs once, and counts in ``robot_faults``, each time the robot starts reporting a fault that is neither a
+        stop nor a lost link (a UR5 whose control script stopped or that refuses commands, an A1 whose inner loop
+        falls behind), and logs when it clears. Stops and lost links have their own counters and stop the robot;
+        these faults are for the person watching (the commands go on, the driver refuses what it cannot do)."""
+        fault = None
+        if not robot_status.ok and lost is None and not self.protective_stop:
+            fault = robot_status.fault or "status not ok"
+        if fault is not None and self._fault is None:
+            self.counters["robot_faults"] = self.counters.get("robot_faults", 0) + 1
+            log.warning("robot %r reports a fault: %s", self.robot.name, fault)
+        elif fault is None and self._fault is not None:
+            log.info("robot %r: the fault cleared (%s)", self.robot.name, self._fault)
+        self._fault = fault
 
     def _lost_link(self, robot_status) -> str | None:
         """Why the robot or a camera can no longer be used (its link is gone), or None."""

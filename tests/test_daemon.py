@@ -172,3 +172,57 @@ def test_an_actor_that_says_hello_again_after_a_watchdog_stop_is_served_again(ru
     obs = running.next_obs()
     running.act(obs, np.zeros(6))
     assert running.next_obs().meta["prev"]["late"] is False
+
+
+def test_a_long_reset_runs_outside_the_control_tick_with_heartbeats_and_no_watchdog_stop():
+    # The reset takes 3x the watchdog (a real arm's move home): the loop goes on ticking, the actor hears heartbeats
+    # instead of observations, the watchdog does not fire, and the first observation after it reports the reset.
+    run = Running(make_config(**{"robot.args": "{reset_s: 1.5}"}))
+    try:
+        run.hello()
+        obs = run.next_obs()
+        run.act(obs, np.zeros(6), reset=True)
+        ticks_before = run.daemon.counters["ticks"]
+        beats, started = 0, time.monotonic()
+        while True:
+            message = run.next_message(3000)
+            if message.kind == wire.Kind.OBS:
+                break
+            beats += message.kind == wire.Kind.HEARTBEAT and message.meta.get("resetting") is True
+        waited = time.monotonic() - started
+        assert message.meta["prev"]["reset_done"] is True
+        assert message.meta["prev"]["tick"] == obs.meta["tick"]
+        assert waited >= 1.4, "the observation came before the reset could have ended"
+        assert beats >= 3, f"{beats} heartbeats during a 1.5 s reset (one every 0.2 s expected)"
+        assert run.daemon.counters["watchdog_stops"] == 0
+        assert run.daemon.counters["reset_ticks"] >= 3
+        assert run.daemon.counters["ticks"] - ticks_before >= 4, "the control loop stood still during the reset"
+        run.act(message, np.zeros(6))
+        assert run.next_obs().meta["prev"]["late"] is False
+    finally:
+        run.close()
+
+
+def test_a_bye_during_a_reset_stops_the_robot_when_the_reset_ends():
+    run = Running(make_config(**{"robot.args": "{reset_s: 0.6}"}))
+    stops = []
+    robot_stop = run.daemon.robot.stop
+    run.daemon.robot.stop = lambda: (stops.append(time.monotonic()), robot_stop())[1]
+    try:
+        run.hello()
+        obs = run.next_obs()
+        run.act(obs, np.zeros(6), reset=True)
+        time.sleep(0.1)
+        wire.send(run.socket, wire.Kind.BYE, {"reason": "test over"})
+        asked = time.monotonic()
+        deadline = asked + 3.0
+        while not stops and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert stops, "the robot was not stopped after the actor left during a reset"
+        assert stops[0] - asked >= 0.3, "the robot was commanded while its reset was still running"
+        assert run.daemon.link.state.value == "none"
+        while run.socket.poll(50):
+            run.socket.recv_multipart()
+        assert not run.socket.poll(300), "the daemon kept talking to an actor that said bye"
+    finally:
+        run.close()
