@@ -71,6 +71,7 @@ class Actor:
                          "learner_waits": 0, "learner_wait_s": 0.0}
         self.policy_version = 0
         self.published_at = 0.0
+        self.learner_replayed = 0          # the learner's replayed steps when it published the weights in use
         self.last_return = 0.0
         self.last_success = False
         # (return, success) of the last ROLLING_EPISODES finished episodes (ended by themselves, robotd/curves.py).
@@ -346,10 +347,9 @@ class Actor:
     def _learner_behind(self) -> bool:
         """Lockstep pacing with learner.train_ratio > 0: True while collecting more would exceed the ratio.
 
-        The learner's replayed steps are estimated from the newest weights version (one version per
-        publish_every_updates updates of batch_size x batch_length), with one more publish interval
-        of slack, so the learner (which stops at the ratio itself) always publishes far enough to
-        release the actor. Nothing waits before prefill_steps and min_replay_steps are collected.
+        The learner's replayed steps come with its weights (it publishes every publish_every_updates
+        updates of batch_size x batch_length); one more publish interval of slack lets the learner
+        (which stops at the ratio itself) always publish far enough to release the actor. Nothing waits before prefill_steps and min_replay_steps are collected.
         A session started from a checkpoint (learner.init_checkpoint) also waits for its first weights."""
         learner = self.config.learner
         if self.config.control.pacing != "lockstep":
@@ -362,7 +362,7 @@ class Actor:
         if collected < max(self.config.actor.prefill_steps, learner.min_replay_steps):
             return False
         per_update = learner.batch_size * learner.batch_length
-        replayed = self.policy_version * learner.publish_every_updates * per_update
+        replayed = self.learner_replayed
         # The learner counts collected steps from min_replay_steps on, when its training starts.
         since_training = collected - learner.min_replay_steps
         return learner.train_ratio * since_training > replayed + (learner.publish_every_updates + 1) * per_update
@@ -525,13 +525,13 @@ class Actor:
         newest = self.weights.take()
         if newest is None:
             return
-        version, published_at, arrays = newest
         try:
-            self.policy.load(arrays)
+            self.policy.load(newest.arrays)
         except ValueError as exc:
-            log.error("weights v%d not usable: %s", version, exc)
+            log.error("weights v%d not usable: %s", newest.version, exc)
             return
-        self.policy_version, self.published_at = version, published_at
+        self.policy_version, self.published_at = newest.version, newest.published_at
+        self.learner_replayed = newest.replayed_steps
         self.counters["weight_swaps"] += 1
 
     def _publish_status(self, *, force: bool = False) -> None:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from typing import NamedTuple
 
 import numpy as np
 import zmq
@@ -10,6 +11,15 @@ import zmq
 from robotd import wire
 
 log = logging.getLogger("actor.weights")
+
+
+class Weights(NamedTuple):
+    """One published version of the policy, with the learner's count of replayed steps when it was published."""
+
+    version: int
+    published_at: float
+    replayed_steps: int
+    arrays: dict[str, np.ndarray]
 
 
 class WeightSubscriber(threading.Thread):
@@ -22,13 +32,13 @@ class WeightSubscriber(threading.Thread):
         self.receiver = wire.Receiver("actor-weights", max_bytes=max_bytes)
         self.secure = secure
         self._lock = threading.Lock()
-        self._newest: tuple[int, float, dict[str, np.ndarray]] | None = None
+        self._newest: Weights | None = None
         self._seen_version = 0
         self._halt = threading.Event()
         self.received = 0
 
-    def take(self) -> tuple[int, float, dict[str, np.ndarray]] | None:
-        """The newest unseen (version, published_at, arrays), or None; never blocks long."""
+    def take(self) -> Weights | None:
+        """The newest unseen weights, or None; never blocks long."""
         with self._lock:
             newest, self._newest = self._newest, None
         return newest
@@ -57,6 +67,7 @@ class WeightSubscriber(threading.Thread):
                 self._seen_version = message.meta["version"]
                 self.received += 1
                 with self._lock:
-                    self._newest = (message.meta["version"], float(message.meta.get("published_at", 0.0)), arrays)
+                    self._newest = Weights(message.meta["version"], float(message.meta.get("published_at", 0.0)),
+                                           message.meta["replayed_steps"], arrays)
         finally:
             socket.close(0)

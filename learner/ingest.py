@@ -242,11 +242,9 @@ class IngestServer(threading.Thread):
             return
         chunk_stream = meta.get("stream", peer["stream"])
         stream = f"{meta['actor_id']}/{chunk_stream}"
-        stream_step, n_steps, seq = meta.get("stream_step"), meta["n_steps"], meta["seq"]
-        problem = None if isinstance(stream_step, int) and not isinstance(stream_step, bool) and stream_step >= 0 \
-            else "stream_step missing"
-        if not isinstance(chunk_stream, str):
-            problem = f"stream is {type(chunk_stream).__name__}, not a string"
+        # Types and ranges of every field were checked by robotd.wire (FIELDS); the stream may come from the hello.
+        stream_step, n_steps, seq = meta["stream_step"], meta["n_steps"], meta["seq"]
+        problem = None if isinstance(chunk_stream, str) else "the actor's hello named no stream"
         problem = problem or steps.check_against(self.spec, message.arrays, n_steps)
         if problem:
             self.counters["refused_chunks"] += 1

@@ -173,7 +173,7 @@ class Learner:
                     replay.update_latents.remote(*writeback)
                 window_updates += 1
                 if trainer.updates % config.publish_every_updates == 0:
-                    publisher.publish(trainer.agent.policy_state_dict())
+                    publisher.publish(trainer.agent.policy_state_dict(), trainer.replayed_steps)
                 now = time.monotonic()
                 if now - window_start >= 2.0:
                     updates_per_s = window_updates / (now - window_start)
@@ -199,7 +199,7 @@ class Learner:
         if state is None:
             raise RuntimeError(f"learner.init_checkpoint {path!r}: no such checkpoint file")
         publisher.version = trainer.start_from(state, f"learner.init_checkpoint {path!r}")
-        publisher.publish(trainer.agent.policy_state_dict())
+        publisher.publish(trainer.agent.policy_state_dict(), trainer.replayed_steps)
         log.info("started from %s: %d updates, weights v%d published", path, trainer.updates, publisher.version)
 
     def _status(self, status, ray, replay, trainer, publisher, updates_per_s) -> None:

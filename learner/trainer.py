@@ -74,12 +74,14 @@ class WeightPublisher:
         self._last: list | None = None
         self._last_sent = 0.0
 
-    def publish(self, state: dict[str, torch.Tensor]) -> int:
-        """Publishes a new version; returns it."""
+    def publish(self, state: dict[str, torch.Tensor], replayed_steps: int) -> int:
+        """Publishes a new version with the learner's replayed steps (a lockstep actor paces itself by them);
+        returns the version."""
         self.version += 1
         arrays = {name: tensor.detach().to("cpu", torch.float32 if tensor.is_floating_point() else tensor.dtype).numpy()
                   for name, tensor in state.items()}
-        self._last = wire.encode(wire.Kind.WEIGHTS, {"version": self.version, "published_at": time.time()}, arrays)
+        self._last = wire.encode(wire.Kind.WEIGHTS, {"version": self.version, "published_at": time.time(),
+                                                      "replayed_steps": int(replayed_steps)}, arrays)
         self._send()
         return self.version
 

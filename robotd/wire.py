@@ -13,8 +13,11 @@ A message is a list of ZeroMQ frames, and nothing received is ever unpickled:
 Beyond the field table below, an ACT carries a 1-D float32 array ``"action"``
 and every array of a CHUNK has ``n_steps`` rows (``n_steps >= 0``).
 
-Required meta fields per kind (``REQUIRED_FIELDS``, checked by both encode and
-decode; extra fields are allowed, and bool never stands in for int):
+Every meta field of every kind is defined once, in ``FIELDS`` (kind -> name -> ``Field``): its
+type, whether it is required, and for numbers its range. Both encode and decode check every
+defined field that is present (and that the required ones are); bool never stands in for int,
+an int may stand in for a float. Fields not in the table are carried but never read.
+Per kind (``?`` marks an optional field):
 """
 
 from __future__ import annotations
@@ -72,25 +75,70 @@ class Kind(enum.IntEnum):
     REFUSE = 11
 
 
+@dataclass(frozen=True)
+class Field:
+    """One meta field: its type (a tuple for "one of"), whether every message of its kind has it, and the
+    inclusive range of a number (None: unbounded on that side)."""
+
+    type: type | tuple[type, ...]
+    required: bool = True
+    minimum: float | None = None
+    maximum: float | None = None
+
+    def type_name(self) -> str:
+        types = self.type if isinstance(self.type, tuple) else (self.type,)
+        return " or ".join(t.__name__ for t in types)
+
+
+def _req(field_type, minimum=None, maximum=None) -> Field:
+    return Field(field_type, required=True, minimum=minimum, maximum=maximum)
+
+
+def _opt(field_type, minimum=None, maximum=None) -> Field:
+    return Field(field_type, required=False, minimum=minimum, maximum=maximum)
+
+
+_NUMBER = (int, float)
+
+FIELDS: dict[Kind, dict[str, Field]] = {
+    # Sent by the actor to the daemon and to the learner, and answered by each with its own fields.
+    Kind.HELLO: {"role": _req(str), "session": _req(str),
+                 "actor_id": _opt(str), "config_digest": _opt(str), "stream": _opt(str),
+                 "acked_through": _opt(int, 0), "previous_streams": _opt(dict), "spec": _opt(dict),
+                 "action_discrete": _opt(bool),
+                 # the daemon's answer
+                 "robot": _opt(str), "action_dim": _opt(int, 1, 4096), "rate_hz": _opt(_NUMBER, 0.0),
+                 "reading_spec": _opt(dict), "robot_name": _opt(str), "cameras": _opt(list), "pacing": _opt(str),
+                 # the learner's answer
+                 "instance": _opt(str), "weights_port": _opt(int, 1, 65535)},
+    Kind.OBS: {"tick": _req(int, 0), "t_tick_ns": _req(int), "devices": _opt(dict), "prev": _opt(dict),
+               "robot_status": _opt(dict)},
+    Kind.ACT: {"tick": _req(int, 0), "policy_version": _req(int, 0), "reset": _opt(bool)},
+    Kind.STOP: {"reason": _req(str)},
+    Kind.BYE: {"reason": _req(str)},
+    Kind.CHUNK: {"actor_id": _req(str), "episode_id": _req(int, 0), "seq": _req(int, 0),
+                 "n_steps": _req(int, 0), "stream": _opt(str), "stream_step": _req(int, 0), "exclude": _opt(dict)},
+    Kind.ACK: {"seq": _req(int, 0), "stream": _opt(str)},
+    # From the actor (alive while it holds a lockstep simulation), the learner (alive) or the daemon (resetting).
+    Kind.HEARTBEAT: {"actor_id": _opt(str), "instance": _opt(str), "resetting": _opt(bool)},
+    Kind.WEIGHTS: {"version": _req(int, 0), "replayed_steps": _req(int, 0), "published_at": _opt(_NUMBER)},
+    # Its "counters" are checked one by one against the sender's table in robotd.status (a malformed status is
+    # counted under its sender there).
+    Kind.STATUS: {"process": _req(str)},
+    Kind.REFUSE: {"reason": _req(str), "code": _opt(str)},
+}
+
+# The required fields alone, {kind: {name: type}}.
 REQUIRED_FIELDS: dict[Kind, dict[str, type]] = {
-    Kind.HELLO: {"role": str, "session": str},
-    Kind.OBS: {"tick": int, "t_tick_ns": int},
-    Kind.ACT: {"tick": int, "policy_version": int},
-    Kind.STOP: {"reason": str},
-    Kind.BYE: {"reason": str},
-    Kind.CHUNK: {"actor_id": str, "episode_id": int, "seq": int, "n_steps": int},
-    Kind.ACK: {"seq": int},
-    Kind.HEARTBEAT: {},
-    Kind.WEIGHTS: {"version": int},
-    Kind.STATUS: {"process": str},
-    Kind.REFUSE: {"reason": str},
+    kind: {name: field.type for name, field in fields.items() if field.required} for kind, fields in FIELDS.items()
 }
 
 # "or" keeps the import working under python -OO, which strips docstrings.
 __doc__ = (__doc__ or "") + "\n".join(
     f"* {kind.name}: "
-    + (", ".join(f"{field} ({ftype.__name__})" for field, ftype in fields.items()) or "(none)")
-    for kind, fields in REQUIRED_FIELDS.items()
+    + (", ".join(f"{name}{'' if field.required else '?'} ({field.type_name()})" for name, field in fields.items())
+       or "(none)")
+    for kind, fields in FIELDS.items()
 ) + "\n"
 
 
@@ -115,24 +163,35 @@ def _shown(value: object) -> str:
     return text
 
 
-def _is_type(value: object, field_type: type) -> bool:
-    """Return whether ``value`` is a ``field_type``, never counting bool as int or int as bool."""
-    if isinstance(value, bool) != (field_type is bool):
-        return False
-    return isinstance(value, field_type)
+def _is_type(value: object, field_type: type | tuple[type, ...]) -> bool:
+    """Return whether ``value`` is a ``field_type`` (or one of them), never counting bool as int or int as bool."""
+    types = field_type if isinstance(field_type, tuple) else (field_type,)
+    if isinstance(value, bool):
+        return bool in types
+    return isinstance(value, tuple(t for t in types if t is not bool))
 
 
 def _schema_problem(kind: Kind, meta: Mapping, arrays: Mapping[str, np.ndarray]) -> str | None:
     """Return why ``meta``/``arrays`` do not satisfy ``kind``'s rules, or None when they do."""
-    for field, field_type in REQUIRED_FIELDS[kind].items():
-        if field not in meta:
-            return f"{kind.name} meta field {field!r} is missing"
-        value = meta[field]
-        if not _is_type(value, field_type):
+    for name, field in FIELDS[kind].items():
+        if name not in meta:
+            if field.required:
+                return f"{kind.name} meta field {name!r} is missing"
+            continue
+        value = meta[name]
+        if not _is_type(value, field.type):
             return (
-                f"{kind.name} meta field {field!r} is {_shown(value)} "
-                f"({type(value).__name__}), expected {field_type.__name__}"
+                f"{kind.name} meta field {name!r} is {_shown(value)} "
+                f"({type(value).__name__}), expected {field.type_name()}"
             )
+        if isinstance(value, (int, float)) and not (isinstance(value, float) and math.isnan(value)):
+            low = field.minimum if field.minimum is not None else -math.inf
+            high = field.maximum if field.maximum is not None else math.inf
+            if not low <= value <= high:
+                bounds = f">= {field.minimum:g}" if field.maximum is None else f"in [{low:g}, {high:g}]"
+                return f"{kind.name} meta field {name!r} is {_shown(value)}, expected {bounds}"
+        elif isinstance(value, float):
+            return f"{kind.name} meta field {name!r} is NaN, expected a number"
     if kind is Kind.ACT:
         action = arrays.get("action")
         if action is None:
@@ -141,8 +200,6 @@ def _schema_problem(kind: Kind, meta: Mapping, arrays: Mapping[str, np.ndarray])
             return f"ACT array 'action' is {action.dtype} with shape {action.shape}, expected 1-D float32"
     if kind is Kind.CHUNK:
         n_steps = meta["n_steps"]
-        if n_steps < 0:
-            return f"CHUNK meta field 'n_steps' is {n_steps}, expected >= 0"
         for name, array in arrays.items():
             if array.ndim == 0 or array.shape[0] != n_steps:
                 return (

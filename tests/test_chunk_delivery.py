@@ -420,3 +420,30 @@ def test_streams_without_a_marker_resend_only_beyond_their_spilled_chunks(tmp_pa
     bare = ChunkSpool(tmp_path / "spool" / "b0", memory_chunks=64, stream="s2")
     assert resend_from_episodes(bare, AckMarkers(bare.spill_dir), episodes, "a0", SPEC, chunk_steps=8) == {}
     assert len(bare) == 0
+
+
+def test_weights_carry_the_learners_replayed_steps_to_the_actor(context):
+    import torch
+
+    from actor.weights import WeightSubscriber
+    from learner.trainer import WeightPublisher
+    (port,) = free_tcp_ports(1)
+    pub = context.socket(zmq.PUB)
+    pub.setsockopt(zmq.LINGER, 0)
+    pub.bind(f"tcp://127.0.0.1:{port}")
+    subscriber = WeightSubscriber(context, f"tcp://127.0.0.1:{port}", max_bytes=2**20)
+    subscriber.start()
+    try:
+        publisher = WeightPublisher(pub)
+        deadline = time.monotonic() + 10
+        newest = None
+        while newest is None and time.monotonic() < deadline:
+            publisher.publish({"w": torch.ones(3)}, replayed_steps=5_120)   # until the late subscriber joins
+            time.sleep(0.05)
+            newest = subscriber.take()
+        assert newest is not None, "no weights reached the subscriber"
+        assert newest.replayed_steps == 5_120 and newest.version >= 1
+        assert np.array_equal(newest.arrays["w"], np.ones(3, np.float32))
+    finally:
+        subscriber.stop()
+        pub.close(0)

@@ -410,7 +410,6 @@ def test_a_lockstep_actor_waits_for_the_learner_only_past_prefill_and_within_the
                                                       "learner.batch_length=16", "learner.publish_every_updates=2"])
     actor = ActorProcess(config, logdir=str(tmp_path))
     actor.pending = None
-    per_publish = 2 * 4 * 16                          # replayed steps per weights version
     slack = 3 * 64                                    # one publish interval and one update
     actor.counters["env_steps"] = 199                 # below min_replay_steps: never waits
     assert not actor._learner_behind()
@@ -418,7 +417,10 @@ def test_a_lockstep_actor_waits_for_the_learner_only_past_prefill_and_within_the
     assert not actor._learner_behind()
     actor.counters["env_steps"] = 200 + 200           # 8 * 200 = 1600 replayed steps wanted since training began
     assert actor._learner_behind()
-    actor.policy_version = (1600 - slack) // per_publish + 1
+    # The learner's own count, published with its weights, releases the actor; the version number alone does not.
+    actor.policy_version, actor.learner_replayed = 10_000, 1600 - slack - 1
+    assert actor._learner_behind()
+    actor.learner_replayed = 1600 - slack
     assert not actor._learner_behind()
     actor.policy_version = 0
     realtime = dataclasses.replace(config, control=dataclasses.replace(config.control, pacing="realtime"))

@@ -27,10 +27,10 @@ VALID_META = {
     Kind.ACT: {"tick": 5, "policy_version": 2},
     Kind.STOP: {"reason": "operator"},
     Kind.BYE: {"reason": "done"},
-    Kind.CHUNK: {"actor_id": "a0", "episode_id": 7, "seq": 3, "n_steps": N_STEPS},
+    Kind.CHUNK: {"actor_id": "a0", "episode_id": 7, "seq": 3, "n_steps": N_STEPS, "stream_step": 96},
     Kind.ACK: {"seq": 3},
     Kind.HEARTBEAT: {},
-    Kind.WEIGHTS: {"version": 9},
+    Kind.WEIGHTS: {"version": 9, "replayed_steps": 4096},
     Kind.STATUS: {"process": "learner"},
     Kind.REFUSE: {"reason": "busy"},
 }
@@ -146,7 +146,8 @@ def test_protocol_version_is_one():
 
 def test_required_fields_table_covers_every_kind_and_is_in_the_module_docs():
     assert set(wire.REQUIRED_FIELDS) == set(Kind)
-    assert "CHUNK: actor_id (str), episode_id (int), seq (int), n_steps (int)" in wire.__doc__
+    assert set(wire.FIELDS) == set(Kind)
+    assert "CHUNK: actor_id (str), episode_id (int), seq (int), n_steps (int), stream? (str)" in wire.__doc__
 
 
 # --- round trips ---------------------------------------------------------------------------
@@ -167,8 +168,8 @@ def test_dealer_router_round_trip_carries_identity_both_ways(dealer_router):
     assert identity == b"actor-0"
     assert hello.meta == {"role": "actor", "session": "s-1", "extra": [1, {"x": None}]}
     weights = {"w": np.arange(6, dtype=np.float32).reshape(2, 3)}
-    wire.send_to(router, identity, Kind.WEIGHTS, {"version": 4}, weights)
-    _assert_same(wire.recv(dealer, expect=[Kind.WEIGHTS]), Kind.WEIGHTS, {"version": 4}, weights)
+    wire.send_to(router, identity, Kind.WEIGHTS, {"version": 4, "replayed_steps": 0}, weights)
+    _assert_same(wire.recv(dealer, expect=[Kind.WEIGHTS]), Kind.WEIGHTS, {"version": 4, "replayed_steps": 0}, weights)
 
 
 def test_message_without_arrays_round_trips_with_empty_arrays(pair):
@@ -400,7 +401,7 @@ def test_decode_rejects_truncated_meta_frame():
 
 
 def test_decode_rejects_message_larger_than_max_bytes():
-    frames = wire.encode(Kind.WEIGHTS, {"version": 1}, {"w": np.zeros(1000, np.float32)})
+    frames = wire.encode(Kind.WEIGHTS, {"version": 1, "replayed_steps": 0}, {"w": np.zeros(1000, np.float32)})
     with pytest.raises(WireError, match=r"WEIGHTS message is \d+ bytes, over max_bytes 1024"):
         wire.decode(frames, max_bytes=1024)
 
@@ -550,3 +551,27 @@ def test_corrupted_valid_message_never_raises_anything_but_wire_error(kind, data
             if not frames:
                 break
     _decode_or_wire_error(frames)
+
+
+OUT_OF_TABLE = {
+    "negative tick": (Kind.OBS, {"tick": -1}, "OBS meta field 'tick' is -1, expected >= 0"),
+    "optional of wrong type": (Kind.HELLO, {"acked_through": "12"}, r"HELLO meta field 'acked_through' is '12' \(str\)"),
+    "optional bool as int": (Kind.ACT, {"reset": 1}, r"ACT meta field 'reset' is 1 \(int\), expected bool"),
+    "port out of range": (Kind.HELLO, {"weights_port": 70000}, r"'weights_port' is 70000, expected in \[1, 65535\]"),
+    "NaN number": (Kind.WEIGHTS, {"published_at": float("nan")}, "'published_at' is NaN"),
+    "negative stream step": (Kind.CHUNK, {"stream_step": -5}, "CHUNK meta field 'stream_step' is -5, expected >= 0"),
+}
+
+
+@pytest.mark.parametrize("case", list(OUT_OF_TABLE))
+def test_every_field_in_the_table_is_checked_when_present_required_or_not(case):
+    kind, meta, message = OUT_OF_TABLE[case]
+    with pytest.raises(WireError, match=message):
+        wire.decode(_craft(kind, meta={**VALID_META[kind], **meta}))
+    with pytest.raises(ValueError, match=message):
+        wire.encode(kind, {**VALID_META[kind], **meta})
+
+
+def test_an_int_stands_in_for_a_float_and_unknown_fields_are_carried():
+    message = wire.decode(_craft(Kind.WEIGHTS, meta={**VALID_META[Kind.WEIGHTS], "published_at": 17, "note": "x"}))
+    assert message.meta["published_at"] == 17 and message.meta["note"] == "x"
