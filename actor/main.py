@@ -7,8 +7,6 @@ current chunk. New weights are swapped in between steps.
 """
 from __future__ import annotations
 
-import collections
-import dataclasses
 import logging
 import os
 import signal
@@ -21,34 +19,23 @@ from pathlib import Path
 import numpy as np
 import zmq
 
+from actor.recorder import StepRecorder
 from actor.spool import ChunkSpool, resend_from_episodes
 from actor.stream import ExperienceStream
 from actor.weights import WeightSubscriber
 from learner.dreamer import Policy
 from learner.sizes import model_config
-from robotd import curves, quality, session, steps, tasks, wire
+from robotd import session, steps, tasks, wire
 from robotd.config import Config
-from robotd.episodes import EpisodeWriter
 from robotd.metrics import MetricsWriter
 from robotd.security import SecurityError, client_securer, configure_client, needs_auth
 from robotd.status import StatusPublisher
 
 log = logging.getLogger("actor")
 
-ROLLING_EPISODES = 20
-"""The window of the rolling return and success rate (status, metrics/actor.jsonl, TensorBoard)."""
-
 
 class DaemonError(RuntimeError):
     """The daemon cannot be reached or refused this actor."""
-
-
-@dataclasses.dataclass
-class Pending:
-    """The step of the last observation, waiting for what the daemon applied."""
-    tick: int
-    record: dict
-    sent_action: np.ndarray
 
 
 class Actor:
@@ -72,12 +59,7 @@ class Actor:
         self.policy_version = 0
         self.published_at = 0.0
         self.learner_replayed = 0          # the learner's replayed steps when it published the weights in use
-        self.last_return = 0.0
-        self.last_success = False
-        # (return, success) of the last ROLLING_EPISODES finished episodes (ended by themselves, robotd/curves.py).
-        self.recent: collections.deque[tuple[float, bool]] = collections.deque(maxlen=ROLLING_EPISODES)
-        self.finished_episodes = 0
-        self.succeeded_episodes = 0
+        self.recorder: StepRecorder | None = None      # made once the daemon's hello gives the step spec
 
     # ----------------------------------------------------------------------------------------
     def _curve_client(self):
@@ -165,6 +147,10 @@ class Actor:
         self.stream.start()
         self.weights = None
         self.metrics = MetricsWriter(self.logdir, process="actor")
+        self.recorder = StepRecorder(config, logdir=self.logdir, actor_id=self.actor_id, stream_id=self.stream_id,
+                                     task_name=self.task.name, step_spec=self.step_spec, devices=self.devices,
+                                     first_episode_id=self.first_episode_id, emit=self.stream.put,
+                                     metrics=self.metrics, counters=self.counters)
         self.status = StatusPublisher(context, config.network.status, "actor",
                                       secure=client_securer(config.network, config.network.actor_key))
         log.info("actor %s up: task %s, obs %s, action dim %d, learner %s", self.actor_id, self.task.name,
@@ -208,14 +194,8 @@ class Actor:
     def _loop(self, daemon, context, max_bytes) -> None:
         config = self.config
         silence_s, silence_ends_episode = self.silence_policy()
-        self.pending: Pending | None = None
+        recorder = self.recorder
         self._zmq = (context, max_bytes)
-        self.episode = None
-        self.next_episode_id = self.first_episode_id
-        self.episode_step = 0
-        self.seq = 0
-        self.stream_step = 0
-        self.chunk_rows: list[dict] = []
         last_obs_s = last_hello_s = time.monotonic()
         while not self.stop_requested.is_set():
             if self.stream.spool_full_event.is_set():
@@ -225,10 +205,10 @@ class Actor:
                 self._subscribe_weights(context, max_bytes)
             if not daemon.poll(50):
                 silent_s = time.monotonic() - last_obs_s
-                if silent_s > silence_s and self.pending is not None and silence_ends_episode:
+                if silent_s > silence_s and recorder.pending is not None and silence_ends_episode:
                     self.counters["daemon_timeouts"] += 1
                     log.warning("no observation from the daemon for %.1f s: ending the episode", silence_s)
-                    self._complete_pending(None, None, force_last=True)
+                    recorder.complete(None, None, force_last=True)
                 if silent_s > silence_s and time.monotonic() - last_hello_s > 1.0:
                     # The daemon stops serving an actor its watchdog gave up on; a hello brings it back.
                     wire.send(daemon, wire.Kind.HELLO, self.daemon_hello)
@@ -281,19 +261,20 @@ class Actor:
     def _on_observation(self, daemon, message: wire.Message) -> bool:
         """Answers one observation and completes the previous step; True when max_steps is reached."""
         meta, arrays = message.meta, message.arrays
+        recorder = self.recorder
+        reported = (meta["prev"], arrays.get("prev_action"), arrays.get("prev_applied_action"))
         if self._learner_behind():
             # Lockstep: the simulation waits for the learner. Everything collected goes out first, so the
             # learner's own train_ratio wait (on ingested steps) cannot hold it back in turn.
-            self._complete_pending(meta["prev"], arrays.get("prev_action"), arrays.get("prev_applied_action"))
-            self._emit_chunk()
+            recorder.complete(*reported)
+            recorder.flush()
             self._wait_for_learner(daemon)
         readings = {device: {} for device in self.devices}
         for name, value in arrays.items():
             device, _, key = name.partition("/")
             if device in readings:
                 readings[device][key] = value
-        pending_last = self.pending is not None and self.pending.record[steps.IS_LAST]
-        is_first = (self.episode is None and self.pending is None) or pending_last
+        is_first = recorder.next_is_first
         status = meta.get("robot_status", {})
         stopped = bool(status.get("protective_stop") or status.get("emergency_stop"))
         if is_first and stopped:
@@ -302,7 +283,7 @@ class Actor:
             # at most once a second) and nothing is recorded until the robot is free again.
             wire.send(daemon, wire.Kind.ACT, {"tick": meta["tick"], "policy_version": self.policy_version,
                                               "reset": True}, {"action": np.zeros(self.action_dim, np.float32)})
-            self._complete_pending(meta["prev"], arrays.get("prev_action"), arrays.get("prev_applied_action"))
+            recorder.complete(*reported)
             self.counters["stopped_ticks"] += 1
             return False
         if is_first:
@@ -311,9 +292,8 @@ class Actor:
         reward = 0.0 if is_first else self.task.reward(obs)
         terminal = self.task.is_terminal(obs)
         truncated = self.task.is_truncated(obs)
-        episode_step = 0 if is_first else self.episode_step
-        total_steps = self.counters["env_steps"] + (self.pending is not None) + 1
-        at_max = self.max_steps is not None and total_steps >= self.max_steps
+        episode_step = 0 if is_first else recorder.episode_step
+        at_max = self.max_steps is not None and recorder.steps_begun + 1 >= self.max_steps
         time_limit = episode_step + 1 >= self.task.episode_steps
         is_last = terminal or truncated or stopped or time_limit or at_max
         t0 = time.perf_counter()
@@ -323,25 +303,13 @@ class Actor:
         wire.send(daemon, wire.Kind.ACT, {"tick": meta["tick"], "policy_version": version, "reset": reset},
                   {"action": action})
         # The action is out; everything below is bookkeeping off the robot's critical path.
-        self._complete_pending(meta["prev"], arrays.get("prev_action"), arrays.get("prev_applied_action"))
-        if is_first:
-            self._open_episode()
-        record = {steps.OBS_PREFIX + key: np.array(value) for key, value in obs.items()}
-        record.update({steps.REWARD: np.float32(reward), steps.IS_FIRST: is_first, steps.IS_LAST: is_last,
-                       steps.IS_TERMINAL: bool(terminal), steps.IS_SUCCESS: bool(self.task.is_success(obs)),
-                       steps.TICK: meta["tick"], steps.T_TICK_NS: meta["t_tick_ns"],
-                       steps.POLICY_VERSION: version})
-        for device, timing in meta["devices"].items():
-            for field in steps.DEVICE_FIELDS:
-                record[f"timing/{device}/{field}"] = timing[field]
-        if stopped:
-            self.episode_flags.add("protective_stop")
+        recorder.complete(*reported)
         # How a finished episode ended (an episode cut by the end of the session has none of these).
-        for flag, ended in (("terminated", terminal), ("truncated", truncated), ("time_limit", time_limit)):
-            if ended:
-                self.episode_flags.add(flag)
-        self.pending = Pending(meta["tick"], record, action)
-        self.episode_step = episode_step + 1
+        flags = [flag for flag, happened in (("protective_stop", stopped), ("terminated", terminal),
+                                             ("truncated", truncated), ("time_limit", time_limit)) if happened]
+        recorder.begin(tick=meta["tick"], t_tick_ns=meta["t_tick_ns"], devices=meta["devices"], obs=obs,
+                       reward=reward, is_first=is_first, is_last=is_last, terminal=terminal,
+                       success=self.task.is_success(obs), policy_version=version, sent_action=action, flags=flags)
         return at_max
 
     def _learner_behind(self) -> bool:
@@ -358,7 +326,7 @@ class Actor:
             return True
         if learner.train_ratio <= 0:
             return False
-        collected = self.counters["env_steps"] + (self.pending is not None)
+        collected = self.counters["env_steps"] + (self.recorder is not None and self.recorder.pending is not None)
         if collected < max(self.config.actor.prefill_steps, learner.min_replay_steps):
             return False
         per_update = learner.batch_size * learner.batch_length
@@ -393,122 +361,9 @@ class Actor:
             self.policy.act(obs, is_first)  # keep the recurrent state in step for when the network takes over
         return random_action(self.rng, self.action_dim, self.action_discrete), 0
 
-    def _complete_pending(self, prev: dict | None, recorded: np.ndarray | None, applied: np.ndarray | None = None,
-                          *, force_last: bool = False) -> None:
-        """Finishes the pending step with the daemon's record of its action (the policy's own, or the fallback
-        when it was late), the command applied and the late flag; writes and streams it."""
-        pending = self.pending
-        if pending is None:
-            return
-        record = pending.record
-        shape = (self.action_dim,)
-        if prev is not None and prev.get("tick") == pending.tick and recorded is not None and recorded.shape == shape:
-            record[steps.ACTION] = np.asarray(recorded, np.float32)
-            known = applied is not None and applied.shape == shape
-            record[steps.APPLIED_ACTION] = np.asarray(applied if known else recorded, np.float32)
-            record[steps.LATE] = bool(prev.get("late"))
-            record[steps.CLIPPED] = bool(prev.get("clipped"))
-        else:
-            record[steps.ACTION] = pending.sent_action
-            record[steps.APPLIED_ACTION] = pending.sent_action
-            record[steps.LATE] = True
-            record[steps.CLIPPED] = False
-        if force_last:
-            record[steps.IS_LAST] = True
-        record[steps.STREAM_STEP] = self.counters["env_steps"]
-        self.counters["late_steps"] += int(record[steps.LATE])
-        self.episode.append(record)
-        self.episode_return += float(record[steps.REWARD])
-        self.episode_timing.append({key: record[key] for key in self.step_spec
-                                    if key.startswith("timing/") or key in (steps.REWARD, steps.IS_SUCCESS)})
-        self.chunk_rows.append(record)
-        self.counters["env_steps"] += 1
-        self.counters["policy_version_max"] = max(self.counters["policy_version_max"], int(record[steps.POLICY_VERSION]))
-        self.pending = None
-        if record[steps.IS_LAST]:
-            self._end_episode()
-        elif len(self.chunk_rows) >= self.config.actor.chunk_steps:
-            self._emit_chunk()
-
-    def _end_episode(self) -> None:
-        """Sends the episode's last chunk with its verdict (a flagged episode's steps are kept out of training)
-        and closes its file."""
-        stats, flagged = self._episode_verdict()
-        exclude = None
-        if flagged and self.episode_timing:
-            exclude = {"from": int(self.episode_timing[0][steps.STREAM_STEP]), "n": len(self.episode_timing),
-                       "reasons": flagged}
-        self._emit_chunk(exclude=exclude)
-        self._close_episode(stats, flagged)
-
-    def _episode_verdict(self) -> tuple[dict, list[str]]:
-        """The open episode's timing statistics and its quality flags (robotd/quality.py)."""
-        rows = self.episode_timing
-        data = {key: np.asarray([row[key] for row in rows]) for key in (rows[0] if rows else {})}
-        stats = quality.episode_stats(data, self.config.control.rate_hz, self.devices,
-                                      quality.camera_fps(self.config), flags=self.episode_flags)
-        return stats, quality.assess(stats, self.config.quality, self.devices, self.episode_flags)
-
-    def _emit_chunk(self, exclude: dict | None = None) -> None:
-        rows = self.chunk_rows
-        if not rows:
-            return
-        arrays = {key: np.stack([np.asarray(row[key], dtype) for row in rows]).reshape(len(rows), *shape)
-                  for key, (shape, dtype) in self.step_spec.items()}
-        meta = {"actor_id": self.actor_id, "stream": self.stream_id, "episode_id": self.episode_id,
-                "seq": self.seq, "n_steps": len(rows), "stream_step": self.stream_step}
-        if exclude is not None:
-            meta["exclude"] = exclude
-        self.stream.put(self.seq, wire.encode(wire.Kind.CHUNK, meta, arrays), len(rows), self.stream_step,
-                        self.episode_id)
-        self.seq += 1
-        self.stream_step += len(rows)
-        self.counters["chunks"] += 1
-        self.chunk_rows = []
-
-    def _open_episode(self) -> None:
-        self.episode_id = self.next_episode_id
-        self.next_episode_id += 1
-        attrs = {"session": self.config.session, "actor_id": self.actor_id, "stream": self.stream_id,
-                 "episode_id": self.episode_id,
-                 "robot": self.config.robot.driver, "task": self.task.name,
-                 "control_rate_hz": self.config.control.rate_hz,
-                 "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-        self.episode = EpisodeWriter(session.episode_path(self.logdir, self.actor_id, self.episode_id),
-                                     self.step_spec, attrs)
-        self.episode_return = 0.0
-        self.episode_flags: set[str] = set()
-        self.episode_timing: list[dict] = []
-
-    def _close_episode(self, stats: dict, flagged: list[str]) -> None:
-        writer = self.episode
-        if flagged:
-            self.counters["flagged_episodes"] += 1
-            log.warning("episode %d flagged, kept out of training: %s", self.episode_id, "; ".join(flagged))
-        writer.close(stats=stats, flags=sorted(self.episode_flags | set(flagged)))
-        self.counters["episodes"] += 1
-        self.last_return = self.episode_return
-        self.last_success = bool(stats["success"])
-        scalars = {"episode/return": self.episode_return, "episode/success": float(self.last_success),
-                   "episode/length": stats["length"], "episode/late_steps": stats["late_steps"],
-                   "episode/period_p99_ms": stats["period_ms_p99"], "policy_version": self.policy_version}
-        # The rolling figures count only episodes that ended by themselves, not one cut off by the session's end.
-        finished = bool(self.episode_flags & set(curves.ENDINGS))
-        scalars["episode/finished"] = float(finished)
-        if finished:
-            self.recent.append((self.episode_return, self.last_success))
-            self.finished_episodes += 1
-            self.succeeded_episodes += int(self.last_success)
-        if self.recent:
-            scalars["episode/return_mean20"], scalars["episode/success_rate20"] = self.rolling()
-        self.metrics.write(self.counters["env_steps"], scalars)
-        self.episode = None
-
     def rolling(self) -> tuple[float, float]:
-        """Mean return and success rate of the last ROLLING_EPISODES finished episodes ((0, 0) before any)."""
-        if not self.recent:
-            return 0.0, 0.0
-        return (float(np.mean([r for r, _ in self.recent])), float(np.mean([s for _, s in self.recent])))
+        """Mean return and success rate of the last finished episodes (see StepRecorder.rolling)."""
+        return self.recorder.rolling() if self.recorder is not None else (0.0, 0.0)
 
     # ----------------------------------------------------------------------------------------
     def _subscribe_weights(self, context, max_bytes) -> None:
@@ -541,25 +396,24 @@ class Actor:
         return_mean, success_rate = self.rolling()
         self.status.publish({"env_steps": self.counters["env_steps"], "episodes": self.counters["episodes"],
                              "policy_version": self.policy_version, "policy_age_s": age,
-                             "last_return": self.last_return, "last_success": int(self.last_success),
-                             "finished_episodes": self.finished_episodes, "return_mean20": return_mean,
+                             "last_return": self.recorder.last_return,
+                             "last_success": int(self.recorder.last_success),
+                             "finished_episodes": self.recorder.finished_episodes, "return_mean20": return_mean,
                              "success_rate": success_rate,
                              "unacked_chunks": self.stream.pending,
                              "learner_connected": self.stream.accepted.is_set()}, force=force)
 
     def _finish(self, daemon) -> None:
         """Closes the episode, says bye to the daemon, drains the stream and writes the stats."""
-        if self.pending is not None:
+        recorder = self.recorder
+        if recorder.pending is not None:
             message = None
             if daemon.poll(int(2000 / self.config.control.rate_hz) + 50):
                 message = self.receiver.decode(daemon.recv_multipart(copy=False))
-            if message is not None and message.kind == wire.Kind.OBS:
-                self._complete_pending(message.meta["prev"], message.arrays.get("prev_action"),
-                                       message.arrays.get("prev_applied_action"), force_last=True)
-            else:
-                self._complete_pending(None, None, force_last=True)
-        if self.episode is not None:
-            self._end_episode()
+            if message is not None and message.kind == wire.Kind.OBS and self._obs_problem(message) is None:
+                recorder.complete(message.meta["prev"], message.arrays.get("prev_action"),
+                                  message.arrays.get("prev_applied_action"), force_last=True)
+        recorder.close()
         try:
             wire.send(daemon, wire.Kind.BYE, {"reason": "actor finished"}, flags=zmq.NOBLOCK)
         except zmq.ZMQError:
@@ -580,7 +434,8 @@ class Actor:
             self.weights.stop()
         return_mean, success_rate = self.rolling()
         self.stats = {**self.counters, "actor_id": self.actor_id, "unacked_chunks": self.stream.pending,
-                      "finished_episodes": self.finished_episodes, "succeeded_episodes": self.succeeded_episodes,
+                      "finished_episodes": recorder.finished_episodes,
+                      "succeeded_episodes": recorder.succeeded_episodes,
                       "return_mean20": return_mean, "success_rate20": success_rate,
                       "sent_chunks": self.stream.sent_chunks, "resent_chunks": self.stream.resent_chunks,
                       "acked_chunks": self.stream.acked_chunks, "learner_restarts": self.stream.reconnects,

@@ -36,7 +36,7 @@ def test_a_well_formed_observation_passes(actor):
 
 
 @pytest.mark.parametrize("meta_changes, arrays_changes, expected", [
-    ({"prev": None}, None, "meta.prev"),
+    ({"prev": {"late": False}}, None, "meta.prev"),          # a dict without the tick (not a dict: robotd.wire)
     ({"devices": {"arm": TIMING}}, None, "meta.devices should name"),
     ({"devices": {"arm": {"hw_time_ns": 1}, "camera": TIMING}}, None, "meta.devices.arm lacks"),
     (None, {"camera/image": None}, "array camera/image missing"),

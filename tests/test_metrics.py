@@ -117,7 +117,8 @@ def test_process_name_that_cannot_name_a_file_is_rejected(tmp_path):
 # ---- the actor's per-episode scalars ------------------------------------------------------------------------------
 
 def _drive_actor_episodes(tmp_path, episodes):
-    """Runs an Actor's episode bookkeeping (steps completed, episodes closed) without daemon or learner.
+    """Runs an Actor's step recorder (steps completed, episodes closed) without daemon or learner, then the actor's
+    status from it.
 
     ``episodes`` is a list of (rewards, success at the last step, ended by the time limit)."""
     from pathlib import Path
@@ -125,35 +126,36 @@ def _drive_actor_episodes(tmp_path, episodes):
 
     import numpy as np
 
-    from actor.main import Actor, Pending
+    from actor.main import Actor
+    from actor.recorder import StepRecorder
     from robotd import config as config_module, steps
 
     root = Path(__file__).resolve().parents[1]
-    actor = Actor(config_module.load(root / "configs" / "mock_arm.yaml", ["task.episode_steps=3"]), logdir=str(tmp_path),
-                  actor_id="actor0")
+    config = config_module.load(root / "configs" / "mock_arm.yaml", ["task.episode_steps=3"])
+    actor = Actor(config, logdir=str(tmp_path), actor_id="actor0")
     actor.metrics = MetricsWriter(tmp_path, process="actor")
-    published = []
+    published, chunks = [], []
     actor.status = SimpleNamespace(due=lambda: True, publish=lambda counters, force=False: published.append(counters))
-    actor.stream = SimpleNamespace(put=lambda *args: None, pending=0, accepted=SimpleNamespace(is_set=lambda: True))
-    actor.task = SimpleNamespace(name="t")
-    actor.devices, actor.action_dim = [], 1
-    actor.step_spec = steps.step_spec({"x": ((1,), "float32")}, 1, [])
-    actor.next_episode_id, actor.seq, actor.stream_step, actor.chunk_rows, actor.episode = 0, 0, 0, [], None
+    actor.stream = SimpleNamespace(pending=0, accepted=SimpleNamespace(is_set=lambda: True))
+    actor.recorder = StepRecorder(config, logdir=tmp_path, actor_id="actor0", stream_id="s0", task_name="t",
+                                  step_spec=steps.step_spec({"x": ((1,), "float32")}, 1, []), devices=[],
+                                  first_episode_id=0, emit=lambda *chunk: chunks.append(chunk),
+                                  metrics=actor.metrics, counters=actor.counters)
     tick = 0
     for rewards, success, time_limit in episodes:
-        actor._open_episode()
         for t, reward in enumerate(rewards):
             last = t == len(rewards) - 1
-            record = {"obs/x": np.zeros(1, np.float32), steps.REWARD: np.float32(reward), steps.IS_FIRST: t == 0,
-                      steps.IS_LAST: last, steps.IS_TERMINAL: False, steps.IS_SUCCESS: last and success,
-                      steps.TICK: tick, steps.T_TICK_NS: tick * 40_000_000, steps.POLICY_VERSION: 0}
-            if last and time_limit:
-                actor.episode_flags.add("time_limit")
-            actor.pending = Pending(tick, record, np.zeros(1, np.float32))
-            actor._complete_pending(None, None, force_last=last)
+            actor.recorder.begin(tick=tick, t_tick_ns=tick * 40_000_000, devices={}, obs={"x": np.zeros(1, np.float32)},
+                                 reward=reward, is_first=t == 0, is_last=last, terminal=False,
+                                 success=last and success, policy_version=0, sent_action=np.zeros(1, np.float32),
+                                 flags=["time_limit"] if last and time_limit else [])
+            actor.recorder.complete(None, None, force_last=last)
             tick += 1
         actor._publish_status(force=True)
     actor.metrics.close()
+    # One chunk per episode (3 steps < chunk_steps), numbered on the stream without gaps.
+    assert [chunk[0] for chunk in chunks] == list(range(len(episodes)))
+    assert [chunk[3] for chunk in chunks] == [sum(len(r) for r, _, _ in episodes[:i]) for i in range(len(episodes))]
     return actor, published
 
 
