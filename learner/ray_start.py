@@ -14,6 +14,8 @@ import math
 import os
 import signal
 import stat
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Mapping
@@ -150,8 +152,10 @@ def _ray_waits(seconds: float):
             os.environ.pop(name, None)
 
 
-def kill_descendants_naming(marker: str) -> list[int]:
+def kill_descendants_naming(marker: str, *, of_anyone: bool = False) -> list[int]:
     """Kills this process's descendants whose command line contains ``marker``, and theirs; returns their ids.
+    With ``of_anyone``, every such process of this user, wherever it hangs in the process tree (Ray's
+    processes outlive a killed learner, adopted by init).
 
     A local Ray start that fails leaves its GCS and raylet running (Ray forgets them); they all name the
     attempt's own temporary directory. Needs /proc (Linux); elsewhere nothing is killed.
@@ -171,7 +175,7 @@ def kill_descendants_naming(marker: str) -> list[int]:
         except (OSError, IndexError, ValueError):
             continue
         parents[int(entry.name)] = parent
-        if marker in cmdline:
+        if marker in cmdline and (not of_anyone or entry.stat().st_uid == os.getuid()):
             named.add(int(entry.name))
     me = os.getpid()
 
@@ -182,7 +186,7 @@ def kill_descendants_naming(marker: str) -> list[int]:
             pid = parents[pid]
             yield pid
 
-    victims = sorted(pid for pid in parents if pid != me and me in ancestors(pid)
+    victims = sorted(pid for pid in parents if pid != me and (of_anyone or me in ancestors(pid))
                      and any(p in named for p in (pid, *ancestors(pid))))
     for pid in victims:
         try:
@@ -196,6 +200,45 @@ def kill_descendants_naming(marker: str) -> list[int]:
             except ChildProcessError:
                 pass
     return victims
+
+
+_reaper_pipes: list[int] = []     # write ends held open for the life of this process
+
+
+def start_reaper(marker: str) -> subprocess.Popen | None:
+    """Starts a watcher that outlives this process by a moment: when this process ends in any way (a SIGKILL too),
+    it kills every process of this user whose command line names ``marker`` (a local Ray's temporary directory:
+    its GCS, raylet and workers), so a killed learner leaves no Ray behind. Linux only (/proc); else None."""
+    if not os.path.isdir("/proc"):
+        return None
+    read_end, write_end = os.pipe()             # both close-on-exec: only the watcher's stdin keeps the read end
+    try:
+        watcher = subprocess.Popen([sys.executable, "-m", "learner.ray_start", "--reap-when-parent-dies", marker],
+                                   stdin=read_end, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                   start_new_session=True, cwd=str(Path(__file__).resolve().parent.parent))
+    except OSError as exc:
+        os.close(write_end)
+        log.warning("no watcher for Ray's processes (%s): if this learner is killed, stop Ray with `ray stop`", exc)
+        return None
+    finally:
+        os.close(read_end)
+    _reaper_pipes.append(write_end)
+    return watcher
+
+
+def _reap_when_parent_dies(marker: str) -> int:
+    """The watcher's side of start_reaper: waits for end of file on stdin, then kills what names ``marker``."""
+    while True:
+        try:
+            if not os.read(0, 4096):
+                break
+        except InterruptedError:
+            continue
+        except OSError:
+            break
+    time.sleep(0.2)             # a clean shutdown stops Ray itself; the watcher only mops up after a kill
+    kill_descendants_naming(marker, of_anyone=True)
+    return 0
 
 
 def _is_loopback_ip(host: str) -> bool:
@@ -217,6 +260,7 @@ def _start_local_ray(ray, seconds: float) -> None:
         killed = kill_descendants_naming(temp_dir)
         log.info("Ray start failed: stopped the %d process(es) it left; its logs are in %s", len(killed), temp_dir)
         raise
+    start_reaper(temp_dir)
     node_ip = ray.util.get_node_ip_address()
     if not _is_loopback_ip(node_ip):
         ray.shutdown()
@@ -271,3 +315,9 @@ def start_ray(config: Config, *, sleep: Callable[[float], object] = time.sleep,
                 what=f"starting Ray locally on {LOOPBACK}", fatal=fatal, sleep=sleep, stopped=stopped,
                 fix="raise learner.ray_start_timeout_s or free some CPU")
     return ray
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "--reap-when-parent-dies" and "robotd-ray-" in sys.argv[2]:
+        sys.exit(_reap_when_parent_dies(sys.argv[2]))
+    sys.exit("usage: python -m learner.ray_start --reap-when-parent-dies /tmp/robotd-ray-XXXX (started by the learner)")

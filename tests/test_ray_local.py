@@ -4,8 +4,10 @@ import ipaddress
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -218,14 +220,36 @@ def test_leftovers_of_a_failed_start_are_killed_and_nothing_else(tmp_path):
             process.wait()
 
 
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="the watcher needs /proc (Linux)")
+def test_the_watcher_kills_what_names_the_marker_once_its_starter_is_gone(tmp_path):
+    marker = str(tmp_path / "robotd-ray-watched")
+    sleeper = [sys.executable, "-c", "import sys, time; time.sleep(60)"]
+    left = subprocess.Popen([*sleeper, marker])
+    other = subprocess.Popen(sleeper)
+    watcher = ray_start.start_reaper(marker)
+    try:
+        assert watcher is not None
+        time.sleep(0.3)
+        assert left.poll() is None, "the watcher acted while its starter was alive"
+        os.close(ray_start._reaper_pipes.pop())         # what the starter's death does to the pipe
+        assert left.wait(timeout=20) == -9
+        assert watcher.wait(timeout=20) == 0
+        assert other.poll() is None
+    finally:
+        for process in (left, other, watcher):
+            if process is not None and process.poll() is None:
+                process.kill()
+                process.wait()
+
+
 # ---- a real local Ray --------------------------------------------------------------------------------
 
 _LOCAL_RAY = """
 import json, os, sys
-from learner.main import _start_ray
+from learner.ray_start import start_ray
 from learner.replay import ReplayBuffer
 from robotd import config
-ray = _start_ray(config.load(None))
+ray = start_ray(config.load(None))
 replay = ray.remote(num_cpus=0.25)(ReplayBuffer).remote(1000, 0)
 ray.get(replay.stats.remote())
 print(json.dumps({"node_ip": ray.util.get_node_ip_address(), "auth": os.environ.get("RAY_AUTH_MODE")}), flush=True)
@@ -337,3 +361,35 @@ def test_local_ray_listens_on_loopback_only(tmp_path):
     # GCS, raylet (node manager and object manager), the driver's and the replay worker's gRPC servers.
     assert len(sockets) >= 5, sockets
     assert [s for s in sockets if not _is_loopback(s[1])] == []
+
+
+def _running(pid: int) -> bool:
+    """Whether ``pid`` is a live process (not gone, not a zombie waiting for a parent that does not reap)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+@pytest.mark.slow  # Ray's start on a loaded 2-core machine takes 10-30 s
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="needs /proc")
+def test_a_killed_learner_leaves_no_ray_process_behind(tmp_path):
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")}
+    process = subprocess.Popen([sys.executable, "-c", _LOCAL_RAY], cwd=ROOT, env=env, text=True,
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    try:
+        assert process.stdout.readline(), "Ray did not start"
+        ray_pids = {pid for pid in _descendants(process.pid)
+                    if Path(f"/proc/{pid}/comm").read_text().strip() in ("gcs_server", "raylet")}
+        assert len(ray_pids) == 2
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=10)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and any(_running(pid) for pid in ray_pids):
+            time.sleep(0.2)
+        assert not [pid for pid in ray_pids if _running(pid)], "Ray outlived its learner"
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
