@@ -28,7 +28,9 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import logging
+import itertools
 import os
+import queue
 import stat
 import threading
 from collections.abc import Sequence
@@ -36,6 +38,7 @@ from pathlib import Path
 
 import zmq
 from zmq.utils import z85
+from zmq.utils.monitor import parse_monitor_message
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +52,10 @@ AUTH_MODES = ("auto", "always", "never")
 _ZAP_ENDPOINT = "inproc://zeromq.zap.01"
 _KEY_TEXT_LEN = 40  # Z85 text of a 32-byte CURVE key
 _KEY_BYTES_LEN = 32
+# Handshakes that fail before the ZAP handler is asked: a client without keys (NULL or PLAIN against CURVE) or one
+# that breaks the protocol. Failures of the ZAP check itself are counted by the handler.
+_UNKEYED_EVENTS = zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+_monitor_ids = itertools.count()
 
 
 class SecurityError(RuntimeError):
@@ -312,7 +319,10 @@ class CurveServer:
     """Authenticator for one zmq.Context (a ZAP handler thread) that admits only the public keys in keys_dir/actors/*.key.
 
     The learner's secret and the actor keys are read when the server is made, so a new or removed
-    actor key takes effect on the next learner start. ``rejected`` counts refused handshakes.
+    actor key takes effect on the next learner start. ``rejected`` counts refused handshakes: keys not admitted
+    (the ZAP check) and clients without keys or breaking the protocol (``rejected_unkeyed``, seen by a monitor
+    on every socket it secures); each refused key, and each endpoint a client without keys knocked on, is
+    logged once.
     Use ``with CurveServer(context, keys_dir) as server:`` or ``start()`` / ``stop()``; stop only
     after closing the sockets it secures, since libzmq admits every client once no handler runs.
     """
@@ -329,7 +339,9 @@ class CurveServer:
             raise SecurityError(f"no actor public keys in {actors_dir}: copy each robot's actors/<actor>.key "
                                 f"there (init_keys makes them)")
         self.rejected = 0
+        self.rejected_unkeyed = 0
         self._refused_logged: set[bytes] = set()
+        self._monitors: queue.SimpleQueue[str] = queue.SimpleQueue()     # endpoints the handler thread connects
         self._thread: threading.Thread | None = None
         self._stop_pipe: zmq.Socket | None = None
 
@@ -394,25 +406,55 @@ class CurveServer:
         socket.curve_server = True
         socket.curve_publickey = self._public
         socket.curve_secretkey = self._secret
+        endpoint = f"inproc://robotd-curve-monitor-{os.getpid()}-{next(_monitor_ids)}"
+        socket.monitor(endpoint, _UNKEYED_EVENTS)       # in the socket's own thread; read by the handler thread
+        self._monitors.put(endpoint)
 
     def _serve(self, zap: zmq.Socket, pipe: zmq.Socket) -> None:
         """Handler thread: answers ZAP requests until the stop pipe fires."""
         poller = zmq.Poller()
         poller.register(zap, zmq.POLLIN)
         poller.register(pipe, zmq.POLLIN)
+        monitors: list[zmq.Socket] = []
+        logged_endpoints: set[bytes] = set()
         try:
             while True:
-                events = dict(poller.poll())
+                while not self._monitors.empty():
+                    monitor = self._context.socket(zmq.PAIR)
+                    monitor.linger = 0
+                    monitor.connect(self._monitors.get())
+                    poller.register(monitor, zmq.POLLIN)
+                    monitors.append(monitor)
+                events = dict(poller.poll(200))
                 if pipe in events:
                     return
                 if zap in events:
                     zap.send_multipart(self._answer(zap.recv_multipart()))
+                for monitor in monitors:
+                    if monitor in events:
+                        self._unkeyed(parse_monitor_message(monitor.recv_multipart()), logged_endpoints)
         except zmq.ContextTerminated:
             # The context was terminated without stop(); closing below lets that term() finish.
             pass
         finally:
+            for monitor in monitors:
+                monitor.close()
             zap.close()
             pipe.close()
+
+    def _unkeyed(self, event: dict, logged_endpoints: set[bytes]) -> None:
+        """A handshake refused before the ZAP check (no keys, or a broken protocol); logged once per endpoint."""
+        if not event["event"] & _UNKEYED_EVENTS:
+            return
+        self.rejected += 1
+        self.rejected_unkeyed += 1
+        endpoint = event.get("endpoint", b"")
+        if endpoint not in logged_endpoints and len(logged_endpoints) < 100:
+            logged_endpoints.add(endpoint)
+            log.warning("refused a handshake on %s from a client without this session's CurveZMQ keys (%s); "
+                        "further ones there are counted, not logged", endpoint.decode(errors="replace"),
+                        "mechanism mismatch" if event.get("value") == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH
+                        else "protocol error")
 
     def _answer(self, request: list[bytes]) -> list[bytes]:
         """The ZAP reply (RFC 27) to one handshake: 200 with the actor name as user id, or 400."""

@@ -272,6 +272,25 @@ def test_a_plain_client_gets_nothing_through_a_curve_server(context, keys):
         dealer.connect(address)
         dealer.send(b"chunk")
         assert router.poll(int(SILENCE_S * 1000)) == 0
+        # Refused before the key check (no keys at all), yet counted and logged once for the endpoint.
+        assert wait_until(lambda: server.rejected_unkeyed >= 1)
+        assert server.rejected >= server.rejected_unkeyed
+
+
+def test_a_plain_client_is_logged_once_per_endpoint(context, keys, caplog):
+    with CurveServer(context, keys) as server:
+        router = socket(context, zmq.ROUTER)
+        server.configure(router)
+        address = bound(router)
+        with caplog.at_level("WARNING", logger="robotd.security"):
+            clients = [socket(context, zmq.DEALER) for _ in range(3)]
+            for client in clients:
+                client.connect(address)
+            assert wait_until(lambda: server.rejected_unkeyed >= 3)
+            for client in clients:
+                client.close()
+        lines = [r for r in caplog.records if "without this session's CurveZMQ keys" in r.getMessage()]
+        assert len(lines) == 1 and address in lines[0].getMessage()
 
 
 def test_a_client_expecting_another_learner_key_gets_nothing_through(context, keys, stranger_keys):
