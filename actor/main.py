@@ -192,7 +192,6 @@ class Actor:
         return max(1.0, 20.0 / control.rate_hz), True
 
     def _loop(self, daemon, context, max_bytes) -> None:
-        config = self.config
         silence_s, silence_ends_episode = self.silence_policy()
         recorder = self.recorder
         self._zmq = (context, max_bytes)

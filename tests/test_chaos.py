@@ -16,6 +16,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 import chaos  # noqa: E402
 from robotd.episodes import EpisodeWriter  # noqa: E402
+from tests import procs  # noqa: E402
 
 CONFIG = str(ROOT / "configs" / "mock_arm.yaml")
 SPEC = {"action": ((1,), "float32"), "reward": ((), "float32"), "is_first": ((), "bool"), "is_last": ((), "bool"),
@@ -228,16 +229,7 @@ def test_the_command_line_exits_2_with_one_line(tmp_path):
 
 
 def session_processes(marker: str) -> list[str]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            except OSError:
-                continue
-            if marker in cmdline and "pytest" not in cmdline and "chaos.py" not in cmdline:
-                found.append(cmdline)
-    return found
+    return procs.live_naming(marker, unless=("pytest", "chaos.py"))
 
 
 @pytest.mark.slow

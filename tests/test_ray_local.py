@@ -16,6 +16,7 @@ from learner import ray_start
 from robotd import config as cfg
 from robotd.config import LearnerConfig
 from robotd.security import SecurityError
+from tests import procs
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -259,24 +260,6 @@ print("down", flush=True)
 """
 
 
-def _descendants(root: int) -> set[int]:
-    parents = {}
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit():
-            try:
-                stat = Path(f"/proc/{entry.name}/stat").read_bytes()
-            except OSError:
-                continue
-            parents[int(entry.name)] = int(stat.rsplit(b")", 1)[1].split()[1])
-    found, frontier = {root}, [root]
-    while frontier:
-        parent = frontier.pop()
-        for pid, ppid in parents.items():
-            if ppid == parent and pid not in found:
-                found.add(pid)
-                frontier.append(pid)
-    return found
-
 
 def _socket_inodes(pids: set[int]) -> dict[int, int]:
     inodes = {}
@@ -344,7 +327,7 @@ def test_local_ray_listens_on_loopback_only(tmp_path):
             process.wait(timeout=60)
             pytest.fail((tmp_path / "stderr.txt").read_text()[-3000:])
         info = json.loads(line)
-        pids = _descendants(process.pid)
+        pids = procs.descendants(process.pid)
         names = {Path(f"/proc/{pid}/comm").read_text().strip() for pid in pids if Path(f"/proc/{pid}").exists()}
         sockets = listening_sockets(pids)
         process.stdin.write("\n")
@@ -363,14 +346,6 @@ def test_local_ray_listens_on_loopback_only(tmp_path):
     assert [s for s in sockets if not _is_loopback(s[1])] == []
 
 
-def _running(pid: int) -> bool:
-    """Whether ``pid`` is a live process (not gone, not a zombie waiting for a parent that does not reap)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
-
-
 @pytest.mark.slow  # Ray's start on a loaded 2-core machine takes 10-30 s
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="needs /proc")
 def test_a_killed_learner_leaves_no_ray_process_behind(tmp_path):
@@ -380,15 +355,15 @@ def test_a_killed_learner_leaves_no_ray_process_behind(tmp_path):
                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     try:
         assert process.stdout.readline(), "Ray did not start"
-        ray_pids = {pid for pid in _descendants(process.pid)
+        ray_pids = {pid for pid in procs.descendants(process.pid)
                     if Path(f"/proc/{pid}/comm").read_text().strip() in ("gcs_server", "raylet")}
         assert len(ray_pids) == 2
         process.send_signal(signal.SIGKILL)
         process.wait(timeout=10)
         deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and any(_running(pid) for pid in ray_pids):
+        while time.monotonic() < deadline and any(procs.running(pid) for pid in ray_pids):
             time.sleep(0.2)
-        assert not [pid for pid in ray_pids if _running(pid)], "Ray outlived its learner"
+        assert not [pid for pid in ray_pids if procs.running(pid)], "Ray outlived its learner"
     finally:
         if process.poll() is None:
             process.kill()

@@ -14,7 +14,8 @@ from robotd.episodes import count_steps, read_episode
 from robotd.metrics import read_metrics
 
 ROOT = Path(__file__).resolve().parent.parent
-from tests.test_ray_local import _descendants, _is_loopback, listening_sockets  # noqa: E402
+from tests import procs  # noqa: E402
+from tests.test_ray_local import _is_loopback, listening_sockets  # noqa: E402
 
 FAST = ["--set", "control.rate_hz=50", "--set", "control.action_deadline_ms=15", "--set", "actor.prefill_steps=100",
         "--set", "learner.min_replay_steps=64", "--set", "learner.batch_size=4", "--set", "learner.batch_length=16",
@@ -22,32 +23,8 @@ FAST = ["--set", "control.rate_hz=50", "--set", "control.action_deadline_ms=15",
 
 
 def session_processes(marker: str) -> list[str]:
-    """Command lines of live processes that mention ``marker`` (the session's log directory)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            state = (entry / "stat").read_text().split()[2]
-        except OSError:
-            continue
-        if marker in cmdline and state != "Z":
-            found.append(cmdline)
-    return found
-
-
-def ray_processes_since(pids_before: set[int]) -> list[str]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and int(entry.name) not in pids_before:
-            try:
-                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            except OSError:
-                continue
-            if "ray" in cmdline and ("raylet" in cmdline or "gcs_server" in cmdline or "default_worker" in cmdline):
-                found.append(cmdline)
-    return found
+    """Command lines of live processes that name ``marker`` (the session's log directory)."""
+    return procs.live_naming(marker)
 
 
 def train(config: str, logdir: Path, steps: int, extra=(), timeout_s=240) -> subprocess.CompletedProcess:
@@ -70,7 +47,7 @@ def assert_session_invariants(logdir: Path, steps: int | None) -> dict:
 
 
 def test_a_short_arm_session_streams_trains_uses_new_weights_and_survives_faults(tmp_path):
-    pids_before = {int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()}
+    pids_before = procs.pids()
     logdir = tmp_path / "arm"
     faults = ["--set", "robot.args.faults={protective_stop_at_s: 5.0}",
               "--set", "cameras.0.args.faults={frozen_at_s: 3.0, frozen_for_s: 0.5}",
@@ -95,7 +72,7 @@ def test_a_short_arm_session_streams_trains_uses_new_weights_and_survives_faults
     assert episode.steps["obs/image"].shape[1:] == (64, 64, 3)
     assert episode.steps["is_first"][0] and episode.steps["is_last"][-1]
     assert session_processes(str(logdir)) == []
-    assert ray_processes_since(pids_before) == []
+    assert procs.ray_since(pids_before) == []
     # World-model reports: per-head losses in the learner's metrics, open-loop videos as GIFs.
     reported = [r for r in read_metrics(logdir / "metrics" / "learner.jsonl") if "report/openloop/image" in r]
     assert reported and reported[-1]["report/loss/reward"] >= 0
@@ -122,7 +99,7 @@ def test_a_target_train_ratio_is_held_by_the_learner_while_the_robot_keeps_its_r
 
 
 def test_ctrl_c_stops_everything_and_leaves_a_readable_session(tmp_path):
-    pids_before = {int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()}
+    pids_before = procs.pids()
     logdir = tmp_path / "interrupted"
     argv = [sys.executable, "-m", "robotd", "train", str(ROOT / "configs" / "mock_arm.yaml"), "--steps", "100000",
             "--logdir", str(logdir), *FAST]
@@ -132,7 +109,7 @@ def test_ctrl_c_stops_everything_and_leaves_a_readable_session(tmp_path):
         time.sleep(0.5)
     assert len(list((logdir / "episodes").glob("*.h5"))) >= 2, "the session never got going"
     # Nothing of the session listens beyond loopback: not its channels, not Ray (GCS, raylet, workers, agents).
-    listening = listening_sockets(_descendants(process.pid))
+    listening = listening_sockets(procs.descendants(process.pid))
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 130, stderr[-3000:]
@@ -143,7 +120,7 @@ def test_ctrl_c_stops_everything_and_leaves_a_readable_session(tmp_path):
     daemon = json.loads((logdir / "stats" / "daemon.json").read_text())
     assert daemon["ticks"] > 0
     assert session_processes(str(logdir)) == []
-    assert ray_processes_since(pids_before) == []
+    assert procs.ray_since(pids_before) == []
 
 
 def knock_as_strangers(logdir: Path, seconds: float = 4.0) -> bool:
@@ -256,15 +233,7 @@ def test_an_unwritable_logdir_fails_in_one_line(tmp_path):
 
 
 def find_learner_pid(logdir: Path) -> int | None:
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                cmdline = (entry / "cmdline").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            if b"learner" in cmdline and str(logdir).encode() in b" ".join(cmdline) and b"-m" in cmdline:
-                return int(entry.name)
-    return None
+    return procs.module_pid("learner", str(logdir))
 
 
 def test_a_learner_that_dies_is_restarted_and_the_session_loses_nothing(tmp_path):
@@ -289,7 +258,7 @@ def test_a_learner_that_dies_is_restarted_and_the_session_loses_nothing(tmp_path
 
 
 def test_ctrl_c_while_the_processes_are_still_starting_leaves_nothing_running(tmp_path):
-    pids_before = {int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()}
+    pids_before = procs.pids()
     logdir = tmp_path / "early"
     argv = [sys.executable, "-m", "robotd", "train", str(ROOT / "configs" / "mock_arm.yaml"), "--steps", "100000",
             "--logdir", str(logdir), *FAST]
@@ -305,7 +274,7 @@ def test_ctrl_c_while_the_processes_are_still_starting_leaves_nothing_running(tm
     assert summary["exit_reason"] == "interrupted"
     assert summary["logged_steps"] == summary["env_steps"]
     assert session_processes(str(logdir)) == []
-    assert ray_processes_since(pids_before) == []
+    assert procs.ray_since(pids_before) == []
 
 
 # ---- summary.json's return and success, from hand-made episode files (no processes) ------------------------------

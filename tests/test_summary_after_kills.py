@@ -14,6 +14,7 @@ import zmq
 from robotd import session, wire
 from robotd.episodes import count_steps
 from robotd.orchestrator import Child, format_summary, last_log_line, summarize
+from tests import procs
 from tests.test_session import FAST, ROOT, _write_episode, session_processes
 
 KILLED = {"daemon": 0, "actor": -signal.SIGKILL, "learner": 0}
@@ -178,15 +179,7 @@ def test_a_traceback_is_quoted_by_its_last_line(tmp_path):
 # ---- a whole session whose actor is killed ------------------------------------------------------------------------
 
 def _actor_pid(logdir: Path) -> int | None:
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            except OSError:
-                continue
-            if str(logdir) in cmdline and " -m actor " in cmdline:
-                return int(entry.name)
-    return None
+    return procs.module_pid("actor", str(logdir))
 
 
 def _closed_episodes(logdir: Path) -> int:
