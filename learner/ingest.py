@@ -142,7 +142,9 @@ class IngestServer(threading.Thread):
         self.receiver = wire.Receiver("ingest", max_bytes=max_bytes)
         self.ledger = IngestLedger()
         self.peers: dict[bytes, dict] = {}
-        self.counters = {"chunks": 0, "refused_chunks": 0, "refused_hellos": 0, "heartbeats": 0, "excluded_episodes": 0}
+        self.counters = {"chunks": 0, "refused_chunks": 0, "refused_hellos": 0, "heartbeats": 0, "excluded_episodes": 0,
+                         "chunks_before_hello": 0}
+        self._logged_refusals: set[bytes] = set()      # peers whose refusal was logged (once each, at most 1000)
         self._halt = threading.Event()
         self.lock = threading.Lock()
         # Set after new steps are stored: a learner holding at its train ratio wakes at once, not on its next poll.
@@ -152,6 +154,13 @@ class IngestServer(threading.Thread):
         """Ends the thread and closes the socket."""
         self._halt.set()
         self.join(5.0)
+
+    def _first_refusal(self, identity: bytes) -> bool:
+        """True the first time ``identity`` is refused (its refusals are logged once; all are counted)."""
+        if identity in self._logged_refusals or len(self._logged_refusals) >= 1000:
+            return False
+        self._logged_refusals.add(identity)
+        return True
 
     def _refill(self) -> None:
         """Loads what this session already logged (a restarted learner on the robot's log directory)."""
@@ -199,14 +208,14 @@ class IngestServer(threading.Thread):
             # The reply never names the expected digest (a stranger could replay it); the log names both.
             reason = ("config digest differs from the learner's: start the actor and the learner with the same "
                       "robot, cameras, task and model config (the learner's log names both)")
-            log.warning("actor %s sent config digest %s; this learner's is %s", str(meta.get("actor_id"))[:60],
-                        str(meta.get("config_digest"))[:60], self.config_digest)
         spec = meta.get("spec")
         if reason is None and not isinstance(spec, dict):
             reason = "hello has no step spec: upgrade the actor"
         if reason is None:
-            spec = {key: (tuple(shape), dtype) for key, (shape, dtype) in spec.items()}
-            if self.spec is None:
+            spec = _parse_spec(spec)
+            if spec is None:
+                reason = "hello's step spec is not {key: [shape, dtype]}: upgrade the actor"
+            elif self.spec is None:
                 self.spec = spec
                 self.action_discrete = bool(meta.get("action_discrete", False))
                 self.on_spec(spec)
@@ -217,7 +226,12 @@ class IngestServer(threading.Thread):
                     reason = f"step spec differs from the learner's: {mismatch}: use the same robot, cameras and task"
         if reason is not None:
             self.counters["refused_hellos"] += 1
-            log.warning("refused actor %s: %s", meta.get("actor_id"), reason)
+            if self._first_refusal(identity):
+                log.warning("refused actor %s: %s (further refusals of this peer are counted, not logged)",
+                            str(meta.get("actor_id"))[:60], reason)
+                if meta.get("config_digest") != self.config_digest:
+                    log.warning("actor %s sent config digest %s; this learner's is %s",
+                                str(meta.get("actor_id"))[:60], str(meta.get("config_digest"))[:60], self.config_digest)
             self._reply(identity, wire.Kind.REFUSE, {"reason": reason})
             return
         peer = {"actor_id": meta.get("actor_id"), "stream": meta.get("stream")}
@@ -238,6 +252,10 @@ class IngestServer(threading.Thread):
         meta = message.meta
         peer = self.peers.get(identity)
         if peer is None:
+            self.counters["chunks_before_hello"] += 1
+            if self._first_refusal(identity):
+                log.warning("chunk from a peer that said no accepted hello (actor %s): refused, not stored",
+                            str(meta.get("actor_id"))[:60])
             self._reply(identity, wire.Kind.REFUSE, {"reason": "say hello first", "code": "hello_required"})
             return
         chunk_stream = meta.get("stream", peer["stream"])
@@ -295,3 +313,19 @@ def _previous_streams(value) -> dict[str, int]:
                 and not isinstance(through, bool) and through >= 0:
             taken[name] = through
     return taken
+
+
+def _parse_spec(spec: dict) -> dict | None:
+    """A hello's step spec {key: [shape, dtype]} as {key: (shape tuple, dtype string)}, or None when malformed."""
+    parsed = {}
+    try:
+        for key, (shape, dtype) in spec.items():
+            if not isinstance(key, str) or not isinstance(dtype, str) or not isinstance(shape, list) \
+                    or len(shape) > 8 or not all(isinstance(n, int) and not isinstance(n, bool) and 0 <= n < 2**31
+                                                 for n in shape):
+                return None
+            np.dtype(dtype)                 # a name numpy does not know raises here, not in the replay
+            parsed[key] = (tuple(shape), dtype)
+    except (TypeError, ValueError):
+        return None
+    return parsed

@@ -181,6 +181,29 @@ def test_hello_with_another_spec_is_refused_naming_the_key(context):
     assert reply.kind == wire.Kind.REFUSE and "'obs/x'" in reply.meta["reason"]
 
 
+@pytest.mark.parametrize("spec", [{"obs/x": 5}, {"obs/x": [[2], "no-such-dtype"]}, {"obs/x": [[-1], "float32"]},
+                                  {"obs/x": [["2"], "float32"]}, {"obs/x": [[2]]}])
+def test_a_malformed_step_spec_is_refused_and_logged_once_and_the_learner_goes_on(context, spec, caplog):
+    (port,) = free_tcp_ports(1)
+    address = f"tcp://127.0.0.1:{port}"
+    learner = Learner(context, address)
+    dealer = context.socket(zmq.DEALER)
+    dealer.connect(address)
+    try:
+        with caplog.at_level("WARNING", logger="learner.ingest"):
+            for _ in range(3):
+                wire.send(dealer, wire.Kind.HELLO, dict(HELLO, spec=spec))
+                reply = wire.recv(dealer)
+                assert reply.kind == wire.Kind.REFUSE and "step spec" in reply.meta["reason"]
+        assert len([r for r in caplog.records if "refused actor" in r.getMessage()]) == 1
+        assert learner.server.stats()["refused_hellos"] == 3
+        wire.send(dealer, wire.Kind.HELLO, HELLO)                   # the same peer, now well formed, is served
+        assert wire.recv(dealer).kind == wire.Kind.HELLO
+    finally:
+        learner.stop()
+        dealer.close(0)
+
+
 # ---- the spool: back-off, bound, adoption ----------------------------------------------------------------------
 
 def test_resends_to_a_learner_that_never_acks_back_off(context, tmp_path):
