@@ -38,6 +38,33 @@ class DaemonError(RuntimeError):
     """The daemon cannot be reached or refused this actor."""
 
 
+def parse_daemon_hello(hello: dict) -> dict:
+    """The reading spec per device from the daemon's hello, after checking the fields the actor builds on
+    (robot_name, cameras, action_dim, reading_spec); a malformed hello raises DaemonError naming the field."""
+    spec = hello.get("reading_spec")
+    if not isinstance(spec, dict) or not spec:
+        raise DaemonError(f"its hello has no reading_spec ({wire.shown(spec)}): run a daemon of this robotd version")
+    reading_spec = {}
+    for device, device_spec in spec.items():
+        parsed = steps.parse_spec(device_spec)
+        if parsed is None:
+            raise DaemonError(f"its hello's reading_spec for device {device!r} is not {{key: [shape, dtype]}} "
+                              f"({wire.shown(device_spec)}): run a daemon of this robotd version")
+        reading_spec[device] = parsed
+    robot = hello.get("robot_name")
+    if not isinstance(robot, str) or robot not in reading_spec:
+        raise DaemonError(f"its hello names robot {wire.shown(robot)}, which is not among the devices of its "
+                          f"reading_spec {sorted(reading_spec)}: run a daemon of this robotd version")
+    cameras = hello.get("cameras", [])
+    if not isinstance(cameras, list) or not all(isinstance(c, str) and c in reading_spec for c in cameras):
+        raise DaemonError(f"its hello names cameras {wire.shown(cameras)}, not all among the devices of its "
+                          f"reading_spec {sorted(reading_spec)}: run a daemon of this robotd version")
+    if not isinstance(hello.get("action_dim"), int):
+        raise DaemonError(f"its hello has no action_dim ({wire.shown(hello.get('action_dim'))}): run a daemon of this "
+                          f"robotd version")
+    return reading_spec
+
+
 class Actor:
     """Runs episodes against a daemon and streams them to a learner."""
 
@@ -115,11 +142,15 @@ class Actor:
         torch.set_num_threads(config.actor.threads)
         context = zmq.Context()
         daemon, hello = self._connect_daemon(context)
-        reading_spec = {device: {key: (tuple(shape), dtype) for key, (shape, dtype) in spec.items()}
-                        for device, spec in hello["reading_spec"].items()}
+        try:
+            reading_spec = parse_daemon_hello(hello)
+        except DaemonError as exc:
+            daemon.close(0)
+            context.term()
+            raise DaemonError(f"daemon at {config.network.control}: {exc}") from None
         self.devices = list(reading_spec)
         self.reading_spec = reading_spec
-        self.task = tasks.make(config.task.name, robot=hello["robot_name"], cameras=hello["cameras"],
+        self.task = tasks.make(config.task.name, robot=hello["robot_name"], cameras=hello.get("cameras", []),
                                episode_steps=config.task.episode_steps, seed=config.seed, args=config.task.args)
         self.obs_spec = self.task.observation_spec(reading_spec)
         self.action_dim = int(hello["action_dim"])

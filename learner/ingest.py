@@ -212,7 +212,7 @@ class IngestServer(threading.Thread):
         if reason is None and not isinstance(spec, dict):
             reason = "hello has no step spec: upgrade the actor"
         if reason is None:
-            spec = _parse_spec(spec)
+            spec = steps.parse_spec(spec)
             if spec is None:
                 reason = "hello's step spec is not {key: [shape, dtype]}: upgrade the actor"
             elif self.spec is None:
@@ -313,19 +313,3 @@ def _previous_streams(value) -> dict[str, int]:
                 and not isinstance(through, bool) and through >= 0:
             taken[name] = through
     return taken
-
-
-def _parse_spec(spec: dict) -> dict | None:
-    """A hello's step spec {key: [shape, dtype]} as {key: (shape tuple, dtype string)}, or None when malformed."""
-    parsed = {}
-    try:
-        for key, (shape, dtype) in spec.items():
-            if not isinstance(key, str) or not isinstance(dtype, str) or not isinstance(shape, list) \
-                    or len(shape) > 8 or not all(isinstance(n, int) and not isinstance(n, bool) and 0 <= n < 2**31
-                                                 for n in shape):
-                return None
-            np.dtype(dtype)                 # a name numpy does not know raises here, not in the replay
-            parsed[key] = (tuple(shape), dtype)
-    except (TypeError, ValueError):
-        return None
-    return parsed

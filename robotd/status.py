@@ -51,15 +51,15 @@ class Counter:
     def problem(self, value) -> str | None:
         """Why ``value`` is not such a counter, or None."""
         if self.kind == "flag":
-            return None if isinstance(value, bool) else f"is {_shown(value)}, expected true or false"
+            return None if isinstance(value, bool) else f"is {wire.shown(value)}, expected true or false"
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            return f"is {_shown(value)} ({type(value).__name__}), expected a number"
+            return f"is {wire.shown(value)} ({type(value).__name__}), expected a number"
         if self.kind == "count" and not isinstance(value, int):
-            return f"is {_shown(value)}, expected a whole number"
+            return f"is {wire.shown(value)}, expected a whole number"
         if isinstance(value, float) and not math.isfinite(value):
             return f"is {value}, expected a finite number"
         if not self.low <= value <= self.high:
-            return f"is {_shown(value)}, expected {self.low:g} to {self.high:g}"
+            return f"is {wire.shown(value)}, expected {self.low:g} to {self.high:g}"
         return None
 
 
@@ -82,15 +82,6 @@ COUNTERS: dict[str, dict[str, Counter]] = {
 -1 before its first weights, and below 0 when the learner's clock is ahead of the actor's."""
 
 
-def _shown(value) -> str:
-    """``repr(value)`` cut to one short line (the value came from another process)."""
-    try:
-        text = repr(value)
-    except (ValueError, RecursionError):          # an integer too long to print, or nesting too deep
-        text = f"<{type(value).__name__}>"
-    return text if len(text) <= 40 else text[:40] + "..."
-
-
 def status_problem(meta, arrays=None) -> tuple[str, str | None]:
     """Checks a decoded status message: returns (sender, None) when it may be used, else (sender, why not).
 
@@ -99,19 +90,19 @@ def status_problem(meta, arrays=None) -> tuple[str, str | None]:
         return UNKNOWN, f"meta is a {type(meta).__name__}, expected an object"
     process = meta.get("process")
     if not isinstance(process, str) or process not in PROCESSES:
-        return UNKNOWN, f"process {_shown(process)} is not one of {', '.join(PROCESSES)}"
+        return UNKNOWN, f"process {wire.shown(process)} is not one of {', '.join(PROCESSES)}"
     extra = sorted(str(key) for key in meta if key not in ("process", "counters"))
     if extra:
-        return process, f"meta has unexpected field(s) {_shown(extra)}; only process and counters are sent"
+        return process, f"meta has unexpected field(s) {wire.shown(extra)}; only process and counters are sent"
     if arrays:
-        return process, f"carries array(s) {_shown(sorted(arrays))}; status messages have none"
+        return process, f"carries array(s) {wire.shown(sorted(arrays))}; status messages have none"
     counters = meta.get("counters")
     if not isinstance(counters, dict):
-        return process, f"counters is {_shown(counters)}, expected an object of counters"
+        return process, f"counters is {wire.shown(counters)}, expected an object of counters"
     schema = COUNTERS[process]
     for name, value in counters.items():
         if name not in schema:
-            return process, f"counter {_shown(name)} is not one {process} sends (known: {', '.join(schema)})"
+            return process, f"counter {wire.shown(name)} is not one {process} sends (known: {', '.join(schema)})"
         problem = schema[name].problem(value)
         if problem is not None:
             return process, f"counter {name!r} {problem}"

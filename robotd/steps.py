@@ -90,6 +90,25 @@ def check_against(spec: Spec, arrays: dict[str, np.ndarray], n_steps: int) -> st
     return None
 
 
+def parse_spec(spec: object) -> Spec | None:
+    """A spec received as {key: [shape, dtype]} (a hello's step spec, a daemon's reading spec per device) as
+    {key: (shape tuple, dtype string)}, or None when it is malformed or names a dtype numpy does not know."""
+    if not isinstance(spec, dict):
+        return None
+    parsed = {}
+    try:
+        for key, (shape, dtype) in spec.items():
+            if not isinstance(key, str) or not isinstance(dtype, str) or not isinstance(shape, list) \
+                    or len(shape) > 8 or not all(isinstance(n, int) and not isinstance(n, bool) and 0 <= n < 2**31
+                                                 for n in shape):
+                return None
+            np.dtype(dtype)                 # a name numpy does not know raises here, not where it is used
+            parsed[key] = (tuple(shape), dtype)
+    except (TypeError, ValueError):
+        return None
+    return parsed
+
+
 def spec_mismatch(expected: Spec, got: Spec) -> str | None:
     """How step spec ``got`` differs from ``expected`` (the first differing key), or None when they agree."""
     for key in sorted(set(expected) | set(got)):

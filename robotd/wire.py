@@ -155,9 +155,12 @@ class Message:
     arrays: dict[str, np.ndarray]
 
 
-def _shown(value: object) -> str:
-    """Return ``repr(value)`` cut short enough for a one-line error."""
-    text = repr(value)
+def shown(value: object) -> str:
+    """``repr(value)`` cut short enough for a one-line error (the value came from another process)."""
+    try:
+        text = repr(value)
+    except (ValueError, RecursionError):          # an integer too long to print, or nesting too deep
+        text = f"<{type(value).__name__}>"
     if len(text) > _MAX_SHOWN_CHARS:
         return text[:_MAX_SHOWN_CHARS] + "..."
     return text
@@ -181,7 +184,7 @@ def _schema_problem(kind: Kind, meta: Mapping, arrays: Mapping[str, np.ndarray])
         value = meta[name]
         if not _is_type(value, field.type):
             return (
-                f"{kind.name} meta field {name!r} is {_shown(value)} "
+                f"{kind.name} meta field {name!r} is {shown(value)} "
                 f"({type(value).__name__}), expected {field.type_name()}"
             )
         if isinstance(value, (int, float)) and not (isinstance(value, float) and math.isnan(value)):
@@ -189,7 +192,7 @@ def _schema_problem(kind: Kind, meta: Mapping, arrays: Mapping[str, np.ndarray])
             high = field.maximum if field.maximum is not None else math.inf
             if not low <= value <= high:
                 bounds = f">= {field.minimum:g}" if field.maximum is None else f"in [{low:g}, {high:g}]"
-                return f"{kind.name} meta field {name!r} is {_shown(value)}, expected {bounds}"
+                return f"{kind.name} meta field {name!r} is {shown(value)}, expected {bounds}"
         elif isinstance(value, float):
             return f"{kind.name} meta field {name!r} is NaN, expected a number"
     if kind is Kind.ACT:
@@ -203,7 +206,7 @@ def _schema_problem(kind: Kind, meta: Mapping, arrays: Mapping[str, np.ndarray])
         for name, array in arrays.items():
             if array.ndim == 0 or array.shape[0] != n_steps:
                 return (
-                    f"CHUNK array {_shown(name)} has shape {array.shape}, expected {n_steps} rows (n_steps)"
+                    f"CHUNK array {shown(name)} has shape {array.shape}, expected {n_steps} rows (n_steps)"
                 )
     return None
 
@@ -212,7 +215,7 @@ def _wire_array(name: object, value: object, kind: Kind) -> np.ndarray:
     """Return ``value`` as a C-contiguous little-endian whitelisted array, copying only when needed."""
     if not isinstance(name, str):
         raise ValueError(
-            f"wire: cannot encode {kind.name}: array name {_shown(name)} is not a str; use a str key"
+            f"wire: cannot encode {kind.name}: array name {shown(name)} is not a str; use a str key"
         )
     array = np.asarray(value)
     wire_dtype = array.dtype.newbyteorder("<")
@@ -254,7 +257,7 @@ def encode(kind: Kind, meta: dict | None = None, arrays: dict[str, np.ndarray] |
         meta_bytes = json.dumps({**meta, _ARRAYS_KEY: descriptors}, separators=(",", ":")).encode("utf-8")
     except (TypeError, ValueError) as exc:
         raise ValueError(
-            f"wire: cannot encode {kind.name}: meta is not JSON-serialisable ({_shown(str(exc))}); "
+            f"wire: cannot encode {kind.name}: meta is not JSON-serialisable ({shown(str(exc))}); "
             f"use plain str/int/float/bool/list/dict"
         ) from None
     header = HEADER.pack(MAGIC, PROTOCOL_VERSION, kind, len(meta_bytes), len(wire_arrays))
@@ -323,7 +326,7 @@ def _parse_meta(view: memoryview) -> dict:
     except (ValueError, RecursionError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise WireError(
-            f"wire: meta frame is not valid JSON ({_shown(reason)}): not a robotd message"
+            f"wire: meta frame is not valid JSON ({shown(reason)}): not a robotd message"
         ) from None
     if not isinstance(meta, dict):
         raise WireError(
@@ -338,31 +341,31 @@ def _parse_descriptor(
     """Validate one ``_arrays`` entry and return (name, dtype, shape, byte length)."""
     if not (isinstance(descriptor, list) and len(descriptor) == 3):
         raise WireError(
-            f"wire: _arrays[{index}] is {_shown(descriptor)}, expected [name, dtype, shape]: fix the sender"
+            f"wire: _arrays[{index}] is {shown(descriptor)}, expected [name, dtype, shape]: fix the sender"
         )
     name, dtype_str, shape = descriptor
     if not isinstance(name, str):
-        raise WireError(f"wire: _arrays[{index}] name is {_shown(name)}, expected a str: fix the sender")
+        raise WireError(f"wire: _arrays[{index}] name is {shown(name)}, expected a str: fix the sender")
     if not isinstance(dtype_str, str) or dtype_str not in WIRE_DTYPES:
         raise WireError(
-            f"wire: array {_shown(name)} has dtype {_shown(dtype_str)}, not one of {sorted(WIRE_DTYPES)}: "
+            f"wire: array {shown(name)} has dtype {shown(dtype_str)}, not one of {sorted(WIRE_DTYPES)}: "
             f"send only plain little-endian numeric arrays"
         )
     if not isinstance(shape, list) or not all(_is_type(dim, int) and dim >= 0 for dim in shape):
         raise WireError(
-            f"wire: array {_shown(name)} has shape {_shown(shape)}, expected a list of non-negative ints: "
+            f"wire: array {shown(name)} has shape {shown(shape)}, expected a list of non-negative ints: "
             f"fix the sender"
         )
     if len(shape) > MAX_NDIM:
         raise WireError(
-            f"wire: array {_shown(name)} has {len(shape)} dimensions (at most {MAX_NDIM}): reshape it before sending"
+            f"wire: array {shown(name)} has {len(shape)} dimensions (at most {MAX_NDIM}): reshape it before sending"
         )
     dtype = WIRE_DTYPES[dtype_str]
     # Python ints cannot overflow, so the product is exact however large the claim.
     nbytes = math.prod(shape) * dtype.itemsize
     if nbytes > max_bytes:
         raise WireError(
-            f"wire: array {_shown(name)} with shape {shape} claims {nbytes} bytes, over max_bytes {max_bytes}: "
+            f"wire: array {shown(name)} with shape {shape} claims {nbytes} bytes, over max_bytes {max_bytes}: "
             f"send smaller chunks or raise max_bytes"
         )
     return name, dtype, tuple(shape), nbytes
@@ -401,18 +404,18 @@ def decode(
     descriptors = meta.pop(_ARRAYS_KEY, [])
     if not isinstance(descriptors, list) or len(descriptors) != n_arrays:
         raise WireError(
-            f"wire: meta {_ARRAYS_KEY!r} is {_shown(descriptors)}, expected a list of {n_arrays} descriptors: "
+            f"wire: meta {_ARRAYS_KEY!r} is {shown(descriptors)}, expected a list of {n_arrays} descriptors: "
             f"fix the sender"
         )
     arrays: dict[str, np.ndarray] = {}
     for index, descriptor in enumerate(descriptors):
         name, dtype, shape, nbytes = _parse_descriptor(index, descriptor, max_bytes)
         if name in arrays:
-            raise WireError(f"wire: duplicate array name {_shown(name)}: fix the sender")
+            raise WireError(f"wire: duplicate array name {shown(name)}: fix the sender")
         view = views[index + 2]
         if view.nbytes != nbytes:
             raise WireError(
-                f"wire: array {_shown(name)} ({dtype.name}, shape {list(shape)}) needs {nbytes} bytes "
+                f"wire: array {shown(name)} ({dtype.name}, shape {list(shape)}) needs {nbytes} bytes "
                 f"but its frame is {view.nbytes}: truncated or corrupt message"
             )
         arrays[name] = np.frombuffer(view, dtype=dtype).reshape(shape)

@@ -1,10 +1,11 @@
 """The actor refuses observations that do not match what its daemon promised, before changing anything."""
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from actor.main import Actor
+from actor.main import Actor, DaemonError, parse_daemon_hello
 from robotd import config as cfg
 from robotd import wire
 
@@ -57,3 +58,63 @@ def test_in_lockstep_a_silent_daemon_never_ends_the_episode(tmp_path):
     lockstep = Actor(cfg.load(CONFIG, ["control.pacing=lockstep", "control.watchdog_s=3"]), logdir=str(tmp_path))
     wait_s, ends = lockstep.silence_policy()
     assert not ends and wait_s > 3.0
+
+
+GOOD_HELLO = {"role": "daemon", "session": "s", "robot_name": "arm", "cameras": ["camera"], "action_dim": 6,
+              "reading_spec": {"arm": {"joint_pos": [[6], "float32"]}, "camera": {"image": [[4, 4, 3], "uint8"]}}}
+
+
+def test_a_well_formed_daemon_hello_gives_the_reading_spec():
+    assert parse_daemon_hello(GOOD_HELLO) == SPEC
+
+
+@pytest.mark.parametrize("changes, expected", [
+    ({"reading_spec": None}, "no reading_spec"),
+    ({"reading_spec": {}}, "no reading_spec"),
+    ({"reading_spec": {"arm": {"joint_pos": [6, "float32"]}}}, "reading_spec for device 'arm'"),
+    ({"reading_spec": {"arm": {"joint_pos": [[6], "float99"]}}}, "reading_spec for device 'arm'"),
+    ({"reading_spec": {"arm": [[6], "float32"]}}, "reading_spec for device 'arm'"),
+    ({"robot_name": "leg"}, "names robot 'leg'"),
+    ({"robot_name": None}, "names robot None"),
+    ({"cameras": ["wrist"]}, "names cameras ['wrist']"),
+    ({"cameras": "camera"}, "names cameras 'camera'"),
+    ({"action_dim": None}, "no action_dim"),
+])
+def test_a_malformed_daemon_hello_is_one_clear_error(changes, expected):
+    hello = {**GOOD_HELLO, **changes}
+    hello = {key: value for key, value in hello.items() if value is not None}
+    with pytest.raises(DaemonError, match=re.escape(expected)) as info:
+        parse_daemon_hello(hello)
+    assert "\n" not in str(info.value)
+
+
+def test_an_actor_whose_daemon_sends_a_malformed_hello_stops_with_that_error(tmp_path):
+    """A daemon (here a ROUTER on loopback) whose hello the actor cannot build on: run() raises the one-line
+    DaemonError, not a KeyError from deep inside."""
+    import zmq
+    context = zmq.Context()
+    router = context.socket(zmq.ROUTER)
+    router.setsockopt(zmq.LINGER, 0)
+    port = router.bind_to_random_port("tcp://127.0.0.1")
+    answered = []
+
+    def serve():
+        if router.poll(10_000):
+            identity, *frames = router.recv_multipart()
+            bad = {**GOOD_HELLO, "reading_spec": {"arm": {"joint_pos": "six floats"}}}
+            wire.send_to(router, identity, wire.Kind.HELLO, bad)
+            answered.append(True)
+
+    import threading
+    server = threading.Thread(target=serve, daemon=True)
+    server.start()
+    try:
+        actor = Actor(cfg.load(CONFIG, [f"network.control=tcp://127.0.0.1:{port}", "actor.daemon_timeout_s=10"]),
+                      logdir=str(tmp_path))
+        with pytest.raises(DaemonError, match=r"reading_spec for device 'arm' is not \{key: \[shape, dtype\]\}"):
+            actor.run()
+        assert answered
+    finally:
+        server.join(5)
+        router.close(0)
+        context.term()
