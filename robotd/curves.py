@@ -61,6 +61,49 @@ def finished_episodes(logdir: Path, success: Callable[[dict], bool] | None = Non
     return sort_played(found)
 
 
+def reward_per_step(logdir: Path, window_steps: int) -> dict:
+    """Mean reward per step in windows of ``window_steps`` steps of the session at ``logdir``, from every episode
+    file (the one the session's end cut off included; a long reset-free episode gives a curve before it ends).
+
+    ``{"steps": [window end], "reward_per_step": [...], "wall_s": [seconds from the session's first tick to the
+    window's last]}``; an episode's first step (its reset, which earns nothing) is left out of the means."""
+    rewards, at_steps, ticks, first_tick = [], [], [], None
+    for path in sorted((Path(logdir) / "episodes").glob("*.h5")):
+        data = read_episode(path).steps
+        if step_keys.REWARD not in data or step_keys.STREAM_STEP not in data:
+            continue
+        keep = ~np.asarray(data.get(step_keys.IS_FIRST, np.zeros(len(data[step_keys.REWARD]), bool)), bool)
+        rewards.append(np.asarray(data[step_keys.REWARD], np.float64)[keep])
+        at_steps.append(np.asarray(data[step_keys.STREAM_STEP], np.int64)[keep])
+        if step_keys.T_TICK_NS in data and len(data[step_keys.T_TICK_NS]):
+            tick = np.asarray(data[step_keys.T_TICK_NS], np.int64)
+            first_tick = int(tick.min()) if first_tick is None else min(first_tick, int(tick.min()))
+            ticks.append(tick[keep])
+    if not rewards:
+        return {"steps": [], "reward_per_step": [], "wall_s": []}
+    curve = window_means(np.concatenate(at_steps), np.concatenate(rewards), window_steps)
+    if ticks and len(ticks) == len(rewards):
+        tick = np.concatenate(ticks)
+        windows = np.concatenate(at_steps) // window_steps
+        curve["wall_s"] = [round(float(tick[windows == w].max() - first_tick) / 1e9, 2)
+                           for w in np.unique(windows)]
+    return curve
+
+
+def window_means(at_steps, rewards, window_steps: int) -> dict:
+    """Mean of ``rewards`` per window of ``window_steps`` consecutive step numbers (``at_steps``, 0-based):
+    ``{"steps": [the end of each window that holds a step], "reward_per_step": [its mean]}``."""
+    if window_steps < 1:
+        raise ValueError(f"window_steps {window_steps}: give a window of at least one step")
+    at_steps, rewards = np.asarray(at_steps, np.int64), np.asarray(rewards, np.float64)
+    windows = at_steps // window_steps
+    ends, means = [], []
+    for window in np.unique(windows):
+        ends.append(int(min((window + 1) * window_steps, at_steps[windows == window].max() + 1)))
+        means.append(round(float(rewards[windows == window].mean()), 5))
+    return {"steps": ends, "reward_per_step": means}
+
+
 def is_finished(episode) -> bool:
     """True when the episode (robotd.episodes.EpisodeData) is complete and ended by itself."""
     data, attrs = episode.steps, episode.attrs

@@ -47,7 +47,8 @@ sys.path.insert(0, str(ROOT))
 from robotd import config as config_module  # noqa: E402
 from robotd import steps as step_keys  # noqa: E402
 from robotd import tasks  # noqa: E402
-from robotd.curves import finished_episodes, rolling_mean, run_session, steps_to_rate, steps_to_return  # noqa: E402,F401
+from robotd.curves import (finished_episodes, reward_per_step, rolling_mean, run_session, steps_to_rate,  # noqa: E402,F401
+                           steps_to_return, window_means)
 
 METHODS = ("dreamer", "sac")
 WINDOW = 10
@@ -164,7 +165,9 @@ def plot(result: dict, path: Path, reference: list[dict] | None = None, window: 
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    figure, (top, bottom) = plt.subplots(2, 1, figsize=(8, 7), dpi=100, sharex=True)
+    per_step = any(curve.get("reward_per_step") for curve in result["curves"])
+    figure, axes_all = plt.subplots(3 if per_step else 2, 1, figsize=(8, 10 if per_step else 7), dpi=100, sharex=True)
+    top, bottom = axes_all[0], axes_all[1]
     colours = {"dreamer": "tab:blue", "sac": "tab:orange"}
     for curve in result["curves"]:
         if not curve["steps"]:
@@ -174,6 +177,12 @@ def plot(result: dict, path: Path, reference: list[dict] | None = None, window: 
         top.plot(curve["steps"], rolling_mean(curve["returns"], window), "-", color=colour, alpha=0.8, label=label)
         bottom.plot(curve["steps"], rolling_mean(np.asarray(curve["success"], float), window), "-", color=colour,
                     alpha=0.8, label=label)
+    if per_step:
+        for curve in result["curves"]:
+            if curve.get("reward_per_step"):
+                axes_all[2].plot(curve["window_steps"], curve["reward_per_step"], "-", color=colours.get(curve["method"]),
+                                 alpha=0.8, label=f"{curve['method']} seed {curve['seed']}")
+        axes_all[2].set_ylabel(f"reward per step ({result.get('reward_window', '?')}-step windows)")
     last = max((curve["steps"][-1] for curve in result["curves"] if curve["steps"]), default=None)
     for run in reference or []:
         shown = [(x, y) for x, y in zip(run["xs"], run["ys"]) if last is None or x <= last] or \
@@ -183,9 +192,9 @@ def plot(result: dict, path: Path, reference: list[dict] | None = None, window: 
     top.set_ylabel(f"episode return (rolling {window})")
     bottom.set_ylabel(f"success rate (rolling {window})")
     bottom.set_ylim(-0.05, 1.05)
-    bottom.set_xlabel("environment steps (robotd: one per observation)")
+    axes_all[-1].set_xlabel("environment steps (robotd: one per observation)")
     top.set_title(f"{result['task']}: {result['steps']} steps per run")
-    for axes in (top, bottom):
+    for axes in axes_all:
         axes.grid(alpha=0.3)
         if axes.get_legend_handles_labels()[0]:
             axes.legend(loc="best", fontsize=8)
@@ -196,7 +205,7 @@ def plot(result: dict, path: Path, reference: list[dict] | None = None, window: 
 
 # ---------------------------------------------------------------------------------------------
 def run_dreamer(config_path: str, overrides: list[str], seed: int, steps: int, logdir: Path, task_factory,
-                keep: bool = True, minutes: float | None = None) -> dict:
+                keep: bool = True, minutes: float | None = None, reward_window: int | None = None) -> dict:
     """One ``robotd train`` session (``--minutes`` too when given); its finished episodes as a curve (``logdir``
     recorded when ``keep``)."""
     argv = [sys.executable, "-m", "robotd", "train", str(config_path), "--steps", str(steps), "--logdir", str(logdir)]
@@ -214,7 +223,12 @@ def run_dreamer(config_path: str, overrides: list[str], seed: int, steps: int, l
         updates = int(json.loads((logdir / "summary.json").read_text()).get("learner_updates") or 0)
     except (OSError, ValueError):
         updates = None
-    return {"method": "dreamer", "seed": seed, "steps": [e["end_step"] for e in episodes],
+    windows = {}
+    if reward_window and (logdir / "episodes").is_dir():
+        per_step = reward_per_step(logdir, reward_window)
+        windows = {"window_steps": per_step["steps"], "reward_per_step": per_step["reward_per_step"],
+                   "window_wall_s": per_step["wall_s"]}
+    return {"method": "dreamer", "seed": seed, "steps": [e["end_step"] for e in episodes], **windows,
             "wall_end_s": _wall_ends(episodes),
             "returns": [e["return"] for e in episodes], "success": [e["success"] for e in episodes],
             "policy_versions": [e["policy_version"] for e in episodes], "wall_s": round(wall_s, 1),
@@ -232,7 +246,7 @@ def _wall_ends(episodes: list[dict]) -> list[float | None]:
 
 
 def run_sac(config_path: str, overrides: list[str], seed: int, steps: int, *, learning_starts: int,
-            buffer_size: int, threads: int) -> dict:
+            buffer_size: int, threads: int, reward_window: int | None = None) -> dict:
     """SAC on RobotEnv(CONFIG) for ``steps`` robotd-counted steps; every finished episode as a curve."""
     import torch
     from stable_baselines3 import SAC
@@ -255,10 +269,13 @@ def run_sac(config_path: str, overrides: list[str], seed: int, steps: int, *, le
             self.episode_return = 0.0
             self.curve = {"steps": [], "returns": [], "success": []}
             self.protective_stops = 0
+            self.rewards, self.at_steps = [], []
 
         def _on_step(self) -> bool:
             self.calls += 1
             self.episode_return += float(self.locals["rewards"][0])
+            self.rewards.append(float(self.locals["rewards"][0]))
+            self.at_steps.append(self.calls + len(self.curve["steps"]))     # robotd's 0-based step number
             if self.locals["dones"][0]:
                 info = self.locals["infos"][0]
                 self.curve["steps"].append(self.calls + 1 + len(self.curve["steps"]))
@@ -275,7 +292,11 @@ def run_sac(config_path: str, overrides: list[str], seed: int, steps: int, *, le
     model.learn(total_timesteps=steps, callback=recorder)
     wall_s = time.monotonic() - started
     env.close()
-    return {"method": "sac", "seed": seed, **recorder.curve, "protective_stops": recorder.protective_stops,
+    windows = {}
+    if reward_window and recorder.rewards:
+        per_step = window_means(recorder.at_steps, recorder.rewards, reward_window)
+        windows = {"window_steps": per_step["steps"], "reward_per_step": per_step["reward_per_step"]}
+    return {"method": "sac", "seed": seed, **recorder.curve, **windows, "protective_stops": recorder.protective_stops,
             "wall_s": round(wall_s, 1),
             "steps_per_s": round(recorder.calls / wall_s, 1) if wall_s > 0 else None}
 
@@ -303,6 +324,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--minutes", type=float, default=None,
                         help="also end each stack session after this much wall time (the issue's 60-minute curves); "
                              "--steps stays the upper bound")
+    parser.add_argument("--reward-window", type=int, default=None, metavar="W",
+                        help="also record and plot the mean reward per step over windows of W steps (for long or "
+                             "reset-free episodes such as the A1 walk's 1,000)")
     parser.add_argument("--sac-buffer", type=int, default=100_000, help="SAC replay capacity (capped at --steps)")
     args = parser.parse_args(argv)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -313,6 +337,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--steps must be at least 2")
     if args.seeds < 1:
         parser.error("--seeds must be at least 1")
+    if args.reward_window is not None and args.reward_window < 1:
+        parser.error(f"--reward-window {args.reward_window}: give a window of at least one step")
     if args.first_seed < 0:
         parser.error(f"--first-seed {args.first_seed}: give a seed of 0 or more")
     seeds = range(args.first_seed, args.first_seed + args.seeds)
@@ -360,12 +386,14 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"bench_learning: {method} seed {seed}, {args.steps} steps ...", file=sys.stderr)
                 if method == "dreamer":
                     curve = run_dreamer(args.config, args.overrides, seed, args.steps, root / f"dreamer-seed{seed}",
-                                        task_factory, keep=args.logdir is not None, minutes=args.minutes)
+                                        task_factory, keep=args.logdir is not None, minutes=args.minutes,
+                                        reward_window=args.reward_window)
                 else:
                     starts = config.actor.prefill_steps if args.sac_learning_starts is None else args.sac_learning_starts
                     try:
                         curve = run_sac(args.config, args.overrides, seed, args.steps, learning_starts=starts,
-                                        buffer_size=min(args.sac_buffer, args.steps), threads=max(1, config.learner_threads()))
+                                        buffer_size=min(args.sac_buffer, args.steps), threads=max(1, config.learner_threads()),
+                                        reward_window=args.reward_window)
                     except ImportError as exc:
                         print(f"bench_learning: error: SAC needs stable-baselines3 ({exc}): pip install -e '.[bench]'",
                               file=sys.stderr)
@@ -376,6 +404,8 @@ def main(argv: list[str] | None = None) -> int:
     result = {"task": config.task.name, "config": str(args.config), "overrides": args.overrides,
               "steps": max(int(c.get("budget_steps") or args.steps) for c in curves), "curves": curves,
               "summary": summarize(curves, return_threshold=args.return_threshold)}
+    if args.reward_window:
+        result["reward_window"] = args.reward_window
     if reference:
         result["reference"] = args.reference
     out.write_text(json.dumps(result, indent=2) + "\n")

@@ -77,7 +77,7 @@ def test_a_short_sac_run_writes_the_documented_json_and_a_plot(tmp_path):
                                       "ys": [-1500.0, -1000.0, -200.0]}]))
     code = bench_learning.main([str(ROOT / "configs" / "gym_pendulum.yaml"), "--steps", "450", "--seeds", "1",
                                 "--methods", "sac", "--sac-learning-starts", "50", "--out", str(out),
-                                "--reference", str(reference)])
+                                "--reference", str(reference), "--reward-window", "100"])
     assert code == 0
     result = json.loads(out.read_text())
     assert set(result) >= {"task", "config", "steps", "curves", "summary"} and result["steps"] == 450
@@ -88,6 +88,9 @@ def test_a_short_sac_run_writes_the_documented_json_and_a_plot(tmp_path):
     assert curve["steps"] == [201, 402] and curve["success"] == [False, False]
     assert all(-3000 < value < 0 for value in curve["returns"])
     assert result["summary"]["sac"]["steps_to_90"] == [None]
+    # Reward per step in windows of 100 steps; Pendulum pays between -16.3 and 0 a step.
+    assert result["reward_window"] == 100 and curve["window_steps"] == [100, 200, 300, 400, 450]
+    assert all(-16.3 <= value <= 0 for value in curve["reward_per_step"])
     assert out.with_suffix(".png").stat().st_size > 5000
 
 
@@ -135,3 +138,38 @@ def test_a_killed_benchmark_stops_its_session_the_way_a_user_does(tmp_path):
     process.send_signal(signal.SIGTERM)
     assert process.wait(30) == 128 + signal.SIGTERM
     assert marker.read_text() == "sigint"
+
+
+def _reset_free_episode(episodes: Path, episode_id: int, first_step: int, rewards, flags) -> None:
+    from robotd.episodes import EpisodeWriter
+    spec = {"reward": ((), "float32"), "is_first": ((), "bool"), "is_last": ((), "bool"),
+            "is_terminal": ((), "bool"), "timing/t_tick_ns": ((), "int64"), "timing/stream_step": ((), "int64")}
+    writer = EpisodeWriter(episodes / f"actor0-{episode_id:06d}.h5", spec,
+                           {"session": "s", "actor_id": "actor0", "episode_id": episode_id, "robot": "sim_a1",
+                            "task": "a1_walk", "control_rate_hz": 20.0})
+    for t, reward in enumerate(rewards):
+        step = first_step + t
+        writer.append({"reward": reward, "is_first": t == 0, "is_last": t == len(rewards) - 1 and bool(flags),
+                       "is_terminal": False, "timing/t_tick_ns": step * 50_000_000, "timing/stream_step": step})
+    writer.close(stats={}, flags=list(flags))
+
+
+def test_reward_per_step_windows_cover_every_episode_file_but_not_the_resets(tmp_path):
+    from robotd.curves import reward_per_step
+    episodes = tmp_path / "episodes"
+    episodes.mkdir()
+    # Steps 0..14 (a finished episode, its reset earning a misleading 100), then 15..26 cut off by the session's end.
+    _reset_free_episode(episodes, 0, 0, [100.0] + [1.0] * 14, ("time_limit",))
+    _reset_free_episode(episodes, 1, 15, [100.0] + [3.0] * 11, ())
+    curve = reward_per_step(tmp_path, 10)
+    assert curve["steps"] == [10, 20, 27]
+    # Window 0: steps 1..9 earn 1; window 1: steps 10..14 earn 1, 16..19 earn 3 (15 is a reset); window 2: 3.
+    assert curve["reward_per_step"] == pytest.approx([1.0, (5 * 1.0 + 4 * 3.0) / 9, 3.0])
+    assert curve["wall_s"] == pytest.approx([0.45, 0.95, 1.3])
+    with pytest.raises(ValueError, match="window_steps 0"):
+        reward_per_step(tmp_path, 0)
+
+
+def test_window_means_follow_the_step_numbers():
+    assert bench_learning.window_means([0, 1, 2, 3, 7], [1.0, 3.0, 5.0, 7.0, 9.0], 4) == \
+        {"steps": [4, 8], "reward_per_step": [4.0, 9.0]}
