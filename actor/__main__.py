@@ -7,13 +7,27 @@ import sys
 from robotd import cli
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="robotd actor", description="Run the policy against a robot daemon.")
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of ``robotd actor``."""
+    parser = cli.program_parser(
+        "robotd actor",
+        "The actor: runs the policy against a robot daemon on this machine (random actions for the first "
+        "actor.prefill_steps), writes every step to LOGDIR/episodes/, streams them to the learner and takes "
+        "the learner's new weights as they come.",
+        ("on the robot PC, next to `robotd daemon`, with the learner on the GPU box",
+         "robotd actor configs/ur5_reach.yaml --learner tcp://gpu-box:5555 --logdir runs/ur5"),
+        ("100 steps against a local daemon and learner", "robotd actor configs/mock_arm.yaml --steps 100"))
     cli.add_common(parser)
-    parser.add_argument("--learner", default=None, help="experience address of the learner, e.g. tcp://gpu-box:5555")
-    parser.add_argument("--steps", type=int, default=None, help="stop after this many environment steps")
-    parser.add_argument("--actor-id", default=None, help="name of this actor in the session (default host-pid)")
-    args = parser.parse_args(argv)
+    parser.add_argument("--learner", default=None,
+                        help="experience address of the learner, e.g. tcp://gpu-box:5555 (default: network.experience)")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="stop after this many environment steps (default: run until stopped)")
+    parser.add_argument("--actor-id", default=None, help="name of this actor in the session (default: host-pid)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     cli.setup_logging("actor")
     try:
         config = cli.load_config(args)

@@ -41,10 +41,17 @@ def is_simulated(name: str) -> bool:
     return bool(cls is not None and getattr(cls, "simulated", False))
 
 
+def unknown_driver(name: object) -> str | None:
+    """None when a driver is registered under name, else the end of a one-line error naming it and the known
+    drivers: "'foo' is not a known driver: choose one of a1, gym, ..."."""
+    if isinstance(name, str) and name in _DRIVERS:
+        return None
+    return f"{name!r} is not a known driver: choose one of {', '.join(names())}"
+
+
 def make(name: str, **kwargs: object) -> Device:
     """Construct the driver registered under name with the given constructor kwargs."""
-    try:
-        cls = _DRIVERS[name]
-    except KeyError:
-        raise ValueError(f"unknown driver {name!r}; known drivers: {', '.join(names())}") from None
-    return cls(**kwargs)
+    problem = unknown_driver(name)
+    if problem is not None:
+        raise ValueError(f"driver {problem}")
+    return _DRIVERS[name](**kwargs)

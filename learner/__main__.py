@@ -7,13 +7,31 @@ import sys
 from robotd import cli
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="robotd learner", description="Train from streamed robot experience.")
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of ``robotd learner``."""
+    parser = cli.program_parser(
+        "robotd learner",
+        "The learner: trains the world model and the policy from the experience actors stream to it, and "
+        "publishes new weights to them (on the experience port + 1). It runs until stopped (Ctrl-C) and "
+        "checkpoints to LOGDIR/checkpoints/latest.pt every learner.checkpoint_every_s and at the end; started "
+        "again on the same --logdir it resumes from there.",
+        ("on the GPU box, open to the robot PCs (needs keys: robotd keys DIR, then network.keys_dir=DIR)",
+         "robotd learner configs/ur5_reach.yaml --bind tcp://0.0.0.0:5555 --set network.keys_dir=keys/ "
+         "--logdir runs/ur5"),
+        ("on this machine, its Ray work on the Ray cluster this machine belongs to",
+         "robotd learner configs/mock_arm.yaml --ray-address auto --logdir runs/ray"))
     cli.add_common(parser)
-    parser.add_argument("--bind", default=None, help="experience address to bind, e.g. tcp://0.0.0.0:5555")
-    parser.add_argument("--ray-address", default=None, help="join an existing Ray cluster (auto, host:port or ray://host:port) with Ray's token auth: "
-                        "the token in learner.ray_token_file or RAY_AUTH_TOKEN")
-    args = parser.parse_args(argv)
+    parser.add_argument("--bind", default=None,
+                        help="experience address to bind, e.g. tcp://0.0.0.0:5555; the weights go out on its port + 1 "
+                             "(default: network.experience and network.weights)")
+    parser.add_argument("--ray-address", default=None,
+                        help="join an existing Ray cluster (auto, host:port or ray://host:port) with Ray's token auth: "
+                             "the token in learner.ray_token_file or RAY_AUTH_TOKEN (default: a local Ray on loopback)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     cli.setup_logging("learner")
     overrides = list(args.overrides)
     if args.bind:

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from robotd import session
+from robotd.cli import program_parser
 
 DEFAULT_SEED = 1_000_000          # far from the seeds a session draws its own episodes with
 
@@ -128,20 +129,33 @@ def evaluate(logdir: str | Path, *, episodes: int = 10, seed: int = DEFAULT_SEED
     return report
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``robotd eval`` (``python -m learner.evaluate``)."""
-    parser = argparse.ArgumentParser(prog="robotd eval", description=__doc__.split("\n\n")[0])
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of ``robotd eval``."""
+    parser = program_parser(
+        "robotd eval",
+        "How well a simulated session's policy does: its newest checkpoint plays fixed episodes (episode i drawn "
+        "with seed SEED + i) greedily, and a uniform-random policy plays the same ones for comparison. In this "
+        "process, in lockstep: no daemon, actor or learner runs. Simulated devices only.",
+        ("10 episodes of a session's policy beside a random one", "robotd eval runs/reach"),
+        ("50 episodes, sampling actions as in training, the figures to a file of your own",
+         "robotd eval runs/reach --episodes 50 --explore --json runs/reach-eval.json"))
     parser.add_argument("logdir", help="the session directory (robotd train --logdir)")
-    parser.add_argument("--episodes", type=int, default=10, help="episodes per policy (default 10)")
-    parser.add_argument("--seed", type=int, default=DEFAULT_SEED,
-                        help=f"episode i is drawn with seed SEED + i (default {DEFAULT_SEED})")
+    parser.add_argument("--episodes", type=int, default=10, help="episodes per policy")
+    parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="episode i is drawn with seed SEED + i")
     parser.add_argument("--explore", action="store_true", help="sample actions as in training (default: greedy)")
     parser.add_argument("--no-random", action="store_true", help="skip the random policy on the same episodes")
-    parser.add_argument("--checkpoint", default=None, help="default LOGDIR/checkpoints/latest.pt")
+    parser.add_argument("--checkpoint", default=None,
+                        help="the policy's checkpoint (default: LOGDIR/checkpoints/latest.pt)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a key of the session's config, e.g. --set task.episode_steps=100")
-    parser.add_argument("--json", default=None, help="where to write the figures (default LOGDIR/eval/eval-<updates>.json)")
-    args = parser.parse_args(argv)
+                        help="override a key of the session's config, e.g. --set task.episode_steps=100 (repeatable)")
+    parser.add_argument("--json", default=None,
+                        help="where to write the figures (default: LOGDIR/eval/eval-<updates>.json)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``robotd eval`` (``python -m learner.evaluate``)."""
+    args = build_parser().parse_args(argv)
     try:
         report = evaluate(args.logdir, episodes=args.episodes, seed=args.seed, explore=args.explore,
                           random=not args.no_random, checkpoint=args.checkpoint, overrides=args.overrides)

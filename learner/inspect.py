@@ -53,6 +53,7 @@ from typing import Any
 import numpy as np
 
 from robotd import curves, quality, session, steps
+from robotd.cli import program_parser
 from robotd.episodes import read_episode
 
 OPENLOOP_MAX_STEPS = 64
@@ -855,16 +856,28 @@ def _write_report(scan: SessionScan, out_dir: Path, *, episodes: int, model: boo
     return index
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``robotd inspect`` / ``python -m learner.inspect``."""
-    parser = argparse.ArgumentParser(prog="robotd inspect",
-                                     description="A recorded session's episode table, plots, videos and HTML page.")
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of ``robotd inspect``."""
+    parser = program_parser(
+        "robotd inspect",
+        "A recorded session's episodes as a table (length, return, success, control period, late steps, stale "
+        "readings, dropped frames, policy versions, flags) and a summary line, then one HTML page with plots, "
+        "camera videos and the world model's open-loop video in LOGDIR/inspect (or --out). Reads the session "
+        "directory only: no process needs to run.",
+        ("a session's report", "robotd inspect runs/demo"),
+        ("the table and plots only, videos of the last 5 episodes, elsewhere",
+         "robotd inspect runs/demo --episodes 5 --no-model --out /tmp/demo-report"))
     parser.add_argument("logdir", help="the session directory (robotd train --logdir)")
-    parser.add_argument("--out", default=None, help="report directory (default LOGDIR/inspect)")
-    parser.add_argument("--episodes", type=int, default=2, help="camera videos for the last N episodes (default 2)")
+    parser.add_argument("--out", default=None, help="report directory (default: LOGDIR/inspect)")
+    parser.add_argument("--episodes", type=int, default=2, help="camera videos for the last N episodes")
     parser.add_argument("--no-model", action="store_true", help="skip the world model's open-loop video")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="torch device for the world model")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``robotd inspect`` / ``python -m learner.inspect``."""
+    args = build_parser().parse_args(argv)
     if args.episodes < 0:
         print(f"robotd inspect: error: --episodes {args.episodes} is negative; give 0 or more", file=sys.stderr)
         return 2

@@ -137,8 +137,10 @@ def run(config: Config, logdirs: list[str], *, updates: int, out: str, init: str
         include_flagged: bool = False, device: str | None = None) -> dict:
     """Trains ``updates`` updates on the recorded sessions; returns the summary written to replay.json."""
     learner = config.learner
-    if session.holds_session(out) or (Path(out) / session.CHECKPOINTS / CHECKPOINT_FILE).exists():
-        raise ReplayError(f"--logdir {out!r} already holds a session: choose a new directory")
+    checkpoint = Path(out) / session.CHECKPOINTS / CHECKPOINT_FILE
+    if session.holds_session(out) or checkpoint.exists():
+        go_on = f" (to go on from its checkpoint, add --init {checkpoint})" if checkpoint.is_file() else ""
+        raise ReplayError(f"--logdir {out!r} already holds a session: choose a new directory{go_on}")
     spec, used, left_out = collect(logdirs, include_flagged=include_flagged)
     for path, reason in left_out:
         log.warning("left out %s: %s", path, reason)
@@ -218,19 +220,35 @@ def run(config: Config, logdirs: list[str], *, updates: int, out: str, init: str
     return summary
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="robotd replay", description=__doc__.splitlines()[0])
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of ``robotd replay``."""
+    parser = cli.program_parser(
+        "robotd replay",
+        "Train a learner offline from recorded sessions: no daemon, no actor, no network. Every usable episode "
+        "of the LOGDIRs goes into replay and the learner runs N updates on it; the new session directory gets "
+        "checkpoints/latest.pt (the start of an online session with robotd train --init), metrics and "
+        "replay.json (episodes used and left out, the world-model loss before and after).",
+        ("1000 updates on two recorded sessions",
+         "robotd replay runs/demo runs/demo2 --updates 1000 --logdir runs/offline"),
+        ("then go on online from its checkpoint",
+         "robotd train configs/mock_arm.yaml --init runs/offline/checkpoints/latest.pt --logdir runs/online"))
     parser.add_argument("logdirs", nargs="+", metavar="LOGDIR", help="recorded session directories")
     parser.add_argument("--updates", type=int, required=True, help="how many learner updates to run")
-    parser.add_argument("--logdir", default=None, help="the new session directory (default runs/replay-<time>)")
+    parser.add_argument("--logdir", default=None, help="the new session directory (default: runs/replay-<date>-<time>)")
     parser.add_argument("--config", default=None,
                         help="config for the learner (default: the first LOGDIR's config.yaml)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config key, e.g. --set learner.batch_size=16")
-    parser.add_argument("--init", default=None, help="start from this checkpoint instead of a fresh model")
+                        help="override a config key, e.g. --set learner.batch_size=16 (repeatable)")
+    parser.add_argument("--init", default=None,
+                        help="start from this checkpoint, e.g. LOGDIR/checkpoints/latest.pt (default: a fresh model)")
     parser.add_argument("--include-flagged", action="store_true", help="train on episodes flagged for timing too")
-    parser.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: learner.device")
-    args = parser.parse_args(argv)
+    parser.add_argument("--device", choices=("cpu", "cuda"), default=None,
+                        help="torch device (default: learner.device)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     cli.setup_logging("replay")
     if args.updates < 1:
         return cli.fail("replay", ValueError(f"--updates {args.updates} must be at least 1"))

@@ -6,9 +6,12 @@ by module name (``python -m actor``, ``python -m learner``), as a session does a
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import logging
 import os
+import re
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -19,15 +22,92 @@ EXIT_USAGE = 2
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "mock_arm.yaml"
 
 USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, RuntimeError, OSError)
+PYPROJECT = Path(__file__).resolve().parent.parent / "pyproject.toml"
 
 
-def add_common(parser: argparse.ArgumentParser, *, logdir_required: bool = False) -> None:
+def version() -> str:
+    """The installed package's version (its metadata); from pyproject.toml when robotd is not installed."""
+    try:
+        return importlib.metadata.version("robotd")
+    except importlib.metadata.PackageNotFoundError:
+        return _pyproject_version(PYPROJECT)
+
+
+def _pyproject_version(path: Path) -> str:
+    """``[project] version`` of a pyproject.toml, or "unknown" when it cannot be read."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return "unknown"
+    try:
+        import tomllib
+    except ImportError:                 # Python 3.10: the first version line of the [project] table
+        project = re.search(r"^\[project\]\s*$(.*?)(?=^\[|\Z)", text, re.M | re.S)
+        found = re.search(r'^version\s*=\s*["\']([^"\']+)["\']', project.group(1), re.M) if project else None
+        return found.group(1) if found else "unknown"
+    try:
+        value = tomllib.loads(text)["project"]["version"]
+    except (tomllib.TOMLDecodeError, KeyError, TypeError):
+        return "unknown"
+    return value if isinstance(value, str) else "unknown"
+
+
+class _VersionAction(argparse.Action):
+    """``--version``: prints ``robotd VERSION`` and exits (the version is looked up only when asked for)."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
+        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"robotd {version()}")
+        parser.exit()
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Help for every robotd command: the description and the examples keep their line breaks, and each option
+    shows its default, except where there is none to show (None, False, an empty list) or its help already
+    says what happens by default."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        nothing = default is None or default is False or default is argparse.SUPPRESS or default in ("", [])
+        if nothing or "default" in text.lower():
+            return text
+        return super()._get_help_string(action)
+
+
+def described(text: str, width: int = 79) -> str:
+    """A description for --help: each paragraph (separated by a blank line) filled to ``width`` columns."""
+    return "\n\n".join(textwrap.fill(" ".join(paragraph.split()), width) for paragraph in text.split("\n\n"))
+
+
+def examples(*pairs: tuple[str, str]) -> str:
+    """An ``examples:`` section for a parser's epilog from (what it does, command line) pairs."""
+    lines = ["examples:"]
+    for what, command in pairs:
+        lines += [f"  # {what}", f"  {command}"]
+    return "\n".join(lines)
+
+
+def program_parser(prog: str, description: str, *example_pairs: tuple[str, str]) -> argparse.ArgumentParser:
+    """The parser of a robotd program (``robotd actor``, ``robotd replay``, ...): its description, its examples
+    and the defaults of its options in --help."""
+    return argparse.ArgumentParser(prog=prog, description=described(description), epilog=examples(*example_pairs),
+                                   formatter_class=HelpFormatter)
+
+
+LOGDIR_HELP = "session directory (default: runs/<config name>-<date>-<time>)"
+
+
+def add_common(parser: argparse.ArgumentParser, *, logdir_required: bool = False,
+               logdir_help: str = LOGDIR_HELP) -> None:
     """Arguments every process takes: the config file, overrides and the log directory."""
     parser.add_argument("config", nargs="?", default=str(DEFAULT_CONFIG),
-                        help="YAML config file (see configs/); default: the mock arm session")
+                        help="YAML config file (see configs/); default: configs/mock_arm.yaml, the mock arm session")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override any config key by its dotted path, e.g. --set control.rate_hz=50")
-    parser.add_argument("--logdir", required=logdir_required, default=None, help="session directory")
+                        help="override any config key by its dotted path, e.g. --set control.rate_hz=50 (repeatable)")
+    parser.add_argument("--logdir", required=logdir_required, default=None, help=logdir_help)
 
 
 def setup_logging(process: str) -> None:
@@ -81,6 +161,19 @@ def _exec_module(module: str, argv: list[str]) -> int:
     return 0  # not reached
 
 
+def check_steps(steps: int, config: config_module.Config) -> None:
+    """``robotd train --steps N``: N must reach what the config needs before the learner's first update (a
+    shorter session collects steps but never trains); a one-line ValueError otherwise."""
+    from robotd.orchestrator import first_update_steps
+    needed, why, key = first_update_steps(config)
+    if steps < 1:
+        raise ValueError(f"--steps {steps}: give a positive number of environment steps, at least the {needed} this "
+                         f"config needs before the learner's first update ({why}), e.g. --steps {max(needed, 2500)}")
+    if steps < needed:
+        raise ValueError(f"--steps {steps} is below the {needed} steps this config needs before the learner's first "
+                         f"update ({why}); give --steps {needed} or more, or lower {key}")
+
+
 def cmd_train(args) -> int:
     from robotd.orchestrator import train
     setup_logging("train")
@@ -93,8 +186,8 @@ def cmd_train(args) -> int:
             args.overrides = [*args.overrides, f"learner.init_checkpoint={init}"]
         config = load_config(args)
         logdir = args.logdir or default_logdir(args.config)
-        if args.steps is not None and args.steps < 1:
-            raise ValueError(f"--steps {args.steps}: give a positive number of environment steps, e.g. --steps 2500")
+        if args.steps is not None:
+            check_steps(args.steps, config)
         if args.minutes is not None and not args.minutes > 0:
             raise ValueError(f"--minutes {args.minutes}: give a positive wall-clock limit, e.g. --minutes 60")
         return train(config, logdir=logdir, steps=args.steps, minutes=args.minutes)
@@ -128,27 +221,71 @@ def cmd_keys(args) -> int:
     return 0
 
 
+def _subcommand(sub, name: str, summary: str, description: str, *example_pairs: tuple[str, str]):
+    """A subcommand whose --help has a description, examples and the defaults of its options."""
+    return sub.add_parser(name, help=summary, description=described(description), epilog=examples(*example_pairs),
+                          formatter_class=HelpFormatter)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="robotd", description="Real-robot asynchronous world-model learning.")
-    sub = parser.add_subparsers(dest="command", required=True)
-    train = sub.add_parser("train", help="run daemon, actor and learner on this machine")
+    parser = argparse.ArgumentParser(
+        prog="robotd", formatter_class=HelpFormatter,
+        description=described("Real-robot asynchronous world-model learning: a fixed-rate robot daemon, an actor "
+                              "and a learner.\n\n`robotd COMMAND --help` describes each command, with examples."),
+        epilog=examples(("all three processes on one machine", "robotd train configs/mock_arm.yaml --steps 3000 "
+                                                               "--logdir runs/demo"),
+                        ("on the robot PC", "robotd daemon configs/ur5_reach.yaml"),
+                        ("on the robot PC, next to the daemon",
+                         "robotd actor configs/ur5_reach.yaml --learner tcp://gpu-box:5555"),
+                        ("on the GPU box (weights on port + 1)",
+                         "robotd learner configs/ur5_reach.yaml --bind tcp://0.0.0.0:5555")))
+    parser.add_argument("--version", action=_VersionAction, help="print robotd's version and exit")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    train = _subcommand(
+        sub, "train", "run daemon, actor and learner on this machine",
+        "Run a whole session on this machine: the robot daemon, the actor and the learner as separate processes, "
+        "with a live status line. It ends after --steps environment steps or --minutes of wall time (whichever "
+        "comes first) or on Ctrl-C, stops the robot first, and writes LOGDIR/summary.json.",
+        ("the mock arm for 3000 steps", "robotd train configs/mock_arm.yaml --steps 3000 --logdir runs/demo"),
+        ("a Gymnasium pendulum in lockstep, for an hour at most",
+         "robotd train configs/gym_pendulum.yaml --minutes 60 --set seed=1"),
+        ("go on from the checkpoint of an earlier session, in a new log directory",
+         "robotd train configs/mock_arm.yaml --init runs/demo/checkpoints/latest.pt --logdir runs/demo2"))
     add_common(train)
-    train.add_argument("--steps", type=int, default=None, help="stop after this many environment steps")
+    train.add_argument("--steps", type=int, default=None,
+                       help="stop after this many environment steps, at least what the config needs before the "
+                            "learner's first update (learner.min_replay_steps); default: no step limit")
     train.add_argument("--minutes", type=float, default=None,
-                       help="stop after this much wall-clock time (with --steps: whichever comes first)")
+                       help="stop after this much wall-clock time (with --steps: whichever comes first); "
+                            "default: no time limit")
     train.add_argument("--init", default=None, metavar="CHECKPOINT",
-                       help="start the learner (and the robot's policy) from this checkpoint, e.g. robotd replay's")
+                       help="start the learner (and the robot's policy) from this checkpoint, e.g. robotd replay's "
+                            "or an earlier session's LOGDIR/checkpoints/latest.pt")
     train.set_defaults(func=cmd_train)
-    check = sub.add_parser("check", help="connect to every configured device and report what was found")
+    check = _subcommand(
+        sub, "check", "connect to every configured device and report what was found",
+        "Connect to the robot and every camera of a config, read them for a while and report what each one "
+        "sends (keys, shapes, rates, status); no motion is commanded. Exit code 1 when a device fails.",
+        ("the UR5 and its camera", "robotd check configs/ur5_reach.yaml"),
+        ("the arm alone, at another address, for 5 s",
+         "robotd check configs/ur5_reach.yaml --set cameras=[] --set robot.args.host=192.168.1.10 --seconds 5"))
     check.add_argument("config", help="YAML config file (see configs/)")
     check.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                       help="override any config key, e.g. --set robot.args.host=127.0.0.2")
-    check.add_argument("--seconds", type=float, default=2.0, help="how long each device is measured (default 2)")
+                       help="override any config key, e.g. --set robot.args.host=127.0.0.2 (repeatable)")
+    check.add_argument("--seconds", type=float, default=2.0, help="how long each device is measured")
     check.set_defaults(func=cmd_check)
-    daemon = sub.add_parser("daemon", help="the robot daemon (on the robot PC)")
-    add_common(daemon)
+    daemon = _subcommand(
+        sub, "daemon", "the robot daemon (on the robot PC)",
+        "The robot daemon: runs the fixed-rate control loop on the robot PC, serves observations to the actor on "
+        "network.control and applies its actions through the safety layer; stops the robot when the actor is "
+        "late or gone.",
+        ("the UR5 daemon", "robotd daemon configs/ur5_reach.yaml"),
+        ("the mock arm at 50 Hz, writing its stats into a session directory",
+         "robotd daemon configs/mock_arm.yaml --set control.rate_hz=50 --logdir runs/split"))
+    add_common(daemon, logdir_help="session directory for the daemon's stats (default: none, nothing is written)")
     daemon.set_defaults(func=cmd_daemon)
-    # These are their own programs (python -m MODULE); main() hands their arguments over.
+    # These are their own programs (python -m MODULE); main() hands their arguments over, and each one's
+    # --help has its own description and examples.
     sub.add_parser("actor", help="the actor (on the robot PC); robotd actor --help for its options")
     sub.add_parser("learner", help="the learner (on the GPU box); robotd learner --help for its options")
     sub.add_parser("replay", help="train a learner offline from recorded sessions; robotd replay --help")
@@ -157,9 +294,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("eval", help="a simulated session's policy on fixed episodes beside a random policy; "
                                 "robotd eval --help")
     sub.add_parser("export", help="export recorded episodes to another format (LeRobot); robotd export --help")
-    keys = sub.add_parser("keys", help="make CurveZMQ keys for a learner and its actors")
+    keys = _subcommand(
+        sub, "keys", "make CurveZMQ keys for a learner and its actors",
+        "Make the CurveZMQ key pairs of a learner and its actors in one directory, for sessions split over "
+        "machines. Copy learner.key and actors/<name>.key* to each robot PC, keep learner.key_secret on the "
+        "learner, and set network.keys_dir=DIR on both sides.",
+        ("keys for one learner and two robots", "robotd keys keys/ --actors arm1,arm2"))
     keys.add_argument("keys_dir", help="directory for the keys (made if missing)")
-    keys.add_argument("--actors", default="actor", help="comma-separated actor key names (default: actor)")
+    keys.add_argument("--actors", default="actor", help="comma-separated actor key names")
     keys.set_defaults(func=cmd_keys)
     return parser
 

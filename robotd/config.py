@@ -328,22 +328,38 @@ def _check_cross_field(config: Config) -> None:
     names = [config.robot.name] + [c.name for c in config.cameras]
     if len(set(names)) != len(names):
         raise ConfigError(f"config: device names {names} repeat: give every robot and camera its own name")
+    check_drivers(config)
     if config.control.pacing == "lockstep":
         check_lockstep(config)
 
 
+def _devices(config: Config) -> list[tuple[str, DeviceConfig]]:
+    """(where in the config, device) for the robot and every camera."""
+    return [("robot", config.robot)] + [(f"cameras[{i}]", c) for i, c in enumerate(config.cameras)]
+
+
+def check_drivers(config: Config) -> None:
+    """Every device names a registered driver; else one line naming it and the known ones."""
+    from drivers import registry        # importing the package registers every driver
+    for where, device in _devices(config):
+        problem = registry.unknown_driver(device.driver)
+        if problem is not None:
+            raise ConfigError(f"config: {where}.driver = {problem}")
+
+
 def non_simulated_device(config: Config) -> str | None:
     """``"<where>.driver = '<name>'"`` for the first robot or camera that is not a simulated driver, else None."""
-    import drivers  # noqa: F401 - registers every driver; each declares whether it is simulated
-    from drivers import registry
-    for where, device in [("robot", config.robot)] + [(f"cameras[{i}]", c) for i, c in enumerate(config.cameras)]:
+    from drivers import registry        # every driver registered; each declares whether it is simulated
+    for where, device in _devices(config):
         if not registry.is_simulated(device.driver):
             return f"{where}.driver = {device.driver!r}"
     return None
 
 
 def check_lockstep(config: Config) -> None:
-    """Lockstep pacing only for sessions whose robot and cameras are all simulated drivers."""
+    """Lockstep pacing only for sessions whose robot and cameras are all simulated drivers (an unknown driver is
+    named as such first)."""
+    check_drivers(config)
     device = non_simulated_device(config)
     if device is not None:
         raise ConfigError(
@@ -394,16 +410,7 @@ def load(path: str | Path | None, overrides: list[str] = ()) -> Config:
     data: dict = {}
     if path is not None:
         path = Path(path)
-        try:
-            text = path.read_text()
-        except OSError as exc:
-            raise ConfigError(f"config file {str(path)!r} cannot be read ({exc.strerror}): check the path") from None
-        try:
-            data = yaml.safe_load(text) or {}
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f" at line {mark.line + 1}" if mark else ""
-            raise ConfigError(f"config file {str(path)!r} is not valid YAML{where}: fix the syntax") from None
+        data = _read_yaml(path)
     parsed = [parse_override(text) for text in overrides]
     base = Config().to_dict()
     profile = _profile_name(data, parsed)
@@ -413,6 +420,45 @@ def load(path: str | Path | None, overrides: list[str] = ()) -> Config:
     for key_path, value in parsed:
         apply_override(base, key_path, value)
     return from_dict(base)
+
+
+NOT_TEXT = "give a YAML config (a text file such as configs/mock_arm.yaml)"
+
+
+def _read_yaml(path: Path) -> dict:
+    """The mapping a YAML config file holds; a file that cannot be read, is not UTF-8 text, is not valid YAML
+    or holds no mapping fails with one line naming it."""
+    try:
+        raw = path.read_bytes()
+    except IsADirectoryError:
+        raise ConfigError(f"config file {str(path)!r} is a directory: give a YAML config file, e.g. "
+                          f"configs/mock_arm.yaml") from None
+    except OSError as exc:
+        why = exc.strerror or type(exc).__name__
+        raise ConfigError(f"config file {str(path)!r} cannot be read ({why}): check the path and its "
+                          f"permissions") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {str(path)!r} is not a text YAML file (byte 0x{raw[exc.start]:02x} at offset "
+                          f"{exc.start} is not UTF-8): {NOT_TEXT}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.reader.ReaderError as exc:           # a control character such as NUL: binary data
+        offset = len(text[:exc.position].encode("utf-8"))
+        what = f"byte 0x{exc.character:02x}" if exc.character < 0x80 else f"character U+{exc.character:04X}"
+        raise ConfigError(f"config file {str(path)!r} is not a text YAML file ({what} at offset {offset} is a "
+                          f"control character): {NOT_TEXT}") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"config file {str(path)!r} is not valid YAML{where}: fix the syntax") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {str(path)!r} holds a YAML {type(data).__name__}, not a mapping of config "
+                          f"sections: {NOT_TEXT}")
+    return data
 
 
 def _profile_name(data: dict, parsed: list[tuple[list[str], Any]]) -> str:

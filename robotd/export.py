@@ -52,6 +52,7 @@ from typing import Any
 
 import numpy as np
 
+from robotd.cli import program_parser
 from robotd.dataset import Episode, episode_paths, iter_episodes
 from robotd.episodes import LayoutVersionError
 
@@ -412,15 +413,24 @@ def _note(text: str) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line of ``robotd export``."""
-    parser = argparse.ArgumentParser(prog="robotd export", description="Export recorded sessions to the LeRobot dataset format (v2.1).")
+    parser = program_parser(
+        "robotd export",
+        "Export recorded sessions to the LeRobot dataset format (v2.1): one parquet file per episode with "
+        "observation.state, observation.images.<key>, action, next.reward, next.done, next.success and "
+        "timestamps, plus meta/info.json, episodes, tasks and per-episode statistics. Needs pyarrow "
+        "(pip install 'robotd[export]') and Pillow.",
+        ("two sessions as one dataset",
+         "robotd export runs/demo runs/demo2 --out datasets/ur5_reach --repo-id lab/ur5_reach"),
+        ("timestamps frame_index / fps instead of the measured tick times, replacing an earlier export",
+         "robotd export runs/demo --out datasets/demo --timestamps nominal --overwrite"))
     parser.add_argument("logdirs", nargs="+", metavar="LOGDIR", help="session directories (each with an episodes/ folder)")
-    parser.add_argument("--format", default="lerobot", choices=["lerobot"], help="output format (default: lerobot)")
+    parser.add_argument("--format", default="lerobot", choices=["lerobot"], help="output format")
     parser.add_argument("--out", required=True, help="dataset directory to write (must not exist or be empty)")
     parser.add_argument("--repo-id", default=None, help="dataset name, e.g. lab/ur5_reach (recorded in info.json)")
     parser.add_argument("--fps", type=float, default=None, help="frames per second (default: the episodes' control rate)")
     parser.add_argument("--include-flagged", action="store_true", help="also export episodes with quality flags")
     parser.add_argument("--timestamps", default="measured", choices=["measured", "nominal"],
-                        help="timestamp column from the recorded tick times (default) or frame_index / fps")
+                        help="timestamp column: measured, from the recorded tick times, or nominal, frame_index / fps")
     parser.add_argument("--overwrite", action="store_true", help="replace a previous export in --out")
     return parser
 

@@ -176,14 +176,73 @@ def _local_network(config: Config, root: Path) -> Config:
 
 COMPLETE = ("steps done", "time limit reached")
 """Reasons a session ends having done what it was asked (exit code 0)."""
+CHECKPOINT_FILE = "latest.pt"
+"""The learner's newest checkpoint in LOGDIR/checkpoints/ (learner.trainer.CHECKPOINT_FILE)."""
+
+
+def first_update_steps(config: Config) -> tuple[int, str, str]:
+    """How many environment steps a session collects before its learner can make its first update:
+    ``learner.min_replay_steps`` in replay, and at least one whole training sequence of ``learner.batch_length``
+    consecutive steps to sample. The random prefill (``actor.prefill_steps``) goes into replay like every other
+    step, so it adds nothing. Returns (steps, the keys behind the figure, the key to lower for fewer)."""
+    learner = config.learner
+    if learner.batch_length > learner.min_replay_steps:
+        return (learner.batch_length, f"learner.batch_length {learner.batch_length}, one whole training sequence; "
+                                      f"learner.min_replay_steps {learner.min_replay_steps}", "learner.batch_length")
+    return (learner.min_replay_steps, f"learner.min_replay_steps {learner.min_replay_steps} in replay",
+            "learner.min_replay_steps")
+
+
+def refused_logdir_message(logdir: str | Path) -> str:
+    """One line for a log directory that already holds a session: what to do instead, and how to go on from its
+    newest checkpoint (``--init``) when it has one."""
+    checkpoint = Path(logdir) / session.CHECKPOINTS / CHECKPOINT_FILE
+    kept = "its episodes and checkpoints are kept as they are"
+    if checkpoint.is_file():
+        return (f"log directory {str(logdir)!r} already holds a session: to continue from it, give a new --logdir "
+                f"and --init {checkpoint} (its newest checkpoint); to start afresh, just a new --logdir ({kept})")
+    return (f"log directory {str(logdir)!r} already holds a session, with no checkpoint yet: choose a new --logdir "
+            f"({kept}); to continue from its episodes, train a checkpoint with `robotd replay {logdir} --updates N` "
+            f"and start from it with --init")
+
+
+def _learner_counter(summary: dict, status: dict, stats_key: str, status_key: str) -> int | None:
+    """A learner figure from its final stats (in summary.json), else from its last status message, else None."""
+    value = _count(summary.get(stats_key))
+    if value is None:
+        last = status.get("learner") if isinstance(status, dict) else None
+        value = _count(last.get(status_key)) if isinstance(last, dict) else None
+    return value
+
+
+def learner_never_trained(root: Path, summary: dict, status: dict) -> bool:
+    """True when no learner of the session made an update: its stats or status say 0 (or it sent neither) and
+    the session has no checkpoint of its own (one is written only after updates)."""
+    if (Path(root) / session.CHECKPOINTS / CHECKPOINT_FILE).exists():
+        return False
+    return not _learner_counter(summary, status, "learner_updates", "updates")
+
+
+def before_first_update_message(summary: dict, status: dict, config: Config) -> str:
+    """The plain sentence for a session that ended before its learner's first update."""
+    needed, _, _ = first_update_steps(config)
+    had = _learner_counter(summary, status, "ingested_steps", "replay_steps")
+    env = _figure(summary.get("env_steps"))
+    if had is None:
+        state = "it was still starting up"
+    elif had < needed:
+        state = f"it had {had}"
+    else:
+        state = f"it had {had} but had not made an update yet"
+    return (f"robotd train: the session ended after {env} steps, before the learner's first update (it needs "
+            f"{needed} steps in replay; {state}), so no checkpoint was written: run longer with --steps or --minutes")
 
 
 def train(config: Config, *, logdir: str, steps: int | None, minutes: float | None = None) -> int:
     """Runs a whole session until ``steps`` environment steps or ``minutes`` of wall time (whichever comes first),
     Ctrl-C or a process failing; returns the exit code (0 when it ran to its limit)."""
     if session.holds_session(logdir):
-        raise session.LogdirError(f"log directory {str(logdir)!r} already holds a session: choose a new --logdir "
-                                  f"(its episodes and checkpoints are kept as they are)")
+        raise session.LogdirError(refused_logdir_message(logdir))
     root = session.prepare(logdir)
     if not config.session:
         config = dataclasses.replace(config, session=root.name)
@@ -250,20 +309,19 @@ def train(config: Config, *, logdir: str, steps: int | None, minutes: float | No
     finally:
         if tty:
             print(file=sys.stderr)
+        learner_stopped = children["learner"].alive       # still running at the end: robotd train stops it
         codes = _shutdown(children, collector, interrupted, config)
         collector.close()
         if status_curve is not None:
             status_curve.stop()
         context.term()
-    for name, child in children.items():
-        code = codes.get(name)
-        if reason == "interrupted" or code in (0, -signal.SIGTERM):
-            continue
-        how = None if code is not None else "did not stop in time and was killed by robotd train (SIGKILL)"
-        print(f"robotd train: {child.exit_message(code, how=how)}", file=sys.stderr)
     summary = summarize(root, reason=reason, wall_s=time.monotonic() - started, exit_codes=codes,
                         started_at={name: child.started_at for name, child in children.items()},
                         status=collector.latest, malformed_status=collector.malformed)
+    lines, failed = ending_report(children, codes, reason, learner_stopped=learner_stopped, root=root, summary=summary,
+                                  status=collector.latest, config=config)
+    for line in lines:
+        print(line, file=sys.stderr)
     summary["learner_restarts"] = len(retired)
     # Handshakes with keys that are not the session's, per channel owner (each refused peer is logged once there).
     summary["refused_connections"] = {
@@ -271,8 +329,31 @@ def train(config: Config, *, logdir: str, steps: int | None, minutes: float | No
         **{name: session.read_stats(root, name).get("refused_connections") for name in ("daemon", "learner")}}
     session.write_json(root / session.SUMMARY, summary)
     print(format_summary(summary, root), file=sys.stderr)
-    failed = any(code not in (0, None) for code in codes.values())
     return 130 if reason == "interrupted" else (1 if failed or reason not in COMPLETE else 0)
+
+
+def ending_report(children: dict, codes: dict, reason: str, *, learner_stopped: bool, root: Path, summary: dict,
+                  status: dict, config: Config) -> tuple[list[str], bool]:
+    """What ``robotd train`` says about how its processes ended, and whether any of them failed.
+
+    ``children`` maps each process name to its Child, ``codes`` to its exit status after the shutdown (None: it
+    had to be killed), ``learner_stopped`` says whether the learner was still running when the session ended.
+    A process that exited normally or on robotd train's SIGTERM gets no line; any other gets one with its last
+    error (none after a Ctrl-C). A learner stopped before its first update was still starting or filling its
+    replay: however it ended (Ray's start cut short, say), the session was too short, and it is said so in one
+    plain sentence instead of as a failure."""
+    too_short = learner_stopped and learner_never_trained(root, summary, status)
+    lines = []
+    for name, child in children.items():
+        code = codes.get(name)
+        if reason == "interrupted" or code in (0, -signal.SIGTERM) or (name == "learner" and too_short):
+            continue
+        how = None if code is not None else "did not stop in time and was killed by robotd train (SIGKILL)"
+        lines.append(f"robotd train: {child.exit_message(code, how=how)}")
+    if too_short:
+        lines.append(before_first_update_message(summary, status, config))
+    failed = any(code not in (0, None) for name, code in codes.items() if not (name == "learner" and too_short))
+    return lines, failed
 
 
 def _shutdown(children: dict[str, Child], collector: StatusCollector, interrupted: list, config: Config) -> dict:

@@ -89,8 +89,11 @@ def test_train_refuses_a_logdir_that_already_holds_a_session(tmp_path):
     (tmp_path / "old" / "episodes" / "actor0-000000.h5").write_bytes(b"recorded")
     result = run(["robotd", "train", CONFIG, "--logdir", str(tmp_path / "old")])
     assert result.returncode == 2
-    assert error_lines(result) == [f"robotd train: error: log directory {str(tmp_path / 'old')!r} already holds a "
-                                   f"session: choose a new --logdir (its episodes and checkpoints are kept as they are)"]
+    old = tmp_path / "old"
+    assert error_lines(result) == [f"robotd train: error: log directory {str(old)!r} already holds a session, with no "
+                                   f"checkpoint yet: choose a new --logdir (its episodes and checkpoints are kept as "
+                                   f"they are); to continue from its episodes, train a checkpoint with `robotd replay "
+                                   f"{old} --updates N` and start from it with --init"]
     assert (tmp_path / "old" / "episodes" / "actor0-000000.h5").read_bytes() == b"recorded"
 
 
