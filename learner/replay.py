@@ -123,7 +123,10 @@ class ReplayBuffer:
             self._by_id[segment.id] = segment
             self._next_id += 1
             segments.append(segment)
-        segment.append({key: np.asarray(value) for key, value in arrays.items()}, n_steps)
+        # Copies: as a Ray actor its arguments arrive as read-only views of the object store, and a view kept here
+        # would pin the caller's object there for as long as the step stays in replay (the store, not the
+        # capacity, would then bound the replay, and its pages count in the learner's memory as well).
+        segment.append({key: np.array(value, copy=True) for key, value in arrays.items()}, n_steps)
         self._order.append((segment, n_steps))
         self.steps += n_steps
         self.added_steps += n_steps

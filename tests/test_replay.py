@@ -21,6 +21,22 @@ def test_consecutive_chunks_make_one_segment_and_sequences_are_contiguous():
     assert np.all(np.diff(batch["index"], axis=1) == 1)
 
 
+def test_a_stored_chunk_keeps_no_view_of_the_callers_arrays():
+    """As a Ray actor the replay gets read-only views of the object store: keeping them would pin every chunk's
+    object there (the store, not the capacity, bounding the replay). What is stored is its own copy."""
+    arrays = chunk(0, 32)
+    views = {key: value.view() for key, value in arrays.items()}
+    for view in views.values():
+        view.flags.writeable = False                          # as numpy arrays read from Ray's object store are
+    replay = ReplayBuffer(10_000, seed=0)
+    replay.add("a", 0, views)
+    stored = replay.segments["a"][0].chunks[0]
+    for key, value in stored.items():
+        assert not np.shares_memory(value, arrays[key]), key
+    arrays["index"][:] = -1                                   # the caller's buffer reused: replay unchanged
+    assert np.all(replay.sample(4, 32)["index"] >= 0)
+
+
 def test_a_gap_starts_a_new_segment_so_no_sequence_spans_it():
     replay = ReplayBuffer(10_000, seed=1)
     replay.add("a", 0, chunk(0, 32))
