@@ -103,11 +103,22 @@ def test_observation_carries_device_and_host_times_and_reading_ages(running):
 
 
 def test_an_action_in_time_is_applied_and_reported_back(running):
+    """An action sent well inside the 80 ms deadline is applied, not the fallback. On a starved machine this
+    process may read an observation late or be held before its answer goes out, so the test answers fresh
+    observations (under 20 ms old by the shared monotonic clock) until one answer went out within 20 ms."""
     running.hello()
-    obs = running.next_obs()
-    running.act(obs, np.full(6, 0.5))
-    following = running.next_obs()
-    assert following.meta["prev"]["tick"] == obs.meta["tick"]
+    for _ in range(20):
+        obs = running.next_obs()
+        if time.monotonic_ns() - obs.meta["t_tick_ns"] > 20e6:
+            continue                                                      # read late: not a fair try
+        running.act(obs, np.full(6, 0.5))
+        answered_in_time = time.monotonic_ns() - obs.meta["t_tick_ns"] < 20e6
+        following = running.next_obs()
+        assert following.meta["prev"]["tick"] == obs.meta["tick"]
+        if answered_in_time:
+            break
+    else:
+        pytest.fail("no observation in 20 could be answered within 20 ms: the machine is starved beyond the test")
     assert following.meta["prev"]["late"] is False
     assert following.meta["prev"]["policy_version"] == 3
     np.testing.assert_allclose(following.arrays["prev_action"], 0.5, atol=1e-5)

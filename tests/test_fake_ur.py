@@ -146,7 +146,8 @@ def test_control_uploads_its_script_and_servoj_moves_the_arm(serve):
         assert control.servoJ((start + fraction * (goal - start)).tolist(), *SERVO)
         sent += 1
         control.waitPeriod(period)
-    assert 0.9 * 250 <= sent <= 1.05 * 250
+    # ur-rtde's waitPeriod holds the loop to 125 Hz; a starved machine loses periods of this loop, never adds any
+    assert 0.5 * 250 <= sent <= 1.05 * 250, sent
     np.testing.assert_allclose(receiver.getActualQ(), goal, atol=0.02)
     assert ur.state()["commands"][fake_ur.CMD_SERVOJ] >= 0.9 * sent
     assert control.servoStop()

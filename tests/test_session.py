@@ -49,7 +49,9 @@ def assert_session_invariants(logdir: Path, steps: int | None) -> dict:
 def test_a_short_arm_session_streams_trains_uses_new_weights_and_survives_faults(tmp_path):
     pids_before = procs.pids()
     logdir = tmp_path / "arm"
-    faults = ["--set", "robot.args.faults={protective_stop_at_s: 5.0}",
+    # The stop 10 s after the robot starts: an actor that a busy machine holds at its start for more than 5 s
+    # would find the robot already stopped, before its first episode, which then has nothing to flag.
+    faults = ["--set", "robot.args.faults={protective_stop_at_s: 10.0}",
               "--set", "cameras.0.args.faults={frozen_at_s: 3.0, frozen_for_s: 0.5}",
               "--set", "learner.report_every_s=2"]
     # 1000 steps (20 s): on a busy machine the learner can take 12 s to start, train and publish twice

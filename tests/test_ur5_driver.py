@@ -130,7 +130,9 @@ def test_servo_loop_at_125_hz_with_the_controller_clock_as_hardware_time():
         try:
             first = arm.read()
             assert first.domain == "hardware_clock"
-            np.testing.assert_allclose(first.values["joint_pos"], HOME, atol=1e-3)
+            # the fake's joint servo holds the start pose to about a milliradian (measured up to 1.02 on a starved
+            # machine, where its physics runs in uneven steps)
+            np.testing.assert_allclose(first.values["joint_pos"], HOME, atol=2e-3)
             target = HOME + np.array([0.3, -0.2, 0.2, 0.1, 0.0, 0.3])
             started = time.monotonic()
             servo_for(arm, target, 2.0)
