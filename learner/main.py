@@ -21,7 +21,7 @@ from learner.dreamer import describe_parameters, model_summary
 from learner.ingest import IngestServer
 from learner.ray_start import start_ray
 from learner.refill import refill_from_episodes
-from learner.replay import ReplayBuffer
+from learner.replay import ReplayBuffer, available_memory_bytes, capacity_warning
 from learner.trainer import CHECKPOINT_FILE, Prefetcher, Trainer, WeightPublisher, read_checkpoint, resolve_device
 from robotd import session
 from robotd.config import Config
@@ -130,6 +130,9 @@ class Learner:
         discrete = ingest.action_discrete if ingest.action_discrete is not None else bool(
             (checkpoint or {}).get("action_discrete", False))
         self.trainer = trainer = Trainer(self.config, ingest.spec, self.device, self.logdir, action_discrete=discrete)
+        warning = capacity_warning(ingest.spec, config.replay_capacity_steps, available_memory_bytes())
+        if warning is not None:
+            log.warning("%s", warning)
         log.info("agent built (%s preset): %s", config.model.preset,
                  describe_parameters(trainer.agent.parameter_counts()))
         log.info("model: %s; precision %s, compiled %s", model_summary(trainer.agent.config),

@@ -92,6 +92,36 @@ class _Segment:
 EXCLUDED_TRIES = 64
 
 
+def step_bytes(spec: dict) -> int:
+    """Bytes one step of a step spec ({key: (shape, dtype)}) takes in replay."""
+    return int(sum(int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize for shape, dtype in spec.values()))
+
+
+def available_memory_bytes(meminfo: str = "/proc/meminfo") -> int | None:
+    """MemAvailable of this machine, or None where it cannot be read."""
+    try:
+        with open(meminfo) as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def capacity_warning(spec: dict, capacity_steps: int, available: int | None) -> str | None:
+    """One line when a full replay of ``capacity_steps`` steps would need more than 80% of the memory available
+    now (a long session would then swap or be killed when the replay fills), else None."""
+    needed = step_bytes(spec) * capacity_steps
+    if available is None or needed <= 0.8 * available:
+        return None
+    fits = max(1, int(0.8 * available // max(1, step_bytes(spec))))
+    return (f"learner.replay_capacity_steps {capacity_steps:,} at {step_bytes(spec):,} bytes a step needs "
+            f"{needed / 2**30:.1f} GiB when full, more than 80% of the {available / 2**30:.1f} GiB available: the "
+            f"replay fills after that many steps and memory runs out; set learner.replay_capacity_steps={fits} or "
+            f"less (or give the learner more memory)")
+
+
 class ReplayBuffer:
     """Uniform sampling of fixed-length sequences from everything collected so far."""
 

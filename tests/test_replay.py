@@ -247,3 +247,18 @@ def test_latents_of_another_size_are_refused():
     deter, stoch = latents_of(keys, 8)
     with pytest.raises(ValueError, match="one replay serves one model"):
         replay.update_latents(keys, deter[..., :2], stoch, CLASSES)
+
+
+def test_a_replay_that_would_outgrow_the_memory_is_named_with_a_capacity_that_fits():
+    from learner.replay import available_memory_bytes, capacity_warning, step_bytes
+    spec = {"obs/image": ((64, 64, 3), "uint8"), "action": ((6,), "float32"), "reward": ((), "float32")}
+    assert step_bytes(spec) == 64 * 64 * 3 + 24 + 4
+    gib = 2**30
+    assert capacity_warning(spec, 100_000, available=8 * gib) is None          # 1.1 GiB of 8
+    warning = capacity_warning(spec, 1_000_000, available=8 * gib)             # 11.5 GiB of 8
+    assert warning is not None and "\n" not in warning
+    assert "learner.replay_capacity_steps 1,000,000" in warning and "11.5 GiB" in warning
+    fits = int(warning.split("learner.replay_capacity_steps=")[1].split()[0])
+    assert step_bytes(spec) * fits <= 0.8 * 8 * gib < step_bytes(spec) * (fits + 1)
+    assert capacity_warning(spec, 1_000_000, available=None) is None           # unknown: no claim
+    assert available_memory_bytes() is None or available_memory_bytes() > 0
