@@ -19,7 +19,7 @@ import zmq
 
 from learner.dreamer import describe_parameters, model_summary
 from learner.ingest import IngestServer
-from learner.ray_start import start_ray
+from learner.ray_start import StartStopped, start_ray
 from learner.refill import refill_from_episodes
 from learner.replay import ReplayBuffer, available_memory_bytes, capacity_warning
 from learner.trainer import CHECKPOINT_FILE, Prefetcher, Trainer, WeightPublisher, read_checkpoint, resolve_device
@@ -79,7 +79,23 @@ class Learner:
         spec = None
         if checkpoint is not None:
             spec = {key: (tuple(shape), dtype) for key, (shape, dtype) in checkpoint["spec"].items()}
-        ray = start_ray(config, sleep=self.stop_requested.wait, stopped=self.stop_requested.is_set)
+        try:
+            ray = start_ray(config, sleep=self.stop_requested.wait, stopped=self.stop_requested.is_set)
+        except (StartStopped, RuntimeError) as exc:
+            weights_socket.close(0)
+            if self.curve:
+                self.curve.stop()
+            context.term()
+            if not (isinstance(exc, StartStopped) or self.stop_requested.is_set()):
+                raise
+            # Stopped before Ray was up (a session shorter than the start, a Ctrl-C): a clean stop, not a failure.
+            log.info("stopped while Ray was starting: no update made, nothing to checkpoint")
+            stats = {"learner_updates": 0, "replayed_steps": 0, "ingested_steps": 0, "replay_steps": 0,
+                     "published_version": 0, "device": self.device, "stopped_while_starting": True,
+                     "refused_connections": self.curve.rejected if self.curve else 0, "parameters": 0,
+                     "last_losses": {}}
+            session.write_stats(self.logdir, "learner", stats)
+            return stats
         self.on_ray_started()
         try:
             replay = ray.remote(num_cpus=0.25)(ReplayBuffer).remote(config.learner.replay_capacity_steps, config.seed)

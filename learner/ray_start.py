@@ -248,17 +248,32 @@ def _is_loopback_ip(host: str) -> bool:
         return host == "localhost"
 
 
+class StartStopped(Exception):
+    """A stop signal (SIGTERM, SIGINT) arrived while ``ray.init`` ran: Ray's own handler, in force meanwhile,
+    turns it into SystemExit; the learner takes it as the stop it is."""
+
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+def _stopped_by_signal(exc: SystemExit) -> bool:
+    return exc.code in STOP_SIGNALS or exc.code in tuple(-s for s in STOP_SIGNALS)
+
+
 def _start_local_ray(ray, seconds: float) -> None:
-    """One attempt at a local, loopback-only Ray; a failed one leaves no Ray process behind."""
+    """One attempt at a local, loopback-only Ray; a failed one leaves no Ray process behind, and one cut short by
+    a stop signal raises StartStopped."""
     temp_dir = tempfile.mkdtemp(prefix="robotd-ray-")
     try:
         with _ray_waits(seconds):
             ray.init(address="local", num_cpus=max(1, os.cpu_count() or 1), include_dashboard=False,
                      log_to_driver=False, configure_logging=False, _temp_dir=temp_dir, _node_ip_address=LOOPBACK)
-    except BaseException:
+    except BaseException as exc:
         ray.shutdown()
         killed = kill_descendants_naming(temp_dir)
         log.info("Ray start failed: stopped the %d process(es) it left; its logs are in %s", len(killed), temp_dir)
+        if isinstance(exc, SystemExit) and _stopped_by_signal(exc):
+            raise StartStopped(f"a stop signal arrived while Ray was starting (exit {exc.code})") from None
         raise
     start_reaper(temp_dir)
     node_ip = ray.util.get_node_ip_address()
@@ -273,8 +288,10 @@ def _join_ray(ray, address: str, seconds: float) -> None:
     try:
         with _ray_waits(seconds):
             ray.init(address=address, log_to_driver=False, configure_logging=False)
-    except BaseException:
+    except BaseException as exc:
         ray.shutdown()
+        if isinstance(exc, SystemExit) and _stopped_by_signal(exc):
+            raise StartStopped(f"a stop signal arrived while joining Ray (exit {exc.code})") from None
         raise
 
 
@@ -294,7 +311,7 @@ def start_ray(config: Config, *, sleep: Callable[[float], object] = time.sleep,
     import ray
     address = learner.ray_address
     auth_error = getattr(ray.exceptions, "AuthenticationError", None)
-    fatal: tuple[type[BaseException], ...] = (SecurityError, ValueError, TypeError)
+    fatal: tuple[type[BaseException], ...] = (SecurityError, ValueError, TypeError, StartStopped)
     if address:
         if auth_error is None:
             raise SecurityError(f"the installed Ray {ray.__version__} has no token auth, which learner.ray_address="

@@ -368,3 +368,48 @@ def test_a_killed_learner_leaves_no_ray_process_behind(tmp_path):
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+class _RayStoppedDuringInit:
+    """A stand-in for the ray module whose init is cut short the way Ray's own SIGTERM handler cuts it."""
+
+    def __init__(self, code):
+        self.code, self.shutdowns = code, 0
+
+    def init(self, **kwargs):
+        raise SystemExit(self.code)
+
+    def shutdown(self):
+        self.shutdowns += 1
+
+
+def test_a_stop_signal_during_rays_start_is_a_stop_not_a_failure():
+    fake = _RayStoppedDuringInit(15)                     # Ray's handler: sys.exit(signum)
+    with pytest.raises(ray_start.StartStopped, match="stop signal"):
+        ray_start._start_local_ray(fake, 30.0)
+    assert fake.shutdowns == 1
+    other = _RayStoppedDuringInit(3)                     # any other exit passes through as it is
+    with pytest.raises(SystemExit):
+        ray_start._start_local_ray(other, 30.0)
+
+
+def test_a_learner_stopped_while_ray_starts_exits_cleanly_with_its_stats(tmp_path, monkeypatch):
+    import socket
+
+    import learner.main as learner_main
+    from robotd import session
+
+    def free_port():
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            return probe.getsockname()[1]
+
+    def stopped_start(*args, **kwargs):
+        raise ray_start.StartStopped("a stop signal arrived while Ray was starting (exit 15)")
+
+    monkeypatch.setattr(learner_main, "start_ray", stopped_start)
+    loaded = cfg.load(None, [f"network.experience=tcp://127.0.0.1:{free_port()}",
+                                f"network.weights=tcp://127.0.0.1:{free_port()}"])
+    stats = learner_main.Learner(loaded, logdir=str(tmp_path)).run()
+    assert stats["stopped_while_starting"] and stats["learner_updates"] == 0
+    assert session.read_stats(tmp_path, "learner")["stopped_while_starting"] is True
