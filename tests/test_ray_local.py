@@ -17,6 +17,7 @@ from robotd import config as cfg
 from robotd.config import LearnerConfig
 from robotd.security import SecurityError
 from tests import procs
+from tests.clocks import FakeClock
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -122,25 +123,12 @@ def test_start_ray_refuses_a_cluster_without_token_before_touching_ray(tmp_path,
 
 # ---- retries -----------------------------------------------------------------------------------------
 
-class FakeClock:
-    def __init__(self):
-        self.now = 1000.0
-        self.sleeps = []
-
-    def __call__(self):
-        return self.now
-
-    def sleep(self, seconds):
-        self.sleeps.append(seconds)
-        self.now += seconds
-
-
 def flaky(clock, failures, seconds_each, error=RuntimeError("The current node timed out during startup.\nmore")):
     calls = []
 
     def attempt(left):
         calls.append(left)
-        clock.now += seconds_each
+        clock.advance(seconds_each * 1e9)
         if len(calls) <= failures:
             raise error
         return "up"
@@ -148,7 +136,7 @@ def flaky(clock, failures, seconds_each, error=RuntimeError("The current node ti
 
 
 def test_failed_starts_are_retried_within_the_budget(caplog):
-    clock = FakeClock()
+    clock = FakeClock(seconds=True, start_ns=1000 * 10**9)
     attempt, calls = flaky(clock, failures=2, seconds_each=20)
     with caplog.at_level(logging.INFO, logger="learner"):
         result = ray_start.retry_start(attempt, 120, what="starting Ray", fix="fix it", clock=clock,
@@ -164,7 +152,7 @@ def test_failed_starts_are_retried_within_the_budget(caplog):
 
 
 def test_retries_stop_when_the_budget_is_spent_with_a_one_line_error():
-    clock = FakeClock()
+    clock = FakeClock(seconds=True, start_ns=1000 * 10**9)
     attempt, calls = flaky(clock, failures=99, seconds_each=25)
     with pytest.raises(RuntimeError) as info:
         ray_start.retry_start(attempt, 60, what="starting Ray", fix="raise learner.ray_start_timeout_s",
@@ -177,7 +165,7 @@ def test_retries_stop_when_the_budget_is_spent_with_a_one_line_error():
 
 
 def test_fatal_errors_are_not_retried():
-    clock = FakeClock()
+    clock = FakeClock(seconds=True, start_ns=1000 * 10**9)
     attempt, calls = flaky(clock, failures=5, seconds_each=1, error=SecurityError("bad token"))
     with pytest.raises(SecurityError, match="bad token"):
         ray_start.retry_start(attempt, 120, what="x", fix="y", fatal=(SecurityError,), clock=clock,
@@ -186,7 +174,7 @@ def test_fatal_errors_are_not_retried():
 
 
 def test_a_stop_request_ends_the_retries():
-    clock = FakeClock()
+    clock = FakeClock(seconds=True, start_ns=1000 * 10**9)
     attempt, calls = flaky(clock, failures=5, seconds_each=1)
     with pytest.raises(RuntimeError, match="stopped after attempt 1 failed"):
         ray_start.retry_start(attempt, 120, what="x", fix="y", clock=clock, sleep=clock.sleep,

@@ -25,6 +25,7 @@ from drivers.sim_a1 import SimA1, quat_to_rpy  # noqa: E402
 from robotd import config as config_mod  # noqa: E402
 from robotd import tasks  # noqa: E402
 from robotd.safety import LeggedLimits, LeggedSafety  # noqa: E402
+from tests.clocks import FakeClock  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 MS = 1_000_000
@@ -37,17 +38,6 @@ FAST = ["--set", "control.rate_hz=50", "--set", "control.action_deadline_ms=15",
 STAND_CONFIG = config_mod.load(ROOT / "configs" / "sim_a1_stand.yaml")
 KP, KD = STAND_CONFIG.safety.legged.kp, STAND_CONFIG.safety.legged.kd
 ZEROS = np.zeros(12)
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.ns = 1_000_000_000
-
-    def __call__(self) -> int:
-        return self.ns
-
-    def tick(self, ns: int = PERIOD_NS) -> None:
-        self.ns += ns
 
 
 def robot(clock: FakeClock, **kwargs) -> SimA1:
@@ -68,7 +58,7 @@ def test_registered_simulated_and_lazy() -> None:
 
 
 def test_reading_spec_extends_mock_legged_and_read_matches_it() -> None:
-    clock = FakeClock()
+    clock = FakeClock(period_ns=PERIOD_NS)
     legs = robot(clock, noise_std=0.002)
     spec = legs.reading_spec()
     mock_spec = MockLegged().reading_spec()
@@ -90,7 +80,7 @@ def test_reading_spec_extends_mock_legged_and_read_matches_it() -> None:
 
 
 def test_stands_for_two_seconds_under_its_pd_controller_and_sags_when_damped() -> None:
-    clock = FakeClock()
+    clock = FakeClock(period_ns=PERIOD_NS)
     legs = robot(clock)
     for _ in range(40):  # 2 s at 20 Hz
         hold(legs, legs.stand_q_rad)
@@ -102,13 +92,13 @@ def test_stands_for_two_seconds_under_its_pd_controller_and_sags_when_damped() -
     np.testing.assert_allclose(values["joint_pos"], legs.stand_q_rad, atol=0.15)
     standing = float(values["scene_base_height"][0])
     legs.damp()
-    clock.tick(1500 * MS)
+    clock.advance(1500 * MS)
     assert legs.read().values["scene_base_height"][0] < standing - 0.05
     assert not legs.status().fallen  # sagging onto its belly is not a fall
 
 
 def test_status_reports_a_fall_as_a_state_and_disconnection_as_not_ok() -> None:
-    clock = FakeClock()
+    clock = FakeClock(period_ns=PERIOD_NS)
     back = robot(clock, start="back")
     status = back.status()
     assert status.fallen and status.ok and status.fault is None
@@ -123,35 +113,35 @@ def test_status_reports_a_fall_as_a_state_and_disconnection_as_not_ok() -> None:
 
 
 def test_command_latency_delays_the_effect_by_exactly_the_latency() -> None:
-    clock = FakeClock()
+    clock = FakeClock(period_ns=PERIOD_NS)
     delayed, twin = robot(clock, command_latency_s=0.05), robot(clock, command_latency_s=0.05)
-    clock.tick(10 * MS)
+    clock.advance(10 * MS)
     target = delayed.stand_q_rad + np.tile([0.0, 0.4, 0.0], 4)
     hold(delayed, target)
     hold(twin, twin.stand_q_rad)
-    clock.tick(50 * MS)  # due now; its torque acts from the next physics step on
+    clock.advance(50 * MS)  # due now; its torque acts from the next physics step on
     np.testing.assert_array_equal(delayed.read().values["joint_vel"], twin.read().values["joint_vel"])
-    clock.tick(2 * MS)
+    clock.advance(2 * MS)
     assert not np.array_equal(delayed.read().values["joint_vel"], twin.read().values["joint_vel"])
-    clock.tick(100 * MS)
+    clock.advance(100 * MS)
     moved = delayed.read().values["joint_pos"] - twin.read().values["joint_pos"]
     assert np.all(moved[1::3] > 0.05)
 
 
 @pytest.mark.parametrize("inner_rate_hz, effect_ms", [(100.0, 10), (1000.0, 3)])
 def test_a_command_is_latched_at_the_next_inner_tick(inner_rate_hz: float, effect_ms: int) -> None:
-    clock = FakeClock()
+    clock = FakeClock(period_ns=PERIOD_NS)
     legs, twin = robot(clock, inner_rate_hz=inner_rate_hz), robot(clock, inner_rate_hz=inner_rate_hz)
-    clock.tick(3 * MS)  # between two 10 ms ticks of a 100 Hz inner loop
+    clock.advance(3 * MS)  # between two 10 ms ticks of a 100 Hz inner loop
     hold(legs, legs.stand_q_rad + 0.3)
     clock.ns = twin._origin_ns + effect_ms * MS
     np.testing.assert_array_equal(legs.read().values["joint_vel"], twin.read().values["joint_vel"])
-    clock.tick(1 * MS)
+    clock.advance(1 * MS)
     assert not np.array_equal(legs.read().values["joint_vel"], twin.read().values["joint_vel"])
 
 
 def test_lost_commands_never_take_effect() -> None:
-    clock = FakeClock()
+    clock = FakeClock(period_ns=PERIOD_NS)
     lossy, twin = robot(clock, command_loss=0.999, seed=3), robot(clock)
     for _ in range(20):
         hold(lossy, lossy.stand_q_rad + 0.3)
@@ -165,13 +155,13 @@ def test_lost_commands_never_take_effect() -> None:
 
 
 def test_sensor_latency_reports_the_state_captured_that_long_ago() -> None:
-    clock = FakeClock()
+    clock = FakeClock(period_ns=PERIOD_NS)
     late, live = robot(clock, sensor_latency_s=0.03), robot(clock)
     late.damp()
     live.damp()  # sagging: the state changes every step
     seen = {}
     for _ in range(60):
-        clock.tick(2 * MS)
+        clock.advance(2 * MS)
         reading = live.read()
         seen[reading.hw_time_ns] = reading.values
         delayed = late.read()
@@ -183,11 +173,11 @@ def test_sensor_latency_reports_the_state_captured_that_long_ago() -> None:
 
 
 def test_sensor_jitter_delays_readings_without_reordering_them() -> None:
-    clock = FakeClock()
+    clock = FakeClock(period_ns=PERIOD_NS)
     legs = robot(clock, sensor_latency_s=0.01, latency_jitter_s=0.01, seed=2)
     lags, last = [], -1
     for _ in range(50):
-        clock.tick(2 * MS)
+        clock.advance(2 * MS)
         reading = legs.read()
         assert reading.hw_time_ns >= last
         last = reading.hw_time_ns
@@ -197,10 +187,10 @@ def test_sensor_jitter_delays_readings_without_reordering_them() -> None:
 
 
 def test_device_clock_offset_and_drift_show_in_hardware_time() -> None:
-    clock = FakeClock()
+    clock = FakeClock(period_ns=PERIOD_NS)
     legs = robot(clock, clock_offset_s=100.0, clock_drift_ppm=1000.0)
     first = legs.read()
-    clock.tick(10_000 * MS)
+    clock.advance(10_000 * MS)
     second = legs.read()
     drift_ns = (second.hw_time_ns - first.hw_time_ns) - (second.host_time_ns - first.host_time_ns)
     assert drift_ns == 10 * MS
@@ -208,7 +198,7 @@ def test_device_clock_offset_and_drift_show_in_hardware_time() -> None:
 
 
 def test_noise_is_seeded_and_leaves_scene_readings_exact() -> None:
-    clock = FakeClock()
+    clock = FakeClock(period_ns=PERIOD_NS)
     a, b, clean = (robot(clock, noise_std=0.01, seed=5), robot(clock, noise_std=0.01, seed=5), robot(clock))
     errors = []
     for _ in range(100):
@@ -223,7 +213,7 @@ def test_noise_is_seeded_and_leaves_scene_readings_exact() -> None:
 
 
 def test_scene_base_vel_is_forward_positive_in_the_heading_frame() -> None:
-    clock = FakeClock()
+    clock = FakeClock(period_ns=PERIOD_NS)
     legs = robot(clock)
     sim = legs.sim
     sim.data.qvel[0:3] = (0.7, 0.0, 0.0)  # pushed along world x, the trunk facing +x
@@ -247,17 +237,17 @@ def test_quat_to_rpy_matches_known_rotations() -> None:
 
 
 def test_damp_bypasses_latency_and_drops_commands_in_flight_and_reset_restores_the_start() -> None:
-    clock = FakeClock()
+    clock = FakeClock(period_ns=PERIOD_NS)
     legs, twin = robot(clock, command_latency_s=0.05), robot(clock, command_latency_s=0.05)
     hold(legs, legs.stand_q_rad + 0.3)
     legs.damp()
     twin.damp()
-    clock.tick(200 * MS)
+    clock.advance(200 * MS)
     np.testing.assert_array_equal(legs.read().values["joint_pos"], twin.read().values["joint_pos"])
     lying = robot(clock, start="lying", reset_noise_rad=0.05, seed=4)
     start_q = lying.read().values["joint_pos"]
     hold(lying, lying.stand_q_rad)
-    clock.tick(1000 * MS)
+    clock.advance(1000 * MS)
     assert lying.read().values["scene_base_height"][0] > 0.15  # it stood up
     lying.reset()
     after = lying.read().values
@@ -266,7 +256,7 @@ def test_damp_bypasses_latency_and_drops_commands_in_flight_and_reset_restores_t
 
 
 def test_command_motors_rejects_bad_shapes_values_and_gains_in_one_line() -> None:
-    legs = robot(FakeClock())
+    legs = robot(FakeClock(period_ns=PERIOD_NS))
     bad = [
         (dict(q=np.zeros(11)), "q_rad must have shape"),
         (dict(q=np.full(12, np.nan)), "q_rad must be finite"),
@@ -302,7 +292,7 @@ def test_bad_constructor_args_give_one_line_errors(kwargs, match) -> None:
 
 
 def test_a_control_tick_is_cheap() -> None:
-    clock = FakeClock()
+    clock = FakeClock(period_ns=PERIOD_NS)
     legs = robot(clock, noise_std=0.002, command_latency_s=0.005)
     costs = []
     for _ in range(60):
@@ -322,7 +312,7 @@ def test_the_configs_safety_and_task_run_a_short_loop(path: str) -> None:
     cfg = config_mod.load(ROOT / "configs" / path)
     assert cfg.robot.driver == "sim_a1" and not cfg.cameras and cfg.control.pacing == "lockstep"
     legged = cfg.safety.legged
-    clock = FakeClock()
+    clock = FakeClock(period_ns=PERIOD_NS)
     legs = robot(clock, **cfg.robot.args)
     limits = LeggedLimits(joint_limits_rad=legs.joint_limits_rad, action_scale_rad=legged.action_scale_rad,
                           max_delta_rad=legged.max_delta_rad, kp_max=legged.kp_max, kd_max=legged.kd_max,
@@ -349,7 +339,7 @@ def test_the_configs_safety_and_task_run_a_short_loop(path: str) -> None:
         v = command.values
         legs.command_motors(v["q_rad"], v["dq_rad_s"], v["kp"], v["kd"], v["tau_nm"])
         last_target = v["q_rad"]
-        clock.tick(round(1e9 / cfg.control.rate_hz))
+        clock.advance(round(1e9 / cfg.control.rate_hz))
     bound = 4.0 if cfg.task.name == "a1_stand" else 14.0
     assert all(0.0 <= r <= bound for r in rewards) and max(rewards) > 0.5
 

@@ -21,6 +21,7 @@ from drivers import registry  # noqa: E402
 from drivers.mock import MockArm  # noqa: E402
 from drivers.mujoco_sim import RenderUnavailable  # noqa: E402
 from drivers.sim_ur5 import _WORLDS, SimCamera, SimUR5  # noqa: E402
+from tests.clocks import FakeClock  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 PERIOD_NS = 20_000_000  # 50 Hz
@@ -33,20 +34,9 @@ FAST = ["--set", "control.rate_hz=50", "--set", "control.action_deadline_ms=15",
 INTO_TABLE_Q = np.array([1.57, -0.5, 1.5, -1.57, -1.57, 0.0])
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.ns = 1_000_000_000
-
-    def __call__(self) -> int:
-        return self.ns
-
-    def tick(self, n: int = 1) -> None:
-        self.ns += n * PERIOD_NS
-
-
 @pytest.fixture
 def clock() -> FakeClock:
-    return FakeClock()
+    return FakeClock(period_ns=PERIOD_NS)
 
 
 @pytest.fixture
@@ -130,7 +120,7 @@ def test_position_command_moves_toward_target_as_physics_time_advances(arm: SimU
     assert arm.sim.time_s == start_t, "no host time passed, so no physics step may run"
     errors = [np.abs(q0 - target).max()]
     for _ in range(3):
-        clock.ns += 10_000_000  # 10 ms of physics per read
+        clock.advance(10_000_000)  # 10 ms of physics per read
         errors.append(np.abs(arm.read().values["joint_pos"] - target).max())
     assert all(b < a for a, b in zip(errors, errors[1:])), errors
     assert errors[-1] > 0.01, f"the servo cannot reach the target in 30 ms: {errors}"
