@@ -56,6 +56,7 @@ from learner.networks import (
     split_obs_spec,
 )
 from learner.optim import LaProp
+from robotd.presets import MODEL_PRESETS, PRESET_NAMES
 from robotd.steps import CONTEXT_KEYS as REPLAY_CONTEXT_KEYS
 
 __all__ = ["Dreamer", "ModelConfig", "ObsSpec", "PRESETS", "Policy", "WorldModel", "preset"]
@@ -167,37 +168,18 @@ class ModelConfig:
         return 1.0 - 1.0 / self.discount_horizon
 
 
-_SIZES = {
-    # name: deter, hidden, classes, cnn_depth, units (published presets; stoch 32, blocks 8).
-    "1m": (512, 64, 4, 4, 64),
-    "12m": (2048, 256, 16, 16, 256),
-    "25m": (3072, 384, 24, 24, 384),
-    "50m": (4096, 512, 32, 32, 512),
-    "100m": (6144, 768, 48, 48, 768),
-    "200m": (8192, 1024, 64, 64, 1024),
-    "400m": (12288, 1536, 96, 96, 1536),
-}
-SMALL = dict(deter=256, hidden=128, stoch=16, classes=16, blocks=8, units=128, layers=2, cnn_depth=16, lr=3e-4,
-             warmup=1)
-"""The small-compute preset (learner.profile small_cpu): sizes, learning rate and warm-up chosen from the measured
-sweep in benchmarks/small_cpu/ so that simulated tasks learn in minutes on a 2-core CPU."""
+SMALL = MODEL_PRESETS["small"]
+"""The small-compute preset (learner.profile small_cpu), from robotd.presets."""
 
-PRESETS = ("tiny", "small", *_SIZES)
-"""Known presets: "tiny" for tests, "small" for learning on a CPU, then the paper's sizes by parameter count."""
+PRESETS = PRESET_NAMES
+"""Known presets (robotd.presets): "tiny" for tests, "small" for learning on a CPU, then the paper's sizes."""
 
 
 def preset(name: str) -> ModelConfig:
-    """The named size preset as a ``ModelConfig`` (paper hyperparameters throughout)."""
-    if name == "tiny":
-        # Small enough for the test suite on two cores (not for learning: see the small preset); the
-        # published hyperparameters, horizon 15 included.
-        return ModelConfig(deter=64, hidden=64, stoch=8, classes=8, blocks=8, units=64, layers=1, cnn_depth=4)
-    if name == "small":
-        return ModelConfig(**SMALL)
-    if name not in _SIZES:
+    """The named size preset as a ``ModelConfig`` (the published hyperparameters for every field it leaves)."""
+    if name not in MODEL_PRESETS:
         raise ValueError(f"unknown model preset {name!r}; known presets: {', '.join(PRESETS)}")
-    deter, hidden, classes, depth, units = _SIZES[name]
-    return ModelConfig(deter=deter, hidden=hidden, classes=classes, cnn_depth=depth, units=units)
+    return ModelConfig(**MODEL_PRESETS[name])
 
 
 def build_policy_modules(obs_spec: ObsSpec, action_dim: int, config: ModelConfig, discrete: bool = False

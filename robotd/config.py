@@ -19,6 +19,8 @@ from typing import Any
 
 import yaml
 
+from robotd.presets import PRESET_NAMES
+
 
 class ConfigError(ValueError):
     """A config value that cannot be used; the message is one line naming key, value and fix."""
@@ -134,8 +136,6 @@ class ActorConfig:
     daemon_timeout_s: float = spec(10.0, range=(0.1, 600.0), help="how long to wait for the daemon's hello")
 
 
-MODEL_PRESETS = ("tiny", "small", "1m", "12m", "25m", "50m", "100m", "200m", "400m")
-"""The size presets of learner.dreamer (kept here so loading a config does not import torch)."""
 
 LEARNER_PROFILES: dict[str, dict] = {
     # The small-compute setting: learns simulated tasks on a 2-core CPU within minutes (chosen from the measured
@@ -150,7 +150,7 @@ gives itself win. The paper's settings for GPU learners are the plain defaults w
 @dataclass
 class ModelSection:
     """World-model size: a preset name plus per-dimension overrides."""
-    preset: str = spec("tiny", choices=MODEL_PRESETS,
+    preset: str = spec("tiny", choices=PRESET_NAMES,
                        help="tiny for tests and CPU demos; the paper's sizes 1m .. 400m")
     overrides: dict = spec(default_factory=dict, help="ModelConfig fields to override, e.g. {deter: 128}")
 

@@ -3,6 +3,9 @@
 import dataclasses
 import io
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,6 +13,8 @@ import torch
 
 from learner.dreamer import Dreamer, ModelConfig, Policy, preset
 from learner.networks import LatentState
+
+ROOT = Path(__file__).resolve().parent.parent
 
 ACTION_DIM = 6
 OBS_SPEC = {"image": ((16, 16, 3), "uint8"), "vector": ((12,), "float32")}
@@ -70,6 +75,18 @@ def test_presets_have_the_published_sizes_and_unknown_names_are_rejected():
     assert (config.entropy, config.lam, config.slow_critic_rate, config.unimix) == (3e-4, 0.95, 0.02, 0.01)
     with pytest.raises(ValueError, match="huge.*tiny, small, 1m, 12m"):
         preset("huge")
+
+
+def test_every_preset_a_config_accepts_builds_and_loading_a_config_needs_no_torch():
+    from robotd import config as config_module
+    from robotd.presets import PRESET_NAMES
+    field = next(f for f in dataclasses.fields(config_module.ModelSection) if f.name == "preset")
+    assert tuple(field.metadata["choices"]) == PRESET_NAMES
+    for name in PRESET_NAMES:
+        assert isinstance(preset(name), ModelConfig), name
+    code = ("import sys\nfrom robotd import config\nconfig.load('configs/sim_ur5_reach.yaml', "
+            "['learner.model.preset=400m'])\nsys.exit(3 if 'torch' in sys.modules else 0)")
+    assert subprocess.run([sys.executable, "-c", code], cwd=ROOT).returncode == 0
 
 
 def test_preset_parameter_counts_match_their_names():
