@@ -73,6 +73,10 @@ class Device(abc.ABC):
     def reading_spec(self) -> dict[str, tuple[tuple[int, ...], str]]:
         """Return key -> (shape, dtype name) for every array read().values holds."""
 
+    def set_control_period(self, period_s: float) -> None:
+        """The daemon's control period, told before connect(). A driver that paces its own motion commands (a
+        UR's servoJ time, its watchdog) uses it; the others need nothing from it."""
+
 
 class Arm(Device):
     """A joint-position/velocity controlled manipulator (a UR5 in this project), optionally with a gripper.
@@ -170,6 +174,12 @@ class Camera(Device):
     height: int
     fps: float
     depth: bool = False
+    draws_scene: bool = False
+    """True for a camera that draws the robot's scene from a function given to set_scene (the mock camera)."""
+
+    def set_scene(self, scene) -> None:
+        """Where a camera with ``draws_scene`` gets what it draws; the others film the real world."""
+        raise NotImplementedError(f"{type(self).__name__} films the world; it draws no scene")
 
     def reading_spec(self) -> dict[str, tuple[tuple[int, ...], str]]:
         """image (height, width, 3) uint8, plus depth (height, width) uint16 in mm when the camera streams it."""

@@ -708,6 +708,7 @@ class MockCamera(_MockDevice, Camera):
     """
 
     _FAULT_KEYS = {**_MockDevice._FAULT_KEYS, "drop_at_s": "drop_n"}
+    draws_scene = True
 
     def __init__(
         self,

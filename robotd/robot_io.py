@@ -23,10 +23,9 @@ import time
 import numpy as np
 
 from drivers import registry as driver_registry
-from drivers.base import Arm, Legged, SteppedEnv
 from robotd.config import Config, DeviceConfig
-from robotd.safety import (ArmLimits, ArmSafety, LeggedLimits, LeggedSafety, SafeCommand, SimSafety, TcpLimits,
-                           TcpSafety)
+from robotd.robot_kinds import UNCHANGED, kind_of
+from robotd.safety import SafeCommand
 from robotd.timesync import ClockOffsetEstimator
 
 log = logging.getLogger("robotd.robot")
@@ -106,26 +105,10 @@ class RobotIO:
             camera.name = camera_config.name
             self.cameras.append(camera)
         self.devices = [self.robot] + self.cameras
-        arm = config.safety.arm
-        self.gripper = False
-        if isinstance(self.robot, Arm):
-            self.kind = "arm"
-            self.arm_mode = arm.action_mode
-            self.gripper = bool(arm.gripper)
-            if self.gripper and not getattr(self.robot, "has_gripper", False):
-                raise ValueError(f"safety.arm.gripper = true but robot driver {config.robot.driver!r} has no gripper: "
-                                 f"set safety.arm.gripper = false or use a driver with one (sim_ur5)")
-            self.action_dim = (self.robot.dof if self.arm_mode == "joint_delta" else 3) + int(self.gripper)
-        elif isinstance(self.robot, Legged):
-            self.kind = "legged"
-            self.action_dim = self.robot.n_motors
-        elif isinstance(self.robot, SteppedEnv):
-            self.kind = "sim"
-            self.action_dim = int(self.robot.action_dim)
-        else:
-            raise ValueError(f"robot driver {config.robot.driver!r} is neither an arm, a legged robot nor a simulated "
-                             f"environment: use an Arm, Legged or SteppedEnv driver for robot.driver")
-        self.action_discrete = bool(getattr(self.robot, "action_discrete", False))
+        self.robot_kind = kind_of(self.robot, config, self.period_s)
+        self.kind = self.robot_kind.name
+        self.action_dim = self.robot_kind.action_dim
+        self.action_discrete = self.robot_kind.action_discrete
         self.estimators = {device.name: ClockOffsetEstimator() for device in self.devices}
         self.safety = None
         self._last_hw: dict[str, int] = {}
@@ -137,17 +120,16 @@ class RobotIO:
         self._fault: str | None = None                # the robot's current fault (status not ok), logged once
         self.link_lost: str | None = None
         # A driver that paces its own motion commands (a UR's servoJ time) learns the control period.
-        if hasattr(self.robot, "set_control_period"):
-            self.robot.set_control_period(self.period_s)
+        self.robot.set_control_period(self.period_s)
 
     # ----------------------------------------------------------------------------------------
     def connect(self) -> None:
         """Connects every device and builds the safety layer (it needs the drivers' limits)."""
         for device in self.devices:
             device.connect()
-        if self.kind == "arm" and self.cameras and all(hasattr(c, "set_scene") for c in self.cameras):
+        if self.robot_kind.links_scene(self.cameras):
             self._link_mock_scene()
-        self.safety = self._build_safety()
+        self.safety = self.robot_kind.build_safety()
         self._last_hw = {}
         self.last_target = None
         self.prev_action = np.zeros(self.action_dim, np.float32)
@@ -160,27 +142,6 @@ class RobotIO:
                 device.disconnect()
             except Exception as exc:  # noqa: BLE001 - keep closing the others
                 log.error("disconnecting %s: %s", device.name, exc)
-
-    def _build_safety(self):
-        if self.kind == "sim":
-            return SimSafety(self.action_dim, self.action_discrete)
-        if self.kind == "arm":
-            arm = self.config.safety.arm
-            limits = ArmLimits(joint_limits_rad=np.asarray(self.robot.joint_limits_rad, np.float64),
-                               max_joint_vel_rad_s=arm.max_joint_vel_rad_s, max_delta_rad=arm.max_delta_rad,
-                               workspace_min_m=np.asarray(arm.workspace_min_m, np.float64),
-                               workspace_max_m=np.asarray(arm.workspace_max_m, np.float64))
-            if self.arm_mode == "tcp_delta":
-                tcp = TcpLimits(max_tcp_delta_m=arm.max_tcp_delta_m, max_tcp_speed_m_s=arm.max_tcp_speed_m_s)
-                return TcpSafety(limits, tcp, self.robot.tcp_position, self.period_s, gripper=self.gripper)
-            return ArmSafety(limits, self.robot.tcp_position, self.period_s, gripper=self.gripper)
-        legged = self.config.safety.legged
-        limits = LeggedLimits(joint_limits_rad=np.asarray(self.robot.joint_limits_rad, np.float64),
-                              action_scale_rad=legged.action_scale_rad, max_delta_rad=legged.max_delta_rad,
-                              kp_max=legged.kp_max, kd_max=legged.kd_max, tau_max_nm=legged.tau_max_nm,
-                              kp=legged.kp, kd=legged.kd, max_tilt_rad=legged.max_tilt_rad,
-                              action_filter=legged.action_filter)
-        return LeggedSafety(limits, np.asarray(self.robot.stand_q_rad, np.float64), self.period_s)
 
     def reading_spec(self) -> dict:
         """What each device delivers: {device: {key: [shape, dtype]}} (sent to the actor in hello)."""
@@ -270,10 +231,8 @@ class RobotIO:
         base_q = self.last_target if self.last_target is not None else q_now
         if action is None:
             command = self.safety.fallback(fallback, q_now, self.last_target)
-        elif self.kind == "legged":
-            command = self.safety.command(action, q_now, self.last_target, arrays[f"{self.robot.name}/imu_rpy"])
         else:
-            command = self.safety.command(action, q_now, self.last_target)
+            command = self.robot_kind.command(self.safety, action, q_now, self.last_target, arrays)
         if self.protective_stop:
             command = self.safety.fallback("stop", q_now, self.last_target)   # nothing moves until a reset
         self.counters["safety_clipped"] += int(command.clipped)
@@ -321,10 +280,7 @@ class RobotIO:
     def safe_stop(self, reason: str) -> None:
         """Brings the robot to a stop (never raises: this is the path of last resort)."""
         try:
-            if self.kind == "legged" and reason in ("fall",):
-                self.robot.damp()
-            else:
-                self.robot.stop()
+            self.robot_kind.stop(reason)
         except Exception as exc:  # noqa: BLE001 - the stop path must not die on a driver error
             log.error("safe stop (%s): driver raised %s: %s", reason, type(exc).__name__, exc)
         self.last_target = None
@@ -332,57 +288,17 @@ class RobotIO:
 
     # ----------------------------------------------------------------------------------------
     def _robot_q(self, arrays: dict) -> np.ndarray | None:
-        if self.kind == "sim":
-            return None                     # a simulated environment has no joint state for the safety layer
-        return np.asarray(arrays[f"{self.robot.name}/joint_pos"], np.float64)
+        return self.robot_kind.joint_q(arrays)
 
     def _effective_action(self, command: SafeCommand, base_q: np.ndarray | None) -> np.ndarray:
         """The command expressed back in the policy's normalised action space (what the data records)."""
-        if self.kind == "sim":
-            return np.asarray(command.values["action"], np.float32)
-        if self.kind == "arm":
-            return self.safety.normalised(command, base_q).astype(np.float32)
-        scale = self.config.safety.legged.action_scale_rad
-        if command.kind in ("motors", "hold") and "q_rad" in command.values:
-            offset = (command.values["q_rad"] - np.asarray(self.robot.stand_q_rad)) / scale
-            return np.clip(offset, -1.0, 1.0).astype(np.float32)
-        return np.zeros(self.action_dim, np.float32)
+        return self.robot_kind.normalised(self.safety, command, base_q)
 
     def _apply(self, command: SafeCommand) -> None:
         """Sends a safety-checked command to the robot driver."""
-        values = command.values
-        if self.kind == "sim":
-            self.robot.command_action(values["action"])
-            self.last_target = np.asarray(values["action"], np.float64)
-            return
-        if self.kind == "arm":
-            if "q_rad" in values:
-                self.robot.command_joint_position(values["q_rad"])
-                self.last_target = np.asarray(values["q_rad"], np.float64)
-            elif "tcp_velocity" in values:
-                self.robot.command_tcp_velocity(values["tcp_velocity"])
-                self.last_target = None
-            else:
-                self.robot.stop()
-                self.last_target = None
-            if "gripper" in values:
-                self.robot.command_gripper(float(values["gripper"][0]))
-            return
-        if command.kind in ("motors", "hold") and "q_rad" in values:
-            if "kp" in values:
-                self.robot.command_motors(values["q_rad"], values["dq_rad_s"], values["kp"], values["kd"],
-                                          values["tau_nm"])
-            else:
-                legged = self.config.safety.legged
-                n = self.action_dim
-                self.robot.command_motors(values["q_rad"], np.zeros(n), np.full(n, legged.kp),
-                                          np.full(n, legged.kd), np.zeros(n))
-            self.last_target = np.asarray(values["q_rad"], np.float64)
-        elif command.kind == "damp":
-            self.robot.damp()
-        else:
-            self.robot.stop()
-            self.last_target = None
+        target = self.robot_kind.apply(command)
+        if target is not UNCHANGED:
+            self.last_target = target
 
     def _link_mock_scene(self) -> None:
         """Mock cameras draw the arm's tool position, so images carry task information."""
