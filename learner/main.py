@@ -98,7 +98,10 @@ class Learner:
             return stats
         self.on_ray_started()
         try:
-            replay = ray.remote(num_cpus=0.25)(ReplayBuffer).remote(config.learner.replay_capacity_steps, config.seed)
+            # Without task events: Ray's GCS would otherwise keep a record of every replay call (several a second)
+            # and grow through a long session (about 100 MB in 30 minutes).
+            replay = ray.remote(num_cpus=0.25, enable_task_events=False)(ReplayBuffer).remote(
+                config.learner.replay_capacity_steps, config.seed)
             def store(stream, step, arrays):
                 ray.get(replay.add.remote(stream, step, arrays))
 
