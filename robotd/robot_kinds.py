@@ -87,17 +87,16 @@ class ArmKind(RobotKind):
         return ArmSafety(limits, self.robot.tcp_position, self.period_s, gripper=self.gripper)
 
     def apply(self, command: SafeCommand):
-        values = command.values
         target = None
-        if "q_rad" in values:
-            self.robot.command_joint_position(values["q_rad"])
-            target = np.asarray(values["q_rad"], np.float64)
-        elif "tcp_velocity" in values:
-            self.robot.command_tcp_velocity(values["tcp_velocity"])
+        if command.q_rad is not None:
+            self.robot.command_joint_position(command.q_rad)
+            target = np.asarray(command.q_rad, np.float64)
+        elif command.tcp_velocity is not None:
+            self.robot.command_tcp_velocity(command.tcp_velocity)
         else:
             self.robot.stop()
-        if "gripper" in values:
-            self.robot.command_gripper(float(values["gripper"][0]))
+        if command.gripper is not None:
+            self.robot.command_gripper(float(command.gripper[0]))
         return target
 
     def normalised(self, safety, command: SafeCommand, base_q) -> np.ndarray:
@@ -129,17 +128,16 @@ class LeggedKind(RobotKind):
         return safety.command(action, q_now, last_target, arrays[f"{self.robot.name}/imu_rpy"])
 
     def apply(self, command: SafeCommand):
-        values = command.values
-        if command.kind in ("motors", "hold") and "q_rad" in values:
-            if "kp" in values:
-                self.robot.command_motors(values["q_rad"], values["dq_rad_s"], values["kp"], values["kd"],
-                                          values["tau_nm"])
+        if command.kind in ("motors", "hold") and command.q_rad is not None:
+            pd = command.pd
+            if pd is not None:
+                self.robot.command_motors(pd["q_rad"], pd["dq_rad_s"], pd["kp"], pd["kd"], pd["tau_nm"])
             else:
                 legged = self.config.safety.legged
                 n = self.action_dim
-                self.robot.command_motors(values["q_rad"], np.zeros(n), np.full(n, legged.kp),
+                self.robot.command_motors(command.q_rad, np.zeros(n), np.full(n, legged.kp),
                                           np.full(n, legged.kd), np.zeros(n))
-            return np.asarray(values["q_rad"], np.float64)
+            return np.asarray(command.q_rad, np.float64)
         if command.kind == "damp":
             self.robot.damp()
             return UNCHANGED
@@ -148,8 +146,8 @@ class LeggedKind(RobotKind):
 
     def normalised(self, safety, command: SafeCommand, base_q) -> np.ndarray:
         scale = self.config.safety.legged.action_scale_rad
-        if command.kind in ("motors", "hold") and "q_rad" in command.values:
-            offset = (command.values["q_rad"] - np.asarray(self.robot.stand_q_rad)) / scale
+        if command.kind in ("motors", "hold") and command.q_rad is not None:
+            offset = (command.q_rad - np.asarray(self.robot.stand_q_rad)) / scale
             return np.clip(offset, -1.0, 1.0).astype(np.float32)
         return np.zeros(self.action_dim, np.float32)
 
@@ -177,11 +175,11 @@ class SimKind(RobotKind):
         return None
 
     def apply(self, command: SafeCommand):
-        self.robot.command_action(command.values["action"])
-        return np.asarray(command.values["action"], np.float64)
+        self.robot.command_action(command.action)
+        return np.asarray(command.action, np.float64)
 
     def normalised(self, safety, command: SafeCommand, base_q) -> np.ndarray:
-        return np.asarray(command.values["action"], np.float32)
+        return np.asarray(command.action, np.float32)
 
 
 KINDS: tuple[tuple[type, type[RobotKind]], ...] = ((Arm, ArmKind), (Legged, LeggedKind), (SteppedEnv, SimKind))

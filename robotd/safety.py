@@ -124,19 +124,77 @@ class LeggedLimits:
         return self.joint_limits_rad.shape[0]
 
 
+PD_FIELDS = ("q_rad", "dq_rad_s", "kp", "kd", "tau_nm")
+"""A legged robot's per-motor PD command: targets, velocity targets, gains and feed-forward torque."""
+
+COMMAND_FIELDS: dict[str, tuple[frozenset, frozenset]] = {
+    # kind: (fields it must hold, fields it may hold besides)
+    "joint_position": (frozenset({"q_rad"}), frozenset({"gripper"})),
+    "tcp_velocity": (frozenset({"tcp_velocity"}), frozenset({"gripper"})),
+    "motors": (frozenset(PD_FIELDS), frozenset()),
+    "damp": (frozenset(PD_FIELDS), frozenset()),
+    "hold": (frozenset(), frozenset({*PD_FIELDS, "tcp_velocity", "gripper", "action"})),
+    "stop": (frozenset(), frozenset({"action"})),
+    "action": (frozenset({"action"}), frozenset()),
+}
+"""What a safe command of each kind carries: the agreement between the safety layers, which build commands,
+and robotd.robot_kinds, which turns them into driver calls. SafeCommand checks it when built."""
+
+
 @dataclass(frozen=True)
 class SafeCommand:
     """A command the drivers may execute as is.
 
-    kind: "joint_position" (arm target), "motors" (legged PD targets), "hold" (keep the last
-    safe target), "stop" (decelerate and stop, no target), "damp" (zero stiffness, damping only)
-    or "action" (a simulated robot's normalised action, see SimSafety).
+    kind: "joint_position" (arm target), "tcp_velocity" (arm tool twist), "motors" (legged PD targets), "hold"
+    (keep the last safe target), "stop" (decelerate and stop, no target), "damp" (zero stiffness, damping
+    only) or "action" (a simulated robot's normalised action, see SimSafety). ``values`` holds what
+    COMMAND_FIELDS allows for the kind, each a numpy array, read through the properties below: ``q_rad``
+    (joint targets), ``tcp_velocity`` (m/s, rad/s), ``gripper`` (1,) 0 open .. 1 closed, ``action``, and the
+    PD set ``dq_rad_s``, ``kp``, ``kd``, ``tau_nm`` (all five or none).
     """
 
     kind: str
     values: dict[str, np.ndarray]  # e.g. {"q_rad"} or {"q_rad", "dq_rad_s", "kp", "kd", "tau_nm"}
     clipped: bool  # any limit changed the request
     reasons: tuple[str, ...]  # which limits acted, e.g. ("joint_limit", "workspace")
+
+    def __post_init__(self) -> None:
+        fields = COMMAND_FIELDS.get(self.kind)
+        if fields is None:
+            raise ValueError(f"SafeCommand kind {self.kind!r} is unknown: use one of {', '.join(COMMAND_FIELDS)}")
+        required, optional = fields
+        keys = set(self.values)
+        if not required <= keys or not keys <= required | optional:
+            raise ValueError(f"SafeCommand {self.kind!r} holds {sorted(keys)}: it must hold {sorted(required)} and "
+                             f"may hold {sorted(optional)}")
+        pd = keys & set(PD_FIELDS[1:])
+        if pd and (pd != set(PD_FIELDS[1:]) or "q_rad" not in keys):
+            raise ValueError(f"SafeCommand {self.kind!r} holds part of a PD command ({sorted(keys)}): give all of "
+                             f"{list(PD_FIELDS)} or none of {list(PD_FIELDS[1:])}")
+        for key, value in self.values.items():
+            if not isinstance(value, np.ndarray):
+                raise ValueError(f"SafeCommand {self.kind!r}: {key} is a {type(value).__name__}, not a numpy array")
+
+    @property
+    def q_rad(self) -> np.ndarray | None:
+        return self.values.get("q_rad")
+
+    @property
+    def tcp_velocity(self) -> np.ndarray | None:
+        return self.values.get("tcp_velocity")
+
+    @property
+    def gripper(self) -> np.ndarray | None:
+        return self.values.get("gripper")
+
+    @property
+    def action(self) -> np.ndarray | None:
+        return self.values.get("action")
+
+    @property
+    def pd(self) -> dict[str, np.ndarray] | None:
+        """The whole PD command (q_rad, dq_rad_s, kp, kd, tau_nm) when it has one."""
+        return {key: self.values[key] for key in PD_FIELDS} if "kp" in self.values else None
 
 
 def _finite_vector(value, size: int) -> np.ndarray | None:
@@ -181,8 +239,8 @@ class _Gripper:
         """The gripper action a command amounts to (a command without one keeps the last)."""
         if not self.enabled:
             return []
-        if "gripper" in command.values:
-            self.last_unit = float(command.values["gripper"][0]) * 2.0 - 1.0
+        if command.gripper is not None:
+            self.last_unit = float(command.gripper[0]) * 2.0 - 1.0
         return [self.last_unit]
 
 
@@ -208,7 +266,7 @@ class ArmSafety:
     def normalised(self, command: SafeCommand, base_q_rad: np.ndarray | None) -> np.ndarray:
         """``command`` expressed back as a policy action (joint delta from ``base_q_rad``, then the gripper)."""
         if command.kind == "joint_position" and base_q_rad is not None:
-            joints = np.clip((command.values["q_rad"] - base_q_rad) / self.limits.max_delta_rad, -1.0, 1.0)
+            joints = np.clip((command.q_rad - base_q_rad) / self.limits.max_delta_rad, -1.0, 1.0)
         else:
             joints = np.zeros(self.limits.dof)
         return np.concatenate([joints, self.gripper.normalised(command)])
@@ -316,8 +374,8 @@ class TcpSafety:
 
     def normalised(self, command: SafeCommand, base_q_rad: np.ndarray | None = None) -> np.ndarray:
         """``command`` expressed back as a policy action (tool displacement per step, then the gripper)."""
-        if "tcp_velocity" in command.values:
-            xyz = np.clip(command.values["tcp_velocity"][:3] * self.period_s / self.tcp.max_tcp_delta_m, -1.0, 1.0)
+        if command.tcp_velocity is not None:
+            xyz = np.clip(command.tcp_velocity[:3] * self.period_s / self.tcp.max_tcp_delta_m, -1.0, 1.0)
         else:
             xyz = np.zeros(3)
         return np.concatenate([xyz, self.gripper.normalised(command)])

@@ -35,11 +35,30 @@ def test_a_legged_robot_damps_on_a_fall_and_keeps_its_target_then():
     robot.damp.assert_called_once()
     kind.stop("watchdog")
     robot.stop.assert_called_once()
-    assert kind.apply(SafeCommand("damp", {}, False, ())) is UNCHANGED
-    q = np.zeros(12)
-    target = kind.apply(SafeCommand("motors", {"q_rad": q}, False, ()))
+    q, zeros = np.zeros(12), np.zeros(12)
+    pd = {"q_rad": q, "dq_rad_s": zeros, "kp": np.full(12, 60.0), "kd": np.full(12, 2.0), "tau_nm": zeros}
+    assert kind.apply(SafeCommand("damp", {**pd, "kp": zeros}, False, ())) is UNCHANGED
+    target = kind.apply(SafeCommand("motors", pd, False, ()))
     np.testing.assert_array_equal(target, q)
-    assert robot.command_motors.call_count == 1
+    assert robot.command_motors.call_count == 1 and robot.command_motors.call_args.args[2][0] == 60.0
+
+
+@pytest.mark.parametrize("kind, values, expected", [
+    ("teleport", {}, "kind 'teleport' is unknown"),
+    ("joint_position", {}, "must hold \\['q_rad'\\]"),
+    ("joint_position", {"q_rad": np.zeros(6), "action": np.zeros(6)}, "may hold \\['gripper'\\]"),
+    ("hold", {"q_rad": np.zeros(12), "kp": np.zeros(12)}, "part of a PD command"),
+    ("action", {"action": [0.0]}, "action is a list, not a numpy array"),
+])
+def test_a_safe_command_holds_what_its_kind_allows(kind, values, expected):
+    with pytest.raises(ValueError, match=expected):
+        SafeCommand(kind, values, False, ())
+
+
+def test_a_safe_commands_fields_read_by_name():
+    command = SafeCommand("joint_position", {"q_rad": np.ones(6), "gripper": np.array([0.5])}, True, ("workspace",))
+    assert command.q_rad[0] == 1.0 and command.gripper[0] == 0.5
+    assert command.tcp_velocity is None and command.action is None and command.pd is None
 
 
 def test_only_a_drawing_camera_takes_a_scene_and_every_device_takes_a_control_period():
