@@ -355,16 +355,12 @@ def _merged(spans) -> list[tuple[int, int]]:
 
 def _episode_files(folder: Path, actor_id: str) -> list[tuple[int, Path]]:
     """The episode files of ``actor_id`` in ``folder`` by episode id, those only a journal holds included."""
-    prefix, found = f"{actor_id}-", {}
-    if not folder.is_dir():
-        return []
-    for path in folder.iterdir():
-        if not path.name.startswith(prefix):
-            continue
-        number, _, suffix = path.name[len(prefix):].partition(".")
-        if number.isdigit() and suffix in ("h5", "h5.journal"):
-            found[int(number)] = path.with_name(f"{prefix}{number}.h5")
-    return sorted(found.items())
+    prefix, found = f"{actor_id}-", []
+    for path in episodes.episode_files(folder):
+        number = path.name[len(prefix):-len(".h5")] if path.name.startswith(prefix) else ""
+        if number.isdigit():
+            found.append((int(number), path))
+    return sorted(found)
 
 
 def resend_from_episodes(spool: ChunkSpool, markers: AckMarkers, episodes_dir: str | Path, actor_id: str,

@@ -13,7 +13,7 @@ from typing import Callable
 import numpy as np
 
 from robotd import session, steps
-from robotd.episodes import read_episode
+from robotd.episodes import episode_files, read_episode
 from robotd.quality import quality_flags
 
 log = logging.getLogger("learner.refill")
@@ -26,7 +26,7 @@ def refill_from_episodes(logdir: str | Path, spec: dict, ledger, store: Callable
     An episode flagged for timing quality is stored too (the stream stays contiguous, so the actor's
     resent chunks are recognised) and its steps are passed to ``exclude``, keeping them out of training."""
     loaded = 0
-    for path in sorted((Path(logdir) / session.EPISODES).glob("*.h5")):
+    for path in episode_files(Path(logdir) / session.EPISODES):      # journal-only episodes too
         try:
             episode = read_episode(path)
         except ValueError as exc:

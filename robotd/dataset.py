@@ -33,7 +33,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from robotd.episodes import LayoutVersionError, read_episode
+from robotd.episodes import LayoutVersionError, episode_files, read_episode
 
 EPISODES_DIR = "episodes"
 # Flags that keep an episode out of training (robotd.quality.QUALITY_PREFIX; repeated here so
@@ -182,9 +182,7 @@ def episode_paths(logdir: str | Path) -> list[Path]:
     folder = Path(logdir) / EPISODES_DIR
     if not folder.is_dir():
         raise ValueError(f"session directory {logdir} has no {EPISODES_DIR}/ folder; give the --logdir of a recorded session")
-    paths = set(folder.glob("*.h5"))
-    paths.update(journal.with_name(journal.name.removesuffix(".journal")) for journal in folder.glob("*.h5.journal"))
-    return sorted(paths)
+    return episode_files(folder)
 
 
 def load_session(logdir: str | Path, *, include_flagged: bool = True, strict: bool = False) -> list[Episode]:

@@ -254,6 +254,18 @@ def count_steps(path: str | Path) -> int:
     return lengths.pop()
 
 
+def episode_files(folder: str | Path) -> list[Path]:
+    """Every episode in ``folder`` by its ``.h5`` path, in name order: the closed files, the open or killed ones,
+    and those only a journal holds (a writer killed between creating its journal and its HDF5 file)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    paths = set(folder.glob("*.h5"))
+    paths.update(journal.with_name(journal.name[: -len(_JOURNAL_SUFFIX)])
+                 for journal in folder.glob(f"*.h5{_JOURNAL_SUFFIX}"))
+    return sorted(paths)
+
+
 def recover(path: str | Path) -> int:
     """Rewrites an episode whose writer died as an ordinary HDF5 file and returns its step count.
 

@@ -25,7 +25,7 @@ import zmq
 
 from robotd import curves, security, session
 from robotd.config import Config, save
-from robotd.episodes import count_steps, read_episode
+from robotd.episodes import count_steps, episode_files, read_episode
 from robotd.netutil import free_tcp_ports
 from robotd.status import StatusCollector, format_line
 
@@ -455,8 +455,7 @@ def episode_counts(root: Path) -> tuple[int, int, list[str]]:
     """(logged steps, episodes with at least one step, unreadable files) over the session's episode files: the
     closed ones, and the steps in the journal of one whose writer died (an actor killed mid-episode)."""
     folder = Path(root) / session.EPISODES
-    names = {path.name for path in folder.glob("*.h5")}
-    names |= {path.name[: -len(".journal")] for path in folder.glob("*.h5.journal")}
+    names = {path.name for path in episode_files(folder)}
     logged, episodes, unreadable = 0, 0, []
     for name in sorted(names):
         try:

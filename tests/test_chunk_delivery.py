@@ -470,3 +470,25 @@ def test_weights_carry_the_learners_replayed_steps_to_the_actor(context):
     finally:
         subscriber.stop()
         pub.close(0)
+
+
+def test_a_restarted_learner_refills_an_episode_only_a_journal_holds(tmp_path):
+    """An actor killed between creating an episode's journal and its HDF5 file leaves only the journal: its steps
+    are logged and must reach replay too."""
+    from learner.ingest import IngestLedger
+    from learner.refill import refill_from_episodes
+    from robotd.episodes import episode_files
+    folder = tmp_path / "episodes"
+    folder.mkdir()
+    write_episode(folder, 0, 0, 20)
+    open_writer = write_episode(folder, 1, 20, 12, close=False)
+    journal = folder / "a0-000001.h5.journal"
+    kept = journal.read_bytes()
+    open_writer.close()
+    (folder / "a0-000001.h5").unlink()
+    journal.write_bytes(kept)                                  # as the killed actor left it: no HDF5 file
+    assert [p.name for p in episode_files(folder)] == ["a0-000000.h5", "a0-000001.h5"]
+    stored = []
+    loaded = refill_from_episodes(tmp_path, SPEC, IngestLedger(),
+                                  lambda stream, step, arrays: stored.append((stream, step, len(arrays[steps.TICK]))))
+    assert loaded == 32 and stored == [("a0/s0", 0, 20), ("a0/s0", 20, 12)]
