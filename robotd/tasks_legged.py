@@ -40,12 +40,19 @@ def _positive(task: str, what: str, value: object) -> float:
 class A1Stand(Task):
     """Stand up (from wherever the robot is, e.g. on its back) and stay upright at the stand pose; reward in [0, 4]."""
 
-    reset_request = False
+    reset_request = False                       # a time limit does not reset the robot; a fall (terminal) does
     REWARD_MAX = 4.0
     SUCCESS_REWARD = 3.5
 
-    def __init__(self, *, stand_q_rad=A1_STAND_Q_RAD, pose_sigma_rad: float = 0.4, **kwargs):
+    def __init__(self, *, stand_q_rad=A1_STAND_Q_RAD, pose_sigma_rad: float = 0.4, fall_tilt_rad: float | None = None,
+                 **kwargs):
         super().__init__(**kwargs)
+        # With fall_tilt_rad an episode ends (terminal) once the roll or pitch passes it, and a terminal end asks
+        # for a reset: a simulator stands the robot up again. Without it the task is reset-free, as a real robot must be.
+        self.fall_tilt_rad = None if fall_tilt_rad is None else _positive(self.name, "fall_tilt_rad", fall_tilt_rad)
+        if self.fall_tilt_rad is not None and self.fall_tilt_rad >= math.pi:
+            raise ValueError(f"task {self.name!r}: fall_tilt_rad {fall_tilt_rad!r} must be below pi (a roll or pitch "
+                             f"that large never happens); give e.g. 1.0, or leave it out for a reset-free task")
         stand = np.asarray(stand_q_rad, np.float64)
         if stand.ndim != 1 or stand.size == 0 or stand.size % 3 != 0 or not np.all(np.isfinite(stand)):
             raise ValueError(f"task {self.name!r}: stand_q_rad must be finite (hip, thigh, calf) per leg, "
@@ -77,6 +84,13 @@ class A1Stand(Task):
             error = float(np.mean((q[index] - self.stand_q_rad[index]) ** 2))
             out[group] = math.exp(-error / (2.0 * self.pose_sigma_rad ** 2))
         return out
+
+    def is_terminal(self, obs) -> bool:
+        """A fall, when ``fall_tilt_rad`` is set: the roll or the pitch beyond it."""
+        if self.fall_tilt_rad is None:
+            return False
+        roll, pitch = float(obs["imu_rpy"][0]), float(obs["imu_rpy"][1])
+        return not (abs(roll) <= self.fall_tilt_rad and abs(pitch) <= self.fall_tilt_rad)
 
     def stand_reward(self, obs) -> tuple[float, float]:
         """(the gated stand reward in [0, 4], the product of all four terms)."""

@@ -59,6 +59,18 @@ def test_both_are_reset_free_and_observe_proprio_only():
         assert task.scene["scene_base_vel"][0] == pytest.approx(0.3)
 
 
+@pytest.mark.parametrize("name", ["a1_stand", "a1_walk"])
+def test_with_fall_tilt_a_fall_ends_the_episode_and_without_it_nothing_does(name):
+    reset_free = make(name)
+    episodic = make(name, fall_tilt_rad=1.0)
+    for rpy, fallen in [((0.0, 0.0, 0.0), False), ((0.9, -0.9, 3.0), False), ((1.2, 0.0, 0.0), True),
+                        ((0.0, -1.1, 0.0), True), ((math.pi, 0.0, 0.0), True), ((-math.pi, 0.0, 0.0), True)]:
+        assert episodic.is_terminal(episodic.observe(readings(rpy=rpy))) is fallen, rpy
+        assert reset_free.is_terminal(reset_free.observe(readings(rpy=rpy))) is False, rpy
+    with pytest.raises(ValueError, match="fall_tilt_rad 3.5 must be below pi"):
+        make(name, fall_tilt_rad=3.5)
+
+
 def test_upright_at_the_stand_pose_earns_the_full_stand_reward():
     stand = make("a1_stand")
     obs = stand.observe(readings())
