@@ -82,10 +82,7 @@ class Learner:
         try:
             ray = start_ray(config, sleep=self.stop_requested.wait, stopped=self.stop_requested.is_set)
         except (StartStopped, RuntimeError) as exc:
-            weights_socket.close(0)
-            if self.curve:
-                self.curve.stop()
-            context.term()
+            self._close_network(weights_socket, context)
             if not (isinstance(exc, StartStopped) or self.stop_requested.is_set()):
                 raise
             # Stopped before Ray was up (a session shorter than the start, a Ctrl-C): a clean stop, not a failure.
@@ -134,11 +131,14 @@ class Learner:
                 session.write_stats(self.logdir, "learner", stats)
         finally:
             ray.shutdown()
-            weights_socket.close(0)
-            if self.curve:
-                self.curve.stop()
-            context.term()
+            self._close_network(weights_socket, context)
         return stats
+
+    def _close_network(self, weights_socket, context) -> None:
+        weights_socket.close(0)
+        if self.curve:
+            self.curve.stop()
+        context.term()
 
     def _train_loop(self, ray, replay, ingest, publisher, status, metrics, checkpoint) -> None:
         config = self.config.learner
