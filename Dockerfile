@@ -11,6 +11,7 @@ COPY robotd robotd
 COPY learner learner
 COPY actor actor
 COPY drivers drivers
+COPY tools tools
 COPY configs configs
 COPY scripts scripts
 RUN python3 -m venv /opt/robotd/.venv \

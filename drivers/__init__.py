@@ -2,17 +2,17 @@
 
 from drivers.base import TIMESTAMP_DOMAINS, Arm, Camera, Device, DeviceStatus, Legged, Reading, SteppedEnv
 from drivers.device_clock import DeviceClock
-from drivers.gym_env import GymEnv
-from drivers.mock import MockArm, MockCamera, MockLegged
+from drivers.sim.gym_env import GymEnv
+from drivers.sim.mock import MockArm, MockCamera, MockLegged
 from drivers.registry import make, names, register
 # Registers sim_ur5 and sim_camera; mujoco is imported only when one is constructed.
-from drivers.sim_ur5 import SimCamera, SimUR5
-from drivers.sim_a1 import SimA1
-from drivers.a1 import A1
+from drivers.sim.sim_ur5 import SimCamera, SimUR5
+from drivers.sim.sim_a1 import SimA1
+from drivers.real.a1 import A1
 # Registers realsense; pyrealsense2 is imported only when one connects.
-from drivers.realsense import RealSense
+from drivers.real.realsense import RealSense
 # The UR5 / UR5e over RTDE; ur-rtde is imported only when it connects.
-from drivers.ur5 import UR5
+from drivers.real.ur5 import UR5
 
 __all__ = [
     "TIMESTAMP_DOMAINS",

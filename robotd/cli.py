@@ -1,4 +1,5 @@
-"""The ``robotd`` command line: train (all three processes on one machine), daemon, actor, learner.
+"""The ``robotd`` command line: train (all three processes on one machine), check, keys; the processes
+(daemon, actor, learner) and the tools (replay, inspect, eval, export) are programs of their own.
 
 ``robotd`` never imports the actor or learner packages: it starts them as separate processes
 by module name (``python -m actor``, ``python -m learner``), as a session does anyway.
@@ -16,7 +17,6 @@ import time
 from pathlib import Path
 
 from robotd import config as config_module
-from robotd import session
 
 EXIT_USAGE = 2
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "mock_arm.yaml"
@@ -133,27 +133,9 @@ def default_logdir(config_path: str) -> str:
 
 
 # ------------------------------------------------------------------------------------------------
-def cmd_daemon(args) -> int:
-    from robotd import daemon
-    setup_logging("daemon")
-    try:
-        config = load_config(args)
-        if args.logdir:
-            session.prepare(args.logdir)
-        stats = daemon.run(config, logdir=args.logdir)
-    except USER_ERRORS as exc:
-        return fail("daemon", exc)
-    logging.getLogger("robotd.daemon").info("stopped after %d ticks (%d with an actor), %d late",
-                                            stats["ticks"], stats["actor_ticks"], stats["late_steps"])
-    if stats.get("stop_reason"):
-        print(f"robotd daemon: error: {stats['stop_reason']}; the robot was stopped", file=sys.stderr)
-        return 1
-    return 0
-
-
 # Subcommands that are programs of their own (python -m MODULE): robotd never imports the actor or learner.
-PROGRAMS = {"actor": "actor", "learner": "learner", "replay": "learner.offline", "inspect": "learner.inspect",
-            "eval": "learner.evaluate", "export": "robotd.export"}
+PROGRAMS = {"daemon": "robotd.daemon", "actor": "actor", "learner": "learner", "replay": "learner.offline", "inspect": "tools.inspect",
+            "eval": "learner.evaluate", "export": "tools.export"}
 
 
 def _exec_module(module: str, argv: list[str]) -> int:
@@ -196,7 +178,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_check(args) -> int:
-    from robotd import check
+    from robotd.daemon import check
     setup_logging("check")
     try:
         config = load_config(args)
@@ -274,18 +256,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="override any config key, e.g. --set robot.args.host=127.0.0.2 (repeatable)")
     check.add_argument("--seconds", type=float, default=2.0, help="how long each device is measured")
     check.set_defaults(func=cmd_check)
-    daemon = _subcommand(
-        sub, "daemon", "the robot daemon (on the robot PC)",
-        "The robot daemon: runs the fixed-rate control loop on the robot PC, serves observations to the actor on "
-        "network.control and applies its actions through the safety layer; stops the robot when the actor is "
-        "late or gone.",
-        ("the UR5 daemon", "robotd daemon configs/ur5_reach.yaml"),
-        ("the mock arm at 50 Hz, writing its stats into a session directory",
-         "robotd daemon configs/mock_arm.yaml --set control.rate_hz=50 --logdir runs/split"))
-    add_common(daemon, logdir_help="session directory for the daemon's stats (default: none, nothing is written)")
-    daemon.set_defaults(func=cmd_daemon)
     # These are their own programs (python -m MODULE); main() hands their arguments over, and each one's
     # --help has its own description and examples.
+    sub.add_parser("daemon", help="the robot daemon (on the robot PC); robotd daemon --help for its options")
     sub.add_parser("actor", help="the actor (on the robot PC); robotd actor --help for its options")
     sub.add_parser("learner", help="the learner (on the GPU box); robotd learner --help for its options")
     sub.add_parser("replay", help="train a learner offline from recorded sessions; robotd replay --help")

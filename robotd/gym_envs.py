@@ -1,7 +1,7 @@
 """The simulated robot tasks as Gymnasium environments, run in this process (no daemon, no ZeroMQ).
 
 ``RobotEnv(config)`` builds the config's drivers, safety layer and task exactly as a session
-does (through ``robotd.robot_io.RobotIO`` and ``robotd.tasks``) and steps them on a simulated
+does (through ``robotd.daemon.robot_io.RobotIO`` and ``robotd.tasks``) and steps them on a simulated
 clock, one control period per ``step``, as the daemon does under lockstep pacing. Only configs
 whose every device is a simulated driver are accepted.
 
@@ -35,9 +35,9 @@ from gymnasium import spaces
 import robotd
 from robotd import config as config_module
 from robotd import tasks
-from robotd.clock import LockstepClock
+from robotd.daemon.clock import LockstepClock
 from robotd.config import Config
-from robotd.robot_io import RobotIO
+from robotd.daemon.robot_io import RobotIO
 
 CONFIG_DIR = Path(robotd.__file__).resolve().parents[1] / "configs"
 """Where the registered ids find their configs."""

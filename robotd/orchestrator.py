@@ -259,7 +259,7 @@ def train(config: Config, *, logdir: str, steps: int | None, minutes: float | No
     signal.signal(signal.SIGINT, lambda *_: interrupted.append(time.monotonic()))
     signal.signal(signal.SIGTERM, lambda *_: interrupted.append(time.monotonic()))
     children = {"learner": Child("learner", [python, "-m", "learner", *common], root)}
-    children["daemon"] = Child("daemon", [python, "-m", "robotd", "daemon", *common], root)
+    children["daemon"] = Child("daemon", [python, "-m", "robotd.daemon", *common], root)
     actor_argv = [python, "-m", "actor", *common, "--actor-id", ACTOR_ID]
     if steps is not None:
         actor_argv += ["--steps", str(steps)]

@@ -27,7 +27,7 @@ from robotd import wire
 log = logging.getLogger("robotd.status")
 
 PROCESSES = ("daemon", "actor", "learner")
-"""The process names a status message may carry (what robotd/daemon.py, actor/main.py and learner/main.py publish)."""
+"""The process names a status message may carry (what robotd/daemon/loop.py, actor/loop.py and learner/loop.py publish)."""
 UNKNOWN = "unknown"
 """The sender a malformed message is counted under when it names no accepted process."""
 MAX_COUNT = 2**53

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from robotd.clock import measure_jitter  # noqa: E402
+from robotd.daemon.clock import measure_jitter  # noqa: E402
 
 
 def _burn(stop) -> None:

@@ -48,7 +48,7 @@ def wait_until(predicate, timeout_s: float) -> float | None:
 def bench_wire(_seconds: float) -> dict:
     import timeit
 
-    from drivers import a1_wire
+    from drivers.real import a1_wire
     zeros = np.zeros(12)
     state = a1_wire.encode_low_state(q=zeros, dq=zeros)
     n = 2000
@@ -58,7 +58,7 @@ def bench_wire(_seconds: float) -> dict:
 
 
 def _serve_fake_a1(conn, stop) -> None:
-    from drivers.fake_a1 import FakeA1
+    from drivers.fakes.a1 import FakeA1
     with FakeA1("127.0.0.1") as fake:
         conn.send(fake.address)
         while True:
@@ -71,7 +71,7 @@ def _serve_fake_a1(conn, stop) -> None:
 
 
 def bench_a1(seconds: float) -> dict:
-    from drivers.a1 import A1
+    from drivers.real.a1 import A1
     context = multiprocessing.get_context("spawn")
     parent, child = context.Pipe()
     process = context.Process(target=_serve_fake_a1, args=(child, None), daemon=True)
@@ -107,8 +107,8 @@ def bench_a1(seconds: float) -> dict:
 
 
 def bench_ur5(seconds: float) -> dict:
-    from drivers.fake_ur import FakeURController
-    from drivers.ur5 import UR5
+    from drivers.fakes.ur import FakeURController
+    from drivers.real.ur5 import UR5
     result = {}
     with FakeURController("127.0.0.80", start_q=HOME):
         arm = UR5(host="127.0.0.80", max_step_rad=0.05)
@@ -163,8 +163,8 @@ def bench_ur5(seconds: float) -> dict:
 
 
 def bench_realsense(seconds: float) -> dict:
-    from drivers.fake_realsense import H, W, SoftwareRealSense, ts_ms
-    from drivers.realsense import RealSense
+    from drivers.fakes.realsense import H, W, SoftwareRealSense, ts_ms
+    from drivers.real.realsense import RealSense
     rng = np.random.default_rng(0)
     colour = rng.integers(0, 256, (H, W, 3), dtype=np.uint8)
     depth = rng.integers(300, 3000, (H, W), dtype=np.uint16)

@@ -728,7 +728,7 @@ class Chaos:
         self.status_server = security.server_for_every_channel(network, self.context)
         self.collector = Collector(self.context, network.status, secure=self.status_server.configure)
         python, common = sys.executable, [str(self.resolved), "--logdir", str(root)]
-        self.procs = {"daemon": Proc("daemon", [python, "-m", "robotd", "daemon", *common], root, self.clock),
+        self.procs = {"daemon": Proc("daemon", [python, "-m", "robotd.daemon", *common], root, self.clock),
                       "actor": Proc("actor", [python, "-m", "actor", *common, "--actor-id", ACTOR_ID], root,
                                     self.clock),
                       "learner": Proc("learner", [python, "-m", "learner", *common], root, self.clock)}

@@ -1,4 +1,4 @@
-"""Suite-wide settings: every device address in a test must be a loopback address (see robotd.robot_io)."""
+"""Suite-wide settings: every device address in a test must be a loopback address (see robotd.daemon.robot_io)."""
 import os
 
 # A real-robot config run by a test without its address overridden to a fake is refused before it connects.

@@ -1,4 +1,4 @@
-"""The real A1 driver (drivers/a1.py) against the fake A1 (drivers/fake_a1.py) on loopback UDP."""
+"""The real A1 driver (drivers/real/a1.py) against the fake A1 (drivers/fakes/a1.py) on loopback UDP."""
 from __future__ import annotations
 
 import re
@@ -10,15 +10,17 @@ import numpy as np
 import pytest
 
 try:
-    import drivers.mujoco_sim  # noqa: F401  - picks MUJOCO_GL=egl and survives a broken GL backend
+    import drivers.sim.mujoco_sim  # noqa: F401  - picks MUJOCO_GL=egl and survives a broken GL backend
 except ModuleNotFoundError as err:
     if err.name != "mujoco":
         raise
 pytest.importorskip("mujoco", reason="mujoco is not installed (pip install 'robotd[sim]'): the fake A1 needs it")
 
-from drivers import a1_wire, registry  # noqa: E402
-from drivers.a1 import A1, unwrap_tick  # noqa: E402
-from drivers.fake_a1 import FakeA1  # noqa: E402
+from drivers import registry
+
+from drivers.real import a1_wire  # noqa: E402
+from drivers.real.a1 import A1, unwrap_tick  # noqa: E402
+from drivers.fakes.a1 import FakeA1  # noqa: E402
 
 STAND = np.tile([0.0, 0.9, -1.8], 4)
 ZEROS = np.zeros(12)
@@ -70,7 +72,7 @@ def commands_since(fake: FakeA1, t_ns: int) -> list[dict]:
 
 # ----------------------------------------------------------------------------------------------
 def test_the_driver_is_registered_real_and_shares_the_mujoco_a1s_constants():
-    from drivers.mujoco_sim import A1Sim
+    from drivers.sim.mujoco_sim import A1Sim
 
     sim = A1Sim()
     driver = registry.make("a1", robot_ip="127.0.0.1", local_ip="127.0.0.1")
@@ -100,7 +102,7 @@ def test_bad_configuration_fails_in_one_line(kwargs, message):
 
 
 def test_read_has_sim_a1s_keys_and_the_robots_clock(connect, fake):
-    from drivers.sim_a1 import SimA1
+    from drivers.sim.sim_a1 import SimA1
 
     driver = connect()
     expected = {key: spec for key, spec in SimA1().reading_spec().items() if not key.startswith("scene_")}
@@ -327,7 +329,7 @@ def test_an_error_in_the_inner_loop_leaves_it_sending_damping_and_reports_it(con
     def broken(*args, **kwargs):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr("drivers.a1.a1_wire.encode_low_cmd", broken)
+    monkeypatch.setattr("drivers.real.a1.a1_wire.encode_low_cmd", broken)
     assert wait_for(lambda: not driver.status().ok, 1.0) is not None
     assert "inner command loop failed (RuntimeError: boom)" in driver.status().fault
     count = fake.counters["commands"]                    # it keeps sending (25 in 0.05 s on a quiet machine)
@@ -418,7 +420,7 @@ def test_a_hand_made_robot_wrapping_its_tick_with_garbage_on_the_wire():
 
 def test_fifty_control_steps_through_robot_io_and_the_safety_layer(fake):
     from robotd.config import from_dict
-    from robotd.robot_io import RobotIO
+    from robotd.daemon.robot_io import RobotIO
 
     config = from_dict({
         "robot": {"name": "legs", "driver": "a1",

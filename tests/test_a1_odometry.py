@@ -7,15 +7,15 @@ import numpy as np
 import pytest
 
 try:
-    import drivers.mujoco_sim  # noqa: F401  - picks MUJOCO_GL=egl and survives a broken GL backend
+    import drivers.sim.mujoco_sim  # noqa: F401  - picks MUJOCO_GL=egl and survives a broken GL backend
 except ModuleNotFoundError as err:
     if err.name != "mujoco":
         raise
 mujoco = pytest.importorskip("mujoco", reason="mujoco is not installed (pip install 'robotd[sim]')")
 
-from drivers.a1_odometry import LegOdometry, foot_positions, tilt_rotation  # noqa: E402
-from drivers.mujoco_sim import A1Sim  # noqa: E402
-from drivers.sim_a1 import quat_to_rpy  # noqa: E402
+from drivers.real.a1_odometry import LegOdometry, foot_positions, tilt_rotation  # noqa: E402
+from drivers.sim.mujoco_sim import A1Sim  # noqa: E402
+from drivers.sim.sim_a1 import quat_to_rpy  # noqa: E402
 
 FEET = ("FR_foot", "FL_foot", "RR_foot", "RL_foot")
 

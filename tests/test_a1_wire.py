@@ -1,4 +1,4 @@
-"""The A1's low-level UDP messages on the wire (drivers/a1_wire.py): sizes, field offsets, scaling, CRC."""
+"""The A1's low-level UDP messages on the wire (drivers/real/a1_wire.py): sizes, field offsets, scaling, CRC."""
 from __future__ import annotations
 
 import struct
@@ -6,8 +6,8 @@ import struct
 import numpy as np
 import pytest
 
-from drivers import a1_wire
-from drivers.a1_wire import A1WireError
+from drivers.real import a1_wire
+from drivers.real.a1_wire import A1WireError
 
 
 def reference_crc32_core(data: bytes) -> int:

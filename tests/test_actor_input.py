@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from actor.main import Actor, DaemonError, parse_daemon_hello
+from actor.loop import Actor, DaemonError, parse_daemon_hello
 from robotd import config as cfg
 from robotd import wire
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from drivers.mock import MockArm
+from drivers.sim.mock import MockArm
 from robotd import config as config_module
-from robotd.robot_io import RobotIO
-from robotd.safety import ArmLimits, ArmSafety, TcpLimits, TcpSafety
+from robotd.daemon.robot_io import RobotIO
+from robotd.daemon.safety import ArmLimits, ArmSafety, TcpLimits, TcpSafety
 
 PERIOD_S = 0.04
 

@@ -51,7 +51,7 @@ def test_an_unreachable_learner_loses_nothing_the_robot_collected(tmp_path):
     logdir = tmp_path / "s"
     common = [CONFIG, "--set", f"network.control=tcp://127.0.0.1:{control}", "--set", "control.rate_hz=50",
               "--set", "control.action_deadline_ms=15", "--set", "control.realtime=off", "--logdir", str(logdir)]
-    daemon = subprocess.Popen([sys.executable, "-m", "robotd", "daemon", *common], cwd=ROOT,
+    daemon = subprocess.Popen([sys.executable, "-m", "robotd.daemon", *common], cwd=ROOT,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         result = run(["actor", *common, "--learner", f"tcp://127.0.0.1:{learner}", "--steps", "320",

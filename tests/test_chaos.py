@@ -124,7 +124,7 @@ def test_the_stranger_messages_are_valid_wire_messages():
 
 def test_watchdog_stops_are_read_from_the_daemons_log_lines():
     text = "\n".join([
-        "2026-12-02 16:28:01,250 daemon INFO robotd.daemon: actor actor0 connected",
+        "2026-12-02 16:28:01,250 daemon INFO robotd.daemon.loop: actor actor0 connected",
         "2026-12-02 16:28:02,123 daemon INFO robotd.robot: robot stopped: actor silent for 1.01 s (watchdog 1.0 s)",
         "2026-12-02 16:28:09,000 daemon INFO robotd.robot: robot stopped: daemon exiting",
         "garbage 16:28:10 robot stopped: actor silent for 2 s",

@@ -7,7 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from robotd import check, config
+from robotd import config
+
+from robotd.daemon import check
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -65,7 +67,7 @@ def test_real_robot_configs_load_and_name_a_real_driver(name):
 
 def test_check_against_the_fake_a1_reports_its_rate_tick_and_clock():
     pytest.importorskip("mujoco", reason="the fake A1 runs the MuJoCo A1 (pip install 'robotd[sim]')")
-    from drivers.fake_a1 import FakeA1
+    from drivers.fakes.a1 import FakeA1
 
     with FakeA1("127.0.0.1") as fake:
         host, port = fake.address

@@ -50,8 +50,8 @@ def subcommand_parsers() -> dict[str, argparse.ArgumentParser]:
     for name, parser in sub.choices.items():
         if name in cli.PROGRAMS:
             module = importlib.import_module(cli.PROGRAMS[name])
-            if hasattr(module, "__path__"):                  # a package: python -m runs its __main__
-                module = importlib.import_module(f"{cli.PROGRAMS[name]}.__main__")
+            if hasattr(module, "__path__"):                  # a process: python -m PACKAGE runs PACKAGE/process.py
+                module = importlib.import_module(f"{cli.PROGRAMS[name]}.process")
             parser = module.build_parser()
         parsers[name] = parser
     return parsers

@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from robotd.clock import FixedRateClock, PeriodStats, measure_jitter, try_realtime
+from robotd.daemon.clock import FixedRateClock, PeriodStats, measure_jitter, try_realtime
 
 MS = 1_000_000
 START_NS = 5_000 * MS

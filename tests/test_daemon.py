@@ -9,7 +9,7 @@ import zmq
 
 from robotd import config as cfg
 from robotd import wire
-from robotd.daemon import Daemon
+from robotd.daemon.loop import Daemon
 from robotd.netutil import free_tcp_ports
 
 

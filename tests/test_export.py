@@ -1,4 +1,4 @@
-"""Specification of the plain episode loader (robotd.dataset) and the LeRobot v2.1 export (robotd.export)."""
+"""Specification of the plain episode loader (tools.dataset) and the LeRobot v2.1 export (tools.export)."""
 
 import builtins
 import io
@@ -13,7 +13,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from robotd import dataset, export
+from tools import dataset
+
+from tools import export
 from robotd.episodes import EpisodeWriter, LayoutVersionError, read_episode
 from robotd.steps import step_spec
 

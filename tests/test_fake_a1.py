@@ -1,4 +1,4 @@
-"""The fake A1 (drivers/fake_a1.py): the real low-level UDP protocol on loopback, backed by the MuJoCo A1."""
+"""The fake A1 (drivers/fakes/a1.py): the real low-level UDP protocol on loopback, backed by the MuJoCo A1."""
 from __future__ import annotations
 
 import socket
@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 
 try:
-    import drivers.mujoco_sim  # noqa: F401  - picks MUJOCO_GL=egl and survives a broken GL backend
+    import drivers.sim.mujoco_sim  # noqa: F401  - picks MUJOCO_GL=egl and survives a broken GL backend
 except ModuleNotFoundError as err:
     if err.name != "mujoco":
         raise
 pytest.importorskip("mujoco", reason="mujoco is not installed (pip install 'robotd[sim]')")
 
-from drivers import a1_wire  # noqa: E402
-from drivers.fake_a1 import FakeA1  # noqa: E402
+from drivers.real import a1_wire  # noqa: E402
+from drivers.fakes.a1 import FakeA1  # noqa: E402
 
 STAND = np.tile([0.0, 0.9, -1.8], 4)
 

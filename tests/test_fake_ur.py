@@ -1,4 +1,4 @@
-"""The fake UR controller (drivers/fake_ur.py) driven by the real ur-rtde client, and by raw sockets.
+"""The fake UR controller (drivers/fakes/ur.py) driven by the real ur-rtde client, and by raw sockets.
 
 Each test serves its own loopback address (the controller's ports are fixed), so tests can run side by side.
 Clients are never disconnect()ed explicitly: ur-rtde's destructors disconnect anyway, and each disconnect
@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 try:
-    import drivers.mujoco_sim  # noqa: F401  - picks MUJOCO_GL=egl and survives a broken GL backend
+    import drivers.sim.mujoco_sim  # noqa: F401  - picks MUJOCO_GL=egl and survives a broken GL backend
 except ModuleNotFoundError as err:
     if err.name != "mujoco":
         raise
@@ -23,8 +23,8 @@ rtde_receive = pytest.importorskip("rtde_receive", reason="ur-rtde is not instal
 rtde_control = pytest.importorskip("rtde_control", reason="ur-rtde is not installed (pip install ur-rtde)")
 dashboard_client = pytest.importorskip("dashboard_client", reason="ur-rtde is not installed (pip install ur-rtde)")
 
-from drivers import fake_ur  # noqa: E402
-from drivers.fake_ur import FakeURController  # noqa: E402
+from drivers.fakes import ur as fake_ur  # noqa: E402
+from drivers.fakes.ur import FakeURController  # noqa: E402
 
 START_Q = [0.3, -1.4, 1.5, -1.7, -1.57, 0.2]
 INTO_TABLE_Q = [1.57, -0.5, 1.5, -1.57, -1.57, 0.0]  # wrist_2 down into the table top, beside the bins

@@ -11,15 +11,15 @@ gymnasium = pytest.importorskip("gymnasium")
 from gymnasium import spaces  # noqa: E402
 
 import drivers  # noqa: E402
-from actor.main import random_action  # noqa: E402
+from actor.loop import random_action  # noqa: E402
 from drivers import registry  # noqa: E402
-from drivers.gym_env import resize_image  # noqa: E402
+from drivers.sim.gym_env import resize_image  # noqa: E402
 from robotd import config as cfg  # noqa: E402
 from robotd import tasks, wire  # noqa: E402
-from robotd.clock import LockstepClock  # noqa: E402
-from robotd.daemon import Daemon  # noqa: E402
+from robotd.daemon.clock import LockstepClock  # noqa: E402
+from robotd.daemon.loop import Daemon  # noqa: E402
 from robotd.netutil import free_tcp_ports  # noqa: E402
-from robotd.safety import SimSafety  # noqa: E402
+from robotd.daemon.safety import SimSafety  # noqa: E402
 from tests.test_daemon import Running  # noqa: E402
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
@@ -404,7 +404,7 @@ def test_a_discrete_robot_gets_a_discrete_agent_and_policy(tmp_path):
 
 
 def test_a_lockstep_actor_waits_for_the_learner_only_past_prefill_and_within_the_ratio(tmp_path):
-    from actor.main import Actor as ActorProcess
+    from actor.loop import Actor as ActorProcess
     config = cfg.load(CONFIGS / "gym_pendulum.yaml", ["actor.prefill_steps=100", "learner.min_replay_steps=200",
                                                       "learner.train_ratio=8", "learner.batch_size=4",
                                                       "learner.batch_length=16", "learner.publish_every_updates=2"])

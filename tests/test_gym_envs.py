@@ -11,7 +11,7 @@ import pytest
 gymnasium = pytest.importorskip("gymnasium")
 
 from drivers import registry  # noqa: E402
-from drivers.mock import MockArm  # noqa: E402
+from drivers.sim.mock import MockArm  # noqa: E402
 from robotd import gym_envs  # noqa: E402
 from robotd.gym_envs import ENV_CONFIGS, RobotEnv  # noqa: E402
 
@@ -26,7 +26,7 @@ if "test_real_arm" not in registry.names():
 
 def _mujoco():
     try:
-        import drivers.mujoco_sim  # noqa: F401  - picks MUJOCO_GL=egl and survives a broken GL backend
+        import drivers.sim.mujoco_sim  # noqa: F401  - picks MUJOCO_GL=egl and survives a broken GL backend
     except ModuleNotFoundError as err:
         if err.name != "mujoco":
             raise

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from learner import inspect
+from tools import inspect
 from robotd.episodes import EpisodeWriter, read_episode
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

@@ -126,7 +126,7 @@ def _drive_actor_episodes(tmp_path, episodes):
 
     import numpy as np
 
-    from actor.main import Actor
+    from actor.loop import Actor
     from actor.recorder import StepRecorder
     from robotd import config as config_module, steps
 

@@ -9,16 +9,16 @@ import time
 import numpy as np
 import pytest
 
-# drivers.mujoco_sim imports mujoco itself: it picks MUJOCO_GL=egl unless set, and survives a broken
+# drivers.sim.mujoco_sim imports mujoco itself: it picks MUJOCO_GL=egl unless set, and survives a broken
 # GL backend (rendering then skips below), which a bare `import mujoco` would not.
 try:
-    import drivers.mujoco_sim  # noqa: F401
+    import drivers.sim.mujoco_sim  # noqa: F401
 except ModuleNotFoundError as err:
     if err.name != "mujoco":
         raise
 mujoco = pytest.importorskip("mujoco", reason="mujoco is not installed (pip install 'robotd[sim]')")
 
-from drivers.mujoco_sim import A1_XML, UR5_XML, A1Sim, RenderUnavailable, UR5Sim  # noqa: E402
+from drivers.sim.mujoco_sim import A1_XML, UR5_XML, A1Sim, RenderUnavailable, UR5Sim  # noqa: E402
 
 # Standard UR5 DH parameters: T_i = Rz(q_i) Tz(d_i) Tx(a_i) Rx(alpha_i).
 UR5_D = (0.089159, 0.0, 0.0, 0.10915, 0.09465, 0.0823)

@@ -384,7 +384,7 @@ def test_a_stop_signal_during_rays_start_is_a_stop_not_a_failure():
 def test_a_learner_stopped_while_ray_starts_exits_cleanly_with_its_stats(tmp_path, monkeypatch):
     import socket
 
-    import learner.main as learner_main
+    import learner.loop as learner_main
     from robotd import session
 
     def free_port():

@@ -25,8 +25,8 @@ except ImportError as exc:  # pragma: no cover - depends on the machine
                 allow_module_level=True)
 
 from drivers import make
-from drivers.fake_realsense import H, W, SoftwareRealSense, ts_ms
-from drivers.realsense import RealSense, area_weights, import_rs
+from drivers.fakes.realsense import H, W, SoftwareRealSense, ts_ms
+from drivers.real.realsense import RealSense, area_weights, import_rs
 
 DOMAINS = {"hardware_clock": rs.timestamp_domain.hardware_clock, "global_time": rs.timestamp_domain.global_time,
            "system_time": rs.timestamp_domain.system_time}
@@ -188,7 +188,7 @@ def test_system_time_domain_warns_once_and_info_says_so(softcam, driver, caplog)
     cam = softcam(serial="SYS42")
     camera = driver(name="wrist", frame_source=cam.source(), width=16, height=12)
     camera.connect()
-    with caplog.at_level(logging.WARNING, logger="drivers.realsense"):
+    with caplog.at_level(logging.WARNING, logger="drivers.real.realsense"):
         for n in range(5):
             cam.inject(n, *plain(n), domain="system_time")
         assert wait_until(lambda: camera.counters["frames"] == 4)

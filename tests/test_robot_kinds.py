@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 
 from drivers.base import Legged
-from drivers.mock import MockArm, MockCamera, MockLegged
+from drivers.sim.mock import MockArm, MockCamera, MockLegged
 from robotd import config as cfg
-from robotd.robot_kinds import UNCHANGED, ArmKind, LeggedKind, kind_of
-from robotd.safety import SafeCommand
+from robotd.daemon.robot_kinds import UNCHANGED, ArmKind, LeggedKind, kind_of
+from robotd.daemon.safety import SafeCommand
 
 
 def test_the_kind_follows_the_drivers_base_class():
@@ -66,7 +66,7 @@ def test_only_a_drawing_camera_takes_a_scene_and_every_device_takes_a_control_pe
     assert drawing.draws_scene
     drawing.set_scene(lambda: (0.5, 0.5))
     MockArm().set_control_period(0.04)                # the base class: nothing to do for a mock
-    from drivers.sim_ur5 import SimCamera
+    from drivers.sim.sim_ur5 import SimCamera
     assert not SimCamera.draws_scene
     assert ArmKind(MockArm(), cfg.load(None), 0.04).links_scene([drawing])
     assert not ArmKind(MockArm(), cfg.load(None), 0.04).links_scene([])

@@ -3,8 +3,8 @@ import time
 
 import pytest
 
-from drivers.fake_robotiq import FakeRobotiq
-from drivers.robotiq import RobotiqGripper
+from drivers.fakes.robotiq import FakeRobotiq
+from drivers.real.robotiq import RobotiqGripper
 
 
 def wait_for(predicate, timeout_s=3.0):

@@ -1,4 +1,4 @@
-"""The MuJoCo A1 as a simulated Legged driver (drivers/sim_a1.py), with its configs and the a1 tasks."""
+"""The MuJoCo A1 as a simulated Legged driver (drivers/sim/sim_a1.py), with its configs and the a1 tasks."""
 from __future__ import annotations
 
 import json
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 try:
-    import drivers.mujoco_sim  # noqa: F401  - picks MUJOCO_GL=egl and survives a broken GL backend
+    import drivers.sim.mujoco_sim  # noqa: F401  - picks MUJOCO_GL=egl and survives a broken GL backend
 except ModuleNotFoundError as err:
     if err.name != "mujoco":
         raise
@@ -20,11 +20,11 @@ pytest.importorskip("mujoco", reason="mujoco is not installed (pip install 'robo
 
 import drivers  # noqa: E402
 from drivers import registry  # noqa: E402
-from drivers.mock import MockLegged  # noqa: E402
-from drivers.sim_a1 import SimA1, quat_to_rpy  # noqa: E402
+from drivers.sim.mock import MockLegged  # noqa: E402
+from drivers.sim.sim_a1 import SimA1, quat_to_rpy  # noqa: E402
 from robotd import config as config_mod  # noqa: E402
 from robotd import tasks  # noqa: E402
-from robotd.safety import LeggedLimits, LeggedSafety  # noqa: E402
+from robotd.daemon.safety import LeggedLimits, LeggedSafety  # noqa: E402
 from tests.clocks import FakeClock  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -223,7 +223,7 @@ def test_scene_base_vel_is_forward_positive_in_the_heading_frame() -> None:
     half = math.sqrt(0.5)
     sim.data.qpos[3:7] = (half, 0.0, 0.0, half)
     sim.data.qvel[0:3] = (0.2, 0.5, 0.0)
-    drivers.mujoco_sim.mujoco.mj_forward(sim.model, sim.data)
+    drivers.sim.mujoco_sim.mujoco.mj_forward(sim.model, sim.data)
     vel = legs.read().values["scene_base_vel"]
     np.testing.assert_allclose(vel, [0.5, -0.2, 0.0], atol=1e-6)
     assert legs.read().values["imu_rpy"][2] == pytest.approx(math.pi / 2, abs=1e-5)

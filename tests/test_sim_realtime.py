@@ -7,14 +7,14 @@ import time
 import pytest
 
 try:
-    import drivers.mujoco_sim  # noqa: F401  - picks MUJOCO_GL=egl and survives a broken GL backend
+    import drivers.sim.mujoco_sim  # noqa: F401  - picks MUJOCO_GL=egl and survives a broken GL backend
 except ModuleNotFoundError as err:
     if err.name != "mujoco":
         raise
 pytest.importorskip("mujoco", reason="mujoco is not installed (pip install 'robotd[sim]')")
 
-from drivers.sim_a1 import SimA1  # noqa: E402
-from drivers.sim_ur5 import SimUR5  # noqa: E402
+from drivers.sim.sim_a1 import SimA1  # noqa: E402
+from drivers.sim.sim_ur5 import SimUR5  # noqa: E402
 
 WAIT_S = 0.3
 

@@ -1,4 +1,4 @@
-"""The MuJoCo UR5 as simulated drivers (drivers/sim_ur5.py): sim_ur5 (Arm) and sim_camera (Camera)."""
+"""The MuJoCo UR5 as simulated drivers (drivers/sim/sim_ur5.py): sim_ur5 (Arm) and sim_camera (Camera)."""
 from __future__ import annotations
 
 import json
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 try:
-    import drivers.mujoco_sim  # noqa: F401  - picks MUJOCO_GL=egl and survives a broken GL backend
+    import drivers.sim.mujoco_sim  # noqa: F401  - picks MUJOCO_GL=egl and survives a broken GL backend
 except ModuleNotFoundError as err:
     if err.name != "mujoco":
         raise
@@ -18,9 +18,9 @@ pytest.importorskip("mujoco", reason="mujoco is not installed (pip install 'robo
 
 import drivers  # noqa: E402
 from drivers import registry  # noqa: E402
-from drivers.mock import MockArm  # noqa: E402
-from drivers.mujoco_sim import RenderUnavailable  # noqa: E402
-from drivers.sim_ur5 import _WORLDS, SimCamera, SimUR5  # noqa: E402
+from drivers.sim.mock import MockArm  # noqa: E402
+from drivers.sim.mujoco_sim import RenderUnavailable  # noqa: E402
+from drivers.sim.sim_ur5 import _WORLDS, SimCamera, SimUR5  # noqa: E402
 from tests.clocks import FakeClock  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -12,7 +12,7 @@ import zmq
 
 from robotd import config as cfg
 from robotd import security, wire
-from robotd.daemon import Daemon
+from robotd.daemon.loop import Daemon
 from robotd.netutil import free_tcp_ports
 from robotd.status import StatusCollector, StatusPublisher
 

@@ -129,7 +129,7 @@ def test_malformed_stats_files_give_unknown_figures_and_never_break_the_report(t
 
 # ---- exit messages ------------------------------------------------------------------------------------------------
 
-FLAGGED = "2024-05-01 10:00:00,000 actor WARNING actor.main: episode 8 flagged, kept out of training: period error 31 ms"
+FLAGGED = "2024-05-01 10:00:00,000 actor WARNING actor.loop: episode 8 flagged, kept out of training: period error 31 ms"
 
 
 def test_a_killed_process_is_reported_as_killed_by_its_signal_not_by_an_unrelated_log_line(tmp_path):
@@ -150,16 +150,16 @@ def test_a_killed_process_is_reported_as_killed_by_its_signal_not_by_an_unrelate
 
 def test_a_process_that_exits_with_a_code_is_reported_with_its_last_error_record(tmp_path):
     script = ("import sys\n"
-              "print('2024-05-01 10:00:00,000 learner INFO learner.main: learner up')\n"
-              "print('2024-05-01 10:00:01,000 learner ERROR learner.main: replay actor died: out of memory')\n"
-              "print('2024-05-01 10:00:02,000 learner WARNING learner.main: retrying after the error')\n"
-              "print('2024-05-01 10:00:03,000 learner INFO learner.main: shutting down')\n"
+              "print('2024-05-01 10:00:00,000 learner INFO learner.loop: learner up')\n"
+              "print('2024-05-01 10:00:01,000 learner ERROR learner.loop: replay actor died: out of memory')\n"
+              "print('2024-05-01 10:00:02,000 learner WARNING learner.loop: retrying after the error')\n"
+              "print('2024-05-01 10:00:03,000 learner INFO learner.loop: shutting down')\n"
               "sys.exit(3)\n")
     child = Child("learner", [sys.executable, "-c", script], tmp_path)
     assert child.wait(30) == 3
     child.kill_group()
     assert child.exit_message() == ("learner exited with code 3; last error: 2024-05-01 10:00:01,000 learner ERROR "
-                                    f"learner.main: replay actor died: out of memory (log: {child.log_path})")
+                                    f"learner.loop: replay actor died: out of memory (log: {child.log_path})")
 
 
 def test_a_traceback_is_quoted_by_its_last_line(tmp_path):

@@ -1,4 +1,4 @@
-"""UR5 tasks (robotd/tasks_arm.py): ur5_reach and ur5_pick_place against hand-computed cases.
+"""UR5 tasks (robotd/tasks/arm.py): ur5_reach and ur5_pick_place against hand-computed cases.
 
 Readings dicts are built directly, in the shape the simulated UR5 driver delivers them; no driver runs.
 """

@@ -1,4 +1,4 @@
-"""The quadruped tasks a1_stand and a1_walk (robotd/tasks_legged.py): observations, gated rewards, bounds."""
+"""The quadruped tasks a1_stand and a1_walk (robotd/tasks/legged.py): observations, gated rewards, bounds."""
 from __future__ import annotations
 
 import math

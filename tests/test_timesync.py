@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from robotd.timesync import ClockOffsetEstimator, reading_age_ns
+from robotd.daemon.timesync import ClockOffsetEstimator, reading_age_ns
 
 MS = 1_000_000
 S = 1_000_000_000

@@ -1,4 +1,4 @@
-"""The UR5 driver (drivers/ur5.py) through the real ur-rtde client against the fake UR controller.
+"""The UR5 driver (drivers/real/ur5.py) through the real ur-rtde client against the fake UR controller.
 
 Each test serves its own loopback address (127.0.0.60 and up): the controller's ports are fixed.
 """
@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 try:
-    import drivers.mujoco_sim  # noqa: F401  - picks MUJOCO_GL=egl and survives a broken GL backend
+    import drivers.sim.mujoco_sim  # noqa: F401  - picks MUJOCO_GL=egl and survives a broken GL backend
 except ModuleNotFoundError as err:
     if err.name != "mujoco":
         raise
@@ -24,9 +24,9 @@ pytest.importorskip("mujoco", reason="mujoco is not installed (pip install 'robo
 pytest.importorskip("rtde_control", reason="ur-rtde is not installed (pip install 'robotd[ur5]')")
 from dashboard_client import DashboardClient  # noqa: E402
 
-from drivers.fake_ur import FakeURController  # noqa: E402
-from drivers.mujoco_sim import UR5Sim  # noqa: E402
-from drivers.ur5 import UR5, ur5_point_m  # noqa: E402
+from drivers.fakes.ur import FakeURController  # noqa: E402
+from drivers.sim.mujoco_sim import UR5Sim  # noqa: E402
+from drivers.real.ur5 import UR5, ur5_point_m  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 HOME = np.array([0.0, -1.57, 1.57, -1.57, -1.57, 0.0])
@@ -405,7 +405,7 @@ def test_without_the_watchdog_a_silent_driver_leaves_the_arm_moving():
 _DRIVE = """
 import os, sys, time
 import numpy as np
-from drivers.ur5 import UR5
+from drivers.real.ur5 import UR5
 try:                                    # as the daemon does where it may (control.realtime: auto)
     os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(10))
 except (AttributeError, OSError):

@@ -1,7 +1,7 @@
 """MuJoCo simulations of the project's robots: a UR5 arm with a gripper at a table, and a Unitree A1.
 
 These are plain physics helpers, independent of the daemon: they load the MJCF models in
-drivers/models/, step them and read them. Later drivers wrap them behind drivers/base.py
+drivers/sim/models/, step them and read them. Later drivers wrap them behind drivers/base.py
 (UR5Sim behind Arm + Camera, A1Sim behind Legged), which is why the method names follow it:
 command_joint_position, tcp_position, command_motors, damp, home_q_rad, stand_q_rad, ...
 
@@ -193,7 +193,7 @@ class _Sim:
 
 
 class UR5Sim(_Sim):
-    """The UR5 with a parallel gripper at a table with two bins and three boxes (drivers/models/ur5.xml).
+    """The UR5 with a parallel gripper at a table with two bins and three boxes (drivers/sim/models/ur5.xml).
 
     Joints are driven by servo-like position actuators (command_joint_position); the gripper by
     one position actuator on the finger travel. Positions are in the arm's base frame (DH frame 0)
@@ -505,7 +505,7 @@ class UR5Sim(_Sim):
 
 
 class A1Sim(_Sim):
-    """The Unitree A1 on a flat floor (drivers/models/a1.xml) driven by per-motor PD targets.
+    """The Unitree A1 on a flat floor (drivers/sim/models/a1.xml) driven by per-motor PD targets.
 
     Every physics step (1 kHz) the motor torque is tau = kp (q_des - q) + kd (dq_des - dq) + tau_ff,
     clipped to +-TORQUE_LIMIT_NM, exactly as the A1's motor boards apply a low-level command.

@@ -8,7 +8,7 @@ watchdog, a stop signal, or a protective stop bring the robot to a safe stop.
 
 With ``control.pacing: lockstep`` (simulated devices only) there is no deadline: the daemon
 waits for each action as long as the watchdog allows and steps as soon as it arrives, on a
-simulated clock that advances one control period per step (see robotd.clock.LockstepClock).
+simulated clock that advances one control period per step (see robotd.daemon.clock.LockstepClock).
 
 The connection to the actor is one state machine, :class:`ActorLink`, shared by both pacings.
 """
@@ -17,19 +17,18 @@ from __future__ import annotations
 import enum
 import logging
 import math
-import signal
 import threading
 import time
 
 import zmq
 
 from robotd import session, wire
-from robotd.clock import FixedRateClock, LockstepClock, PeriodStats, try_realtime
+from robotd.daemon.clock import FixedRateClock, LockstepClock, PeriodStats, try_realtime
 from robotd.config import Config, check_lockstep
 from robotd.netutil import bind_or_explain
 from robotd.security import SecurityError, client_securer, is_loopback, server_for_every_channel
-from robotd.robot_io import RobotIO
-from robotd.safety import ActionWatchdog
+from robotd.daemon.robot_io import RobotIO
+from robotd.daemon.safety import ActionWatchdog
 from robotd.status import StatusPublisher
 
 log = logging.getLogger("robotd.daemon")
@@ -412,14 +411,3 @@ class Daemon:
                 "period_error_ms_while_training": training["period_error_ms"],
                 "ticks_while_training": training["count"], "scheduling": self.scheduling,
                 "pacing": self.config.control.pacing, "stop_reason": self.stop_reason}
-
-
-def run(config: Config, *, logdir: str | None = None) -> dict:
-    """Entry point of ``robotd daemon``: runs until SIGINT/SIGTERM, then stops the robot."""
-    daemon = Daemon(config, logdir=logdir)
-
-    def request_stop(signum, _frame):
-        daemon.stop_requested.set()
-    signal.signal(signal.SIGINT, request_stop)
-    signal.signal(signal.SIGTERM, request_stop)
-    return daemon.run()

@@ -9,7 +9,6 @@ update count and optimiser state continue.
 from __future__ import annotations
 
 import logging
-import signal
 import threading
 import time
 from pathlib import Path
@@ -243,19 +242,3 @@ class Learner:
                 "refused_connections": self.curve.rejected if self.curve else 0,
                 "parameters": trainer.parameter_count() if trainer else 0,
                 "last_losses": trainer.last_metrics if trainer else {}}
-
-
-def run(config: Config, *, logdir: str) -> dict:
-    """Entry point of ``robotd learner``: runs until SIGINT/SIGTERM, then checkpoints and exits."""
-    learner = Learner(config, logdir=logdir)
-
-    def request_stop(signum, _frame):
-        learner.stop_requested.set()
-
-    def install_handlers():
-        # Ray's core worker installs its own SIGTERM handler (which aborts); ours must win.
-        signal.signal(signal.SIGINT, request_stop)
-        signal.signal(signal.SIGTERM, request_stop)
-    install_handlers()
-    learner.on_ray_started = install_handlers
-    return learner.run()

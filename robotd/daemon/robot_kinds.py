@@ -11,7 +11,7 @@ import numpy as np
 
 from drivers.base import Arm, Device, Legged, SteppedEnv
 from robotd.config import Config
-from robotd.safety import (ArmLimits, ArmSafety, LeggedLimits, LeggedSafety, SafeCommand, SimSafety, TcpLimits,
+from robotd.daemon.safety import (ArmLimits, ArmSafety, LeggedLimits, LeggedSafety, SafeCommand, SimSafety, TcpLimits,
                            TcpSafety)
 
 

@@ -25,7 +25,7 @@ import numpy as np
 from drivers.base import Arm, Camera, DeviceStatus, Legged, Reading
 from drivers.device_clock import DeviceClock
 from drivers.registry import register
-from drivers.ur5 import UR5_HOME_Q_RAD, ur5_point_m
+from drivers.real.ur5 import UR5_HOME_Q_RAD, ur5_point_m
 
 _NS_PER_S = 1_000_000_000
 _NS_PER_MS = 1_000_000

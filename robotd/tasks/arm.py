@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from robotd.tasks import ObsSpec, Readings, Task, register
+from robotd.tasks.base import ObsSpec, Readings, Task, register
 
 PROPRIO_KEYS = ("joint_pos", "joint_vel", "tcp_pos")
 

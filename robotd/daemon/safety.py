@@ -138,7 +138,7 @@ COMMAND_FIELDS: dict[str, tuple[frozenset, frozenset]] = {
     "action": (frozenset({"action"}), frozenset()),
 }
 """What a safe command of each kind carries: the agreement between the safety layers, which build commands,
-and robotd.robot_kinds, which turns them into driver calls. SafeCommand checks it when built."""
+and robotd.daemon.robot_kinds, which turns them into driver calls. SafeCommand checks it when built."""
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""A fake Robotiq 2F gripper URCap on loopback: the ASCII socket protocol of drivers/robotiq.py.
+"""A fake Robotiq 2F gripper URCap on loopback: the ASCII socket protocol of drivers/real/robotiq.py.
 
 Answers ``SET <VAR> <int>`` with ``ack`` and ``GET <VAR>`` with ``<VAR> <int>`` for ACT, GTO, POS,
 SPE, FOR, STA and OBJ. Activation takes ``activation_s``; the fingers travel the full stroke in
@@ -12,8 +12,8 @@ import socket
 import threading
 import time
 
-from drivers.realism import check_loopback
-from drivers.robotiq import ROBOTIQ_PORT
+from drivers.sim.realism import check_loopback
+from drivers.real.robotiq import ROBOTIQ_PORT
 
 VARIABLES = ("ACT", "GTO", "POS", "SPE", "FOR", "STA", "OBJ")
 

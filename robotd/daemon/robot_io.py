@@ -24,9 +24,9 @@ import numpy as np
 
 from drivers import registry as driver_registry
 from robotd.config import Config, DeviceConfig
-from robotd.robot_kinds import UNCHANGED, kind_of
-from robotd.safety import SafeCommand
-from robotd.timesync import ClockOffsetEstimator
+from robotd.daemon.robot_kinds import UNCHANGED, kind_of
+from robotd.daemon.safety import SafeCommand
+from robotd.daemon.timesync import ClockOffsetEstimator
 
 log = logging.getLogger("robotd.robot")
 

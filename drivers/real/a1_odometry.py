@@ -7,7 +7,7 @@ then turned into the heading frame (roll and pitch undone, yaw kept: x forward, 
 frame the simulated A1's ``scene_base_vel`` uses. Feet that slip make the estimate read low.
 
 Leg geometry (hip offsets, hip-to-thigh offset, thigh and calf lengths) is the A1's, as in
-drivers/models/a1.xml. Legs are in the A1's motor order: FR, FL, RR, RL; per leg hip (about x),
+drivers/sim/models/a1.xml. Legs are in the A1's motor order: FR, FL, RR, RL; per leg hip (about x),
 thigh and calf (about y).
 """
 from __future__ import annotations

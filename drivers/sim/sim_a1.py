@@ -30,10 +30,10 @@ from collections.abc import Callable
 
 import numpy as np
 
-from drivers.a1 import A1_READING_SPEC
+from drivers.real.a1 import A1_READING_SPEC
 from drivers.base import DeviceStatus, Legged, Reading
 from drivers.device_clock import DeviceClock
-from drivers.realism import DelayLine, History, check_probability, check_seconds
+from drivers.sim.realism import DelayLine, History, check_probability, check_seconds
 from drivers.registry import register
 
 _NS_PER_S = 1_000_000_000
@@ -47,8 +47,8 @@ SETTLE_S = {"stand": 0.3, "lying": 1.0, "back": 1.0}
 
 
 def _mujoco_sim():
-    """drivers.mujoco_sim, imported on first use (it imports mujoco)."""
-    from drivers import mujoco_sim
+    """drivers.sim.mujoco_sim, imported on first use (it imports mujoco)."""
+    from drivers.sim import mujoco_sim
 
     return mujoco_sim
 

@@ -24,7 +24,7 @@ dashboard's ``unlock protective stop`` (or ``safeguard_stop(False)``, ``emergenc
 script's RTDE watchdog (command 35) stops the program when input_int_register_0 goes without an update
 for longer than its period; the controller's own cycle thread checks it, with or without clients.
 
-``FakeURController`` runs the server in a child process (``python -m drivers.fake_ur --control``, driven
+``FakeURController`` runs the server in a child process (``python -m drivers.fakes.ur --control``, driven
 by JSON lines on its stdin), because the ur-rtde control interface holds the GIL while it connects: a
 server thread in the same process would never answer it. Faults to inject: ``protective_stop()``,
 ``safeguard_stop()``, ``emergency_stop()``, ``vanish()`` (SIGKILL: every link closes at once, as a crashed
@@ -35,7 +35,7 @@ Only loopback addresses are served, so parallel tests each take their own (127.0
     with FakeURController("127.0.0.2") as ur:
         rtde_r = rtde_receive.RTDEReceiveInterface(ur.host)
 
-``python -m drivers.fake_ur --host 127.0.0.2 [--version 5.11.0.0]`` serves until Ctrl-C.
+``python -m drivers.fakes.ur --host 127.0.0.2 [--version 5.11.0.0]`` serves until Ctrl-C.
 """
 from __future__ import annotations
 
@@ -56,7 +56,7 @@ from collections import Counter
 
 import numpy as np
 
-from drivers.realism import check_loopback
+from drivers.sim.realism import check_loopback
 
 RTDE_PORT = 30004
 DASHBOARD_PORT = 29999
@@ -296,7 +296,7 @@ class _Controller:
 
     def __init__(self, version: tuple[int, int, int, int], start_q: list[float] | None, serial: str,
                  unlock_delay_s: float, stop_script_on_fault: bool = False, program_start_delay_s: float = 0.0) -> None:
-        from drivers.sim_ur5 import SimUR5  # imports mujoco
+        from drivers.sim.sim_ur5 import SimUR5  # imports mujoco
 
         self.version = version
         self.serial = serial
@@ -1010,7 +1010,7 @@ class FakeURServer:
             self.stop()
             raise
         if self.gripper:
-            from drivers.fake_robotiq import FakeRobotiq   # a Robotiq URCap on its port 63352, as on a real cell
+            from drivers.fakes.robotiq import FakeRobotiq   # a Robotiq URCap on its port 63352, as on a real cell
             try:
                 self.robotiq = FakeRobotiq(self.host).start()
             except OSError:
@@ -1202,7 +1202,7 @@ class FakeURServer:
 
 
 # ---------------------------------------------------------------------------------------------
-# The parent-side handle: the server runs in `python -m drivers.fake_ur --control`, which takes one JSON
+# The parent-side handle: the server runs in `python -m drivers.fakes.ur --control`, which takes one JSON
 # request per line on stdin and answers one JSON line on stdout (so no script needs a __main__ guard).
 # ---------------------------------------------------------------------------------------------
 def _control_loop(server: FakeURServer) -> None:
@@ -1306,10 +1306,10 @@ class FakeURController:
         """Start the serving process and wait until every port accepts connections."""
         if self._process is not None:
             return self
-        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         env = dict(os.environ)
         env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-        command = [sys.executable, "-m", "drivers.fake_ur", "--control", "--host", self.host,
+        command = [sys.executable, "-m", "drivers.fakes.ur", "--control", "--host", self.host,
                    "--version", ".".join(map(str, self.version)), "--serial", self.serial,
                    "--unlock-delay", repr(self.unlock_delay_s)]
         if self.start_q is not None:
@@ -1477,7 +1477,7 @@ def _parse_q(text: str) -> list[float]:
 
 def main(argv: list[str] | None = None) -> int:
     """Serve a fake controller in this process until Ctrl-C (or, with --control, until told to stop)."""
-    parser = argparse.ArgumentParser(prog="python -m drivers.fake_ur", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m drivers.fakes.ur", description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.2", help="loopback address to serve on (127.0.0.x)")
     parser.add_argument("--version", type=_parse_version, default=CB3_VERSION,
                         help="controller version: 3.15.8.0 (CB3, 125 Hz) or 5.11.0.0 (e-Series, 500 Hz)")

@@ -18,7 +18,7 @@ import math
 
 import numpy as np
 
-from robotd.tasks import SCENE_PREFIX, ObsSpec, Task, register
+from robotd.tasks.base import SCENE_PREFIX, ObsSpec, Task, register
 
 A1_STAND_Q_RAD = (0.0, 0.9, -1.8) * 4
 PROPRIO_KEYS = ("joint_pos", "joint_vel", "imu_rpy", "imu_gyro", "foot_contact")
@@ -115,7 +115,7 @@ class A1Walk(A1Stand):
 
     The forward speed is the robot reading ``velocity_key`` (x of the trunk velocity in the heading
     frame): the simulator's privileged ``scene_base_vel`` (sim_a1), or on a real A1 the driver's leg
-    odometry ``base_vel_est`` (drivers/a1_odometry.py).
+    odometry ``base_vel_est`` (drivers/real/a1_odometry.py).
     """
 
     REWARD_MAX = 14.0

@@ -40,7 +40,7 @@ What this driver adds on top of the library, because the library does not:
   with zero-velocity commands first, so that no blocking stop keeps the register silent for long.
 - **Last-line limits.** Servo targets are clipped to the joint limits and to ``max_step_rad`` from
   the measured position; velocities to ``max_joint_vel_rad_s`` / ``max_tcp_speed_m_s``. The safety
-  layer (robotd/safety.py: workspace box, per-step deltas) has already limited every command; this
+  layer (robotd/daemon/safety.py: workspace box, per-step deltas) has already limited every command; this
   only catches what should never get past it, and counts it.
 - **A clean stop.** disconnect() decelerates (servoStop / speedStop), stops the control script and
   closes both interfaces, each step bounded by ``command_timeout_s``.
@@ -64,7 +64,7 @@ import numpy as np
 
 from drivers.base import Arm, DeviceStatus, Reading
 from drivers.registry import register
-from drivers.robotiq import ROBOTIQ_PORT, RobotiqGripper
+from drivers.real.robotiq import ROBOTIQ_PORT, RobotiqGripper
 
 log = logging.getLogger("robotd.ur5")
 

@@ -53,7 +53,7 @@ from typing import Any
 import numpy as np
 
 from robotd.cli import program_parser
-from robotd.dataset import Episode, episode_paths, iter_episodes
+from tools.dataset import Episode, episode_paths, iter_episodes
 from robotd.episodes import LayoutVersionError
 
 CODEBASE_VERSION = "v2.1"

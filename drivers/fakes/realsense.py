@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from drivers.realsense import SyncerSource, import_rs
+from drivers.real.realsense import SyncerSource, import_rs
 
 W, H, FPS = 640, 480, 30
 PERIOD_MS = 1000.0 / FPS

@@ -32,8 +32,8 @@ import time
 
 import numpy as np
 
-from drivers import a1_wire
-from drivers.realism import check_loopback
+from drivers.real import a1_wire
+from drivers.sim.realism import check_loopback
 
 _NS_PER_S = 1_000_000_000
 COMMAND_HISTORY = 2048  # commands kept in FakeA1.commands (about 4 s at 500 Hz)
@@ -59,7 +59,7 @@ class FakeA1:
             raise ValueError(f"FakeA1: start must be 'stand' or 'lying', got {start!r}")
         import mujoco  # imported here so importing drivers never needs mujoco
 
-        from drivers import mujoco_sim
+        from drivers.sim import mujoco_sim
 
         self.sim = mujoco_sim.A1Sim()
         if start == "lying":

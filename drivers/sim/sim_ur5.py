@@ -24,15 +24,15 @@ import numpy as np
 
 from drivers.base import Arm, Camera, DeviceStatus, Reading
 from drivers.device_clock import DeviceClock
-from drivers.realism import DelayLine, History, check_probability, check_seconds
+from drivers.sim.realism import DelayLine, History, check_probability, check_seconds
 from drivers.registry import register
 
 _NS_PER_S = 1_000_000_000
 
 
 def _mujoco_sim():
-    """drivers.mujoco_sim, imported on first use (it imports mujoco)."""
-    from drivers import mujoco_sim
+    """drivers.sim.mujoco_sim, imported on first use (it imports mujoco)."""
+    from drivers.sim import mujoco_sim
 
     return mujoco_sim
 
@@ -504,7 +504,7 @@ class SimCamera(_SimDevice, Camera):
     exact to the physics step). With drop_rate each frame after frame 0 is lost with that probability
     (seeded): a lost frame is never delivered, frame numbers show the gap and reads keep returning the
     newest delivered frame. depth adds "depth" (height, width) uint16 millimetres along the camera
-    axis (65535 where nothing is hit). render() raises drivers.mujoco_sim.RenderUnavailable where no
+    axis (65535 where nothing is hit). render() raises drivers.sim.mujoco_sim.RenderUnavailable where no
     GL backend works.
     """
 

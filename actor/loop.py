@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import socket as pysocket
 import threading
 import time
@@ -486,15 +485,3 @@ def random_action(rng: np.random.Generator, action_dim: int, discrete: bool) -> 
         action[rng.integers(action_dim)] = 1.0
         return action
     return rng.uniform(-1.0, 1.0, action_dim).astype(np.float32)
-
-
-def run(config: Config, *, logdir: str, learner_address: str | None = None, max_steps: int | None = None,
-        actor_id: str | None = None) -> dict:
-    """Entry point of ``robotd actor``: runs until done or SIGINT/SIGTERM."""
-    actor = Actor(config, logdir=logdir, learner_address=learner_address, max_steps=max_steps, actor_id=actor_id)
-
-    def request_stop(signum, _frame):
-        actor.stop_requested.set()
-    signal.signal(signal.SIGINT, request_stop)
-    signal.signal(signal.SIGTERM, request_stop)
-    return actor.run()

@@ -18,8 +18,8 @@ import time
 from drivers import registry
 from drivers.base import Arm, Legged
 from robotd.config import Config, DeviceConfig
-from robotd.robot_io import make_device
-from robotd.timesync import ClockOffsetEstimator
+from robotd.daemon.robot_io import make_device
+from robotd.daemon.timesync import ClockOffsetEstimator
 
 # Config args that say where a device is, in the order they are shown.
 ADDRESS_ARGS = (("host", None), ("robot_ip", "robot_port"), ("serial", None), ("playback_file", None))

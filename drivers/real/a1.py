@@ -1,6 +1,6 @@
 """The real Unitree A1 in low-level mode over UDP (legged SDK 3.3.x wire format): the ``a1`` driver.
 
-The driver speaks the protocol itself (drivers/a1_wire.py; no Unitree SDK needed). ``connect()``
+The driver speaks the protocol itself (drivers/real/a1_wire.py; no Unitree SDK needed). ``connect()``
 binds ``(local_ip, local_port)`` and starts an inner thread that, at ``inner_rate_hz``, sends one
 LowCmd to ``(robot_ip, robot_port)`` and collects the LowState the robot answers each command with.
 The A1's motor boards expect a steady command stream: run the inner loop at 500 Hz or more (the
@@ -50,8 +50,8 @@ import time
 
 import numpy as np
 
-from drivers import a1_wire
-from drivers.a1_odometry import LegOdometry
+from drivers.real import a1_wire
+from drivers.real.a1_odometry import LegOdometry
 from drivers.base import DeviceStatus, Legged, Reading
 from drivers.registry import register
 
@@ -74,7 +74,7 @@ A1_READING_SPEC = {
     "foot_contact": ((4,), "float32"),
     "tick": ((1,), "uint32"),
 }
-# The A1's standing pose and joint limits (FR, FL, RR, RL x hip, thigh, calf), as in drivers/models/a1.xml.
+# The A1's standing pose and joint limits (FR, FL, RR, RL x hip, thigh, calf), as in drivers/sim/models/a1.xml.
 STAND_Q_RAD = np.tile([0.0, 0.9, -1.8], 4)
 JOINT_LIMITS_RAD = np.tile(np.array([[-0.802851, 0.802851], [-1.0472, 4.18879], [-2.69653, -0.916298]]), (4, 1))
 TORQUE_LIMIT_NM = 33.5

@@ -2,7 +2,7 @@
 
 Everything comes from the session directory alone (no process needs to run)::
 
-    python -m learner.inspect LOGDIR [--out DIR] [--episodes N] [--no-model] [--device cpu]
+    python -m tools.inspect LOGDIR [--out DIR] [--episodes N] [--no-model] [--device cpu]
 
 prints one row per episode file (length, return, success, control period p50/p99 against the
 target, late steps, stale readings per device, dropped camera frames, policy version range, flags)
@@ -876,7 +876,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``robotd inspect`` / ``python -m learner.inspect``."""
+    """Entry point of ``robotd inspect`` / ``python -m tools.inspect``."""
     args = build_parser().parse_args(argv)
     if args.episodes < 0:
         print(f"robotd inspect: error: --episodes {args.episodes} is negative; give 0 or more", file=sys.stderr)
