@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
+
+from drivers.settings import build
 
 # Where a reading's hw_time_ns comes from. The daemon aligns each domain to host time differently:
 # a device's own free-running clock, a clock already synchronised to the host, or the host clock itself.
@@ -48,10 +51,27 @@ class Device(abc.ABC):
 
     ``simulated`` is True for devices whose world exists only in software (mocks, simulators):
     only a session whose every device is simulated may run with ``control.pacing: lockstep``.
+
+    ``Args`` is the driver's settings: a dataclass of typed fields (``drivers.settings.setting``: a range or
+    choices, help) holding everything a config's ``args`` may give it. Config loading checks a session's
+    ``robot.args`` and ``cameras[i].args`` against it; a driver built directly checks its keyword arguments
+    against it through :meth:`settings`. What is not a setting (``name``, ``host_clock``, objects a test
+    passes) stays a plain constructor argument.
     """
+
+    @dataclass
+    class Args:
+        """No settings."""
 
     name: str
     simulated: bool = False
+    Args: ClassVar[type]
+
+    @classmethod
+    def settings(cls, args: dict, owner: str):
+        """``args`` checked against ``cls.Args``: an Args instance, or a one-line ValueError naming owner, the key,
+        the value and what is allowed."""
+        return build(cls.Args, dict(args), owner=owner)
 
     @abc.abstractmethod
     def connect(self) -> None:

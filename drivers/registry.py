@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from drivers.base import Device
+from drivers.settings import build
 
 _DRIVERS: dict[str, type[Device]] = {}
 
@@ -47,6 +48,12 @@ def unknown_driver(name: object) -> str | None:
     if isinstance(name, str) and name in _DRIVERS:
         return None
     return f"{name!r} is not a known driver: choose one of {', '.join(names())}"
+
+
+def check_args(name: str, args: dict, where: str, error: type[ValueError] = ValueError):
+    """The settings of the driver registered under ``name`` built from a config's ``args`` (at ``where``, e.g.
+    "robot.args"): unknown keys, wrong types and values out of range fail in one line naming them."""
+    return build(_DRIVERS[name].Args, args, prefix=where, owner="config", error=error)
 
 
 def make(name: str, **kwargs: object) -> Device:

@@ -48,8 +48,8 @@ def convert(value: Any, tp, key: str, meta: dict, owner: str = "config", error: 
         return build(tp, value, prefix=key, owner=owner, error=error)
     if origin is list:
         (item_tp,) = typing.get_args(tp) or (Any,)
-        if isinstance(value, tuple):
-            value = list(value)
+        if isinstance(value, tuple) or (hasattr(value, "tolist") and getattr(value, "ndim", 0) >= 1):
+            value = list(value)                   # a tuple or a numpy array from code that builds a driver directly
         if not isinstance(value, list):
             raise error(f"{owner}: {key} = {value!r} is not a list: write it as a YAML list")
         items = [convert(v, item_tp, f"{key}[{i}]", {"range": meta.get("range")}, owner, error)
@@ -116,9 +116,7 @@ def build(cls, data: dict, *, prefix: str = "", owner: str = "config", error: ty
             kwargs[name] = convert(data[name], hints[name], where, dict(f.metadata), owner, error)
     try:
         return cls(**kwargs)
-    except error:
-        raise
-    except ValueError as exc:
+    except ValueError as exc:                   # the class's own rules across fields (__post_init__)
         where = f" {prefix}:" if prefix else ""
         raise error(f"{owner}:{where} {exc}") from None
 

@@ -12,26 +12,21 @@ import math
 import hashlib
 import os
 import json
-import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from drivers.settings import SettingsError, build, setting
 from robotd.presets import PRESET_NAMES
 
 
-class ConfigError(ValueError):
+class ConfigError(SettingsError):
     """A config value that cannot be used; the message is one line naming key, value and fix."""
 
 
-def spec(default=dataclasses.MISSING, *, range=None, choices=None, help="", default_factory=dataclasses.MISSING):
-    """A dataclass field with validation metadata: ``range=(lo, hi)`` inclusive, or ``choices``."""
-    meta = {"range": range, "choices": choices, "help": help}
-    if default_factory is not dataclasses.MISSING:
-        return field(default_factory=default_factory, metadata=meta)
-    return field(default=default, metadata=meta)
+spec = setting
 
 
 @dataclass
@@ -245,66 +240,8 @@ def available_cores() -> int:
     return max(1, os.cpu_count() or 1)
 
 
-def _type_name(tp) -> str:
-    return getattr(tp, "__name__", str(tp))
-
-
-def _convert(value: Any, tp, key: str, meta: dict) -> Any:
-    """Checks ``value`` against type ``tp`` and the field's range/choices; returns the typed value."""
-    origin = typing.get_origin(tp)
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            raise ConfigError(f"config: {key} = {value!r} is not a mapping: write it as a YAML mapping of {tp.__name__} fields")
-        return _build(tp, value, key)
-    if origin is list:
-        (item_tp,) = typing.get_args(tp) or (Any,)
-        if not isinstance(value, list):
-            raise ConfigError(f"config: {key} = {value!r} is not a list: write it as a YAML list")
-        return [_convert(v, item_tp, f"{key}[{i}]", {}) for i, v in enumerate(value)]
-    if tp is Any:
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"config: {key} = {value!r} is not a number: give a number")
-        value = float(value)
-    elif tp is int:
-        if isinstance(value, float) and value.is_integer():
-            value = int(value)
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"config: {key} = {value!r} is not an integer: give a whole number")
-    elif tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"config: {key} = {value!r} is not a boolean: give true or false")
-    elif tp is str:
-        if isinstance(value, bool) and {"on", "off"} <= set(meta.get("choices") or ()):
-            value = "on" if value else "off"          # YAML 1.1 reads a bare on/off as a boolean
-        if not isinstance(value, str):
-            raise ConfigError(f"config: {key} = {value!r} is not a string: quote it")
-    elif tp in (dict, list):
-        if not isinstance(value, tp):
-            raise ConfigError(f"config: {key} = {value!r} is not a {_type_name(tp)}: write it as a YAML {'mapping' if tp is dict else 'list'}")
-    lo_hi = meta.get("range")
-    if lo_hi is not None and not (lo_hi[0] <= value <= lo_hi[1]):
-        raise ConfigError(f"config: {key} = {value!r} is out of range: allowed {lo_hi[0]} to {lo_hi[1]}")
-    choices = meta.get("choices")
-    if choices is not None and value not in choices:
-        raise ConfigError(f"config: {key} = {value!r} is not allowed: choose one of {', '.join(map(str, choices))}")
-    return value
-
-
 def _build(cls, data: dict, prefix: str = ""):
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    for key in data:
-        if key not in fields:
-            where = f"{prefix}.{key}" if prefix else str(key)
-            raise ConfigError(f"config: unknown key {where!r}: known keys here are {', '.join(sorted(fields))}")
-    kwargs = {}
-    for name, f in fields.items():
-        if name in data:
-            where = f"{prefix}.{name}" if prefix else name
-            kwargs[name] = _convert(data[name], hints[name], where, dict(f.metadata))
-    return cls(**kwargs)
+    return build(cls, data, prefix=prefix, owner="config", error=ConfigError)
 
 
 def from_dict(data: dict) -> Config:
@@ -329,6 +266,7 @@ def _check_cross_field(config: Config) -> None:
     if len(set(names)) != len(names):
         raise ConfigError(f"config: device names {names} repeat: give every robot and camera its own name")
     check_drivers(config)
+    check_task(config)
     if config.control.pacing == "lockstep":
         check_lockstep(config)
 
@@ -339,12 +277,24 @@ def _devices(config: Config) -> list[tuple[str, DeviceConfig]]:
 
 
 def check_drivers(config: Config) -> None:
-    """Every device names a registered driver; else one line naming it and the known ones."""
+    """Every device names a registered driver and gives it arguments its ``Args`` takes; else one line naming
+    the driver or argument and what is known or allowed."""
     from drivers import registry        # importing the package registers every driver
     for where, device in _devices(config):
         problem = registry.unknown_driver(device.driver)
         if problem is not None:
             raise ConfigError(f"config: {where}.driver = {problem}")
+    for where, device in _devices(config):
+        registry.check_args(device.driver, device.args, f"{where}.args", ConfigError)
+
+
+def check_task(config: Config) -> None:
+    """The task is a registered one and its ``task.args`` are what its ``Args`` takes; else one line."""
+    from robotd import tasks            # importing the package registers every task (no torch)
+    if config.task.name not in tasks.names():
+        raise ConfigError(f"config: task.name = {config.task.name!r} is not a known task: choose one of "
+                          f"{', '.join(tasks.names())}")
+    tasks.check_args(config.task.name, config.task.args, "task.args", ConfigError)
 
 
 def non_simulated_device(config: Config) -> str | None:

@@ -1,7 +1,8 @@
 """``robotd train``: daemon, actor and learner as separate processes on one machine.
 
 It picks free loopback ports, saves the resolved config, starts the three processes (each in
-its own process group, with its log in LOGDIR/logs/), shows a live status line, and on exit
+its own process group, with its log in LOGDIR/logs/, and each told to stop when robotd train dies, SIGKILL
+included), shows a live status line, and on exit
 (end of --steps, Ctrl-C, or a process dying) stops them in the safe order: the daemon first
 (the robot stops), then the actor (it closes its episode and drains its chunks), then the
 learner (final checkpoint). Whatever is still alive after that is killed, group and all.
@@ -9,6 +10,7 @@ Finally it writes summary.json.
 """
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import glob
 import json
@@ -36,6 +38,22 @@ WINDOW_EPISODES = 20
 """summary.json's first20 and last20: the first and last this many finished episodes."""
 LEARNER_RESTARTS = 3
 
+# Linux's prctl(PR_SET_PDEATHSIG): a child asks for SIGTERM when robotd train dies, even by SIGKILL, so that no
+# daemon keeps a robot or learner keeps training for a session nobody runs any more.
+_LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
+_PR_SET_PDEATHSIG = 1
+
+
+def _term_when_parent_dies(parent_pid: int):
+    """A Popen preexec_fn: the child gets SIGTERM (a clean stop: the robot stopped, the learner checkpointed) when
+    the process that started it dies; if that already happened between fork and here, at once."""
+    def preexec() -> None:
+        if _LIBC is not None:
+            _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent_pid:
+            os.kill(os.getpid(), signal.SIGTERM)
+    return preexec
+
 
 class Child:
     """One process of the session; ``started_at`` is its wall-clock start (time.time()), so a stats file older
@@ -49,7 +67,8 @@ class Child:
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         self.started_at = time.time()
         self.process = subprocess.Popen(argv, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                        start_new_session=True, env=env)
+                                        start_new_session=True, env=env,
+                                        preexec_fn=_term_when_parent_dies(os.getpid()))
 
     @property
     def alive(self) -> bool:

@@ -86,19 +86,35 @@ def test_the_driver_is_registered_real_and_shares_the_mujoco_a1s_constants():
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({"inner_rate_hz": 100}, r"^A1 'legs': inner_rate_hz must be a number in \[200, 2000\], got 100; the A1 needs 500"),
-    ({"robot_ip": "robot"}, r"^A1 'legs': robot_ip must be an IPv4 address, got 'robot'"),
-    ({"local_port": 70000}, r"^A1 'legs': local_port must be an integer port in \[0, 65535\], got 70000"),
-    ({"filter_alpha": 0.0}, r"^A1 'legs': filter_alpha must be a number in \(0, 1\], got 0.0"),
-    ({"tau_max_nm": 40.0}, r"^A1 'legs': tau_max_nm must be a number in \(0, 33.5\], got 40.0"),
-    ({"damping_kd": 6.0}, r"^A1 'legs': damping_kd must be a number in \(0, 5\], got 6.0"),
-    ({"state_timeout_s": float("nan")}, r"^A1 'legs': state_timeout_s must be a number in \[0.004, 10\], got nan"),
-    ({"max_tilt_rad": -1}, r"^A1 'legs': max_tilt_rad must be a number in \(0, 3.14159\], got -1"),
+    ({"inner_rate_hz": 100}, r"^A1 'legs': inner_rate_hz = 100(\.0)? is out of range: allowed 200.0 to 2000.0$"),
+    ({"robot_ip": "robot"}, r"^A1 'legs': robot_ip = 'robot' is not an IPv4 address"),
+    ({"local_port": 70000}, r"^A1 'legs': local_port = 70000 is out of range: allowed 0 to 65535$"),
+    ({"robot_port": 80.5}, r"^A1 'legs': robot_port = 80.5 is not an integer"),
+    ({"filter_alpha": 0.0}, r"^A1 'legs': filter_alpha = 0.0 must be above 0: use 1 for no filtering$"),
+    ({"tau_max_nm": 40.0}, r"^A1 'legs': tau_max_nm = 40.0 is out of range: allowed 0.0 to 33.5$"),
+    ({"damping_kd": 6.0}, r"^A1 'legs': damping_kd = 6.0 is above kd_max 5: use 2-5, at most kd_max$"),
+    ({"state_timeout_s": float("nan")}, r"^A1 'legs': state_timeout_s = nan is out of range: allowed 0.0 to 10.0$"),
+    ({"state_timeout_s": 0.003}, r"^A1 'legs': state_timeout_s = 0.003 is shorter than two inner periods \(0.004 s"),
+    ({"max_tilt_rad": -1}, r"^A1 'legs': max_tilt_rad = -1(\.0)? is out of range: allowed 0.0 to 3.14159"),
+    ({"stand_up_s": "2"}, r"^A1 'legs': stand_up_s = '2' is not a number: give a number$"),
+    ({"inner_rate": 500}, r"^A1 'legs': unknown key 'inner_rate': known keys here are connect_timeout_s, "),
 ])
 def test_bad_configuration_fails_in_one_line(kwargs, message):
     with pytest.raises(ValueError, match=message) as info:
         A1(**{"robot_ip": "127.0.0.1", "local_ip": "127.0.0.1", **kwargs})
     assert "\n" not in str(info.value)
+
+
+def test_config_load_checks_the_a1_args_before_anything_starts():
+    from robotd import config
+
+    root = __import__("pathlib").Path(__file__).resolve().parent.parent
+    for override, message in (("robot.args.damping_kd=9", "config: robot.args: damping_kd = 9.0 is above kd_max 5"),
+                              ("robot.args.local_port=-1", "config: robot.args.local_port = -1 is out of range"),
+                              ("robot.args.robot_adress=127.0.0.1", "config: unknown key 'robot.args.robot_adress'")):
+        with pytest.raises(config.ConfigError) as info:
+            config.load(root / "configs" / "a1_walk.yaml", [override])
+        assert str(info.value).startswith(message) and "\n" not in str(info.value)
 
 
 def test_read_has_sim_a1s_keys_and_the_robots_clock(connect, fake):

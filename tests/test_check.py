@@ -51,10 +51,12 @@ def test_lab_address_is_refused_under_loopback_only():
     assert "192.168.1.102" in result.stderr and "not a loopback address" in result.stderr
 
 
-def test_misconfigured_driver_args_fail_naming_the_device():
+def test_misconfigured_driver_args_fail_at_load_naming_the_argument_before_any_device_is_touched():
     result = run_check("configs/mock_legged.yaml", "--set", "robot.args.no_such_arg=1", "--seconds", "0.2")
-    assert result.returncode == 1
-    assert "robot 'legs' (driver mock_legged" in result.stderr and "misconfigured" in result.stderr
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("robotd check: error: config: unknown key "
+                                                   "'robot.args.no_such_arg': known keys here are "), lines
 
 
 @pytest.mark.parametrize("name", ["ur5_reach", "ur5_pick_place", "a1_walk"])

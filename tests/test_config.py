@@ -138,3 +138,45 @@ def test_learner_threads_auto_takes_every_core_only_when_the_simulation_waits_fo
     assert cfg.load(CONFIGS / "gym_pendulum.yaml", ["learner.threads=0", "learner.train_ratio=0"]).learner_threads() == 1
     assert cfg.load(CONFIGS / "mock_arm.yaml", ["learner.threads=0"]).learner_threads() == 1      # real time
     assert cfg.load(CONFIGS / "gym_pendulum.yaml", ["learner.threads=3"]).learner_threads() == 3
+
+
+# --- driver arguments: each driver's Args, checked at load ------------------------------------------------------
+def test_a_drivers_unknown_argument_fails_at_load_naming_it_and_the_known_ones():
+    with pytest.raises(cfg.ConfigError) as caught:
+        cfg.load(CONFIGS / "mock_arm.yaml", ["robot.args.latency_ms=1.0"])
+    message = str(caught.value)
+    assert "\n" not in message
+    assert message.startswith("config: unknown key 'robot.args.latency_ms': known keys here are ")
+    assert "sensor_latency_s" in message and "home_q_rad" in message
+
+
+def test_a_drivers_argument_out_of_range_or_of_the_wrong_type_fails_at_load():
+    with pytest.raises(cfg.ConfigError, match=r"^config: robot.args.sensor_latency_s = -1.0 is out of range: "
+                                              r"allowed 0.0 to 10.0$"):
+        cfg.load(CONFIGS / "mock_arm.yaml", ["robot.args.sensor_latency_s=-1"])
+    with pytest.raises(cfg.ConfigError, match=r"^config: cameras\[0\].args.fps = 'fast' is not a number"):
+        cfg.load(CONFIGS / "mock_arm.yaml", ["cameras.0.args.fps=fast"])
+
+
+def test_a_drivers_own_rules_across_its_arguments_fail_at_load_in_one_line():
+    with pytest.raises(cfg.ConfigError, match=r"^config: robot.args: unknown fault key 'bogus_at_s'; allowed keys: "):
+        cfg.load(CONFIGS / "mock_arm.yaml", ["robot.args.faults={bogus_at_s: 1}"])
+    with pytest.raises(cfg.ConfigError, match=r"^config: robot.args: home_q_rad \[4.0, .*\] lies outside "
+                                              r"joint_limits_rad"):
+        cfg.load(CONFIGS / "mock_arm.yaml", ["robot.args.dof=2", "robot.args.home_q_rad=[4.0, 0.0]"])
+
+
+def test_a_driver_built_directly_checks_its_arguments_the_same_way():
+    from drivers.sim.mock import MockArm
+    with pytest.raises(ValueError, match=r"^MockArm 'arm': tau_s = 0.0 is out of range: allowed 0.0001 to 100.0$"):
+        MockArm(tau_s=0)
+    with pytest.raises(ValueError, match=r"^MockArm 'arm': unknown key 'latency_ms': known keys here are "):
+        MockArm(latency_ms=1.0)
+
+
+def test_an_unknown_task_or_task_argument_fails_at_load_in_one_line():
+    with pytest.raises(cfg.ConfigError, match=r"^config: task.name = 'fly' is not a known task: choose one of .*"
+                                              r"mock_reach"):
+        cfg.load(CONFIGS / "mock_arm.yaml", ["task.name=fly"])
+    with pytest.raises(cfg.ConfigError, match=r"^config: unknown key 'task.args.radius': known keys here are "):
+        cfg.load(CONFIGS / "mock_arm.yaml", ["task.args.radius=0.1"])

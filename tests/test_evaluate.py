@@ -25,7 +25,8 @@ ROOT = Path(__file__).resolve().parent.parent
 def point_config(dim: int) -> config_module.Config:
     return config_module.from_dict({
         "robot": {"name": "env", "driver": "gym",
-                  "args": {"env_id": "robotd.gym_envs:robotd/PointReach-v0", "dim": dim, "length": 12}},
+                  "args": {"env_id": "robotd.gym_envs:robotd/PointReach-v0",
+                           "make_args": {"dim": dim, "length": 12}}},
         "control": {"rate_hz": 20, "pacing": "lockstep"},
         "task": {"name": "gym", "episode_steps": 1000},
         "learner": {"model": {"preset": "tiny"}},

@@ -175,6 +175,42 @@ def test_bad_driver_arguments_fail_with_one_line():
         drivers.make("gym", env_id="Pendulum-v1", pixels=False, vector_obs=False)
     with pytest.raises(ValueError, match="gymnasium.make"):
         drivers.make("gym", env_id="NoSuchEnv-v0")
+    bad = [
+        (dict(env_id="Pendulum-v1", g=9.81),
+         "GymEnv 'env': unknown key 'g': known keys here are env_id, image_size, make_args, pixels, seed, vector_obs"),
+        (dict(env_id="Pendulum-v1", image_size=[0, 64]),
+         "GymEnv 'env': image_size[0] = 0 is out of range: allowed 1 to 4096"),
+        (dict(env_id="Pendulum-v1", image_size=[64]),
+         "GymEnv 'env': image_size = [64] has 1 values, not 2: give [height, width]"),
+        (dict(env_id="Pendulum-v1", pixels="yes"), "GymEnv 'env': pixels = 'yes' is not a boolean: give true or false"),
+        (dict(env_id="Pendulum-v1", make_args=[1]),
+         "GymEnv 'env': make_args = [1] is not a dict: write it as a YAML mapping"),
+        ({}, "GymEnv 'env': env_id is not given: set it to a Gymnasium id, e.g. env_id: Pendulum-v1"),
+    ]
+    for args, message in bad:
+        with pytest.raises(ValueError) as err:
+            drivers.make("gym", **args)
+        assert str(err.value) == message
+    with pytest.raises(ValueError, match=r"^GymEnv 'env' \(Pendulum-v1\): gymnasium.make\('Pendulum-v1', "
+                                         r"\*\*make_args\) failed: .*\bno_such_arg\b.*check make_args "
+                                         r"\['no_such_arg'\]") as err:
+        drivers.make("gym", env_id="Pendulum-v1", make_args={"no_such_arg": 1})
+    assert "\n" not in str(err.value)
+
+
+def test_make_args_reach_gymnasium_make_and_the_config_checks_the_args():
+    env = connected(env_id="Pendulum-v1", make_args={"max_episode_steps": 3, "g": 2.0})
+    assert env.env.unwrapped.g == 2.0
+    for _ in range(3):
+        env.command_action(np.zeros(1))
+    assert env.read().values["truncated"][0] == 1.0                 # the time limit came from make_args
+    base = cfg.load(CONFIGS / "gym_pendulum.yaml", ["robot.args.make_args={max_episode_steps: 50}"])
+    assert base.robot.args["make_args"] == {"max_episode_steps": 50}
+    with pytest.raises(cfg.ConfigError, match=r"^config: unknown key 'robot.args.max_episode_steps': known keys here "
+                                              r"are env_id, image_size, make_args, pixels, seed, vector_obs$"):
+        cfg.load(CONFIGS / "gym_pendulum.yaml", ["robot.args.max_episode_steps=50"])
+    with pytest.raises(cfg.ConfigError, match=r"^config: robot.args: env_id is not given"):
+        cfg.load(CONFIGS / "gym_pendulum.yaml", ["robot.args={pixels: true}"])
 
 
 def test_resize_averages_areas_down_and_repeats_pixels_up():
@@ -259,7 +295,9 @@ def test_lockstep_with_a_device_that_is_not_simulated_fails_in_one_line():
     message = str(info.value)
     assert "\n" not in message and "robot.driver = 'test_real_arm'" in message and "realtime" in message
     with pytest.raises(cfg.ConfigError, match=r"cameras\[0\].driver = 'test_real_arm'"):
-        cfg.load(CONFIGS / "mock_arm.yaml", ["control.pacing=lockstep", "cameras.0.driver=test_real_arm"])
+        # (the camera's args are a camera's, which the arm driver would refuse first: give it none)
+        cfg.load(CONFIGS / "mock_arm.yaml", ["control.pacing=lockstep", "cameras.0.driver=test_real_arm",
+                                             "cameras.0.args={}"])
     with pytest.raises(cfg.ConfigError, match="choose one of realtime, lockstep"):
         cfg.load(CONFIGS / "mock_arm.yaml", ["control.pacing=fast"])
     # A config built in code skips the loader's check; the daemon checks again before touching a device.

@@ -28,7 +28,7 @@ pytest.importorskip("gymnasium")
 from robotd.curves import finished_episodes  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-ENV_ARGS = {"env_id": "robotd.gym_envs:robotd/PointReach-v0", "dim": 1, "length": 40, "speed": 0.25}
+ENV_ARGS = {"env_id": "robotd.gym_envs:robotd/PointReach-v0", "make_args": {"dim": 1, "length": 40, "speed": 0.25}}
 STEPS = 900
 PREFILL = 240                      # 6 random episodes of 40 steps
 EVAL_EPISODES = 10
@@ -37,7 +37,7 @@ EVAL_EPISODES = 10
 def scripted(obs, is_first):
     """Full speed towards the target, stopping on it (about the best there is)."""
     state = next(iter(obs.values()))
-    return np.clip((state[1:] - state[:1]) / ENV_ARGS["speed"], -1.0, 1.0).astype(np.float32)
+    return np.clip((state[1:] - state[:1]) / ENV_ARGS["make_args"]["speed"], -1.0, 1.0).astype(np.float32)
 
 
 def test_the_stack_learns_point_reach(tmp_path):

@@ -135,7 +135,7 @@ def test_different_seeds_give_different_readings(drive):
 
 def test_hw_time_shows_clock_offset_and_drift():
     clock = FakeHostClock()
-    arm = connected(MockArm, clock, clock_offset_s=5.0, clock_drift_ppm=200.0, latency_ms=0.0, latency_jitter_ms=0.0)
+    arm = connected(MockArm, clock, clock_offset_s=5.0, clock_drift_ppm=200.0, sensor_latency_s=0.0, latency_jitter_s=0.0)
     for _ in range(3):
         clock.advance(10.0)
         reading = arm.read()
@@ -145,7 +145,7 @@ def test_hw_time_shows_clock_offset_and_drift():
 
 def test_readings_are_captured_one_transport_latency_before_receipt():
     clock = FakeHostClock()
-    arm = connected(MockArm, clock, latency_ms=1.0, latency_jitter_ms=0.2)
+    arm = connected(MockArm, clock, sensor_latency_s=0.001, latency_jitter_s=0.0002)
     ages_ns = []
     for _ in range(50):
         clock.advance(0.02)
@@ -158,7 +158,7 @@ def test_readings_are_captured_one_transport_latency_before_receipt():
 
 def test_jitter_never_makes_hw_time_go_backwards():
     clock = FakeHostClock()
-    arm = connected(MockArm, clock, latency_jitter_ms=5.0)
+    arm = connected(MockArm, clock, latency_jitter_s=0.005)
     hw_times_ns = []
     for _ in range(50):
         clock.now_ns += 100_000  # reads closer together than the jitter
@@ -251,10 +251,10 @@ def test_frozen_reading_values_are_copies():
 @pytest.mark.parametrize("cls", [MockArm, MockLegged])
 def test_late_reading_is_older_by_the_delay_and_the_next_is_on_time(cls):
     clock = FakeHostClock()
-    device = connected(cls, clock, latency_ms=1.0, latency_jitter_ms=0.0)
+    device = connected(cls, clock, sensor_latency_s=0.001, latency_jitter_s=0.0)
     clock.advance(0.5)
     assert age_ns(device, device.read()) == 1_000_000
-    device.inject_late(50.0)
+    device.inject_late(0.050)
     clock.advance(0.02)
     assert age_ns(device, device.read()) == 51_000_000
     clock.advance(0.02)
@@ -263,11 +263,11 @@ def test_late_reading_is_older_by_the_delay_and_the_next_is_on_time(cls):
 
 def test_late_camera_frame_carries_its_old_capture_time():
     clock = FakeHostClock()
-    camera = connected(MockCamera, clock, latency_jitter_ms=0.0)
+    camera = connected(MockCamera, clock, latency_jitter_s=0.0)
     clock.advance(1.0)
     on_time = camera.read()
     assert age_ns(camera, on_time) < 34_000_000  # under a frame period plus latency
-    camera.inject_late(200.0)
+    camera.inject_late(0.200)
     clock.advance(0.001)
     late = camera.read()
     assert age_ns(camera, late) >= 200_000_000
@@ -290,7 +290,7 @@ def test_scheduled_freeze_starts_and_ends_relative_to_connect(cls):
 
 def test_scheduled_late_reading_fires_after_its_time():
     clock = FakeHostClock()
-    arm = connected(MockArm, clock, latency_jitter_ms=0.0, faults={"late_at_s": 1.0, "late_ms": 30.0})
+    arm = connected(MockArm, clock, latency_jitter_s=0.0, faults={"late_at_s": 1.0, "late_s": 0.030})
     clock.advance(0.5)
     assert age_ns(arm, arm.read()) == 1_000_000
     clock.advance(0.6)
@@ -331,7 +331,7 @@ def test_arm_motion_is_the_same_at_any_control_rate():
     final_q = []
     for period_s in (0.001, 0.02):
         clock = FakeHostClock()
-        arm = connected(MockArm, clock, latency_ms=0.0, latency_jitter_ms=0.0)
+        arm = connected(MockArm, clock, sensor_latency_s=0.0, latency_jitter_s=0.0)
         arm.command_joint_position(arm.home_q_rad + np.array([1.0, 0.2, -0.1, 0.0, 0.05, -2.0]))
         for _ in range(round(0.4 / period_s)):
             clock.advance(period_s)
@@ -342,7 +342,7 @@ def test_arm_motion_is_the_same_at_any_control_rate():
 
 def test_arm_joint_speed_is_capped_at_max_velocity():
     clock = FakeHostClock()
-    arm = connected(MockArm, clock, max_vel_rad_s=1.0, latency_ms=0.0, latency_jitter_ms=0.0)
+    arm = connected(MockArm, clock, max_vel_rad_s=1.0, sensor_latency_s=0.0, latency_jitter_s=0.0)
     arm.command_joint_position(arm.home_q_rad + np.array([2.0, 0, 0, 0, 0, 0]))
     clock.advance(0.5)
     reading = arm.read()
@@ -352,7 +352,7 @@ def test_arm_joint_speed_is_capped_at_max_velocity():
 
 def test_arm_velocity_command_moves_at_that_velocity_and_stop_holds_still():
     clock = FakeHostClock()
-    arm = connected(MockArm, clock, latency_ms=0.0, latency_jitter_ms=0.0)
+    arm = connected(MockArm, clock, sensor_latency_s=0.0, latency_jitter_s=0.0)
     arm.command_joint_velocity(np.array([0.2, 0, 0, 0, 0, 0]))
     clock.advance(1.0)
     assert arm.read().values["joint_vel"][0] == pytest.approx(0.2, abs=1e-6)
@@ -378,7 +378,7 @@ def test_arm_never_leaves_its_joint_limits():
 
 def test_arm_protective_stop_ignores_commands_and_is_reported_until_reset():
     clock = FakeHostClock()
-    arm = connected(MockArm, clock, latency_ms=0.0, latency_jitter_ms=0.0, reset_noise_rad=0.0)
+    arm = connected(MockArm, clock, sensor_latency_s=0.0, latency_jitter_s=0.0, reset_noise_rad=0.0)
     arm.command_joint_velocity(np.full(6, 0.3))
     clock.advance(0.2)
     arm.inject_protective_stop()
@@ -408,7 +408,7 @@ def test_scheduled_protective_stop_fires_relative_to_connect():
 
 def test_arm_reset_puts_it_near_home_with_seeded_noise():
     clock = FakeHostClock()
-    arm = connected(MockArm, clock, reset_noise_rad=0.01, latency_ms=0.0, latency_jitter_ms=0.0)
+    arm = connected(MockArm, clock, reset_noise_rad=0.01, sensor_latency_s=0.0, latency_jitter_s=0.0)
     arm.reset()
     q_rad = arm.read().values["joint_pos"]
     assert np.all(np.abs(q_rad - arm.home_q_rad) < 0.05)
@@ -584,7 +584,7 @@ def test_legged_accepts_scalar_gains_and_rejects_negative_ones():
 def test_camera_frames_follow_its_own_clock_at_its_frame_rate():
     clock = FakeHostClock()
     camera = connected(
-        MockCamera, clock, fps=30.0, clock_offset_s=3.0, clock_drift_ppm=1000.0, latency_ms=0.0, latency_jitter_ms=0.0
+        MockCamera, clock, fps=30.0, clock_offset_s=3.0, clock_drift_ppm=1000.0, sensor_latency_s=0.0, latency_jitter_s=0.0
     )
     device_start_ns = camera.clock.to_device_ns(START_NS)
     for _ in range(40):

@@ -237,15 +237,19 @@ def test_serial_not_connected_is_one_line_error():
 
 
 def test_bad_arguments_are_one_line_value_errors(tmp_path):
-    for kwargs, fragment in (({"width": 0}, "width must be an integer >= 1"),
-                             ({"crop": [0, 0, 700, 480]}, "crop [0, 0, 700, 480]"),
-                             ({"crop": (1, 2)}, "crop must be [x0, y0, x1, y1]"),
-                             ({"serial": 12345}, "serial must be"),
-                             ({"depth": "yes"}, "depth must be true or false"),
-                             ({"depth_max_mm": 0}, "depth_max_mm"),
-                             ({"frame_timeout_s": -1}, "frame_timeout_s"),
-                             ({"playback_file": "x.mp4"}, "playback_file"),
-                             ({"frame_source": object()}, "frame_source")):
+    for kwargs, fragment in (({"width": 0}, "width = 0 is out of range: allowed 1 to 8192"),
+                             ({"fps": 30.5}, "fps = 30.5 is not an integer"),
+                             ({"crop": [0, 0, 700, 480]}, "crop = [0, 0, 700, 480] must satisfy 0 <= x0 < x1 <= 640"),
+                             ({"crop": (1, 2)}, "crop = [1, 2] must be [x0, y0, x1, y1]"),
+                             ({"serial": 12345}, "serial = 12345 is not a string: quote it"),
+                             ({"serial": " "}, "serial = ' ' must be the camera's serial number"),
+                             ({"depth": "yes"}, "depth = 'yes' is not a boolean: give true or false"),
+                             ({"depth_max_mm": 0}, "depth_max_mm = 0 is out of range: allowed 1 to 65535"),
+                             ({"frame_timeout_s": -1}, "frame_timeout_s = -1"),
+                             ({"frame_timeout_s": 0}, "frame_timeout_s = 0.0 must be above 0"),
+                             ({"playback_file": "x.mp4"}, "playback_file = 'x.mp4' must be the path of a .db3 or .bag"),
+                             ({"frame_source": object()}, "frame_source"),
+                             ({"stream_widht": 640}, "unknown key 'stream_widht': known keys here are align, crop, ")):
         with pytest.raises(ValueError, match="RealSense 'camera'") as err:
             RealSense(**kwargs)
         assert fragment in str(err.value) and "\n" not in str(err.value)

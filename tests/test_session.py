@@ -340,3 +340,30 @@ def test_summary_of_a_short_session_and_of_one_without_finished_episodes(tmp_pat
     assert summary["finished_episodes"] == summary["episodes_succeeded"] == 0 and summary["success_rate"] is None
     assert summary["first20"] == summary["last20"] == {"episodes": 0, "return_mean": None, "success_rate": None}
     assert "  episodes: 0 finished, 0 succeeded; first 20: -; last 20: -" in format_summary(summary, empty)
+
+
+def test_a_killed_robotd_train_takes_its_daemon_actor_and_learner_with_it(tmp_path):
+    """SIGKILL gives robotd train no chance to stop its children: each asked the kernel for SIGTERM when its parent
+    dies (PR_SET_PDEATHSIG), so the daemon stops the robot, the actor closes its episode and the learner
+    checkpoints, and nothing of the session is left running."""
+    pids_before = procs.pids()
+    logdir = tmp_path / "killed"
+    argv = [sys.executable, "-m", "robotd", "train", str(ROOT / "configs" / "mock_arm.yaml"), "--steps", "100000",
+            "--logdir", str(logdir), *FAST]
+    process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline and not (list((logdir / "episodes").glob("*.h5")) and find_learner_pid(logdir)):
+        time.sleep(0.3)
+    assert len(session_processes(str(logdir))) >= 4, session_processes(str(logdir))   # robotd train and its three
+    process.kill()
+    process.wait(10)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and session_processes(str(logdir)):
+        time.sleep(0.5)
+    assert session_processes(str(logdir)) == []
+    daemon = json.loads((logdir / "stats" / "daemon.json").read_text())
+    assert daemon["ticks"] > 0                     # the daemon stopped on its SIGTERM path and wrote its stats
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and procs.ray_since(pids_before):
+        time.sleep(0.5)
+    assert procs.ray_since(pids_before) == []

@@ -291,6 +291,23 @@ def test_bad_constructor_args_give_one_line_errors(kwargs, match) -> None:
     assert "\n" not in str(err.value)
 
 
+def test_args_are_checked_against_the_args_dataclass_in_one_line() -> None:
+    with pytest.raises(ValueError) as err:
+        SimA1(command_latency_ms=5)
+    assert str(err.value).startswith("SimA1 'legs': unknown key 'command_latency_ms': known keys here are ")
+    assert "command_latency_s" in str(err.value) and "\n" not in str(err.value)
+    with pytest.raises(ValueError) as err:
+        SimA1(name="front", inner_rate_hz=5000.0)
+    assert str(err.value) == "SimA1 'front': inner_rate_hz = 5000.0 is out of range: allowed 1.0 to 1000.0"
+    with pytest.raises(ValueError, match=r"start = 'sitting' is not allowed: choose one of stand, lying, back"):
+        SimA1(start="sitting")
+    # The config's args are checked against the same dataclass before anything is built.
+    with pytest.raises(config_mod.ConfigError, match=r"^config: robot.args.command_loss = 1.0 is out of range"):
+        config_mod.load(ROOT / "configs" / "sim_a1_stand.yaml", ["robot.args.command_loss=1.0"])
+    settings = SimA1.settings({"start": "back", "seed": 4}, "test")
+    assert (settings.start, settings.seed, settings.inner_rate_hz) == ("back", 4, 500.0)
+
+
 def test_a_control_tick_is_cheap() -> None:
     clock = FakeClock(period_ns=PERIOD_NS)
     legs = robot(clock, noise_std=0.002, command_latency_s=0.005)

@@ -107,9 +107,53 @@ def test_arm_arguments_are_validated(kwargs: dict, word: str) -> None:
 
 def test_camera_arguments_are_validated() -> None:
     for kwargs, word in (({"drop_rate": 1.0}, "drop_rate"), ({"drop_rate": -0.1}, "drop_rate"),
-                         ({"depth": 1}, "depth")):
-        with pytest.raises(ValueError, match=word):
+                         ({"depth": 1}, "depth"), ({"width": 0}, "width"), ({"fps": "fast"}, "fps"),
+                         ({"world": ""}, "world")):
+        with pytest.raises(ValueError, match=word) as info:
             SimCamera(**kwargs)
+        assert "\n" not in str(info.value)
+
+
+def test_unknown_and_out_of_range_arguments_are_refused_in_one_line() -> None:
+    with pytest.raises(ValueError) as info:
+        SimUR5(latency_ms=5)
+    assert str(info.value).startswith("SimUR5 'arm': unknown key 'latency_ms': known keys here are ")
+    assert "command_latency_s" in str(info.value) and "world" in str(info.value)
+    with pytest.raises(ValueError) as info:
+        SimUR5(name="left", max_vel_rad_s=0.0)
+    assert str(info.value) == "SimUR5 'left': max_vel_rad_s = 0.0 is out of range: allowed 0.001 to 10.0"
+    with pytest.raises(ValueError) as info:
+        SimCamera(resolution=64)
+    assert str(info.value).startswith("SimCamera 'camera': unknown key 'resolution': known keys here are ")
+    with pytest.raises(ValueError) as info:
+        SimCamera(height=100000)
+    assert str(info.value) == "SimCamera 'camera': height = 100000 is out of range: allowed 1 to 4096"
+    with pytest.raises(ValueError) as info:
+        SimUR5(target_min_m=[0.0, 0.0, 0.5], target_max_m=[0.1, 0.1, 0.2])
+    assert str(info.value) == ("SimUR5 'arm': target_min_m [0.0, 0.0, 0.5] must be <= target_max_m [0.1, 0.1, 0.2] "
+                               "in every axis; swap the offending values")
+    # A config's args are checked against the same dataclasses at load time.
+    from robotd import config as config_mod
+    with pytest.raises(config_mod.ConfigError, match=r"^config: unknown key 'cameras\[0\].args.resolution'"):
+        config_mod.load(ROOT / "configs" / "sim_ur5_reach.yaml", ["cameras.0.args.resolution=64"])
+    with pytest.raises(config_mod.ConfigError, match=r"^config: robot.args.gripper = 'maybe' is not a boolean"):
+        config_mod.load(ROOT / "configs" / "sim_ur5_reach.yaml", ["robot.args.gripper=maybe"])
+
+
+def test_command_loss_drops_a_seeded_share_of_the_commands(clock: FakeClock) -> None:
+    arm = SimUR5(host_clock=clock, world="loss", reset_noise_rad=0.0, command_loss=0.5, seed=2)
+    arm.connect()
+    try:
+        arm.reset()
+        q0 = arm.read().values["joint_pos"].astype(np.float64)
+        for _ in range(200):
+            arm.command_joint_position(q0)
+        assert arm.commands_sent == 200 and 70 < arm.commands_lost < 130
+        lost = arm.commands_lost
+        arm.stop()  # stop() is not a command that can be lost
+        assert arm.commands_sent == 200 and arm.commands_lost == lost
+    finally:
+        arm.disconnect()
 
 
 def test_position_command_moves_toward_target_as_physics_time_advances(arm: SimUR5, clock: FakeClock) -> None:

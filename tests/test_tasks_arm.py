@@ -50,7 +50,7 @@ def test_reach_reward_scale_multiplies_the_distance_term_only():
     assert task.reward(far) == pytest.approx(-5.0, abs=1e-6)
     near = task.observe(arm_readings((0.0, 0.05, 0.0), scene_target_pos=(0.0, 0.0, 0.0)))
     assert task.reward(near) == pytest.approx(-0.5 + 1.0, abs=1e-6) and task.is_success(near)
-    with pytest.raises(ValueError, match="reward_scale 0 must be a finite number > 0"):
+    with pytest.raises(ValueError, match=r"^task 'ur5_reach': reward_scale = 0(\.0)? is out of range: allowed 0.001 "):
         make("ur5_reach", reward_scale=0)
 
 
@@ -99,7 +99,7 @@ def test_reach_can_show_the_vector_from_the_tool_to_the_target():
     obs = scaled.observe(arm_readings((0.48, -0.2, 0.3), scene_target_pos=(0.5, -0.2, 0.3)))
     np.testing.assert_allclose(obs["target_offset"], [0.2, 0.0, 0.0], atol=1e-5)
     assert scaled.is_success(obs) and scaled.reward(obs) == pytest.approx(-0.02, abs=1e-5)
-    with pytest.raises(ValueError, match=r"^task 'ur5_reach': offset_scale 0 must be a finite number > 0: set e.g"):
+    with pytest.raises(ValueError, match=r"^task 'ur5_reach': offset_scale = 0(\.0)? is out of range: allowed 0.001 "):
         make("ur5_reach", target_offset_in_obs=True, offset_scale=0)
 
 
@@ -130,10 +130,12 @@ def test_reach_missing_scene_target_is_named_with_the_fix():
 
 
 @pytest.mark.parametrize("args, message", [
-    ({"target_m": [0.1, 0.2]}, r"^task 'ur5_reach': target_m \[0.1, 0.2\] must be three finite numbers"),
-    ({"target_m": "up"}, r"^task 'ur5_reach': target_m 'up' must be three finite numbers"),
-    ({"success_radius_m": 0.0}, r"^task 'ur5_reach': success_radius_m 0.0 must be a positive number"),
-    ({"success_bonus": float("nan")}, r"^task 'ur5_reach': success_bonus nan must be a finite number"),
+    ({"target_m": [0.1, 0.2]}, r"^task 'ur5_reach': target_m = \[0.1, 0.2\] must be three numbers \(x, y, z"),
+    ({"target_m": [0.1, 0.2, float("nan")]}, r"^task 'ur5_reach': target_m\[2\] = nan is out of range: allowed"),
+    ({"target_m": "up"}, r"^task 'ur5_reach': target_m = 'up' is not a list: write it as a YAML list$"),
+    ({"success_radius_m": 0.0}, r"^task 'ur5_reach': success_radius_m = 0.0 is out of range: allowed 0.001 to 1.0$"),
+    ({"success_bonus": float("nan")}, r"^task 'ur5_reach': success_bonus = nan is out of range: allowed"),
+    ({"reward_scale": "10"}, r"^task 'ur5_reach': reward_scale = '10' is not a number: give a number$"),
 ])
 def test_reach_bad_arguments_are_named(args, message):
     with pytest.raises(ValueError, match=message) as err:
@@ -158,8 +160,10 @@ def test_registry_builds_ur5_reach():
     assert type(task).__name__ == "UR5Reach" and task.name == "ur5_reach"
     assert isinstance(tasks.make("ur5_pick_place", robot="arm", cameras=[], episode_steps=100, seed=0, args={}),
                       tasks.Task)
-    with pytest.raises(ValueError, match=r"task 'ur5_reach': bad task.args"):
+    with pytest.raises(ValueError, match=r"^task 'ur5_reach': unknown key 'target': known keys here are "):
         make("ur5_reach", target=[1, 2, 3])
+    with pytest.raises(ValueError, match=r"^task 'ur5_pick_place': place_reward = inf is out of range: allowed"):
+        make("ur5_pick_place", place_reward=float("inf"))
 
 
 # ---------------------------------------------------------------- ur5_pick_place

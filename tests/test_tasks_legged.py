@@ -67,7 +67,7 @@ def test_with_fall_tilt_a_fall_ends_the_episode_and_without_it_nothing_does(name
                         ((0.0, -1.1, 0.0), True), ((math.pi, 0.0, 0.0), True), ((-math.pi, 0.0, 0.0), True)]:
         assert episodic.is_terminal(episodic.observe(readings(rpy=rpy))) is fallen, rpy
         assert reset_free.is_terminal(reset_free.observe(readings(rpy=rpy))) is False, rpy
-    with pytest.raises(ValueError, match="fall_tilt_rad 3.5 must be below pi"):
+    with pytest.raises(ValueError, match=rf"^task '{name}': fall_tilt_rad = 3.5 is out of range: allowed 0.001 to "):
         make(name, fall_tilt_rad=3.5)
 
 
@@ -132,9 +132,16 @@ def test_stand_without_imu_gyro_names_the_missing_reading():
         make("a1_stand").observation_spec({"legs": MOCK_LEGGED_SPEC})
 
 
-@pytest.mark.parametrize("args, match", [({"pose_sigma_rad": 0.0}, "pose_sigma_rad"),
-                                         ({"target_speed_m_s": -1.0}, "target_speed_m_s"),
-                                         ({"stand_q_rad": [0.0, 1.0]}, "stand_q_rad")])
+@pytest.mark.parametrize("args, match", [
+    ({"pose_sigma_rad": 0.0}, r"^task 'a1_walk': pose_sigma_rad = 0.0 is out of range: allowed 0.001 to 3.0$"),
+    ({"target_speed_m_s": -1.0}, r"^task 'a1_walk': target_speed_m_s = -1.0 is out of range: allowed 0.01 to 5.0$"),
+    ({"fall_tilt_rad": 3.2}, r"^task 'a1_walk': fall_tilt_rad = 3.2 is out of range: allowed 0.001 to 3.14$"),
+    ({"stand_q_rad": [0.0, 1.0]}, r"^task 'a1_walk': stand_q_rad = \[0.0, 1.0\] must give \(hip, thigh, calf\) "),
+    ({"velocity_key": ""}, r"^task 'a1_walk': velocity_key = '' must name a robot reading"),
+    ({"velocity_key": 3}, r"^task 'a1_walk': velocity_key = 3 is not a string"),
+    ({"speed": 0.5}, r"^task 'a1_walk': unknown key 'speed': known keys here are fall_tilt_rad, pose_sigma_rad, "
+                     r"stand_q_rad, target_speed_m_s, velocity_key$"),
+])
 def test_bad_args_are_rejected_in_one_line(args, match):
     with pytest.raises(ValueError, match=match) as err:
         make("a1_walk", **args)

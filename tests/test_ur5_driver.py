@@ -89,20 +89,43 @@ def test_dh_point_matches_the_simulated_arms_tool_centre_point():
 
 
 def test_bad_arguments_fail_in_one_line():
-    for kwargs, match in (({}, "set robot.args.host"), ({"host": "127.0.0.1", "servo_gain": 50}, "servo_gain 50"),
-                          ({"host": "127.0.0.1", "servo_lookahead_s": 0.5}, "servo_lookahead_s"),
-                          ({"host": "127.0.0.1", "gripper": "suction"}, "gripper 'suction' is unknown"),
-                          ({"host": "127.0.0.1", "home_q_rad": [0, 0, 0, 0, 0, 9]}, "home_q_rad"),
-                          ({"host": "127.0.0.1", "watchdog_hz": 0.5}, "watchdog_hz 0.5 must be 0"),
-                          ({"host": "127.0.0.1", "watchdog_hz": 200}, "watchdog_hz 200"),
-                          ({"host": "127.0.0.1", "reset_timeout_s": 0}, "reset_timeout_s 0"),
-                          ({"host": "127.0.0.1", "command_timeout_s": 0.1}, "command_timeout_s 0.1"),
-                          ({"host": "127.0.0.1", "script_start_timeout_s": 100}, "script_start_timeout_s 100"),
-                          ({"host": "127.0.0.1", "refused_limit": 0}, "refused_limit 0"),
-                          ({"host": "127.0.0.1", "refused_limit": 2.5}, "refused_limit 2.5")):
+    for kwargs, match in (({}, r"^UR5 'arm': host = None is not an address: set robot.args.host"),
+                          ({"host": ""}, r"^UR5 'arm': host = '' is not an address"),
+                          ({"host": "127.0.0.1", "servo_gain": 50},
+                           r"^UR5 'arm': servo_gain = 50(\.0)? is out of range: allowed 100.0 to 2000.0$"),
+                          ({"host": "127.0.0.1", "servo_lookahead_s": 0.5}, r"servo_lookahead_s = 0.5 is out of range"),
+                          ({"host": "127.0.0.1", "gripper": "suction"},
+                           r"gripper = 'suction' is not allowed: choose one of robotiq"),
+                          ({"host": "127.0.0.1", "home_q_rad": [0, 0, 0, 0, 0, 9]},
+                           r"home_q_rad\[5\] = 9(\.0)? is out of range"),
+                          ({"host": "127.0.0.1", "home_q_rad": [0, 0, 0, 0, 0]}, r"home_q_rad = .* must have 6 values"),
+                          ({"host": "127.0.0.1", "joint_limits_rad": [[-1, 1]] * 6},
+                           r"home_q_rad = \[0.0, -1.57, .* lies outside joint_limits_rad"),
+                          ({"host": "127.0.0.1", "joint_limits_rad": [[1, -1]] * 6},
+                           r"joint_limits_rad = .* needs lower < upper"),
+                          ({"host": "127.0.0.1", "joint_limits_rad": [[-1, 1]] * 5},
+                           r"joint_limits_rad = .* must be 6 rows of \(lower, upper\)"),
+                          ({"host": "127.0.0.1", "frequency_hz": 0.5}, r"frequency_hz = 0.5 must be -1"),
+                          ({"host": "127.0.0.1", "watchdog_hz": 0.5}, r"watchdog_hz = 0.5 must be 0 \(off\) or 1..100"),
+                          ({"host": "127.0.0.1", "watchdog_hz": 200}, r"watchdog_hz = 200(\.0)? is out of range"),
+                          ({"host": "127.0.0.1", "reset_timeout_s": 0}, r"reset_timeout_s = 0(\.0)? is out of range"),
+                          ({"host": "127.0.0.1", "command_timeout_s": 0.1}, r"command_timeout_s = 0.1 is out of range"),
+                          ({"host": "127.0.0.1", "script_start_timeout_s": 100},
+                           r"script_start_timeout_s = 100(\.0)? is out of range"),
+                          ({"host": "127.0.0.1", "refused_limit": 0}, r"refused_limit = 0 is out of range"),
+                          ({"host": "127.0.0.1", "refused_limit": 2.5}, r"refused_limit = 2.5 is not an integer"),
+                          ({"host": "127.0.0.1", "unlock_protective_stop": "yes"},
+                           r"unlock_protective_stop = 'yes' is not a boolean"),
+                          ({"host": "127.0.0.1", "servo_gian": 300},
+                           r"^UR5 'arm': unknown key 'servo_gian': known keys here are command_timeout_s, ")):
         with pytest.raises(ValueError, match=match) as info:
             UR5(**kwargs)
         assert "\n" not in str(info.value)
+    arm = UR5(host="127.0.0.1", servo_time_s=None, reset_timeout_s=None, gripper=None)
+    assert arm.servo_time_s is None and arm.reset_timeout_s is None and not arm.has_gripper
+    np.testing.assert_array_equal(arm.home_q_rad, HOME)
+    np.testing.assert_array_equal(arm.joint_limits_rad, np.tile([-2 * np.pi, 2 * np.pi], (6, 1)))
+    assert isinstance(arm.frequency_hz, float) and arm.frequency_hz == -1.0 and arm.refused_limit == 5
     # the daemon must read or command at least twice per watchdog period
     with pytest.raises(ValueError, match="control period of 0.08 s is too slow for watchdog_hz 10") as info:
         UR5(host="127.0.0.1").set_control_period(0.08)
@@ -526,6 +549,21 @@ def test_a_move_home_that_does_not_arrive_in_time_is_stopped_and_reset_fails():
             print(f"move home over its 1.0 s bound: stopped and failed after {took:.2f} s")
         finally:
             arm.disconnect()
+
+
+def test_config_load_checks_the_ur5_and_realsense_args_before_anything_starts():
+    from robotd import config
+
+    for name, override, message in (
+            ("ur5_reach", "robot.args.servo_gain=50", "config: robot.args.servo_gain = 50.0 is out of range"),
+            ("ur5_reach", "robot.args.watchdog_hz=0.5", "config: robot.args: watchdog_hz = 0.5 must be 0 (off)"),
+            ("ur5_reach", "robot.args.host=null", "config: robot.args: host = None is not an address"),
+            ("ur5_pick_place", "robot.args.gripper=suction", "config: robot.args.gripper = 'suction' is not allowed"),
+            ("ur5_pick_place", "cameras.0.args.fps=0", "config: cameras[0].args.fps = 0 is out of range"),
+            ("ur5_pick_place", "cameras.0.args.crop=[0,0,700,480]", "config: cameras[0].args: crop = [0, 0, 700, 480]")):
+        with pytest.raises(config.ConfigError) as info:
+            config.load(ROOT / "configs" / f"{name}.yaml", [override])
+        assert str(info.value).startswith(message) and "\n" not in str(info.value)
 
 
 def _train(args: list[str], timeout_s: float) -> subprocess.CompletedProcess:

@@ -47,6 +47,7 @@ import select
 import socket
 import threading
 import time
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -54,6 +55,7 @@ from drivers.real import a1_wire
 from drivers.real.a1_odometry import LegOdometry
 from drivers.base import DeviceStatus, Legged, Reading
 from drivers.registry import register
+from drivers.settings import setting
 
 _NS_PER_S = 1_000_000_000
 _NS_PER_MS = 1_000_000
@@ -132,84 +134,107 @@ class A1(Legged):
 
     simulated = False
 
-    def __init__(
-        self,
-        *,
-        name: str = "legs",
-        robot_ip: str = "192.168.123.10",
-        robot_port: int = 8007,
-        local_ip: str = "0.0.0.0",
-        local_port: int = 8080,
-        inner_rate_hz: float = 500.0,
-        interpolate_s: float = 0.05,
-        filter_alpha: float = 1.0,
-        kp_max: float = 100.0,
-        kd_max: float = 5.0,
-        tau_max_nm: float = TORQUE_LIMIT_NM,
-        damping_kd: float = 2.0,
-        max_tilt_rad: float | None = 0.8,
-        state_timeout_s: float = 0.1,
-        foot_contact_threshold: float = 10.0,
-        stand_up_s: float = 2.0,
-        stand_kp: float = STAND_KP,
-        stand_kd: float = STAND_KD,
-        connect_timeout_s: float = 1.0,
-        spin_s: float = 0.001,
-        min_rate_fraction: float = 0.8,
-    ) -> None:
-        """Validate the configuration; nothing touches the network until connect().
+    @dataclass
+    class Args:
+        """The A1 driver's settings (``robot.args``).
 
-        foot_contact_threshold is in the robot's footForce units (newtons on the fake; calibrate on
-        the robot). stand_kp/stand_kd are the gains reset() stands up and holds with (at most
-        kp_max/kd_max). spin_s is how
-        long before each tick the loop stops sleeping and polls the clock (at most half a period); a loop
-        running under SCHED_FIFO never polls (the kernel wakes it on time, and a spinning FIFO thread
-        would starve every other thread on its core). min_rate_fraction: status() is not ok while the inner loop,
-        measured over its last second, sends fewer than this fraction of inner_rate_hz commands.
-        """
+        foot_contact_threshold is in the robot's footForce units (newtons on the fake; calibrate on the robot).
+        stand_kp/stand_kd are the gains reset() stands up and holds with (at most kp_max/kd_max). spin_s is how
+        long before each tick the loop stops sleeping and polls the clock (at most half a period); a loop running
+        under SCHED_FIFO never polls (the kernel wakes it on time, and a spinning FIFO thread would starve every
+        other thread on its core). min_rate_fraction: status() is not ok while the inner loop, measured over its
+        last second, sends fewer than this fraction of inner_rate_hz commands."""
+        robot_ip: str = setting("192.168.123.10", help="the robot's IPv4 address")
+        robot_port: int = setting(8007, range=(1, 65535), help="the robot's low-level UDP port")
+        local_ip: str = setting("0.0.0.0", help="the IPv4 address this side binds (0.0.0.0: every interface)")
+        local_port: int = setting(8080, range=(0, 65535), help="the UDP port this side binds (0: any free one)")
+        inner_rate_hz: float = setting(500.0, range=(200.0, 2000.0),
+                                       help="the inner command loop's rate; the A1 needs 500 or more")
+        interpolate_s: float = setting(0.05, range=(0.0, 1.0),
+                                       help="time a new target is interpolated over (0: step to it)")
+        filter_alpha: float = setting(1.0, range=(0.0, 1.0),
+                                      help="low-pass factor on targets, above 0 (1: no filtering)")
+        kp_max: float = setting(100.0, range=(0.0, 500.0), help="hard limit of every command's kp, above 0")
+        kd_max: float = setting(5.0, range=(0.0, 50.0), help="hard limit of every command's kd, above 0")
+        tau_max_nm: float = setting(TORQUE_LIMIT_NM, range=(0.0, TORQUE_LIMIT_NM),
+                                    help="hard limit of every command's feed-forward torque, above 0")
+        damping_kd: float = setting(2.0, range=(0.0, 50.0),
+                                    help="kd of the damping the robot falls back to, above 0 and at most kd_max")
+        max_tilt_rad: float | None = setting(0.8, range=(0.0, math.pi),
+                                             help="body tilt that latches a fall (damping), above 0; None or pi: off")
+        state_timeout_s: float = setting(0.1, range=(0.0, 10.0),
+                                         help="no state for this long is a lost link (at least two inner periods)")
+        foot_contact_threshold: float = setting(10.0, range=(0.0, 1e4),
+                                                help="footForce above which a foot is in contact")
+        stand_up_s: float = setting(2.0, range=(0.0, 30.0), help="duration of reset()'s stand-up, above 0")
+        stand_kp: float = setting(STAND_KP, range=(0.0, 500.0),
+                                  help="kp reset() stands up and holds with, above 0 (at most kp_max)")
+        stand_kd: float = setting(STAND_KD, range=(0.0, 50.0),
+                                  help="kd reset() stands up and holds with (at most kd_max)")
+        connect_timeout_s: float = setting(1.0, range=(0.0, 30.0),
+                                           help="how long connect() waits for the first state, above 0")
+        spin_s: float = setting(0.001, range=(0.0, 0.01),
+                                help="how long before each tick the loop polls the clock (at most half a period)")
+        min_rate_fraction: float = setting(0.8, range=(0.0, 1.0),
+                                           help="status() is not ok below this fraction of inner_rate_hz (0: never)")
+
+        def __post_init__(self) -> None:
+            for what in ("robot_ip", "local_ip"):
+                value = getattr(self, what)
+                try:
+                    setattr(self, what, str(ipaddress.IPv4Address(value)))
+                except (ipaddress.AddressValueError, ValueError, TypeError):
+                    raise ValueError(f"{what} = {value!r} is not an IPv4 address: e.g. '192.168.123.10' for the "
+                                     f"robot") from None
+            for what, hint in (("filter_alpha", "use 1 for no filtering"), ("kp_max", "use e.g. 100"),
+                               ("kd_max", "use e.g. 5"),
+                               ("tau_max_nm", f"the A1's motors give {TORQUE_LIMIT_NM} N m at most"),
+                               ("damping_kd", "use 2-5, at most kd_max"),
+                               ("max_tilt_rad", "use e.g. 0.8, or None (or pi) to turn fall damping off"),
+                               ("stand_up_s", "use e.g. 2"), ("stand_kp", f"use e.g. {STAND_KP}"),
+                               ("connect_timeout_s", "use e.g. 1")):
+                if getattr(self, what) == 0.0:
+                    raise ValueError(f"{what} = 0.0 must be above 0: {hint}")
+            if self.damping_kd > self.kd_max:
+                raise ValueError(f"damping_kd = {self.damping_kd!r} is above kd_max {self.kd_max:g}: use 2-5, at "
+                                 f"most kd_max")
+            if self.state_timeout_s < 2.0 / self.inner_rate_hz:
+                raise ValueError(f"state_timeout_s = {self.state_timeout_s!r} is shorter than two inner periods "
+                                 f"({2.0 / self.inner_rate_hz:g} s at inner_rate_hz {self.inner_rate_hz:g}): use "
+                                 f"e.g. 0.1")
+
+    def __init__(self, *, name: str = "legs", **args) -> None:
+        """Validate the configuration (:class:`A1.Args`); nothing touches the network until connect()."""
         if not isinstance(name, str) or not name:
             raise ValueError(f"A1: name must be a non-empty string, got {name!r}; pass e.g. name='legs'")
         self.name = name
-        self.robot_ip = self._ip("robot_ip", robot_ip)
-        self.local_ip = self._ip("local_ip", local_ip)
-        self.robot_port = self._port("robot_port", robot_port, 1)
-        self.local_port = self._port("local_port", local_port, 0)
-        self.inner_rate_hz = self._number("inner_rate_hz", inner_rate_hz, 200.0, 2000.0,
-                                          hint="the A1 needs 500 or more; use 500")
-        self.interpolate_s = self._number("interpolate_s", interpolate_s, 0.0, 1.0, hint="use e.g. 0.05, or 0 to step")
-        self.filter_alpha = self._number("filter_alpha", filter_alpha, 0.0, 1.0, low_open=True,
-                                         hint="use 1 for no filtering")
-        self.tau_max_nm = self._number("tau_max_nm", tau_max_nm, 0.0, TORQUE_LIMIT_NM, low_open=True,
-                                       hint=f"the A1's motors give {TORQUE_LIMIT_NM} N m at most")
-        self.kp_max = self._number("kp_max", kp_max, 0.0, 500.0, low_open=True, hint="use e.g. 100")
-        self.kd_max = self._number("kd_max", kd_max, 0.0, 50.0, low_open=True, hint="use e.g. 5")
-        self.damping_kd = self._number("damping_kd", damping_kd, 0.0, self.kd_max, low_open=True,
-                                       hint="use 2-5, at most kd_max")
-        if max_tilt_rad is None:
-            self.max_tilt_rad = None
-        else:
-            tilt = self._number("max_tilt_rad", max_tilt_rad, 0.0, math.pi, low_open=True,
-                                hint="use e.g. 0.8, or None (or pi) to turn fall damping off")
-            self.max_tilt_rad = None if tilt >= math.pi else tilt
-        self.state_timeout_s = self._number("state_timeout_s", state_timeout_s, 2.0 / self.inner_rate_hz, 10.0,
-                                            hint="use e.g. 0.1 (at least two inner periods)")
-        self.foot_contact_threshold = self._number("foot_contact_threshold", foot_contact_threshold, 0.0, 1e4,
-                                                   hint="use e.g. 10 (footForce units)")
-        self.stand_up_s = self._number("stand_up_s", stand_up_s, 0.0, 30.0, low_open=True, hint="use e.g. 2")
+        a = self.settings(args, self._owner)
+        self.robot_ip = a.robot_ip
+        self.local_ip = a.local_ip
+        self.robot_port = a.robot_port
+        self.local_port = a.local_port
+        self.inner_rate_hz = a.inner_rate_hz
+        self.interpolate_s = a.interpolate_s
+        self.filter_alpha = a.filter_alpha
+        self.tau_max_nm = a.tau_max_nm
+        self.kp_max = a.kp_max
+        self.kd_max = a.kd_max
+        self.damping_kd = a.damping_kd
+        self.max_tilt_rad = None if a.max_tilt_rad is None or a.max_tilt_rad >= math.pi else a.max_tilt_rad
+        self.state_timeout_s = a.state_timeout_s
+        self.foot_contact_threshold = a.foot_contact_threshold
+        self.stand_up_s = a.stand_up_s
         # Leg odometry for base_vel_est, updated once per new state read (a reward's forward speed).
         self._odometry = LegOdometry(alpha=0.5)
         self._odometry_tick: int | None = None
         self._velocity = np.zeros(3, np.float32)
         # The stand-up gains obey the hard limits too.
-        self.stand_kp = min(self.kp_max, self._number("stand_kp", stand_kp, 0.0, 500.0, low_open=True,
-                                                      hint=f"use e.g. {STAND_KP}"))
-        self.stand_kd = min(self.kd_max, self._number("stand_kd", stand_kd, 0.0, 50.0, hint=f"use e.g. {STAND_KD}"))
-        self.connect_timeout_s = self._number("connect_timeout_s", connect_timeout_s, 0.0, 30.0, low_open=True,
-                                              hint="use e.g. 1")
+        self.stand_kp = min(self.kp_max, a.stand_kp)
+        self.stand_kd = min(self.kd_max, a.stand_kd)
+        self.connect_timeout_s = a.connect_timeout_s
         # Never poll for more than half a period, whatever the rate.
-        self.spin_s = min(0.5 / self.inner_rate_hz, self._number("spin_s", spin_s, 0.0, 0.01, hint="use e.g. 0.001"))
-        self.min_rate_fraction = self._number("min_rate_fraction", min_rate_fraction, 0.0, 1.0,
-                                              hint="use e.g. 0.8, or 0 to never report the rate")
+        self.spin_s = min(0.5 / self.inner_rate_hz, a.spin_s)
+        self.min_rate_fraction = a.min_rate_fraction
 
         self.n_motors = N_MOTORS
         self.stand_q_rad = STAND_Q_RAD.copy()
@@ -237,31 +262,6 @@ class A1(Legged):
     @property
     def _owner(self) -> str:
         return f"A1 {self.name!r}"
-
-    def _number(self, what: str, value: object, low: float, high: float, *, low_open: bool = False,
-                hint: str = "") -> float:
-        owner = f"A1 {getattr(self, 'name', '?')!r}"
-        bound = f"{'(' if low_open else '['}{low:g}, {high:g}]"
-        try:
-            number = float(value)  # type: ignore[arg-type]
-        except (TypeError, ValueError):
-            number = math.nan
-        if isinstance(value, bool) or not math.isfinite(number) or number > high or number < low or (
-                low_open and number == low):
-            raise ValueError(f"{owner}: {what} must be a number in {bound}, got {value!r}; {hint}")
-        return number
-
-    def _ip(self, what: str, value: object) -> str:
-        try:
-            return str(ipaddress.IPv4Address(value))  # type: ignore[arg-type]
-        except (ipaddress.AddressValueError, ValueError, TypeError):
-            raise ValueError(f"A1 {self.name!r}: {what} must be an IPv4 address, got {value!r}; "
-                             f"e.g. '192.168.123.10' for the robot") from None
-
-    def _port(self, what: str, value: object, low: int) -> int:
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not low <= int(value) <= 65535:
-            raise ValueError(f"A1 {self.name!r}: {what} must be an integer port in [{low}, 65535], got {value!r}")
-        return int(value)
 
     def _motor_vector(self, what: str, value: object) -> np.ndarray:
         try:

@@ -30,12 +30,14 @@ import os
 import threading
 import time
 from collections import deque
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
 
 from drivers.base import Camera, DeviceStatus, Reading
 from drivers.registry import register
+from drivers.settings import setting
 
 log = logging.getLogger(__name__)
 
@@ -139,73 +141,80 @@ def nearest_index(start: int, n_in: int, n_out: int) -> np.ndarray:
 class RealSense(Camera):
     """An Intel RealSense D400-series camera: colour (rgb8) and depth (z16) at stream size, observed at width x height.
 
-    Keyword arguments: ``serial`` picks the device (None: the only one connected); ``stream_width``,
-    ``stream_height``, ``fps`` the streams; ``depth`` streams depth, ``align`` aligns it to colour;
-    ``width``, ``height`` the observation; ``crop`` [x0, y0, x1, y1] in stream pixels (default: the
-    centred crop with the observation's aspect ratio); ``depth_max_mm`` clips depth; ``playback_file``
-    plays a recording instead of a live camera; ``frame_timeout_s`` is how long without a frame makes
-    the link lost; ``frame_source`` replaces the pipeline with another FramesetSource (tests).
+    Settings: :class:`RealSense.Args` (``cameras[i].args``). ``frame_source`` replaces the pipeline with another
+    FramesetSource (tests); it is no setting, as a YAML file cannot hold it.
     """
 
     simulated = False
 
-    def __init__(
-        self,
-        *,
-        name: str = "camera",
-        serial: str | None = None,
-        stream_width: int = 640,
-        stream_height: int = 480,
-        fps: int = 30,
-        depth: bool = True,
-        align: bool = True,
-        width: int = 64,
-        height: int = 64,
-        crop: list[int] | tuple[int, ...] | None = None,
-        depth_max_mm: int | None = None,
-        playback_file: str | os.PathLike | None = None,
-        frame_timeout_s: float = 1.0,
-        frame_source: FramesetSource | None = None,
-    ) -> None:
+    @dataclass
+    class Args:
+        """The RealSense driver's settings: the streams, the observation and the link bound."""
+        serial: str | None = setting(None, help="the camera's serial number, quoted (None: the only one connected)")
+        stream_width: int = setting(640, range=(1, 8192), help="width of the colour and depth streams, pixels")
+        stream_height: int = setting(480, range=(1, 8192), help="height of the colour and depth streams, pixels")
+        fps: int = setting(30, range=(1, 300), help="frame rate of the streams")
+        depth: bool = setting(True, help="stream depth beside colour")
+        align: bool = setting(True, help="align depth to the colour image")
+        width: int = setting(64, range=(1, 8192), help="width of the observation, pixels")
+        height: int = setting(64, range=(1, 8192), help="height of the observation, pixels")
+        crop: list[int] | None = setting(None, range=(0, 8192),
+                                         help="[x0, y0, x1, y1] in stream pixels (default: the largest centred box "
+                                              "with the observation's aspect ratio)")
+        depth_max_mm: int | None = setting(None, range=(1, 65535), help="depth beyond this is clipped (None: no clip)")
+        playback_file: str | None = setting(None, help="a .db3 or .bag recording to play instead of a live camera")
+        frame_timeout_s: float = setting(1.0, range=(0.0, 3600.0),
+                                         help="no frame for this long is a lost link, above 0")
+
+        def __post_init__(self) -> None:
+            if self.serial is not None and not self.serial.strip():
+                raise ValueError(f"serial = {self.serial!r} must be the camera's serial number as a string (quote it "
+                                 f"in YAML) or None")
+            if self.playback_file is not None and not self.playback_file.endswith((".db3", ".bag")):
+                raise ValueError(f"playback_file = {self.playback_file!r} must be the path of a .db3 or .bag "
+                                 f"recording or None")
+            if self.frame_timeout_s == 0.0:
+                raise ValueError("frame_timeout_s = 0.0 must be above 0: use e.g. 1")
+            self.crop_box = self._crop_box()
+
+        def _crop_box(self) -> tuple[int, int, int, int]:
+            """The crop box, checked against the stream size, or the centred crop with the observation's aspect."""
+            sw, sh = self.stream_width, self.stream_height
+            if self.crop is None:
+                # The largest centred box with aspect width:height inside the stream image.
+                if sw * self.height >= sh * self.width:
+                    cw, ch = round(sh * self.width / self.height), sh
+                else:
+                    cw, ch = sw, round(sw * self.height / self.width)
+                x0, y0 = (sw - cw) // 2, (sh - ch) // 2
+                return x0, y0, x0 + cw, y0 + ch
+            if len(self.crop) != 4:
+                raise ValueError(f"crop = {self.crop!r} must be [x0, y0, x1, y1] integer pixels of the stream image")
+            x0, y0, x1, y1 = self.crop
+            if not (0 <= x0 < x1 <= sw and 0 <= y0 < y1 <= sh):
+                raise ValueError(f"crop = {self.crop!r} must satisfy 0 <= x0 < x1 <= {sw} and 0 <= y0 < y1 <= {sh} "
+                                 f"(the stream size): fix crop or stream_width/stream_height")
+            return x0, y0, x1, y1
+
+    def __init__(self, *, name: str = "camera", frame_source: FramesetSource | None = None, **args) -> None:
         if not isinstance(name, str) or not name:
             raise ValueError(f"RealSense: name must be a non-empty string, got {name!r}")
         self.name = name
         owner = f"RealSense {name!r}"
         self._owner = owner
-        if serial is not None and (not isinstance(serial, str) or not serial.strip()):
-            raise ValueError(f"{owner}: serial must be the camera's serial number as a string (quote it in YAML) "
-                             f"or None, got {serial!r}")
-        self.serial = serial
-        for what, value in (("stream_width", stream_width), ("stream_height", stream_height), ("width", width),
-                            ("height", height), ("fps", fps)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{owner}: {what} must be an integer >= 1, got {value!r}")
-        self.stream_width, self.stream_height = stream_width, stream_height
-        self.width, self.height = width, height
-        self.stream_fps = fps
-        self.fps = float(fps)
-        for what, value in (("depth", depth), ("align", align)):
-            if not isinstance(value, bool):
-                raise ValueError(f"{owner}: {what} must be true or false, got {value!r}")
-        self.depth, self.align = depth, align
-        self.crop = self._check_crop(crop)
-        if depth_max_mm is not None and (isinstance(depth_max_mm, bool) or not isinstance(depth_max_mm, int)
-                                         or not 1 <= depth_max_mm <= 65535):
-            raise ValueError(f"{owner}: depth_max_mm must be an integer in 1..65535 or None, got {depth_max_mm!r}")
-        self.depth_max_mm = depth_max_mm
-        if playback_file is not None:
-            if not isinstance(playback_file, (str, os.PathLike)) or not str(playback_file).endswith((".db3", ".bag")):
-                raise ValueError(f"{owner}: playback_file must be the path of a .db3 or .bag recording or None, "
-                                 f"got {playback_file!r}")
-            playback_file = os.fspath(playback_file)
-        self.playback_file = playback_file
-        try:
-            timeout = float(frame_timeout_s)
-        except (TypeError, ValueError):
-            timeout = float("nan")
-        if isinstance(frame_timeout_s, bool) or not (math.isfinite(timeout) and timeout > 0.0):
-            raise ValueError(f"{owner}: frame_timeout_s must be a number of seconds > 0, got {frame_timeout_s!r}")
-        self.frame_timeout_s = timeout
+        if isinstance(args.get("playback_file"), os.PathLike):
+            args["playback_file"] = os.fspath(args["playback_file"])
+        a = self.settings(args, owner)
+        self.serial = a.serial
+        self.stream_width, self.stream_height = a.stream_width, a.stream_height
+        self.width, self.height = width, height = a.width, a.height
+        self.stream_fps = a.fps
+        self.fps = float(a.fps)
+        self.depth, self.align = a.depth, a.align
+        self.crop = a.crop_box
+        self.depth_max_mm = a.depth_max_mm
+        self.playback_file = a.playback_file
+        self.frame_timeout_s = a.frame_timeout_s
         if frame_source is not None and not (callable(getattr(frame_source, "wait", None))
                                              and callable(getattr(frame_source, "stop", None))):
             raise ValueError(f"{owner}: frame_source must have wait(timeout_ms) and stop(), got {frame_source!r}")
@@ -233,27 +242,6 @@ class RealSense(Camera):
         self._warned_system_time = False
         self._error: str | None = None
         self._device_info: dict[str, str] = {}
-
-    def _check_crop(self, crop) -> tuple[int, int, int, int]:
-        """The crop box, checked against the stream size, or the centred crop with the observation's aspect ratio."""
-        sw, sh = self.stream_width, self.stream_height
-        if crop is None:
-            # The largest centred box with aspect width:height inside the stream image.
-            if sw * self.height >= sh * self.width:
-                cw, ch = round(sh * self.width / self.height), sh
-            else:
-                cw, ch = sw, round(sw * self.height / self.width)
-            x0, y0 = (sw - cw) // 2, (sh - ch) // 2
-            return x0, y0, x0 + cw, y0 + ch
-        if (not isinstance(crop, (list, tuple)) or len(crop) != 4
-                or any(isinstance(v, bool) or not isinstance(v, int) for v in crop)):
-            raise ValueError(f"{self._owner}: crop must be [x0, y0, x1, y1] integer pixels of the stream image, "
-                             f"got {crop!r}")
-        x0, y0, x1, y1 = crop
-        if not (0 <= x0 < x1 <= sw and 0 <= y0 < y1 <= sh):
-            raise ValueError(f"{self._owner}: crop {list(crop)} must satisfy 0 <= x0 < x1 <= {sw} and "
-                             f"0 <= y0 < y1 <= {sh} (the stream size); fix crop or stream_width/stream_height")
-        return x0, y0, x1, y1
 
     @property
     def _who(self) -> str:

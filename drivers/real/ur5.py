@@ -59,12 +59,14 @@ import socket
 import struct
 import threading
 import time
+from dataclasses import dataclass
 
 import numpy as np
 
 from drivers.base import Arm, DeviceStatus, Reading
 from drivers.registry import register
 from drivers.real.robotiq import ROBOTIQ_PORT, RobotiqGripper
+from drivers.settings import setting
 
 log = logging.getLogger("robotd.ur5")
 
@@ -170,83 +172,115 @@ def _move_duration_s(distance_rad: float, speed: float, acc: float) -> float:
 class UR5(Arm):
     """A UR5 / UR5e arm through ur-rtde (see the module docstring for what the driver checks).
 
-    Config args (``robot.args``): ``host`` (the controller's address; required), ``frequency_hz``
-    (RTDE rate; -1 = the controller's own, 125 or 500), ``servo_lookahead_s`` (0.03-0.2) and
-    ``servo_gain`` (100-2000) of servoJ, ``servo_time_s`` (how long a servoJ target is tracked;
-    default: the control period, set by the daemon), accelerations for speedJ/speedL and stops,
-    ``home_q_rad`` with ``home_speed_rad_s`` / ``home_acc_rad_s2`` (the reset move) and ``reset_timeout_s``
-    (its bound; default derived from the distance), ``joint_limits_rad``, ``tool_offset_m``, ``max_step_rad``,
-    ``max_joint_vel_rad_s``, ``max_tcp_speed_m_s``, ``freshness_s``, ``unlock_protective_stop``,
-    ``connect_timeout_s``, ``command_timeout_s`` (the bound of every other call that waits for the
-    controller), ``script_start_timeout_s`` (how long a re-uploaded control script may take to start),
-    ``watchdog_hz`` (the controller's RTDE watchdog; 0 = off) and ``refused_limit`` (commands refused in
-    a row before status() is not ok).
+    Config args (``robot.args``): the fields of :class:`UR5.Args`, each with its range and meaning; ``host``
+    is required.
     """
 
     dof = 6
 
-    def __init__(self, *, host: str | None = None, name: str = "arm", frequency_hz: float = -1.0,
-                 servo_lookahead_s: float = 0.1, servo_gain: float = 300.0, servo_time_s: float | None = None,
-                 joint_acc_rad_s2: float = 1.0, tcp_acc_m_s2: float = 0.5, stop_acc: float = 2.0,
-                 home_q_rad=None, home_speed_rad_s: float = 0.3, home_acc_rad_s2: float = 0.5,
-                 joint_limits_rad=None, tool_offset_m: float = 0.0, max_step_rad: float = 0.2,
-                 max_joint_vel_rad_s: float = 1.0, max_tcp_speed_m_s: float = 0.25, freshness_s: float = 0.05,
-                 unlock_protective_stop: bool = False, connect_timeout_s: float = 10.0, gripper: str | None = None,
-                 gripper_port: int = ROBOTIQ_PORT, command_timeout_s: float = 3.0, reset_timeout_s: float | None = None,
-                 script_start_timeout_s: float = 5.0, watchdog_hz: float = 10.0, refused_limit: int = 5) -> None:
+    @dataclass
+    class Args:
+        """The UR5 driver's settings (``robot.args``); ``host`` is required."""
+        host: str | None = setting(None, help="the controller's IP address (required)")
+        frequency_hz: float = setting(-1.0, range=(-1.0, 500.0),
+                                      help="RTDE rate: -1 = the controller's own (125 Hz CB3, 500 Hz e-Series), or "
+                                           "1..500")
+        servo_lookahead_s: float = setting(0.1, range=(0.03, 0.2), help="servoJ lookahead time")
+        servo_gain: float = setting(300.0, range=(100.0, 2000.0), help="servoJ proportional gain")
+        servo_time_s: float | None = setting(None, range=(0.002, 1.0),
+                                             help="how long a servoJ target is tracked (default: the control period, "
+                                                  "set by the daemon)")
+        joint_acc_rad_s2: float = setting(1.0, range=(0.01, 40.0), help="speedJ joint acceleration")
+        tcp_acc_m_s2: float = setting(0.5, range=(0.01, 10.0), help="speedL tool acceleration")
+        stop_acc: float = setting(2.0, range=(0.1, 40.0), help="deceleration of every stop (rad/s^2 or m/s^2)")
+        home_q_rad: list[float] | None = setting(None, range=(-2 * math.pi, 2 * math.pi),
+                                                 help="the joints reset() moves to (default: UR5_HOME_Q_RAD); inside "
+                                                      "joint_limits_rad")
+        home_speed_rad_s: float = setting(0.3, range=(0.01, 1.05), help="joint speed of the reset's moveJ home")
+        home_acc_rad_s2: float = setting(0.5, range=(0.01, 1.4), help="joint acceleration of the reset's moveJ home")
+        joint_limits_rad: list[list[float]] | None = setting(
+            None, range=(-2 * math.pi, 2 * math.pi),
+            help="(lower, upper) per joint, 6 rows, that servo targets are clipped to (default: +-2 pi)")
+        tool_offset_m: float = setting(0.0, range=(0.0, 0.5), help="tool centre point along the flange's z axis")
+        max_step_rad: float = setting(0.2, range=(0.001, 1.0), help="a servo target's largest distance from the "
+                                                                    "measured joints")
+        max_joint_vel_rad_s: float = setting(1.0, range=(0.01, 3.14), help="speedJ velocities are clipped to this")
+        max_tcp_speed_m_s: float = setting(0.25, range=(0.001, 1.0), help="speedL speeds are clipped to this")
+        freshness_s: float = setting(0.05, range=(0.005, 5.0),
+                                     help="no new controller timestamp for this long is a lost link")
+        unlock_protective_stop: bool = setting(False, help="clear a protective stop through the dashboard server "
+                                                           "at the next reset")
+        connect_timeout_s: float = setting(10.0, range=(0.5, 120.0),
+                                           help="how long connect() waits for the RTDE and dashboard ports to answer")
+        gripper: str | None = setting(None, choices=("robotiq",),
+                                      help="robotiq (its URCap socket on the controller), or None for no gripper")
+        gripper_port: int = setting(ROBOTIQ_PORT, range=(1, 65535), help="the Robotiq URCap's TCP port")
+        command_timeout_s: float = setting(3.0, range=(0.5, 60.0),
+                                           help="the bound of every call that waits for the controller")
+        reset_timeout_s: float | None = setting(None, range=(1.0, 600.0),
+                                                help="the bound of the reset's move home (default: derived from the "
+                                                     "distance, home_speed_rad_s and home_acc_rad_s2)")
+        script_start_timeout_s: float = setting(5.0, range=(0.5, 60.0),
+                                                help="how long a re-uploaded control script may take to start")
+        watchdog_hz: float = setting(10.0, range=(0.0, 100.0),
+                                     help="the controller's RTDE watchdog rate: 0 (off) or 1..100")
+        refused_limit: int = setting(5, range=(1, 10000),
+                                     help="commands refused in a row before status() is not ok")
+
+        def __post_init__(self) -> None:
+            if not isinstance(self.host, str) or not self.host:
+                raise ValueError(f"host = {self.host!r} is not an address: set robot.args.host to the controller's "
+                                 f"IP address")
+            if self.frequency_hz != -1.0 and self.frequency_hz < 1.0:
+                raise ValueError(f"frequency_hz = {self.frequency_hz!r} must be -1 (the controller's rate) or 1..500")
+            if 0.0 < self.watchdog_hz < 1.0:
+                raise ValueError(f"watchdog_hz = {self.watchdog_hz!r} must be 0 (off) or 1..100")
+            limits = ([[-2 * math.pi, 2 * math.pi]] * 6 if self.joint_limits_rad is None
+                      else self.joint_limits_rad)
+            if len(limits) != 6 or any(len(row) != 2 for row in limits):
+                raise ValueError(f"joint_limits_rad = {limits!r} must be 6 rows of (lower, upper)")
+            if any(lower >= upper for lower, upper in limits):
+                raise ValueError(f"joint_limits_rad = {limits!r} needs lower < upper for every joint")
+            home = list(UR5_HOME_Q_RAD) if self.home_q_rad is None else self.home_q_rad
+            if len(home) != 6:
+                raise ValueError(f"home_q_rad = {home!r} must have 6 values, one per joint")
+            if any(not lower <= q <= upper for q, (lower, upper) in zip(home, limits)):
+                raise ValueError(f"home_q_rad = {home!r} lies outside joint_limits_rad: move the home pose inside "
+                                 f"the limits")
+            self.limits_array = np.array(limits, dtype=np.float64)
+            self.home_array = np.array(home, dtype=np.float64)
+
+    def __init__(self, *, name: str = "arm", **args) -> None:
         self.name = name
-        if not isinstance(host, str) or not host:
-            raise ValueError(f"UR5 {name!r}: host is {host!r}; set robot.args.host to the controller's IP address")
-        self.host = host
-        self.frequency_hz = self._number("frequency_hz", frequency_hz, -1.0, 500.0)
-        if self.frequency_hz != -1.0 and self.frequency_hz < 1.0:
-            raise ValueError(f"UR5 {name!r}: frequency_hz {frequency_hz!r} must be -1 (the controller's rate) "
-                             f"or 1..500")
-        self.servo_lookahead_s = self._number("servo_lookahead_s", servo_lookahead_s, 0.03, 0.2)
-        self.servo_gain = self._number("servo_gain", servo_gain, 100.0, 2000.0)
-        self.servo_time_s = None if servo_time_s is None else self._number("servo_time_s", servo_time_s, 0.002, 1.0)
-        self.joint_acc_rad_s2 = self._number("joint_acc_rad_s2", joint_acc_rad_s2, 0.01, 40.0)
-        self.tcp_acc_m_s2 = self._number("tcp_acc_m_s2", tcp_acc_m_s2, 0.01, 10.0)
-        self.stop_acc = self._number("stop_acc", stop_acc, 0.1, 40.0)
-        self.home_speed_rad_s = self._number("home_speed_rad_s", home_speed_rad_s, 0.01, 1.05)
-        self.home_acc_rad_s2 = self._number("home_acc_rad_s2", home_acc_rad_s2, 0.01, 1.4)
-        self.tool_offset_m = self._number("tool_offset_m", tool_offset_m, 0.0, 0.5)
-        self.max_step_rad = self._number("max_step_rad", max_step_rad, 0.001, 1.0)
-        self.max_joint_vel_rad_s = self._number("max_joint_vel_rad_s", max_joint_vel_rad_s, 0.01, 3.14)
-        self.max_tcp_speed_m_s = self._number("max_tcp_speed_m_s", max_tcp_speed_m_s, 0.001, 1.0)
-        self.freshness_s = self._number("freshness_s", freshness_s, 0.005, 5.0)
-        self.connect_timeout_s = self._number("connect_timeout_s", connect_timeout_s, 0.5, 120.0)
-        self.command_timeout_s = self._number("command_timeout_s", command_timeout_s, 0.5, 60.0)
-        self.reset_timeout_s = (None if reset_timeout_s is None
-                                else self._number("reset_timeout_s", reset_timeout_s, 1.0, 600.0))
-        self.script_start_timeout_s = self._number("script_start_timeout_s", script_start_timeout_s, 0.5, 60.0)
-        self.watchdog_hz = self._number("watchdog_hz", watchdog_hz, 0.0, 100.0)
-        if 0.0 < self.watchdog_hz < 1.0:
-            raise ValueError(f"UR5 {name!r}: watchdog_hz {watchdog_hz!r} must be 0 (off) or 1..100; fix "
-                             f"robot.args.watchdog_hz")
-        if isinstance(refused_limit, bool) or not isinstance(refused_limit, int) or not 1 <= refused_limit <= 10000:
-            raise ValueError(f"UR5 {name!r}: refused_limit {refused_limit!r} must be a whole number in [1, 10000]; "
-                             f"fix robot.args.refused_limit")
-        self.refused_limit = refused_limit
-        if not isinstance(unlock_protective_stop, bool):
-            raise ValueError(f"UR5 {name!r}: unlock_protective_stop {unlock_protective_stop!r} must be true or false")
-        self.unlock_protective_stop = unlock_protective_stop
-        if gripper not in (None, "robotiq"):
-            raise ValueError(f"UR5 {name!r}: gripper {gripper!r} is unknown; use robotiq (its URCap socket) or leave "
-                             f"it out")
-        self.has_gripper = gripper is not None
+        a = self.settings(args, f"UR5 {name!r}")
+        self.host = a.host
+        self.frequency_hz = a.frequency_hz
+        self.servo_lookahead_s = a.servo_lookahead_s
+        self.servo_gain = a.servo_gain
+        self.servo_time_s = a.servo_time_s
+        self.joint_acc_rad_s2 = a.joint_acc_rad_s2
+        self.tcp_acc_m_s2 = a.tcp_acc_m_s2
+        self.stop_acc = a.stop_acc
+        self.home_speed_rad_s = a.home_speed_rad_s
+        self.home_acc_rad_s2 = a.home_acc_rad_s2
+        self.tool_offset_m = a.tool_offset_m
+        self.max_step_rad = a.max_step_rad
+        self.max_joint_vel_rad_s = a.max_joint_vel_rad_s
+        self.max_tcp_speed_m_s = a.max_tcp_speed_m_s
+        self.freshness_s = a.freshness_s
+        self.connect_timeout_s = a.connect_timeout_s
+        self.command_timeout_s = a.command_timeout_s
+        self.reset_timeout_s = a.reset_timeout_s
+        self.script_start_timeout_s = a.script_start_timeout_s
+        self.watchdog_hz = a.watchdog_hz
+        self.refused_limit = a.refused_limit
+        self.unlock_protective_stop = a.unlock_protective_stop
+        self.has_gripper = a.gripper is not None
         # Nothing connects here: the gripper's socket opens in connect().
-        self._gripper = RobotiqGripper(host, gripper_port, owner=f"UR5 {name!r} gripper") if self.has_gripper else None
-        limits = np.tile([-2 * math.pi, 2 * math.pi], (6, 1)) if joint_limits_rad is None else joint_limits_rad
-        self.joint_limits_rad = self._array("joint_limits_rad", limits, (6, 2))
-        if np.any(self.joint_limits_rad[:, 0] >= self.joint_limits_rad[:, 1]):
-            raise ValueError(f"UR5 {name!r}: joint_limits_rad {self.joint_limits_rad.tolist()} needs lower < upper "
-                             f"for every joint")
-        self.home_q_rad = self._array("home_q_rad", UR5_HOME_Q_RAD if home_q_rad is None else home_q_rad, (6,))
-        outside = (self.home_q_rad < self.joint_limits_rad[:, 0]) | (self.home_q_rad > self.joint_limits_rad[:, 1])
-        if np.any(outside):
-            raise ValueError(f"UR5 {name!r}: home_q_rad {self.home_q_rad.tolist()} lies outside joint_limits_rad; "
-                             f"move the home pose inside the limits")
+        self._gripper = (RobotiqGripper(a.host, a.gripper_port, owner=f"UR5 {name!r} gripper") if self.has_gripper
+                         else None)
+        self.joint_limits_rad = a.limits_array
+        self.home_q_rad = a.home_array
         self._receive = None
         self._control = None
         self._mode: str | None = None          # "servo", "speedj", "speedl" or None (holding)
@@ -265,22 +299,6 @@ class UR5(Arm):
     @property
     def _owner(self) -> str:
         return f"UR5 {self.name!r} at {self.host}"
-
-    def _number(self, what: str, value: object, low: float, high: float) -> float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= float(value) <= high:
-            raise ValueError(f"UR5 {self.name!r}: {what} {value!r} must be a number in [{low:g}, {high:g}]; "
-                             f"fix robot.args.{what}")
-        return float(value)
-
-    def _array(self, what: str, value: object, shape: tuple[int, ...]) -> np.ndarray:
-        try:
-            array = np.asarray(value, dtype=np.float64)
-        except (TypeError, ValueError):
-            array = None
-        if array is None or array.shape != shape or not np.all(np.isfinite(array)):
-            raise ValueError(f"UR5 {self.name!r}: {what} {value!r} must be finite numbers of shape {shape}; "
-                             f"fix robot.args.{what}")
-        return array
 
     def set_control_period(self, period_s: float) -> None:
         """The daemon's control period: servoJ tracks each target for it unless servo_time_s is set.

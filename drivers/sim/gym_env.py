@@ -1,8 +1,11 @@
 """Any Gymnasium environment as a simulated robot (``driver: gym``).
 
-``args: {env_id: "Pendulum-v1", ...}``: the environment is ``gymnasium.make(env_id, **kwargs)``
-where kwargs are every arg this driver does not take itself. The driver's own args:
+``args: {env_id: "Pendulum-v1", ...}``: the environment is ``gymnasium.make(env_id, **make_args)``.
+The driver's args (``GymEnv.Args``; any other key is refused):
 
+  env_id       the Gymnasium id (required), e.g. Pendulum-v1 or "module:namespace/Name-v0"
+  make_args    a mapping of further keyword arguments to ``gymnasium.make`` (the environment's own
+               constructor arguments, max_episode_steps, render_mode, ...); default {}
   pixels       also deliver the rendered frame as ``image`` (``render_mode="rgb_array"``),
                resized to ``image_size`` (height, width) uint8; default false
   vector_obs   deliver the environment's own observation; default true (false with pixels
@@ -34,11 +37,13 @@ import math
 import os
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
 from drivers.base import DeviceStatus, Reading, SteppedEnv
 from drivers.registry import register
+from drivers.settings import setting
 
 SIGNAL_KEYS = ("reward", "terminated", "truncated", "success")
 """Reading keys that carry the last step's outcome rather than an observation."""
@@ -145,31 +150,49 @@ class GymEnv(SteppedEnv):
 
     simulated = True
 
-    def __init__(self, *, env_id: str, name: str = "env", seed: int = 0, pixels: bool = False,
-                 vector_obs: bool = True, image_size=(64, 64),
-                 host_clock: Callable[[], int] = time.monotonic_ns, **make_kwargs) -> None:
+    @dataclass
+    class Args:
+        """The gym driver's settings: which environment, what it is made with, and what the robot observes."""
+        env_id: str = setting("", help="the Gymnasium id, e.g. Pendulum-v1 (required)")
+        make_args: dict = setting(default_factory=dict,
+                                  help="further keyword arguments to gymnasium.make (the environment's own "
+                                       "arguments, max_episode_steps, render_mode, ...)")
+        seed: int = setting(0, range=(0, 2**63 - 1), help="seeds the first reset and the action space")
+        pixels: bool = setting(False, help="also deliver the rendered frame as image")
+        vector_obs: bool = setting(True, help="deliver the environment's own observation")
+        image_size: list[int] = setting(default_factory=lambda: [64, 64], range=(1, 4096),
+                                        help="[height, width] of image (and of image observations)")
+
+        def __post_init__(self) -> None:
+            if not self.env_id:
+                raise ValueError("env_id is not given: set it to a Gymnasium id, e.g. env_id: Pendulum-v1")
+            if not (self.pixels or self.vector_obs):
+                raise ValueError("pixels and vector_obs are both false, so the robot observes nothing: "
+                                 "set one of them")
+            if len(self.image_size) != 2:
+                raise ValueError(f"image_size = {self.image_size!r} has {len(self.image_size)} values, not 2: "
+                                 f"give [height, width]")
+            bad = [key for key in self.make_args if not isinstance(key, str) or not key.isidentifier()]
+            if bad:
+                raise ValueError(f"make_args key {bad[0]!r} is not a keyword argument name: give a mapping of "
+                                 f"gymnasium.make's keyword arguments")
+
+    def __init__(self, *, name: str = "env", host_clock: Callable[[], int] = time.monotonic_ns, **args) -> None:
         """Make the environment (not yet reset: connect() does that)."""
+        self.name = name
+        a = self.settings(args, self._owner)
         try:
             import gymnasium
             from gymnasium import spaces
         except ImportError:
             raise ValueError("driver 'gym' needs gymnasium: pip install -e '.[sim]'") from None
-        self.name = name
-        self.env_id = str(env_id)
-        if not isinstance(pixels, bool) or not isinstance(vector_obs, bool):
-            raise ValueError(f"{self._owner}: pixels and vector_obs must be true or false, "
-                             f"got {pixels!r} and {vector_obs!r}")
-        if not (pixels or vector_obs):
-            raise ValueError(f"{self._owner}: pixels and vector_obs are both false, so the robot observes nothing: "
-                             f"set one of them")
-        size = tuple(image_size) if isinstance(image_size, (list, tuple)) else (image_size, image_size)
-        if len(size) != 2 or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in size):
-            raise ValueError(f"{self._owner}: image_size must be [height, width] of positive integers, got {image_size!r}")
-        self.image_size = (int(size[0]), int(size[1]))
-        self.pixels = pixels
-        self.vector_obs = vector_obs
-        self.seed = int(seed)
+        self.env_id = a.env_id
+        self.image_size = (a.image_size[0], a.image_size[1])
+        self.pixels = pixels = a.pixels
+        self.vector_obs = vector_obs = a.vector_obs
+        self.seed = a.seed
         self._host_clock = host_clock
+        make_kwargs = dict(a.make_args)
         if pixels:
             make_kwargs.setdefault("render_mode", "rgb_array")
         if make_kwargs.get("render_mode") == "rgb_array":
@@ -180,6 +203,12 @@ class GymEnv(SteppedEnv):
             self.env = gymnasium.make(self.env_id, **make_kwargs)
         except gymnasium.error.Error as exc:
             raise ValueError(f"{self._owner}: gymnasium.make({self.env_id!r}) failed: {exc}") from None
+        except TypeError as exc:
+            if not a.make_args:
+                raise
+            # Most likely a make_args key the environment does not take.
+            raise ValueError(f"{self._owner}: gymnasium.make({self.env_id!r}, **make_args) failed: {exc}; check "
+                             f"make_args {sorted(a.make_args)} against the environment's arguments") from None
         self._flat = _ObsFlattener(self.env.observation_space, self.image_size, self._owner)
         if pixels and "image" in self._flat.spec() and vector_obs:
             raise ValueError(f"{self._owner}: the environment already observes an 'image'; pixels=true would add "
@@ -212,7 +241,8 @@ class GymEnv(SteppedEnv):
 
     @property
     def _owner(self) -> str:
-        return f"GymEnv {getattr(self, 'name', '?')!r} ({getattr(self, 'env_id', '?')})"
+        env_id = getattr(self, "env_id", None)
+        return f"GymEnv {getattr(self, 'name', '?')!r}" + (f" ({env_id})" if env_id is not None else "")
 
     # ---------------------------------------------------------------------------------------
     def reading_spec(self) -> dict[str, tuple[tuple[int, ...], str]]:

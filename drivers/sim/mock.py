@@ -7,7 +7,7 @@ they are received, and can have faults injected by method call or scheduled thro
 Scheduled faults are a dict of seconds after connect() (plus each fault's parameter). A fault
 fires on the first call to the mock at or after its time; its effect is dated to that time.
   all mocks:   frozen_at_s + frozen_for_s  sensor repeats its last reading for frozen_for_s
-               late_at_s + late_ms         the next reading is late_ms older than usual
+               late_at_s + late_s          the next reading is late_s older than usual
   MockArm:     protective_stop_at_s        protective stop until reset()
   MockLegged:  fall_at_s                   the robot falls over
   MockCamera:  drop_at_s + drop_n          the next drop_n frames are lost
@@ -19,6 +19,8 @@ import dataclasses
 import math
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 
@@ -26,17 +28,11 @@ from drivers.base import Arm, Camera, DeviceStatus, Legged, Reading
 from drivers.device_clock import DeviceClock
 from drivers.registry import register
 from drivers.real.ur5 import UR5_HOME_Q_RAD, ur5_point_m
+from drivers.settings import setting
+from drivers.sim.realism import DeviceArgs
 
 _NS_PER_S = 1_000_000_000
 _NS_PER_MS = 1_000_000
-
-
-def _non_negative(owner: str, what: str, value: float) -> float:
-    """Return value as a float; raise naming owner, what and value if it is negative or not finite."""
-    number = float(value)
-    if not (math.isfinite(number) and number >= 0.0):
-        raise ValueError(f"{owner}: {what} must be a finite number >= 0, got {value!r}; pass a non-negative value")
-    return number
 
 
 def _positive(owner: str, what: str, value: float) -> float:
@@ -48,34 +44,60 @@ def _positive(owner: str, what: str, value: float) -> float:
 
 
 def _finite_array(owner: str, what: str, value: object, shape: tuple[int, ...]) -> np.ndarray:
-    """Return value as a float64 array of exactly `shape`; raise naming what was wrong otherwise."""
-    array = np.asarray(value, dtype=np.float64)
+    """Return value as a float64 array of exactly `shape`; raise naming what was wrong otherwise (after owner, when
+    one is given)."""
+    where = f"{owner}: {what}" if owner else what
+    try:
+        array = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"{where} must be numbers of shape {shape}, got {value!r}") from None
     if array.shape != shape:
-        raise ValueError(f"{owner}: {what} must have shape {shape}, got {array.shape}; pass one value per joint")
+        raise ValueError(f"{where} must have shape {shape}, got {array.shape}; pass one value per joint")
     if not np.all(np.isfinite(array)):
-        raise ValueError(f"{owner}: {what} must be finite, got {array.tolist()}; remove the NaN/inf entries")
+        raise ValueError(f"{where} must be finite, got {array.tolist()}; remove the NaN/inf entries")
     return array.copy()
 
 
-def _joint_limits(owner: str, value: object, dof: int) -> np.ndarray:
-    """Return value as a (dof, 2) array of lower < upper joint limits."""
-    limits = _finite_array(owner, "joint_limits_rad", value, (dof, 2))
-    if np.any(limits[:, 0] >= limits[:, 1]):
-        raise ValueError(
-            f"{owner}: joint_limits_rad rows must be (lower, upper) with lower < upper, "
-            f"got {limits.tolist()}; swap or widen the offending rows"
-        )
-    return limits
+def parse_faults(faults: Mapping[str, float], keys: Mapping[str, str | None]) -> list[tuple[int, str, float | None]]:
+    """A faults dict as (offset_ns after connect, key, parameter) sorted by time; ``keys`` maps each fault's start
+    key to the key of its parameter (None when it takes none). A one-line ValueError names a key that is unknown,
+    a start without its parameter (or the reverse), or a time or parameter that is not a positive number."""
+    starts_by_param = {param: start for start, param in keys.items() if param is not None}
+    for key in faults:
+        if key not in keys and key not in starts_by_param:
+            allowed = ", ".join(sorted([*keys, *starts_by_param]))
+            raise ValueError(f"unknown fault key {key!r}; allowed keys: {allowed}")
+    schedule = []
+    for start, param in keys.items():
+        if param is not None and (start in faults) != (param in faults):
+            given, missing = (start, param) if start in faults else (param, start)
+            raise ValueError(f"fault key {given!r} needs {missing!r} too; give both or neither")
+        if start in faults:
+            at_s = _number(f"faults[{start!r}]", faults[start], allow_zero=True)
+            value = None if param is None else _number(f"faults[{param!r}]", faults[param], allow_zero=False)
+            schedule.append((round(at_s * _NS_PER_S), start, value))
+    schedule.sort(key=lambda entry: (entry[0], entry[1]))
+    return schedule
 
 
-def _within_limits(owner: str, what: str, q_rad: np.ndarray, limits_rad: np.ndarray) -> np.ndarray:
-    """Return q_rad unchanged; raise naming what if any joint lies outside its limits."""
-    if np.any(q_rad < limits_rad[:, 0]) or np.any(q_rad > limits_rad[:, 1]):
-        raise ValueError(
-            f"{owner}: {what} {q_rad.tolist()} lies outside joint_limits_rad {limits_rad.tolist()}; "
-            f"move it inside the limits"
-        )
-    return q_rad
+def _number(what: str, value: object, *, allow_zero: bool) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or (
+            value < 0 or (value == 0 and not allow_zero)):
+        raise ValueError(f"{what} = {value!r} must be a finite number {'>=' if allow_zero else '>'} 0")
+    return float(value)
+
+
+@dataclass
+class MockArgs(DeviceArgs):
+    """Settings every mock takes: a reading's capture-to-receipt delay and scheduled faults (see the module doc)."""
+    sensor_latency_s: float = setting(0.001, range=(0.0, 10.0), help="capture to receipt delay of a reading")
+    latency_jitter_s: float = setting(0.0002, range=(0.0, 10.0), help="uniform extra receipt delay, at most this")
+    faults: dict = setting(default_factory=dict, help="scheduled faults, seconds after connect(): see drivers.sim.mock")
+
+    FAULT_KEYS: ClassVar[dict[str, str | None]] = {"frozen_at_s": "frozen_for_s", "late_at_s": "late_s"}
+
+    def __post_init__(self) -> None:
+        self.schedule = parse_faults(self.faults, self.FAULT_KEYS)
 
 
 class _MockDevice:
@@ -87,39 +109,21 @@ class _MockDevice:
 
     # Software only: a mock may run under control.pacing = lockstep.
     simulated = True
-    # Scheduled fault key -> the key of its parameter (None when it takes none).
-    _FAULT_KEYS: dict[str, str | None] = {"frozen_at_s": "frozen_for_s", "late_at_s": "late_ms"}
+    Args = MockArgs
 
-    def __init__(
-        self,
-        *,
-        name: str,
-        seed: int = 0,
-        noise_std: float = 0.0,
-        latency_ms: float = 1.0,
-        latency_jitter_ms: float = 0.2,
-        clock_offset_s: float = 0.0,
-        clock_drift_ppm: float = 0.0,
-        host_clock: Callable[[], int] = time.monotonic_ns,
-        faults: Mapping[str, float] | None = None,
-    ) -> None:
-        """Set up the clock, latency, noise streams and fault schedule.
-
-        These keyword arguments are taken by every mock: seed (all randomness), noise_std (Gaussian
-        noise on every value read), latency_ms and latency_jitter_ms (transport delay between the
-        device timestamp and the host receive time), clock_offset_s and clock_drift_ppm (the device
-        clock against host time), host_clock (the host's monotonic ns clock; tests pass a fake), and
-        faults (scheduled faults, keys in each class's docstring).
-        """
+    def __init__(self, *, name: str, host_clock: Callable[[], int] = time.monotonic_ns, **args) -> None:
+        """Set up the clock, latency, noise streams and fault schedule from ``args`` (the class's ``Args``);
+        host_clock is the host's monotonic ns clock (tests pass a fake)."""
         self.name = name
-        self.noise_std = _non_negative(self._owner, "noise_std", noise_std)
-        self._latency_ns = round(_non_negative(self._owner, "latency_ms", latency_ms) * _NS_PER_MS)
-        self._jitter_ns = round(_non_negative(self._owner, "latency_jitter_ms", latency_jitter_ms) * _NS_PER_MS)
+        self.args = args = self.settings(args, self._owner)
+        self.noise_std = args.noise_std
+        self._latency_ns = round(args.sensor_latency_s * _NS_PER_S)
+        self._jitter_ns = round(args.latency_jitter_s * _NS_PER_S)
         self._host_clock = host_clock
-        self.clock = DeviceClock(clock_offset_s, clock_drift_ppm, host_clock)
+        self.clock = DeviceClock(args.clock_offset_s, args.clock_drift_ppm, host_clock)
         # Independent streams, so switching sensor noise on does not shift the latency draws.
-        self._noise_rng, self._latency_rng, self._reset_rng = np.random.default_rng(seed).spawn(3)
-        self._schedule = self._parse_faults(faults or {})
+        self._noise_rng, self._latency_rng, self._reset_rng = np.random.default_rng(args.seed).spawn(3)
+        self._schedule = args.schedule
         self._next_fault = 0
         self._connected_at_ns: int | None = None
         self._frozen_until_ns: int | None = None
@@ -131,25 +135,6 @@ class _MockDevice:
     def _owner(self) -> str:
         """How messages name this device; follows `name`, which the owner may set after construction."""
         return f"{type(self).__name__} {self.name!r}"
-
-    def _parse_faults(self, faults: Mapping[str, float]) -> list[tuple[int, str, float | None]]:
-        """Validate a faults dict into (offset_ns after connect, key, parameter) sorted by time."""
-        starts_by_param = {param: start for start, param in self._FAULT_KEYS.items() if param is not None}
-        for key in faults:
-            if key not in self._FAULT_KEYS and key not in starts_by_param:
-                allowed = ", ".join(sorted([*self._FAULT_KEYS, *starts_by_param]))
-                raise ValueError(f"{self._owner}: unknown fault key {key!r}; allowed keys: {allowed}")
-        schedule = []
-        for start, param in self._FAULT_KEYS.items():
-            if param is not None and (start in faults) != (param in faults):
-                given, missing = (start, param) if start in faults else (param, start)
-                raise ValueError(f"{self._owner}: fault key {given!r} needs {missing!r} too; give both or neither")
-            if start in faults:
-                at_s = _non_negative(self._owner, f"faults[{start!r}]", faults[start])
-                value = None if param is None else _positive(self._owner, f"faults[{param!r}]", faults[param])
-                schedule.append((round(at_s * _NS_PER_S), start, value))
-        schedule.sort(key=lambda entry: (entry[0], entry[1]))
-        return schedule
 
     def connect(self) -> None:
         """Start streaming; scheduled faults count from now."""
@@ -190,9 +175,9 @@ class _MockDevice:
         duration_ns = round(_positive(self._owner, "inject_frozen duration_s", duration_s) * _NS_PER_S)
         self._frozen_until_ns = self._host_clock() + duration_ns
 
-    def inject_late(self, delay_ms: float) -> None:
-        """Make the next reading arrive delay_ms late: captured that much earlier than usual."""
-        self._pending_late_ns = round(_positive(self._owner, "inject_late delay_ms", delay_ms) * _NS_PER_MS)
+    def inject_late(self, delay_s: float) -> None:
+        """Make the next reading arrive delay_s late: captured that much earlier than usual."""
+        self._pending_late_ns = round(_positive(self._owner, "inject_late delay_s", delay_s) * _NS_PER_S)
 
     def _apply_scheduled_fault(self, key: str, value: float | None, at_host_ns: int) -> None:
         """Fire the shared scheduled faults (frozen_at_s, late_at_s) dated at_host_ns."""
@@ -257,52 +242,58 @@ class MockArm(_MockDevice, Arm):
     targets are reached with the same time constant. The motion is integrated in closed form over
     the elapsed host time, so it is identical at any control rate. dof=6 uses UR5 kinematics and
     limits; any other dof is a planar chain with +-pi limits and a zero home pose.
-    Scheduled fault keys: frozen_at_s + frozen_for_s, late_at_s + late_ms, protective_stop_at_s.
+    Scheduled fault keys: frozen_at_s + frozen_for_s, late_at_s + late_s, protective_stop_at_s.
     """
 
-    _FAULT_KEYS = {**_MockDevice._FAULT_KEYS, "protective_stop_at_s": None}
+    @dataclass
+    class Args(MockArgs):
+        dof: int = setting(6, range=(1, 64), help="joints: 6 uses UR5 kinematics and limits, others a planar chain")
+        tau_s: float = setting(0.05, range=(1e-4, 100.0), help="time constant of a joint following its target")
+        max_vel_rad_s: float = setting(math.pi, range=(1e-3, 100.0), help="joint speed limit")
+        reset_noise_rad: float = setting(0.01, range=(0.0, 10.0), help="uniform noise on the home pose at reset")
+        reset_s: float = setting(0.0, range=(0.0, 600.0), help="wall time reset() takes (a real move home: seconds)")
+        home_q_rad: list[float] | None = setting(None, help="home pose (default: the UR5's, or zeros)")
+        joint_limits_rad: list | None = setting(None, help="(lower, upper) per joint (default: UR5's, or +-pi)")
 
-    def __init__(
-        self,
-        *,
-        name: str = "arm",
-        dof: int = 6,
-        tau_s: float = 0.05,
-        max_vel_rad_s: float = math.pi,
-        reset_noise_rad: float = 0.01,
-        reset_s: float = 0.0,
-        home_q_rad: object = None,
-        joint_limits_rad: object = None,
-        **common,
-    ) -> None:
+        FAULT_KEYS: ClassVar[dict[str, str | None]] = {**MockArgs.FAULT_KEYS, "protective_stop_at_s": None}
+
+        def __post_init__(self) -> None:
+            super().__post_init__()
+            dof = self.dof
+            if self.joint_limits_rad is None:
+                half_range_rad = np.full(dof, math.pi)
+                if dof == 6:
+                    half_range_rad[:] = 2.0 * math.pi
+                    half_range_rad[_UR5_ELBOW_JOINT] = math.pi
+                limits = np.stack([-half_range_rad, half_range_rad], axis=1)
+            else:
+                limits = _finite_array("", "joint_limits_rad", self.joint_limits_rad, (dof, 2))
+            if np.any(limits[:, 0] >= limits[:, 1]):
+                raise ValueError(f"joint_limits_rad rows must be (lower, upper) with lower < upper, got "
+                                 f"{limits.tolist()}; swap or widen the offending rows")
+            home = np.asarray(UR5_HOME_Q_RAD if dof == 6 else np.zeros(dof)) if self.home_q_rad is None else (
+                _finite_array("", "home_q_rad", self.home_q_rad, (dof,)))
+            if np.any(home < limits[:, 0]) or np.any(home > limits[:, 1]):
+                raise ValueError(f"home_q_rad {home.tolist()} lies outside joint_limits_rad {limits.tolist()}; "
+                                 f"move it inside the limits")
+            self.limits_array, self.home_array = limits, np.array(home, dtype=np.float64)
+
+    def __init__(self, *, name: str = "arm", **args) -> None:
         """Build a disconnected arm resting at its home pose; noise_std applies to every value read; reset() takes
         reset_s of wall time (a real arm's move home takes seconds)."""
-        super().__init__(
-            name=name,
-            **common,
-        )
-        if isinstance(dof, bool) or not isinstance(dof, int) or dof < 1:
-            raise ValueError(f"{self._owner}: dof must be an integer >= 1, got {dof!r}; pass e.g. dof=6")
-        self.dof = dof
-        self.tau_s = _positive(self._owner, "tau_s", tau_s)
-        self.max_vel_rad_s = _positive(self._owner, "max_vel_rad_s", max_vel_rad_s)
-        self.reset_noise_rad = _non_negative(self._owner, "reset_noise_rad", reset_noise_rad)
-        self.reset_s = _non_negative(self._owner, "reset_s", reset_s)
-        if joint_limits_rad is None:
-            half_range_rad = np.full(dof, math.pi)
-            if dof == 6:
-                half_range_rad[:] = 2.0 * math.pi
-                half_range_rad[_UR5_ELBOW_JOINT] = math.pi
-            joint_limits_rad = np.stack([-half_range_rad, half_range_rad], axis=1)
-        self.joint_limits_rad = _joint_limits(self._owner, joint_limits_rad, dof)
-        if home_q_rad is None:
-            home_q_rad = UR5_HOME_Q_RAD if dof == 6 else np.zeros(dof)
-        home = _finite_array(self._owner, "home_q_rad", home_q_rad, (dof,))
-        self.home_q_rad = _within_limits(self._owner, "home_q_rad", home, self.joint_limits_rad)
+        super().__init__(name=name, **args)
+        settings = self.args
+        self.dof = settings.dof
+        self.tau_s = settings.tau_s
+        self.max_vel_rad_s = settings.max_vel_rad_s
+        self.reset_noise_rad = settings.reset_noise_rad
+        self.reset_s = settings.reset_s
+        self.joint_limits_rad = settings.limits_array.copy()
+        self.home_q_rad = settings.home_array.copy()
         self._q_rad = self.home_q_rad.copy()
-        self._qd_rad_s = np.zeros(dof)
+        self._qd_rad_s = np.zeros(self.dof)
         self._target_q_rad = self.home_q_rad.copy()
-        self._target_qd_rad_s = np.zeros(dof)
+        self._target_qd_rad_s = np.zeros(self.dof)
         self._velocity_mode = False
         self._protective_stop = False
         self._t_ns = 0
@@ -474,35 +465,31 @@ class MockLegged(_MockDevice, Legged):
     (b + kd) / kp, integrated in closed form. There is no gravity: with kp = 0 the joints hold.
     The body tilts slowly in proportion to the left-right (roll) and front-rear (pitch) difference of
     mean joint angle, and counts as fallen past fall_tilt_rad. It starts lying down.
-    Scheduled fault keys: frozen_at_s + frozen_for_s, late_at_s + late_ms, fall_at_s.
+    Scheduled fault keys: frozen_at_s + frozen_for_s, late_at_s + late_s, fall_at_s.
     """
 
-    _FAULT_KEYS = {**_MockDevice._FAULT_KEYS, "fall_at_s": None}
+    @dataclass
+    class Args(MockArgs):
+        joint_damping_nm_s_rad: float = setting(0.5, range=(1e-3, 1000.0), help="viscous damping of every joint")
+        damp_kd: float = setting(2.0, range=(0.0, 100.0), help="kd of damp()")
+        tilt_gain_per_s: float = setting(0.5, range=(0.0, 100.0), help="body tilt rate per radian of leg imbalance")
+        fall_tilt_rad: float = setting(0.8, range=(1e-3, math.pi), help="tilt beyond which the robot has fallen")
+        reset_noise_rad: float = setting(0.01, range=(0.0, 10.0), help="uniform noise on the pose at reset")
 
-    def __init__(
-        self,
-        *,
-        name: str = "legged",
-        joint_damping_nm_s_rad: float = 0.5,
-        damp_kd: float = 2.0,
-        tilt_gain_per_s: float = 0.5,
-        fall_tilt_rad: float = 0.8,
-        reset_noise_rad: float = 0.01,
-        **common,
-    ) -> None:
+        FAULT_KEYS: ClassVar[dict[str, str | None]] = {**MockArgs.FAULT_KEYS, "fall_at_s": None}
+
+    def __init__(self, *, name: str = "legged", **args) -> None:
         """Build a disconnected robot lying down with passive motors; noise_std applies to joints and IMU."""
-        super().__init__(
-            name=name,
-            **common,
-        )
+        super().__init__(name=name, **args)
+        settings = self.args
         self.n_motors = _A1_N_MOTORS
         self.stand_q_rad = np.tile(_A1_STAND_LEG_RAD, 4)
         self.joint_limits_rad = np.tile(np.array(_A1_LEG_LIMITS_RAD), (4, 1))
-        self.joint_damping_nm_s_rad = _positive(self._owner, "joint_damping_nm_s_rad", joint_damping_nm_s_rad)
-        self.damp_kd = _non_negative(self._owner, "damp_kd", damp_kd)
-        self.tilt_gain_per_s = _non_negative(self._owner, "tilt_gain_per_s", tilt_gain_per_s)
-        self.fall_tilt_rad = _positive(self._owner, "fall_tilt_rad", fall_tilt_rad)
-        self.reset_noise_rad = _non_negative(self._owner, "reset_noise_rad", reset_noise_rad)
+        self.joint_damping_nm_s_rad = settings.joint_damping_nm_s_rad
+        self.damp_kd = settings.damp_kd
+        self.tilt_gain_per_s = settings.tilt_gain_per_s
+        self.fall_tilt_rad = settings.fall_tilt_rad
+        self.reset_noise_rad = settings.reset_noise_rad
         self._q_rad = np.tile(_A1_LIE_LEG_RAD, 4)
         self._dq_rad_s = np.zeros(_A1_N_MOTORS)
         self._set_command(self._q_rad, 0.0, 0.0, 0.0, 0.0)
@@ -704,37 +691,34 @@ class MockCamera(_MockDevice, Camera):
     position: fn() -> (x, y) in [0, 1]^2, x rightwards and y downwards. A frame is rendered when
     first read, with the scene as it is then. noise_std is Gaussian luminance noise in intensity levels;
     depth=True adds a depth image in millimetres.
-    Scheduled fault keys: frozen_at_s + frozen_for_s, late_at_s + late_ms, drop_at_s + drop_n.
+    Scheduled fault keys: frozen_at_s + frozen_for_s, late_at_s + late_s, drop_at_s + drop_n.
     """
 
-    _FAULT_KEYS = {**_MockDevice._FAULT_KEYS, "drop_at_s": "drop_n"}
     draws_scene = True
 
-    def __init__(
-        self,
-        *,
-        name: str = "camera",
-        width: int = 64,
-        height: int = 64,
-        fps: float = 30.0,
-        depth: bool = False,
-        **common,
-    ) -> None:
+    @dataclass
+    class Args(MockArgs):
+        width: int = setting(64, range=(1, 8192), help="image width, pixels")
+        height: int = setting(64, range=(1, 8192), help="image height, pixels")
+        fps: float = setting(30.0, range=(0.01, 1e7), help="frames per second of device time")
+        depth: bool = setting(False, help="add a depth image in millimetres")
+
+        FAULT_KEYS: ClassVar[dict[str, str | None]] = {**MockArgs.FAULT_KEYS, "drop_at_s": "drop_n"}
+
+        def __post_init__(self) -> None:
+            super().__post_init__()
+            drop_n = self.faults.get("drop_n")
+            if drop_n is not None and int(drop_n) != drop_n:
+                raise ValueError(f"faults['drop_n'] must be an integer, got {drop_n!r}; pass e.g. 2")
+
+    def __init__(self, *, name: str = "camera", **args) -> None:
         """Build a disconnected camera showing the default centred blob."""
-        super().__init__(
-            name=name,
-            **common,
-        )
-        for what, size in (("width", width), ("height", height)):
-            if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-                raise ValueError(f"{self._owner}: {what} must be an integer >= 1, got {size!r}; pass e.g. {what}=64")
-        drop_n = dict(common.get("faults") or {}).get("drop_n")
-        if drop_n is not None and int(drop_n) != drop_n:
-            raise ValueError(f"{self._owner}: faults['drop_n'] must be an integer, got {drop_n!r}; pass e.g. 2")
+        super().__init__(name=name, **args)
+        width, height = self.args.width, self.args.height
         self.width = width
         self.height = height
-        self.fps = _positive(self._owner, "fps", fps)
-        self.depth = bool(depth)
+        self.fps = self.args.fps
+        self.depth = self.args.depth
         self._scene: Callable[[], tuple[float, float]] = _centred_blob
         # Pixel-centre coordinates shaped to broadcast into an (height, width) distance map.
         self._xs_px = np.arange(width, dtype=np.float32)[None, :] + 0.5

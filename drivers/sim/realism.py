@@ -15,9 +15,12 @@ import bisect
 import ipaddress
 import math
 from collections import deque
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from drivers.settings import setting
 
 _NS_PER_S = 1_000_000_000
 
@@ -35,6 +38,25 @@ def check_loopback(owner: str, host: object) -> str:
     return str(host)
 
 
+@dataclass
+class DeviceArgs:
+    """Settings every software device takes: its randomness, its sensor noise and its clock against the host's."""
+    seed: int = setting(0, range=(0, 2**63 - 1), help="all of the device's randomness (a session gives its own)")
+    noise_std: float = setting(0.0, range=(0.0, 1e6), help="Gaussian noise on every value read, in its own units")
+    clock_offset_s: float = setting(0.0, range=(-1e9, 1e9), help="device clock minus host clock at start")
+    clock_drift_ppm: float = setting(0.0, range=(-1e4, 1e4), help="device clock rate error, parts per million")
+
+
+@dataclass
+class LatencyArgs(DeviceArgs):
+    """A simulated robot's transport: commands wait command_latency_s plus up to latency_jitter_s, readings show the
+    world of sensor_latency_s ago, and a command_loss share of commands never arrives."""
+    command_latency_s: float = setting(0.0, range=(0.0, 10.0), help="command to actuator delay")
+    sensor_latency_s: float = setting(0.0, range=(0.0, 10.0), help="capture to receipt delay of a reading")
+    latency_jitter_s: float = setting(0.0, range=(0.0, 10.0), help="uniform extra command delay, at most this")
+    command_loss: float = setting(0.0, range=(0.0, 0.999), help="probability that a command is lost")
+
+
 def check_seconds(owner: str, what: str, value: object) -> float:
     """``value`` as a finite number of seconds >= 0, or a one-line ValueError naming owner and what."""
     try:
@@ -44,17 +66,6 @@ def check_seconds(owner: str, what: str, value: object) -> float:
     if not (math.isfinite(seconds) and seconds >= 0.0):
         raise ValueError(f"{owner}: {what} must be a finite number of seconds >= 0, got {value!r}")
     return seconds
-
-
-def check_probability(owner: str, what: str, value: object) -> float:
-    """``value`` as a probability in [0, 1), or a one-line ValueError naming owner and what."""
-    try:
-        p = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        raise ValueError(f"{owner}: {what} must be a probability in [0, 1), got {value!r}") from None
-    if not (0.0 <= p < 1.0):
-        raise ValueError(f"{owner}: {what} must be a probability in [0, 1), got {value!r}")
-    return p
 
 
 class DelayLine:

@@ -27,14 +27,16 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
 from drivers.real.a1 import A1_READING_SPEC
 from drivers.base import DeviceStatus, Legged, Reading
 from drivers.device_clock import DeviceClock
-from drivers.sim.realism import DelayLine, History, check_probability, check_seconds
+from drivers.sim.realism import DelayLine, History, LatencyArgs
 from drivers.registry import register
+from drivers.settings import setting
 
 _NS_PER_S = 1_000_000_000
 _NS_PER_MS = 1_000_000
@@ -74,55 +76,45 @@ class SimA1(Legged):
 
     simulated = True
 
+    @dataclass
+    class Args(LatencyArgs):
+        """The simulated A1's settings: its transport and device clock (LatencyArgs), its low-level loop, where it
+        starts and when it counts as fallen."""
+        inner_rate_hz: float = setting(500.0, range=(1.0, 1000.0),
+                                       help="the A1's low-level loop rate, at most the 1 kHz physics rate")
+        fall_tilt_rad: float = setting(0.6, range=(0.01, math.pi), help="trunk tilt beyond which it is fallen")
+        start: str = setting("stand", choices=START_POSES,
+                             help="start pose at construction and reset(): stand, lying (on its belly) or back")
+        reset_noise_rad: float = setting(0.0, range=(0.0, math.pi),
+                                         help="std of the Gaussian noise on the start pose's joints")
+
     def __init__(
         self,
         *,
         name: str = "legs",
-        seed: int = 0,
-        noise_std: float = 0.0,
-        clock_offset_s: float = 0.0,
-        clock_drift_ppm: float = 0.0,
         host_clock: Callable[[], int] = time.monotonic_ns,
-        inner_rate_hz: float = 500.0,
-        command_latency_s: float = 0.0,
-        sensor_latency_s: float = 0.0,
-        latency_jitter_s: float = 0.0,
-        command_loss: float = 0.0,
-        fall_tilt_rad: float = 0.6,
-        start: str = "stand",
-        reset_noise_rad: float = 0.0,
+        **args,
     ) -> None:
         if not isinstance(name, str) or not name:
             raise ValueError(f"SimA1: name must be a non-empty string, got {name!r}; pass e.g. name='legs'")
         self.name = name
         owner = self._owner
-        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-            raise ValueError(f"{owner}: seed must be an integer, got {seed!r}; pass e.g. seed=0")
-        self.noise_std = self._non_negative("noise_std", noise_std)
-        self.reset_noise_rad = self._non_negative("reset_noise_rad", reset_noise_rad)
-        for what, value in (("clock_offset_s", clock_offset_s), ("clock_drift_ppm", clock_drift_ppm)):
-            if not self._is_finite(value):
-                raise ValueError(f"{owner}: {what} must be a finite number, got {value!r}")
         if not callable(host_clock):
             raise ValueError(f"{owner}: host_clock must be a callable returning nanoseconds, got {host_clock!r}")
-        if not self._is_finite(inner_rate_hz) or not 0.0 < float(inner_rate_hz) <= 1000.0:
-            raise ValueError(f"{owner}: inner_rate_hz must be in (0, 1000] (the physics runs at 1 kHz), "
-                             f"got {inner_rate_hz!r}; the A1's low-level loop runs at e.g. 500")
-        if not self._is_finite(fall_tilt_rad) or not 0.0 < float(fall_tilt_rad) <= math.pi:
-            raise ValueError(f"{owner}: fall_tilt_rad must be in (0, pi], got {fall_tilt_rad!r}; use e.g. 0.6")
-        if start not in START_POSES:
-            raise ValueError(f"{owner}: start must be one of {', '.join(START_POSES)}, got {start!r}")
-        self.command_latency_s = check_seconds(owner, "command_latency_s", command_latency_s)
-        self.sensor_latency_s = check_seconds(owner, "sensor_latency_s", sensor_latency_s)
-        self.latency_jitter_s = check_seconds(owner, "latency_jitter_s", latency_jitter_s)
-        self.command_loss = check_probability(owner, "command_loss", command_loss)
-        self.inner_rate_hz = float(inner_rate_hz)
-        self.fall_tilt_rad = float(fall_tilt_rad)
-        self.start = start
+        a = self.settings(args, owner)
+        self.noise_std = a.noise_std
+        self.reset_noise_rad = a.reset_noise_rad
+        self.command_latency_s = a.command_latency_s
+        self.sensor_latency_s = a.sensor_latency_s
+        self.latency_jitter_s = a.latency_jitter_s
+        self.command_loss = a.command_loss
+        self.inner_rate_hz = a.inner_rate_hz
+        self.fall_tilt_rad = a.fall_tilt_rad
+        self.start = a.start
         self._host_clock = host_clock
-        self.clock = DeviceClock(float(clock_offset_s), float(clock_drift_ppm), host_clock)
+        self.clock = DeviceClock(a.clock_offset_s, a.clock_drift_ppm, host_clock)
         self._noise_rng, self._reset_rng, self._loss_rng, self._sensor_rng, jitter_rng = (
-            np.random.default_rng(int(seed)).spawn(5))
+            np.random.default_rng(a.seed).spawn(5))
         self._commands = DelayLine(self.command_latency_s, self.latency_jitter_s, jitter_rng, owner=owner)
 
         mujoco_sim = _mujoco_sim()
@@ -156,18 +148,6 @@ class SimA1(Legged):
     @property
     def _owner(self) -> str:
         return f"SimA1 {self.name!r}"
-
-    @staticmethod
-    def _is_finite(value: object) -> bool:
-        try:
-            return math.isfinite(float(value))  # type: ignore[arg-type]
-        except (TypeError, ValueError):
-            return False
-
-    def _non_negative(self, what: str, value: object) -> float:
-        if not self._is_finite(value) or float(value) < 0.0:  # type: ignore[arg-type]
-            raise ValueError(f"{self._owner}: {what} must be a finite number >= 0, got {value!r}")
-        return float(value)  # type: ignore[arg-type]
 
     def _motor_vector(self, what: str, value: object) -> np.ndarray:
         try:

@@ -19,13 +19,15 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
 from drivers.base import Arm, Camera, DeviceStatus, Reading
 from drivers.device_clock import DeviceClock
-from drivers.sim.realism import DelayLine, History, check_probability, check_seconds
+from drivers.sim.realism import DelayLine, DeviceArgs, History, LatencyArgs
 from drivers.registry import register
+from drivers.settings import setting
 
 _NS_PER_S = 1_000_000_000
 
@@ -96,43 +98,31 @@ def _fk_sim():
     return _FK_SIM
 
 
-def _check_world(owner: str, world: object) -> str:
-    if not isinstance(world, str) or not world:
-        raise ValueError(f"{owner}: world must be a non-empty string naming the shared simulation, got {world!r}")
-    return world
-
-
-def _check_bool(owner: str, what: str, value: object) -> bool:
-    if not isinstance(value, bool):
-        raise ValueError(f"{owner}: {what} must be true or false, got {value!r}")
-    return value
-
-
 class _SimDevice:
     """Connection to a shared world, the device clock and the seeded random streams."""
 
     simulated = True
 
-    def __init__(
-        self,
-        *,
-        name: str,
-        world: str = "ur5",
-        seed: int = 0,
-        noise_std: float = 0.0,
-        clock_offset_s: float = 0.0,
-        clock_drift_ppm: float = 0.0,
-        host_clock: Callable[[], int] = time.monotonic_ns,
-    ) -> None:
+    @dataclass
+    class Args(DeviceArgs):
+        """Settings of every device on a shared UR5 world: which world, and DeviceArgs (seed, noise, clock)."""
+        world: str = setting("ur5", help="name of the shared simulation; devices naming the same one share it")
+
+        def __post_init__(self) -> None:
+            if not self.world:
+                raise ValueError("world = '' is empty: name the shared simulation, e.g. world: ur5")
+
+    def __init__(self, *, name: str, settings: _SimDevice.Args, host_clock: Callable[[], int]) -> None:
+        """``settings``: the device's Args, checked already (``self.settings``)."""
         self.name = name
-        self.world_name = _check_world(self._owner, world)
-        self.noise_std = float(noise_std)
-        if not (math.isfinite(self.noise_std) and self.noise_std >= 0.0):
-            raise ValueError(f"{self._owner}: noise_std must be a finite number >= 0, got {noise_std!r}")
+        self.world_name = settings.world
+        self.noise_std = settings.noise_std
         self._host_clock = host_clock
-        self.clock = DeviceClock(clock_offset_s, clock_drift_ppm, host_clock)
-        # Independent streams: sensor noise, resets (pose noise, objects, targets), latency jitter, frame drops.
-        self._noise_rng, self._reset_rng, self._jitter_rng, self._drop_rng = np.random.default_rng(seed).spawn(4)
+        self.clock = DeviceClock(settings.clock_offset_s, settings.clock_drift_ppm, host_clock)
+        # Independent streams: sensor noise, resets (pose noise, objects, targets), latency jitter, frame drops,
+        # command loss (spawned children do not depend on how many are spawned, so the first four stay as they were).
+        self._noise_rng, self._reset_rng, self._jitter_rng, self._drop_rng, self._loss_rng = (
+            np.random.default_rng(settings.seed).spawn(5))
         self._world: _World | None = None
         _mujoco_sim()  # fail at construction, with mujoco's ImportError, when mujoco is missing
 
@@ -178,7 +168,8 @@ class SimUR5(_SimDevice, Arm):
     the next command, like speedL), optionally holding the tool pointing straight down
     (``orientation_hold``). Joint speeds are clamped to max_vel_rad_s and targets to the joint limits.
     stop() holds the current pose. Every command waits command_latency_s plus up to latency_jitter_s
-    (stop(), reset() and a protective stop act at once and drop the commands in flight); readings show
+    (stop(), reset() and a protective stop act at once and drop the commands in flight), and a
+    command_loss share of the commands never arrives (seeded; counted in commands_lost); readings show
     the state of sensor_latency_s ago, stamped with its capture time (for sensor_latency_s after
     connect() or reset() nothing older exists: reads show that first state). An arm link pushing on anything
     harder than protective_stop_n (checked every inner tick) latches a protective stop: the arm holds
@@ -188,42 +179,55 @@ class SimUR5(_SimDevice, Arm):
     (``randomize_objects``) and draws a new target from [target_min_m, target_max_m] (``target``).
     """
 
-    def __init__(
-        self,
-        *,
-        name: str = "arm",
-        max_vel_rad_s: float = math.pi,
-        reset_noise_rad: float = 0.01,
-        protective_stop_n: float = 50.0,
-        gripper: bool = True,
-        target: bool = True,
-        target_min_m: tuple[float, float, float] = TARGET_MIN_M,
-        target_max_m: tuple[float, float, float] = TARGET_MAX_M,
-        randomize_objects: bool = True,
-        orientation_hold: bool = True,
-        command_latency_s: float = 0.0,
-        sensor_latency_s: float = 0.0,
-        latency_jitter_s: float = 0.0,
-        **common,
-    ) -> None:
-        super().__init__(name=name, **common)
+    @dataclass
+    class Args(LatencyArgs, _SimDevice.Args):
+        """The simulated arm's settings: world, seed, noise and clock (_SimDevice.Args), its transport
+        (LatencyArgs), its limits, gripper, reach target box and object randomisation."""
+        max_vel_rad_s: float = setting(math.pi, range=(0.001, 10.0), help="joint speed limit of velocity commands")
+        reset_noise_rad: float = setting(0.01, range=(0.0, math.pi),
+                                         help="std of the joint noise on reset()'s home pose")
+        protective_stop_n: float = setting(50.0, range=(0.001, 1e15),
+                                           help="contact force on an arm link that latches a protective stop")
+        gripper: bool = setting(True, help="the parallel gripper is fitted (gripper_pos reading, command_gripper)")
+        target: bool = setting(True, help="draw a reach target on reset() (scene_target_pos; zeros without)")
+        target_min_m: list[float] = setting(default_factory=lambda: list(TARGET_MIN_M), range=(-10.0, 10.0),
+                                            help="[x, y, z] low corner of the target box, base frame")
+        target_max_m: list[float] = setting(default_factory=lambda: list(TARGET_MAX_M), range=(-10.0, 10.0),
+                                            help="[x, y, z] high corner of the target box, base frame")
+        randomize_objects: bool = setting(True, help="re-randomise the boxes in bin_a on reset()")
+        orientation_hold: bool = setting(True, help="tcp velocity commands keep the tool pointing straight down")
+
+        def __post_init__(self) -> None:
+            super().__post_init__()
+            for what in ("target_min_m", "target_max_m"):
+                value = getattr(self, what)
+                if len(value) != 3:
+                    raise ValueError(f"{what} = {value!r} has {len(value)} values, not 3: give [x, y, z] in metres "
+                                     f"(base frame)")
+            if any(low > high for low, high in zip(self.target_min_m, self.target_max_m)):
+                raise ValueError(f"target_min_m {list(self.target_min_m)} must be <= target_max_m "
+                                 f"{list(self.target_max_m)} in every axis; swap the offending values")
+
+    def __init__(self, *, name: str = "arm", host_clock: Callable[[], int] = time.monotonic_ns, **args) -> None:
+        self.name = name
+        a = self.settings(args, self._owner)
+        super().__init__(name=name, settings=a, host_clock=host_clock)
         self.dof = 6
-        self.max_vel_rad_s = float(max_vel_rad_s)
-        self.reset_noise_rad = float(reset_noise_rad)
-        self.protective_stop_n = float(protective_stop_n)
-        for what, value in (("max_vel_rad_s", self.max_vel_rad_s), ("protective_stop_n", self.protective_stop_n)):
-            if not (math.isfinite(value) and value > 0.0):
-                raise ValueError(f"{self._owner}: {what} must be a finite number > 0, got {value!r}")
-        if not (math.isfinite(self.reset_noise_rad) and self.reset_noise_rad >= 0.0):
-            raise ValueError(f"{self._owner}: reset_noise_rad must be a finite number >= 0, got {reset_noise_rad!r}")
-        self.has_gripper = _check_bool(self._owner, "gripper", gripper)
-        self.target = _check_bool(self._owner, "target", target)
-        self.randomize_objects = _check_bool(self._owner, "randomize_objects", randomize_objects)
-        self.orientation_hold = _check_bool(self._owner, "orientation_hold", orientation_hold)
-        self.target_min_m, self.target_max_m = self._target_box(target_min_m, target_max_m)
-        self.command_latency_s = check_seconds(self._owner, "command_latency_s", command_latency_s)
-        self.latency_jitter_s = check_seconds(self._owner, "latency_jitter_s", latency_jitter_s)
-        self.sensor_latency_s = check_seconds(self._owner, "sensor_latency_s", sensor_latency_s)
+        self.max_vel_rad_s = a.max_vel_rad_s
+        self.reset_noise_rad = a.reset_noise_rad
+        self.protective_stop_n = a.protective_stop_n
+        self.has_gripper = a.gripper
+        self.target = a.target
+        self.randomize_objects = a.randomize_objects
+        self.orientation_hold = a.orientation_hold
+        self.target_min_m = np.asarray(a.target_min_m, dtype=np.float64)
+        self.target_max_m = np.asarray(a.target_max_m, dtype=np.float64)
+        self.command_latency_s = a.command_latency_s
+        self.latency_jitter_s = a.latency_jitter_s
+        self.sensor_latency_s = a.sensor_latency_s
+        self.command_loss = a.command_loss
+        self.commands_sent = 0
+        self.commands_lost = 0
         self._commands = DelayLine(self.command_latency_s, self.latency_jitter_s, self._jitter_rng, owner=self._owner)
         self._sensor_latency_ns = round(self.sensor_latency_s * _NS_PER_S)
         self._history = History(self.sensor_latency_s + 0.1, owner=self._owner)
@@ -235,22 +239,6 @@ class SimUR5(_SimDevice, Arm):
         self._target_qd_rad_s = np.zeros(self.dof)
         self._tcp_twist = np.zeros(6)
         self._protective_stop = False
-
-    def _target_box(self, low: object, high: object) -> tuple[np.ndarray, np.ndarray]:
-        arrays = []
-        for what, value in (("target_min_m", low), ("target_max_m", high)):
-            try:
-                array = np.asarray(value, dtype=np.float64)
-            except (TypeError, ValueError):
-                array = np.full(1, np.nan)
-            if array.shape != (3,) or not np.all(np.isfinite(array)):
-                raise ValueError(f"{self._owner}: {what} must be 3 finite numbers [x, y, z] in metres "
-                                 f"(base frame), got {value!r}")
-            arrays.append(array)
-        if np.any(arrays[0] > arrays[1]):
-            raise ValueError(f"{self._owner}: target_min_m {arrays[0].tolist()} must be <= target_max_m "
-                             f"{arrays[1].tolist()} in every axis; swap the offending values")
-        return arrays[0], arrays[1]
 
     # --- connection -------------------------------------------------------------------------
     def connect(self) -> None:
@@ -364,9 +352,15 @@ class SimUR5(_SimDevice, Arm):
         return np.clip(q, self.joint_limits_rad[:, 0], self.joint_limits_rad[:, 1])
 
     def _send(self, kind: str, value: np.ndarray | float) -> None:
-        """Apply a command now, or queue it for command_latency_s (+ jitter); ignored during a protective stop."""
+        """Apply a command now, or queue it for command_latency_s (+ jitter); ignored during a protective stop.
+
+        A lost command (probability command_loss, seeded) never takes effect."""
         world, now_ns = self._live()
         if self._protective_stop:
+            return
+        self.commands_sent += 1
+        if self.command_loss > 0.0 and self._loss_rng.random() < self.command_loss:
+            self.commands_lost += 1
             return
         if self._commands.delays:
             self._commands.push(now_ns, (kind, value))
@@ -508,29 +502,26 @@ class SimCamera(_SimDevice, Camera):
     GL backend works.
     """
 
-    def __init__(
-        self,
-        *,
-        name: str = "camera",
-        width: int = 64,
-        height: int = 64,
-        fps: float = 30.0,
-        camera: str = "scene",
-        depth: bool = False,
-        drop_rate: float = 0.0,
-        **common,
-    ) -> None:
-        super().__init__(name=name, **common)
-        for what, size in (("width", width), ("height", height)):
-            if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-                raise ValueError(f"{self._owner}: {what} must be an integer >= 1, got {size!r}; pass e.g. {what}=64")
-        self.width, self.height = width, height
-        self.fps = float(fps)
-        if not (math.isfinite(self.fps) and self.fps > 0.0):
-            raise ValueError(f"{self._owner}: fps must be a finite number > 0, got {fps!r}")
-        self.camera = camera
-        self.depth = _check_bool(self._owner, "depth", depth)
-        self.drop_rate = check_probability(self._owner, "drop_rate", drop_rate)
+    @dataclass
+    class Args(_SimDevice.Args):
+        """The simulated camera's settings: world, seed, noise (pixel values) and clock (_SimDevice.Args), its
+        image size, frame rate, which camera of the model, depth, and frame loss."""
+        width: int = setting(64, range=(1, 4096), help="image width, pixels")
+        height: int = setting(64, range=(1, 4096), help="image height, pixels")
+        fps: float = setting(30.0, range=(0.01, 10000.0), help="frame rate on the device clock")
+        camera: str = setting("scene", help="the model's camera to render (the UR5 world's fixed one is scene)")
+        depth: bool = setting(False, help="add a depth image (uint16 millimetres)")
+        drop_rate: float = setting(0.0, range=(0.0, 0.999), help="probability that a frame after the first is lost")
+
+    def __init__(self, *, name: str = "camera", host_clock: Callable[[], int] = time.monotonic_ns, **args) -> None:
+        self.name = name
+        a = self.settings(args, self._owner)
+        super().__init__(name=name, settings=a, host_clock=host_clock)
+        self.width, self.height = a.width, a.height
+        self.fps = a.fps
+        self.camera = a.camera
+        self.depth = a.depth
+        self.drop_rate = a.drop_rate
         self._device_t0_ns = 0
         self._frame: tuple[int, dict[str, np.ndarray]] | None = None
         self._decided = -1  # frames up to this number have been decided delivered or lost

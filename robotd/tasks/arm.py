@@ -6,8 +6,11 @@ of the world), which ``Task.observe`` keeps in ``self.scene`` and never shows to
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
+from drivers.settings import setting
 from robotd.tasks.base import ObsSpec, Readings, Task, register
 
 PROPRIO_KEYS = ("joint_pos", "joint_vel", "tcp_pos")
@@ -52,40 +55,39 @@ class UR5Reach(Task):
 
     reset_request = True
 
-    def __init__(self, *, target_in_obs: bool = False, target_offset_in_obs: bool = False,
-                 success_radius_m: float = 0.05, success_bonus: float = 0.0,
-                 reward_scale: float = 1.0, offset_scale: float = 1.0,
-                 terminate_on_success: bool = False, target_m=None, **kwargs):
+    @dataclass
+    class Args(Task.Args):
+        """What the policy is shown of the target, the reward's scale and bonus, and when it is a success."""
+        target_in_obs: bool = setting(False, help="give the target as the vector observation target_pos")
+        target_offset_in_obs: bool = setting(False, help="give tool-to-target as the vector observation target_offset")
+        success_radius_m: float = setting(0.05, range=(0.001, 1.0),
+                                          help="the tool within this distance of the target is a success")
+        success_bonus: float = setting(0.0, range=(-1000.0, 1000.0), help="reward added per step while a success")
+        reward_scale: float = setting(1.0, range=(0.001, 1000.0),
+                                      help="factor on the distance penalty (10 gives the reward in -decimetres)")
+        offset_scale: float = setting(1.0, range=(0.001, 1000.0),
+                                      help="factor on target_offset (10 gives decimetres)")
+        terminate_on_success: bool = setting(False, help="end the episode on success (else only the time limit)")
+        target_m: list[float] | None = setting(None, range=(-2.0, 2.0),
+                                               help="fixed target (x, y, z) in metres, base frame, for a real robot "
+                                                    "with a physical marker; none: the scene_target_pos reading")
+
+        def __post_init__(self):
+            if self.target_m is not None and len(self.target_m) != 3:
+                raise ValueError(f"target_m = {self.target_m!r} must be three numbers (x, y, z in metres, base "
+                                 f"frame): set e.g. target_m: [0.4, 0.0, 0.3]")
+
+    def __init__(self, **kwargs):
         super().__init__(**kwargs)
-        if not isinstance(success_radius_m, (int, float)) or not 0.0 < float(success_radius_m) < np.inf:
-            raise ValueError(f"task 'ur5_reach': success_radius_m {success_radius_m!r} must be a positive "
-                             f"number of metres: set e.g. success_radius_m: 0.05")
-        if not isinstance(success_bonus, (int, float)) or not np.isfinite(success_bonus):
-            raise ValueError(f"task 'ur5_reach': success_bonus {success_bonus!r} must be a finite number: "
-                             f"set e.g. success_bonus: 1.0")
-        if target_m is not None:
-            try:
-                fixed = np.asarray(target_m, dtype=np.float64)
-            except (TypeError, ValueError):
-                fixed = np.full(0, np.nan)
-            if fixed.shape != (3,) or not np.all(np.isfinite(fixed)):
-                raise ValueError(f"task 'ur5_reach': target_m {target_m!r} must be three finite numbers "
-                                 f"(x, y, z in metres, base frame): set e.g. target_m: [0.4, 0.0, 0.3]")
-            target_m = fixed.astype(np.float32)
-        self.target_in_obs = bool(target_in_obs)
-        self.target_offset_in_obs = bool(target_offset_in_obs)
-        self.success_radius_m = float(success_radius_m)
-        self.success_bonus = float(success_bonus)
-        if not isinstance(reward_scale, (int, float)) or not np.isfinite(reward_scale) or reward_scale <= 0:
-            raise ValueError(f"task 'ur5_reach': reward_scale {reward_scale!r} must be a finite number > 0: "
-                             f"set e.g. reward_scale: 10 (reward in -decimetres)")
-        self.reward_scale = float(reward_scale)
-        if not isinstance(offset_scale, (int, float)) or not np.isfinite(offset_scale) or offset_scale <= 0:
-            raise ValueError(f"task 'ur5_reach': offset_scale {offset_scale!r} must be a finite number > 0: "
-                             f"set e.g. offset_scale: 10 (target_offset in decimetres)")
-        self.offset_scale = float(offset_scale)
-        self.terminate_on_success = bool(terminate_on_success)
-        self.target_m: np.ndarray | None = target_m
+        a = self.args
+        self.target_in_obs = a.target_in_obs
+        self.target_offset_in_obs = a.target_offset_in_obs
+        self.success_radius_m = a.success_radius_m
+        self.success_bonus = a.success_bonus
+        self.reward_scale = a.reward_scale
+        self.offset_scale = a.offset_scale
+        self.terminate_on_success = a.terminate_on_success
+        self.target_m: np.ndarray | None = None if a.target_m is None else np.asarray(a.target_m, np.float32)
 
     def proprio_spec(self, robot_spec: ObsSpec) -> ObsSpec:
         """Arm state (+ ``target_pos`` with ``target_in_obs``); fails when no target can be known."""
@@ -168,22 +170,26 @@ class UR5PickPlace(Task):
     SCENE_KEYS = ("scene_grasped", "scene_object_bin")
     BIN_B = 2
 
-    def __init__(self, *, grasp_reward: float = 1.0, drop_penalty: float = -1.0, place_reward: float = 10.0,
-                 terminate_when_all_placed: bool = True, settle_m: float = 0.002, **kwargs):
+    @dataclass
+    class Args(Task.Args):
+        """The event rewards, when a released box counts as settled, and whether all boxes placed ends the episode."""
+        grasp_reward: float = setting(1.0, range=(-1000.0, 1000.0), help="reward for a box's first grasp per episode")
+        drop_penalty: float = setting(-1.0, range=(-1000.0, 1000.0),
+                                      help="reward (a penalty: negative) for a box settling outside bin_b")
+        place_reward: float = setting(10.0, range=(-1000.0, 1000.0),
+                                      help="reward for a box's first arrival in bin_b per episode")
+        terminate_when_all_placed: bool = setting(True, help="end the episode once every box is in bin_b")
+        settle_m: float = setting(0.002, range=(1e-6, 1.0),
+                                  help="a released box that moves less than this between observations has settled")
+
+    def __init__(self, **kwargs):
         super().__init__(**kwargs)
-        for arg, value in (("grasp_reward", grasp_reward), ("drop_penalty", drop_penalty),
-                           ("place_reward", place_reward)):
-            if not isinstance(value, (int, float)) or not np.isfinite(value):
-                raise ValueError(f"task 'ur5_pick_place': {arg} {value!r} must be a finite number: "
-                                 f"set e.g. {arg}: 1.0")
-        self.grasp_reward = float(grasp_reward)
-        self.drop_penalty = float(drop_penalty)
-        self.place_reward = float(place_reward)
-        self.terminate_when_all_placed = bool(terminate_when_all_placed)
-        if not isinstance(settle_m, (int, float)) or not np.isfinite(settle_m) or settle_m <= 0:
-            raise ValueError(f"task 'ur5_pick_place': settle_m {settle_m!r} must be a finite number > 0: "
-                             f"set e.g. settle_m: 0.002")
-        self.settle_m = float(settle_m)
+        a = self.args
+        self.grasp_reward = a.grasp_reward
+        self.drop_penalty = a.drop_penalty
+        self.place_reward = a.place_reward
+        self.terminate_when_all_placed = a.terminate_when_all_placed
+        self.settle_m = a.settle_m
         self._grasped: np.ndarray | None = None
         self._placed_now: np.ndarray | None = None
         self._pending: np.ndarray | None = None

@@ -4,13 +4,21 @@ A task sees the readings of every device at a tick (``{device: {key: array}}``) 
 into the observation the policy gets, the reward for arriving there, and whether the episode
 ends. Tasks are registered by name so a config's ``task.name`` picks one; the same task code
 serves mock, simulated and real robots.
+
+Each task declares its settings once, as the dataclass ``Args`` (typed fields made with
+``drivers.settings.setting``: a range or choices, help): config loading checks a session's
+``task.args`` against it (:func:`check_args`) before any process starts, and a task built
+directly checks its keyword arguments against the same class.
 """
 from __future__ import annotations
 
 import abc
-from typing import Callable
+from dataclasses import dataclass
+from typing import Callable, ClassVar
 
 import numpy as np
+
+from drivers.settings import build
 
 ObsSpec = dict[str, tuple[tuple[int, ...], str]]
 Readings = dict[str, dict[str, np.ndarray]]
@@ -30,23 +38,52 @@ def register(name: str) -> Callable[[type["Task"]], type["Task"]]:
     return wrap
 
 
-def make(name: str, *, robot: str, cameras: list[str], episode_steps: int, seed: int, args: dict) -> "Task":
-    """Builds the task registered as ``name``; unknown names and arguments fail with the known ones listed."""
+def names() -> list[str]:
+    """The registered task names, sorted."""
+    return sorted(_TASKS)
+
+
+def _unknown(name: str) -> str:
+    return f"task {name!r} is not known: choose one of {', '.join(names())}"
+
+
+def check_args(name: str, args: dict, where: str = "task.args", error: type[ValueError] = ValueError):
+    """The settings of the task registered as ``name`` built from a config's ``args`` (at ``where``): an unknown
+    task, unknown keys, wrong types and values out of range fail in one line naming them and what is allowed."""
     if name not in _TASKS:
-        raise ValueError(f"task {name!r} is not known: choose one of {', '.join(sorted(_TASKS))}")
-    try:
-        return _TASKS[name](robot=robot, cameras=cameras, episode_steps=episode_steps, seed=seed, **args)
-    except TypeError as exc:
-        raise ValueError(f"task {name!r}: bad task.args {args!r} ({exc}): check the task's arguments") from None
+        raise error(_unknown(name))
+    return build(_TASKS[name].Args, args, prefix=where, owner="config", error=error)
+
+
+def make(name: str, *, robot: str, cameras: list[str], episode_steps: int, seed: int, args: dict) -> "Task":
+    """Builds the task registered as ``name``; unknown names and bad arguments fail in one line naming them."""
+    if name not in _TASKS:
+        raise ValueError(_unknown(name))
+    if not isinstance(args, dict):
+        raise ValueError(f"task {name!r}: task.args = {args!r} is not a mapping: write it as a YAML mapping of "
+                         f"the task's arguments")
+    return _TASKS[name](robot=robot, cameras=cameras, episode_steps=episode_steps, seed=seed, **args)
 
 
 class Task(abc.ABC):
-    """One robot task. ``reset_request`` says whether an episode end asks the daemon for a robot reset."""
+    """One robot task. ``reset_request`` says whether an episode end asks the daemon for a robot reset.
+
+    ``Args`` is the task's settings: a dataclass of typed fields holding everything a config's ``task.args`` may
+    give it; a subclass extends its parent task's ``Args``. The constructor checks its keyword arguments against it
+    and keeps the result as ``self.args`` (one-line ValueError ``"task 'name': key = value ..."`` otherwise); a
+    task's ``__init__`` reads its settings from there.
+    """
+
+    @dataclass
+    class Args:
+        """No settings."""
 
     name = "task"
     reset_request = True
+    Args: ClassVar[type]
 
-    def __init__(self, *, robot: str, cameras: list[str], episode_steps: int, seed: int):
+    def __init__(self, *, robot: str, cameras: list[str], episode_steps: int, seed: int, **args):
+        self.args = build(type(self).Args, args, owner=f"task {self.name!r}")
         self.robot = robot
         self.cameras = list(cameras)
         self.episode_steps = episode_steps

@@ -1,8 +1,11 @@
 """The ``gym`` task: a Gymnasium environment's own reward and episode ends, through the ``gym`` driver."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
+from drivers.settings import setting
 from robotd.tasks.base import ObsSpec, Readings, Task, register
 
 
@@ -21,9 +24,14 @@ class GymTask(Task):
 
     SIGNALS = ("reward", "terminated", "truncated", "success")
 
-    def __init__(self, *, reward_scale: float = 1.0, **kwargs):
+    @dataclass
+    class Args(Task.Args):
+        """How the environment's reward is scaled."""
+        reward_scale: float = setting(1.0, range=(-1e6, 1e6), help="factor on the environment's reward")
+
+    def __init__(self, **kwargs):
         super().__init__(**kwargs)
-        self.reward_scale = float(reward_scale)
+        self.reward_scale = self.args.reward_scale
         self._signals = {"reward": 0.0, "terminated": False, "truncated": False, "success": False}
 
     def proprio_spec(self, robot_spec: ObsSpec) -> ObsSpec:

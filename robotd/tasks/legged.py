@@ -15,25 +15,17 @@ the heading frame): a reward input, never an observation. Episodes never ask for
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
+from drivers.settings import setting
 from robotd.tasks.base import SCENE_PREFIX, ObsSpec, Task, register
 
 A1_STAND_Q_RAD = (0.0, 0.9, -1.8) * 4
 PROPRIO_KEYS = ("joint_pos", "joint_vel", "imu_rpy", "imu_gyro", "foot_contact")
 # Motor order FR, FL, RR, RL x (hip, thigh, calf): every third joint is in the same group.
 _GROUPS = {"hip": slice(0, None, 3), "thigh": slice(1, None, 3), "calf": slice(2, None, 3)}
-
-
-def _positive(task: str, what: str, value: object) -> float:
-    try:
-        number = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        number = math.nan
-    if not (math.isfinite(number) and number > 0.0):
-        raise ValueError(f"task {task!r}: {what} must be a finite number > 0, got {value!r}")
-    return number
 
 
 @register("a1_stand")
@@ -44,21 +36,30 @@ class A1Stand(Task):
     REWARD_MAX = 4.0
     SUCCESS_REWARD = 3.5
 
-    def __init__(self, *, stand_q_rad=A1_STAND_Q_RAD, pose_sigma_rad: float = 0.4, fall_tilt_rad: float | None = None,
-                 **kwargs):
+    @dataclass
+    class Args(Task.Args):
+        """The stand pose, how close to it pays, and (optionally) the tilt that counts as a fall."""
+        stand_q_rad: list[float] = setting(default_factory=lambda: list(A1_STAND_Q_RAD), range=(-6.28, 6.28),
+                                           help="stand pose, (hip, thigh, calf) per leg in motor order FR, FL, RR, RL")
+        pose_sigma_rad: float = setting(0.4, range=(0.001, 3.0),
+                                        help="width of each joint group's pose term exp(-mean(err^2) / (2 sigma^2))")
+        fall_tilt_rad: float | None = setting(None, range=(0.001, 3.14),
+                                              help="a roll or pitch beyond this is a fall: a terminal step that asks "
+                                                   "for a reset (a simulator); none: reset-free, as a real robot is")
+
+        def __post_init__(self):
+            if not self.stand_q_rad or len(self.stand_q_rad) % 3 != 0:
+                raise ValueError(f"stand_q_rad = {self.stand_q_rad!r} must give (hip, thigh, calf) per leg: "
+                                 f"use e.g. {list(A1_STAND_Q_RAD)}")
+
+    def __init__(self, **kwargs):
         super().__init__(**kwargs)
-        # With fall_tilt_rad an episode ends (terminal) once the roll or pitch passes it, and a terminal end asks
-        # for a reset: a simulator stands the robot up again. Without it the task is reset-free, as a real robot must be.
-        self.fall_tilt_rad = None if fall_tilt_rad is None else _positive(self.name, "fall_tilt_rad", fall_tilt_rad)
-        if self.fall_tilt_rad is not None and self.fall_tilt_rad >= math.pi:
-            raise ValueError(f"task {self.name!r}: fall_tilt_rad {fall_tilt_rad!r} must be below pi (a roll or pitch "
-                             f"that large never happens); give e.g. 1.0, or leave it out for a reset-free task")
-        stand = np.asarray(stand_q_rad, np.float64)
-        if stand.ndim != 1 or stand.size == 0 or stand.size % 3 != 0 or not np.all(np.isfinite(stand)):
-            raise ValueError(f"task {self.name!r}: stand_q_rad must be finite (hip, thigh, calf) per leg, "
-                             f"got {np.asarray(stand_q_rad).tolist()}; use e.g. {list(A1_STAND_Q_RAD)}")
-        self.stand_q_rad = stand
-        self.pose_sigma_rad = _positive(self.name, "pose_sigma_rad", pose_sigma_rad)
+        a = self.args
+        # With fall_tilt_rad an episode ends (terminal) once the roll or pitch passes it, and a terminal end asks for
+        # a reset: a simulator stands the robot up again. Without it the task is reset-free, as a real robot's must be.
+        self.fall_tilt_rad: float | None = a.fall_tilt_rad
+        self.stand_q_rad = np.asarray(a.stand_q_rad, np.float64)
+        self.pose_sigma_rad = a.pose_sigma_rad
 
     def proprio_spec(self, robot_spec: ObsSpec) -> ObsSpec:
         missing = [key for key in PROPRIO_KEYS if key not in robot_spec]
@@ -122,13 +123,25 @@ class A1Walk(A1Stand):
     SUCCESS_REWARD = 9.0
     VELOCITY_WEIGHT = 10.0
 
-    def __init__(self, *, target_speed_m_s: float = 0.5, velocity_key: str = SCENE_PREFIX + "base_vel", **kwargs):
+    @dataclass
+    class Args(A1Stand.Args):
+        """The stand settings, and the forward speed that earns the full velocity term and where it is read."""
+        target_speed_m_s: float = setting(0.5, range=(0.01, 5.0),
+                                          help="forward speed that earns the full velocity term")
+        velocity_key: str = setting(SCENE_PREFIX + "base_vel",
+                                    help="robot reading with the forward speed: scene_base_vel (sim_a1) or "
+                                         "base_vel_est (a1)")
+
+        def __post_init__(self):
+            super().__post_init__()
+            if not self.velocity_key:
+                raise ValueError("velocity_key = '' must name a robot reading: use scene_base_vel (sim_a1) or "
+                                 "base_vel_est (a1)")
+
+    def __init__(self, **kwargs):
         super().__init__(**kwargs)
-        self.target_speed_m_s = _positive(self.name, "target_speed_m_s", target_speed_m_s)
-        if not isinstance(velocity_key, str) or not velocity_key:
-            raise ValueError(f"task {self.name!r}: velocity_key {velocity_key!r} must name a robot reading, "
-                             f"e.g. scene_base_vel (sim_a1) or base_vel_est (a1)")
-        self.velocity_key = velocity_key
+        self.target_speed_m_s = self.args.target_speed_m_s
+        self.velocity_key = self.args.velocity_key
         self.velocity: np.ndarray | None = None
 
     def proprio_spec(self, robot_spec: ObsSpec) -> ObsSpec:

@@ -1,8 +1,11 @@
 """The mock robots' tasks: reach a target with the mock arm, stand up with the mock legged robot."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
+from drivers.settings import setting
 from robotd.tasks.base import ObsSpec, Task, register
 
 
@@ -10,12 +13,31 @@ from robotd.tasks.base import ObsSpec, Task, register
 class Reach(Task):
     """Move the tool centre point to a target drawn per episode; dense reward -distance (m)."""
 
-    def __init__(self, *, target_min_m=(-0.6, -0.4, 0.1), target_max_m=(-0.2, 0.4, 0.5),
-                 success_radius_m: float = 0.05, **kwargs):
+    @dataclass
+    class Args(Task.Args):
+        """Where targets are drawn and when the tool is close enough."""
+        target_min_m: list[float] = setting(default_factory=lambda: [-0.6, -0.4, 0.1], range=(-10.0, 10.0),
+                                            help="lower corner (x, y, z) of the box targets are drawn from, base frame")
+        target_max_m: list[float] = setting(default_factory=lambda: [-0.2, 0.4, 0.5], range=(-10.0, 10.0),
+                                            help="upper corner (x, y, z) of the box targets are drawn from, base frame")
+        success_radius_m: float = setting(0.05, range=(0.001, 1.0),
+                                          help="the tool within this distance of the target is a success")
+
+        def __post_init__(self):
+            for key in ("target_min_m", "target_max_m"):
+                value = getattr(self, key)
+                if len(value) != 3:
+                    raise ValueError(f"{key} = {value!r} must be three numbers (x, y, z in metres): "
+                                     f"give e.g. {key}: [-0.4, 0.0, 0.3]")
+            if any(lo > hi for lo, hi in zip(self.target_min_m, self.target_max_m)):
+                raise ValueError(f"target_min_m = {self.target_min_m!r} must be <= target_max_m = "
+                                 f"{self.target_max_m!r} in every coordinate: swap or fix them")
+
+    def __init__(self, **kwargs):
         super().__init__(**kwargs)
-        self.target_min_m = np.asarray(target_min_m, np.float32)
-        self.target_max_m = np.asarray(target_max_m, np.float32)
-        self.success_radius_m = float(success_radius_m)
+        self.target_min_m = np.asarray(self.args.target_min_m, np.float32)
+        self.target_max_m = np.asarray(self.args.target_max_m, np.float32)
+        self.success_radius_m = self.args.success_radius_m
         self.target_m = self.target_min_m.copy()
         self.new_episode()
 
@@ -46,9 +68,20 @@ class Stand(Task):
 
     reset_request = False
 
-    def __init__(self, *, stand_q_rad=(0.0, 0.9, -1.8) * 4, **kwargs):
+    @dataclass
+    class Args(Task.Args):
+        """The pose the reward pulls the joints towards."""
+        stand_q_rad: list[float] = setting(default_factory=lambda: [0.0, 0.9, -1.8] * 4, range=(-6.28, 6.28),
+                                           help="stand pose, one angle per joint (hip, thigh, calf per leg)")
+
+        def __post_init__(self):
+            if not self.stand_q_rad:
+                raise ValueError("stand_q_rad = [] must give one angle per joint: give e.g. "
+                                 "stand_q_rad: [0.0, 0.9, -1.8, 0.0, 0.9, -1.8, 0.0, 0.9, -1.8, 0.0, 0.9, -1.8]")
+
+    def __init__(self, **kwargs):
         super().__init__(**kwargs)
-        self.stand_q_rad = np.asarray(stand_q_rad, np.float32)
+        self.stand_q_rad = np.asarray(self.args.stand_q_rad, np.float32)
 
     def proprio_spec(self, robot_spec: ObsSpec) -> ObsSpec:
         n = robot_spec["joint_pos"][0][0]
