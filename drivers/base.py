@@ -67,6 +67,11 @@ class Device(abc.ABC):
     simulated: bool = False
     Args: ClassVar[type]
 
+    @property
+    def _owner(self) -> str:
+        """How messages name this device: its class and name, e.g. "SimA1 'legs'"."""
+        return f"{type(self).__name__} {self.name!r}"
+
     @classmethod
     def settings(cls, args: dict, owner: str):
         """``args`` checked against ``cls.Args``: an Args instance, or a one-line ValueError naming owner, the key,
@@ -181,6 +186,19 @@ class Legged(Device):
     @abc.abstractmethod
     def reset(self) -> None:
         """Return to the standing pose and clear a fall."""
+
+    def _motor_vector(self, what: str, value: object) -> np.ndarray:
+        """``value`` as a finite float64 array of one value per motor, or a one-line ValueError naming ``what``."""
+        try:
+            array = np.asarray(value, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise ValueError(f"{self._owner}: command_motors {what} must be numbers, got {value!r}") from None
+        if array.shape != (self.n_motors,):
+            raise ValueError(f"{self._owner}: command_motors {what} must have shape ({self.n_motors},), "
+                             f"got {array.shape}; pass one value per motor")
+        if not np.all(np.isfinite(array)):
+            raise ValueError(f"{self._owner}: command_motors {what} must be finite, got {array.tolist()}")
+        return array.copy()
 
 
 class Camera(Device):

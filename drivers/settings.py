@@ -121,6 +121,17 @@ def build(cls, data: dict, *, prefix: str = "", owner: str = "config", error: ty
         raise error(f"{owner}:{where} {exc}") from None
 
 
+def check_box(lower_name: str, lower: list, upper_name: str, upper: list, unit: str = "metres") -> None:
+    """For a settings class's ``__post_init__``: ``lower`` and ``upper`` are the [x, y, z] corners of a box, each
+    three values and lower <= upper on every axis; else a one-line ValueError naming the two settings."""
+    for name, value in ((lower_name, lower), (upper_name, upper)):
+        if len(value) != 3:
+            raise ValueError(f"{name} = {list(value)!r} has {len(value)} values, not 3: give [x, y, z] in {unit}")
+    if any(low > high for low, high in zip(lower, upper)):
+        raise ValueError(f"{lower_name} = {list(lower)!r} must be <= {upper_name} = {list(upper)!r} on every axis: "
+                         f"swap or fix them")
+
+
 def as_dict(settings) -> dict:
     """The fields of a settings instance as a plain dict (nested dataclasses too)."""
     return dataclasses.asdict(settings)

@@ -130,8 +130,8 @@ def test_unknown_and_out_of_range_arguments_are_refused_in_one_line() -> None:
     assert str(info.value) == "SimCamera 'camera': height = 100000 is out of range: allowed 1 to 4096"
     with pytest.raises(ValueError) as info:
         SimUR5(target_min_m=[0.0, 0.0, 0.5], target_max_m=[0.1, 0.1, 0.2])
-    assert str(info.value) == ("SimUR5 'arm': target_min_m [0.0, 0.0, 0.5] must be <= target_max_m [0.1, 0.1, 0.2] "
-                               "in every axis; swap the offending values")
+    assert str(info.value) == ("SimUR5 'arm': target_min_m = [0.0, 0.0, 0.5] must be <= target_max_m = "
+                               "[0.1, 0.1, 0.2] on every axis: swap or fix them")
     # A config's args are checked against the same dataclasses at load time.
     from robotd import config as config_mod
     with pytest.raises(config_mod.ConfigError, match=r"^config: unknown key 'cameras\[0\].args.resolution'"):

@@ -108,7 +108,7 @@ def test_check_args_names_an_unknown_task_uses_the_given_error_and_returns_the_s
     with pytest.raises(Refused, match=r"^task 'fly' is not known: choose one of a1_stand, "):
         tasks.check_args("fly", {}, "task.args", Refused)
     with pytest.raises(Refused, match=r"^config: task.args: target_min_m = \[0.5, 0.0, 0.0\] must be <= "
-                                      r"target_max_m = \[0.0, 0.0, 0.0\] in every coordinate: swap or fix them$"):
+                                      r"target_max_m = \[0.0, 0.0, 0.0\] on every axis: swap or fix them$"):
         tasks.check_args("mock_reach", {"target_min_m": [0.5, 0, 0], "target_max_m": [0, 0, 0]}, "task.args", Refused)
     settings = tasks.check_args("a1_walk", {"fall_tilt_rad": 1, "velocity_key": "base_vel_est"})
     assert settings.fall_tilt_rad == 1.0 and settings.velocity_key == "base_vel_est" and settings.pose_sigma_rad == 0.4

@@ -258,23 +258,6 @@ class A1(Legged):
         self._damp_datagram = a1_wire.encode_low_cmd(None, 0.0, 0.0, self.damping_kd, 0.0)
         self._reset_targets()
 
-    # --- validation -------------------------------------------------------------------------
-    @property
-    def _owner(self) -> str:
-        return f"A1 {self.name!r}"
-
-    def _motor_vector(self, what: str, value: object) -> np.ndarray:
-        try:
-            array = np.asarray(value, dtype=np.float64)
-        except (TypeError, ValueError):
-            raise ValueError(f"{self._owner}: command_motors {what} must be numbers, got {value!r}") from None
-        if array.shape != (N_MOTORS,):
-            raise ValueError(f"{self._owner}: command_motors {what} must have shape ({N_MOTORS},), got {array.shape}; "
-                             f"pass one value per motor")
-        if not np.all(np.isfinite(array)):
-            raise ValueError(f"{self._owner}: command_motors {what} must be finite, got {array.tolist()}")
-        return array.copy()
-
     # --- connection -------------------------------------------------------------------------
     @property
     def robot_address(self) -> str:

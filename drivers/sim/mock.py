@@ -131,11 +131,6 @@ class _MockDevice:
         self._last_sample_host_ns: int | None = None
         self._last_reading: Reading | None = None
 
-    @property
-    def _owner(self) -> str:
-        """How messages name this device; follows `name`, which the owner may set after construction."""
-        return f"{type(self).__name__} {self.name!r}"
-
     def connect(self) -> None:
         """Start streaming; scheduled faults count from now."""
         now_ns = self._host_clock()

@@ -144,23 +144,6 @@ class SimA1(Legged):
         self.commands_lost = 0
         self._place_start_pose()
 
-    # --- validation -------------------------------------------------------------------------
-    @property
-    def _owner(self) -> str:
-        return f"SimA1 {self.name!r}"
-
-    def _motor_vector(self, what: str, value: object) -> np.ndarray:
-        try:
-            array = np.asarray(value, dtype=np.float64)
-        except (TypeError, ValueError):
-            raise ValueError(f"{self._owner}: command_motors {what} must be numbers, got {value!r}") from None
-        if array.shape != (self.n_motors,):
-            raise ValueError(f"{self._owner}: command_motors {what} must have shape ({self.n_motors},), "
-                             f"got {array.shape}; pass one value per motor")
-        if not np.all(np.isfinite(array)):
-            raise ValueError(f"{self._owner}: command_motors {what} must be finite, got {array.tolist()}")
-        return array.copy()
-
     # --- connection -------------------------------------------------------------------------
     def connect(self) -> None:
         """Start the physics clock at host time now; the robot is wherever it was left (its start pose at first)."""

@@ -27,7 +27,7 @@ from drivers.base import Arm, Camera, DeviceStatus, Reading
 from drivers.device_clock import DeviceClock
 from drivers.sim.realism import DelayLine, DeviceArgs, History, LatencyArgs
 from drivers.registry import register
-from drivers.settings import setting
+from drivers.settings import check_box, setting
 
 _NS_PER_S = 1_000_000_000
 
@@ -126,10 +126,6 @@ class _SimDevice:
         self._world: _World | None = None
         _mujoco_sim()  # fail at construction, with mujoco's ImportError, when mujoco is missing
 
-    @property
-    def _owner(self) -> str:
-        return f"{type(self).__name__} {self.name!r}"
-
     def _live(self) -> tuple[_World, int]:
         """The world stepped up to now, and host time now; raises when not connected."""
         if self._world is None:
@@ -199,14 +195,7 @@ class SimUR5(_SimDevice, Arm):
 
         def __post_init__(self) -> None:
             super().__post_init__()
-            for what in ("target_min_m", "target_max_m"):
-                value = getattr(self, what)
-                if len(value) != 3:
-                    raise ValueError(f"{what} = {value!r} has {len(value)} values, not 3: give [x, y, z] in metres "
-                                     f"(base frame)")
-            if any(low > high for low, high in zip(self.target_min_m, self.target_max_m)):
-                raise ValueError(f"target_min_m {list(self.target_min_m)} must be <= target_max_m "
-                                 f"{list(self.target_max_m)} in every axis; swap the offending values")
+            check_box("target_min_m", self.target_min_m, "target_max_m", self.target_max_m, "metres (base frame)")
 
     def __init__(self, *, name: str = "arm", host_clock: Callable[[], int] = time.monotonic_ns, **args) -> None:
         self.name = name

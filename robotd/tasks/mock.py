@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from drivers.settings import setting
+from drivers.settings import check_box, setting
 from robotd.tasks.base import ObsSpec, Task, register
 
 
@@ -24,14 +24,7 @@ class Reach(Task):
                                           help="the tool within this distance of the target is a success")
 
         def __post_init__(self):
-            for key in ("target_min_m", "target_max_m"):
-                value = getattr(self, key)
-                if len(value) != 3:
-                    raise ValueError(f"{key} = {value!r} must be three numbers (x, y, z in metres): "
-                                     f"give e.g. {key}: [-0.4, 0.0, 0.3]")
-            if any(lo > hi for lo, hi in zip(self.target_min_m, self.target_max_m)):
-                raise ValueError(f"target_min_m = {self.target_min_m!r} must be <= target_max_m = "
-                                 f"{self.target_max_m!r} in every coordinate: swap or fix them")
+            check_box("target_min_m", self.target_min_m, "target_max_m", self.target_max_m)
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
