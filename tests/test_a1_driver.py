@@ -9,12 +9,9 @@ import time
 import numpy as np
 import pytest
 
-try:
-    import drivers.sim.mujoco_sim  # noqa: F401  - picks MUJOCO_GL=egl and survives a broken GL backend
-except ModuleNotFoundError as err:
-    if err.name != "mujoco":
-        raise
-pytest.importorskip("mujoco", reason="mujoco is not installed (pip install 'robotd[sim]'): the fake A1 needs it")
+from tests import requires  # noqa: E402
+
+requires.mujoco("the fake A1 needs it")
 
 from drivers import registry
 

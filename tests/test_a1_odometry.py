@@ -4,14 +4,10 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import pytest
 
-try:
-    import drivers.sim.mujoco_sim  # noqa: F401  - picks MUJOCO_GL=egl and survives a broken GL backend
-except ModuleNotFoundError as err:
-    if err.name != "mujoco":
-        raise
-mujoco = pytest.importorskip("mujoco", reason="mujoco is not installed (pip install 'robotd[sim]')")
+from tests import requires  # noqa: E402
+
+mujoco = requires.mujoco()
 
 from drivers.real.a1_odometry import LegOdometry, foot_positions, tilt_rotation  # noqa: E402
 from drivers.sim.mujoco_sim import A1Sim  # noqa: E402

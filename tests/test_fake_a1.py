@@ -7,12 +7,8 @@ import time
 import numpy as np
 import pytest
 
-try:
-    import drivers.sim.mujoco_sim  # noqa: F401  - picks MUJOCO_GL=egl and survives a broken GL backend
-except ModuleNotFoundError as err:
-    if err.name != "mujoco":
-        raise
-pytest.importorskip("mujoco", reason="mujoco is not installed (pip install 'robotd[sim]')")
+from tests import requires  # noqa: E402
+requires.mujoco()
 
 from drivers.real import a1_wire  # noqa: E402
 from drivers.fakes.a1 import FakeA1  # noqa: E402

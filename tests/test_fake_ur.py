@@ -13,12 +13,8 @@ import time
 import numpy as np
 import pytest
 
-try:
-    import drivers.sim.mujoco_sim  # noqa: F401  - picks MUJOCO_GL=egl and survives a broken GL backend
-except ModuleNotFoundError as err:
-    if err.name != "mujoco":
-        raise
-pytest.importorskip("mujoco", reason="mujoco is not installed (pip install 'robotd[sim]')")
+from tests import requires  # noqa: E402
+requires.mujoco()
 rtde_receive = pytest.importorskip("rtde_receive", reason="ur-rtde is not installed (pip install ur-rtde)")
 rtde_control = pytest.importorskip("rtde_control", reason="ur-rtde is not installed (pip install ur-rtde)")
 dashboard_client = pytest.importorskip("dashboard_client", reason="ur-rtde is not installed (pip install ur-rtde)")

@@ -25,12 +25,8 @@ if "test_real_arm" not in registry.names():
 
 
 def _mujoco():
-    try:
-        import drivers.sim.mujoco_sim  # noqa: F401  - picks MUJOCO_GL=egl and survives a broken GL backend
-    except ModuleNotFoundError as err:
-        if err.name != "mujoco":
-            raise
-    pytest.importorskip("mujoco", reason="mujoco is not installed (pip install 'robotd[sim]')")
+    from tests import requires  # noqa: E402
+    requires.mujoco()
 
 
 def test_every_id_is_registered_with_gymnasium_and_importing_needs_neither_mujoco_nor_torch():

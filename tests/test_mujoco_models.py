@@ -11,12 +11,9 @@ import pytest
 
 # drivers.sim.mujoco_sim imports mujoco itself: it picks MUJOCO_GL=egl unless set, and survives a broken
 # GL backend (rendering then skips below), which a bare `import mujoco` would not.
-try:
-    import drivers.sim.mujoco_sim  # noqa: F401
-except ModuleNotFoundError as err:
-    if err.name != "mujoco":
-        raise
-mujoco = pytest.importorskip("mujoco", reason="mujoco is not installed (pip install 'robotd[sim]')")
+from tests import requires  # noqa: E402
+
+mujoco = requires.mujoco()
 
 from drivers.sim.mujoco_sim import A1_XML, UR5_XML, A1Sim, RenderUnavailable, UR5Sim  # noqa: E402
 

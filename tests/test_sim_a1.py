@@ -11,12 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-try:
-    import drivers.sim.mujoco_sim  # noqa: F401  - picks MUJOCO_GL=egl and survives a broken GL backend
-except ModuleNotFoundError as err:
-    if err.name != "mujoco":
-        raise
-pytest.importorskip("mujoco", reason="mujoco is not installed (pip install 'robotd[sim]')")
+from tests import requires  # noqa: E402
+requires.mujoco()
 
 import drivers  # noqa: E402
 from drivers import registry  # noqa: E402

@@ -6,12 +6,8 @@ import time
 
 import pytest
 
-try:
-    import drivers.sim.mujoco_sim  # noqa: F401  - picks MUJOCO_GL=egl and survives a broken GL backend
-except ModuleNotFoundError as err:
-    if err.name != "mujoco":
-        raise
-pytest.importorskip("mujoco", reason="mujoco is not installed (pip install 'robotd[sim]')")
+from tests import requires  # noqa: E402
+requires.mujoco()
 
 from drivers.sim.sim_a1 import SimA1  # noqa: E402
 from drivers.sim.sim_ur5 import SimUR5  # noqa: E402

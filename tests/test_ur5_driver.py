@@ -15,12 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-try:
-    import drivers.sim.mujoco_sim  # noqa: F401  - picks MUJOCO_GL=egl and survives a broken GL backend
-except ModuleNotFoundError as err:
-    if err.name != "mujoco":
-        raise
-pytest.importorskip("mujoco", reason="mujoco is not installed (pip install 'robotd[sim]'): the fake UR needs it")
+from tests import requires  # noqa: E402
+
+requires.mujoco("the fake UR needs it")
 pytest.importorskip("rtde_control", reason="ur-rtde is not installed (pip install 'robotd[ur5]')")
 from dashboard_client import DashboardClient  # noqa: E402
 
