@@ -28,7 +28,7 @@ from robotd import session, steps, tasks, wire
 from robotd.config import Config
 from robotd.metrics import MetricsWriter
 from robotd.security import SecurityError, client_securer, configure_client, needs_auth
-from robotd.status import StatusPublisher
+from robotd.status import StatusPublisher, process_name
 
 log = logging.getLogger("actor")
 
@@ -68,11 +68,14 @@ class Actor:
     """Runs episodes against a daemon and streams them to a learner."""
 
     def __init__(self, config: Config, *, logdir: str, learner_address: str | None = None,
-                 max_steps: int | None = None, actor_id: str | None = None):
+                 max_steps: int | None = None, actor_id: str | None = None, robot: str | None = None):
+        """``robot`` names this robot in a fleet: status and stats go out as ``actor.ROBOT``, and it is the
+        actor's id unless ``actor_id`` is given."""
         self.config = config
         self.logdir = Path(logdir)
         self.max_steps = max_steps
-        self.actor_id = actor_id or f"{pysocket.gethostname()}-{os.getpid()}"
+        self.process_name = process_name("actor", robot)
+        self.actor_id = actor_id or robot or f"{pysocket.gethostname()}-{os.getpid()}"
         self.stream_id = uuid.uuid4().hex[:12]
         self.learner_address = learner_address or config.network.experience
         self.stop_requested = threading.Event()
@@ -176,12 +179,12 @@ class Actor:
         self.stream.write_markers()         # before any step: a kill from here on leaves this stream's marker
         self.stream.start()
         self.weights = None
-        self.metrics = MetricsWriter(self.logdir, process="actor")
+        self.metrics = MetricsWriter(self.logdir, process=self.process_name)
         self.recorder = StepRecorder(config, logdir=self.logdir, actor_id=self.actor_id, stream_id=self.stream_id,
                                      task_name=self.task.name, step_spec=self.step_spec, devices=self.devices,
                                      first_episode_id=self.first_episode_id, emit=self.stream.put,
                                      metrics=self.metrics, counters=self.counters)
-        self.status = StatusPublisher(context, config.network.status, "actor",
+        self.status = StatusPublisher(context, config.network.status, self.process_name,
                                       secure=client_securer(config.network, config.network.actor_key))
         log.info("actor %s up: task %s, obs %s, action dim %d, learner %s", self.actor_id, self.task.name,
                  sorted(self.obs_spec), self.action_dim, self.learner_address)
@@ -475,7 +478,7 @@ class Actor:
         self._publish_status(force=True)
         self.status.close()
         self.metrics.close()
-        session.write_stats(self.logdir, "actor", self.stats)
+        session.write_stats(self.logdir, self.process_name, self.stats)
 
 
 def random_action(rng: np.random.Generator, action_dim: int, discrete: bool) -> np.ndarray:

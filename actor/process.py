@@ -25,7 +25,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="experience address of the learner, e.g. tcp://gpu-box:5555 (default: network.experience)")
     parser.add_argument("--steps", type=int, default=None,
                         help="stop after this many environment steps (default: run until stopped)")
-    parser.add_argument("--actor-id", default=None, help="name of this actor in the session (default: host-pid)")
+    parser.add_argument("--actor-id", default=None,
+                        help="name of this actor in the session (default: the --robot-id, else host-pid)")
+    cli.add_robot_id(parser)
     return parser
 
 
@@ -35,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = cli.load_config(args)
         stats = run(config, logdir=args.logdir or cli.default_logdir(args.config), learner_address=args.learner,
-                    max_steps=args.steps, actor_id=args.actor_id)
+                    max_steps=args.steps, actor_id=args.actor_id, robot=args.robot_id)
     except cli.USER_ERRORS as exc:
         return cli.fail("actor", exc)
     print(f"actor: {stats['env_steps']} steps, {stats['episodes']} episodes, "
@@ -54,10 +56,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(config: Config, *, logdir: str, learner_address: str | None = None, max_steps: int | None = None,
-        actor_id: str | None = None) -> dict:
+        actor_id: str | None = None, robot: str | None = None) -> dict:
     """Runs the actor until its steps are done or SIGINT/SIGTERM; returns its counters."""
     from actor.loop import Actor  # torch and the rest: imported once the command line is read
-    actor = Actor(config, logdir=logdir, learner_address=learner_address, max_steps=max_steps, actor_id=actor_id)
+    actor = Actor(config, logdir=logdir, learner_address=learner_address, max_steps=max_steps, actor_id=actor_id,
+                  robot=robot)
 
     def request_stop(signum, _frame):
         actor.stop_requested.set()

@@ -106,6 +106,14 @@ class IngestLedger:
         """Unique steps stored."""
         return sum(i.covered for i in self.streams.values())
 
+    def ingested_by_actor(self) -> dict[str, int]:
+        """Unique steps stored per actor (a stream is named ACTOR_ID/STREAM)."""
+        steps: dict[str, int] = {}
+        for stream, intervals in self.streams.items():
+            actor = stream.rsplit("/", 1)[0]
+            steps[actor] = steps.get(actor, 0) + intervals.covered
+        return steps
+
     @property
     def lost_steps(self) -> int:
         """Steps of each stream, from where this learner took it over to the newest received, that never arrived."""
@@ -296,7 +304,8 @@ class IngestServer(threading.Thread):
         with self.lock:
             return {**self.counters, "ingested_steps": self.ledger.ingested_steps, "refilled_steps": self.refilled_steps,
                     "duplicate_chunks": self.ledger.duplicate_chunks, "lost_steps": self.ledger.lost_steps,
-                    "malformed": self.receiver.malformed, "actors": len(self.peers)}
+                    "malformed": self.receiver.malformed, "actors": len(self.peers),
+                    "ingested_steps_by_actor": self.ledger.ingested_by_actor()}
 
 
 MAX_PREVIOUS_STREAMS = 64

@@ -110,6 +110,19 @@ def add_common(parser: argparse.ArgumentParser, *, logdir_required: bool = False
     parser.add_argument("--logdir", required=logdir_required, default=None, help=logdir_help)
 
 
+def add_robot_id(parser: argparse.ArgumentParser) -> None:
+    """``--robot-id NAME``: this process serves one robot of a fleet feeding one learner."""
+    from robotd.status import ROBOT_NAME
+    def robot_name(text: str) -> str:
+        if not ROBOT_NAME.fullmatch(text):
+            raise argparse.ArgumentTypeError(f"{text!r} is not a robot name: use 1 to 32 letters, digits, '-' or "
+                                             f"'_', e.g. arm2")
+        return text
+    parser.add_argument("--robot-id", type=robot_name, default=None, metavar="NAME",
+                        help="this robot's name in a fleet of robots feeding one learner: status and stats go out "
+                             "as daemon.NAME / actor.NAME (default: a single robot)")
+
+
 def setup_logging(process: str) -> None:
     """One log format for every process."""
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {process} %(levelname)s %(name)s: %(message)s",
@@ -156,6 +169,25 @@ def check_steps(steps: int, config: config_module.Config) -> None:
                          f"update ({why}); give --steps {needed} or more, or lower {key}")
 
 
+MAX_ROBOTS = 64
+
+
+def check_robots(robots: int, steps: int | None, config: config_module.Config) -> None:
+    """``robotd train --robots N``: 1 to MAX_ROBOTS, several only of simulated robots (one machine cannot run
+    several copies of one real robot), and at least one step each; a one-line ValueError otherwise."""
+    if not 1 <= robots <= MAX_ROBOTS:
+        raise ValueError(f"--robots {robots}: give 1 to {MAX_ROBOTS} robots, e.g. --robots 2")
+    if robots == 1:
+        return
+    device = config_module.non_simulated_device(config)
+    if device is not None:
+        raise ValueError(f"--robots {robots}: {device} is not a simulated driver, and one machine has one of each "
+                         f"real robot: run a fleet of real robots as a daemon and an actor per robot PC "
+                         f"(--robot-id NAME) feeding one learner")
+    if steps is not None and steps < robots:
+        raise ValueError(f"--steps {steps} is fewer than one step per robot for --robots {robots}: give more steps")
+
+
 def cmd_train(args) -> int:
     from robotd.orchestrator import train
     setup_logging("train")
@@ -172,7 +204,8 @@ def cmd_train(args) -> int:
             check_steps(args.steps, config)
         if args.minutes is not None and not args.minutes > 0:
             raise ValueError(f"--minutes {args.minutes}: give a positive wall-clock limit, e.g. --minutes 60")
-        return train(config, logdir=logdir, steps=args.steps, minutes=args.minutes)
+        check_robots(args.robots, args.steps, config)
+        return train(config, logdir=logdir, steps=args.steps, minutes=args.minutes, robots=args.robots)
     except USER_ERRORS as exc:
         return fail("train", exc)
 
@@ -229,6 +262,8 @@ def build_parser() -> argparse.ArgumentParser:
         "with a live status line. It ends after --steps environment steps or --minutes of wall time (whichever "
         "comes first) or on Ctrl-C, stops the robot first, and writes LOGDIR/summary.json.",
         ("the mock arm for 3000 steps", "robotd train configs/mock_arm.yaml --steps 3000 --logdir runs/demo"),
+        ("two simulated arms feeding one learner, 3000 steps between them",
+         "robotd train configs/mock_arm.yaml --robots 2 --steps 3000 --logdir runs/fleet"),
         ("a Gymnasium pendulum in lockstep, for an hour at most",
          "robotd train configs/gym_pendulum.yaml --minutes 60 --set seed=1"),
         ("go on from the checkpoint of an earlier session, in a new log directory",
@@ -240,6 +275,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--minutes", type=float, default=None,
                        help="stop after this much wall-clock time (with --steps: whichever comes first); "
                             "default: no time limit")
+    train.add_argument("--robots", type=int, default=1, metavar="N",
+                       help="a fleet of N simulated robots feeding the one learner, each with its own seed, episodes "
+                            "and stream (robot0, robot1, ...); --steps is their total")
     train.add_argument("--init", default=None, metavar="CHECKPOINT",
                        help="start the learner (and the robot's policy) from this checkpoint, e.g. robotd replay's "
                             "or an earlier session's LOGDIR/checkpoints/latest.pt")

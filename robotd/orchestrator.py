@@ -15,6 +15,7 @@ import dataclasses
 import glob
 import json
 import logging
+import math
 import os
 import shutil
 import signal
@@ -29,7 +30,7 @@ from robotd import curves, security, session
 from robotd.config import Config, save
 from robotd.episodes import count_steps, episode_files, read_episode
 from robotd.netutil import free_tcp_ports
-from robotd.status import StatusCollector, format_line
+from robotd.status import StatusCollector, format_line, process_kind, process_name
 
 log = logging.getLogger("robotd.train")
 
@@ -177,11 +178,27 @@ ACTOR_ID = "actor0"
 KEYS = "keys"
 
 
-def _local_network(config: Config, root: Path) -> Config:
+def robot_names(robots: int) -> list[str | None]:
+    """The robots of a session: [None] for one robot (its processes are plain ``daemon`` and ``actor``), else
+    robot0, robot1, ..."""
+    return [None] if robots == 1 else [f"robot{i}" for i in range(robots)]
+
+
+def steps_share(steps: int | None, robots: int, index: int) -> int | None:
+    """Robot ``index``'s part of a session's ``steps`` (the fleet's total): an even split, the first robots taking
+    one more step each while the remainder lasts."""
+    if steps is None:
+        return None
+    return steps // robots + (1 if index < steps % robots else 0)
+
+
+def _local_network(config: Config, root: Path, robots: int = 1) -> tuple[Config, list[str]]:
     """Loopback ports for the four channels, every one of them behind CurveZMQ with keys made for this session
     (owner-only files in LOGDIR/keys): a process without them gets nothing from, and puts nothing into, any
-    channel, on loopback too."""
-    control, experience, weights, status = free_tcp_ports(4)
+    channel, on loopback too. Each robot gets its own control port (the config holds the first); returns the
+    config and every robot's control address."""
+    control, experience, weights, status, *more = free_tcp_ports(3 + robots)
+    controls = [f"tcp://127.0.0.1:{port}" for port in (control, *more)]
     if config.network.keys_dir:
         log.info("network.keys_dir %s is for sessions split over machines: robotd train makes its own keys in %s",
                  config.network.keys_dir, root / KEYS)
@@ -190,7 +207,7 @@ def _local_network(config: Config, root: Path) -> Config:
                                   experience=f"tcp://127.0.0.1:{experience}",
                                   weights=f"tcp://127.0.0.1:{weights}", status=f"tcp://127.0.0.1:{status}",
                                   auth="always", keys_dir=str(keys_dir), actor_key=ACTOR_ID)
-    return dataclasses.replace(config, network=network)
+    return dataclasses.replace(config, network=network), controls
 
 
 COMPLETE = ("steps done", "time limit reached")
@@ -257,15 +274,20 @@ def before_first_update_message(summary: dict, status: dict, config: Config) -> 
             f"{needed} steps in replay; {state}), so no checkpoint was written: run longer with --steps or --minutes")
 
 
-def train(config: Config, *, logdir: str, steps: int | None, minutes: float | None = None) -> int:
+def train(config: Config, *, logdir: str, steps: int | None, minutes: float | None = None, robots: int = 1) -> int:
     """Runs a whole session until ``steps`` environment steps or ``minutes`` of wall time (whichever comes first),
-    Ctrl-C or a process failing; returns the exit code (0 when it ran to its limit)."""
+    Ctrl-C or a process failing; returns the exit code (0 when it ran to its limit).
+
+    With ``robots`` > 1 a fleet of simulated robots feeds the one learner: a daemon and an actor per robot
+    (robot0, robot1, ...; each its own seed, control port, actor id, episodes and stream), ``steps`` split
+    between them. A robot that fails or ends is stopped alone; the others go on, and the session ends when
+    every robot has ended (exit code 1 when any of them failed)."""
     if session.holds_session(logdir):
         raise session.LogdirError(refused_logdir_message(logdir))
     root = session.prepare(logdir)
     if not config.session:
         config = dataclasses.replace(config, session=root.name)
-    config = _local_network(config, root)
+    config, controls = _local_network(config, root, robots)
     resolved = root / session.CONFIG
     save(config, resolved)
     python = sys.executable
@@ -278,14 +300,24 @@ def train(config: Config, *, logdir: str, steps: int | None, minutes: float | No
     signal.signal(signal.SIGINT, lambda *_: interrupted.append(time.monotonic()))
     signal.signal(signal.SIGTERM, lambda *_: interrupted.append(time.monotonic()))
     children = {"learner": Child("learner", [python, "-m", "learner", *common], root)}
-    children["daemon"] = Child("daemon", [python, "-m", "robotd.daemon", *common], root)
-    actor_argv = [python, "-m", "actor", *common, "--actor-id", ACTOR_ID]
-    if steps is not None:
-        actor_argv += ["--steps", str(steps)]
-    children["actor"] = Child("actor", actor_argv, root)
+    fleet = robot_names(robots)
+    pairs: dict[str | None, tuple[str, str]] = {}          # robot -> (its daemon's name, its actor's name)
+    for index, robot in enumerate(fleet):
+        own = [] if robot is None else ["--robot-id", robot, "--set", f"network.control={controls[index]}",
+                                        "--set", f"seed={config.seed + index}"]
+        daemon, actor = process_name("daemon", robot), process_name("actor", robot)
+        children[daemon] = Child(daemon, [python, "-m", "robotd.daemon", *common, *own], root)
+        actor_argv = [python, "-m", "actor", *common, *own, "--actor-id", robot or ACTOR_ID]
+        share = steps_share(steps, robots, index)
+        if share is not None:
+            actor_argv += ["--steps", str(share)]
+        children[actor] = Child(actor, actor_argv, root)
+        pairs[robot] = (daemon, actor)
+    ended: dict[str | None, str] = {}                     # robot -> how it ended
     retired: list[Child] = []
     print(f"robotd train: session {root} ({config.robot.driver}, task {config.task.name}, "
-          f"{config.control.rate_hz:g} Hz); Ctrl-C stops the robot and ends the session", file=sys.stderr)
+          f"{config.control.rate_hz:g} Hz{f', {robots} robots' if robots > 1 else ''}); Ctrl-C stops the "
+          f"robot{'s' if robots > 1 else ''} and ends the session", file=sys.stderr)
     reason = "steps done"
     tty = sys.stderr.isatty()
     last_print = 0.0
@@ -308,8 +340,25 @@ def train(config: Config, *, logdir: str, steps: int | None, minutes: float | No
                 reason = "time limit reached"
                 print(f"\nrobotd train: {minutes:g} minutes are up: stopping the session", file=sys.stderr)
                 break
-            dead = [c for c in children.values() if not c.alive]
-            if children["learner"] in dead and len(retired) < LEARNER_RESTARTS and children["actor"].alive:
+            for robot, (daemon, actor) in pairs.items():
+                if robot in ended:
+                    continue
+                if not children[actor].alive:
+                    code = children[actor].process.returncode
+                    ended[robot] = "steps done" if code == 0 else f"{actor} {children[actor].how_it_ended()}"
+                elif not children[daemon].alive:
+                    ended[robot] = f"{daemon} {children[daemon].how_it_ended()}"
+                else:
+                    continue
+                if len(pairs) > 1:                      # a fleet: this robot stops alone, the others go on
+                    for name in (daemon, actor):
+                        children[name].signal(signal.SIGTERM)
+                    if ended[robot] != "steps done":
+                        print(f"\nrobotd train: {robot} stopped ({ended[robot]}); the other robots go on",
+                              file=sys.stderr)
+            actors_alive = any(children[actor].alive for _, actor in pairs.values())
+            dead = [c for c in children.values() if not c.alive and process_kind(c.name) == "learner"]
+            if children["learner"] in dead and len(retired) < LEARNER_RESTARTS and actors_alive:
                 # The robot keeps going; a new learner resumes from the checkpoint and refills replay
                 # from the episode files, and the actor resends whatever was not acknowledged.
                 print(f"\nrobotd train: learner exited unexpectedly: {children['learner'].exit_message()}; "
@@ -318,9 +367,9 @@ def train(config: Config, *, logdir: str, steps: int | None, minutes: float | No
                 retired.append(children["learner"])
                 children["learner"] = Child("learner", [python, "-m", "learner", *common], root)
                 continue
-            if any(c.name == "actor" for c in dead):
-                reason = "steps done" if children["actor"].process.returncode == 0 else \
-                    f"actor {children['actor'].how_it_ended()}"
+            if len(ended) == len(pairs):
+                failures = [how for how in ended.values() if how != "steps done"]
+                reason = failures[0] if failures else "steps done"
                 break
             if dead:
                 reason = f"{dead[0].name} {dead[0].how_it_ended()}"
@@ -336,7 +385,8 @@ def train(config: Config, *, logdir: str, steps: int | None, minutes: float | No
         context.term()
     summary = summarize(root, reason=reason, wall_s=time.monotonic() - started, exit_codes=codes,
                         started_at={name: child.started_at for name, child in children.items()},
-                        status=collector.latest, malformed_status=collector.malformed)
+                        status=collector.latest, malformed_status=collector.malformed, robots=fleet,
+                        robot_ends={robot or ACTOR_ID: how for robot, how in ended.items()})
     lines, failed = ending_report(children, codes, reason, learner_stopped=learner_stopped, root=root, summary=summary,
                                   status=collector.latest, config=config)
     for line in lines:
@@ -345,7 +395,8 @@ def train(config: Config, *, logdir: str, steps: int | None, minutes: float | No
     # Handshakes with keys that are not the session's, per channel owner (each refused peer is logged once there).
     summary["refused_connections"] = {
         "status": status_curve.rejected if status_curve is not None else 0,
-        **{name: session.read_stats(root, name).get("refused_connections") for name in ("daemon", "learner")}}
+        **{name: session.read_stats(root, name).get("refused_connections")
+           for name in (*(daemon for daemon, _ in pairs.values()), "learner")}}
     session.write_json(root / session.SUMMARY, summary)
     print(format_summary(summary, root), file=sys.stderr)
     return 130 if reason == "interrupted" else (1 if failed or reason not in COMPLETE else 0)
@@ -379,11 +430,13 @@ def _shutdown(children: dict[str, Child], collector: StatusCollector, interrupte
     """Stops the processes in the safe order; a further Ctrl-C meanwhile kills everything at once."""
     budgets = {"daemon": 5.0, "actor": config.actor.drain_timeout_s + 10.0, "learner": 60.0}
     interrupts_before = len(interrupted)
-    for name in STOP_ORDER:
-        child = children[name]
-        child.signal(signal.SIGTERM)
-        deadline = time.monotonic() + budgets[name]
-        while child.alive and time.monotonic() < deadline and len(interrupted) == interrupts_before:
+    for kind in STOP_ORDER:                 # every robot's daemon first (the robots stop), then actors, then learner
+        group = [child for name, child in children.items() if process_kind(name) == kind]
+        for child in group:
+            child.signal(signal.SIGTERM)
+        deadline = time.monotonic() + budgets[kind]
+        while any(child.alive for child in group) and time.monotonic() < deadline and \
+                len(interrupted) == interrupts_before:
             collector.poll(100)
         if len(interrupted) > interrupts_before:
             print("robotd train: interrupted again: killing every process now", file=sys.stderr)
@@ -470,11 +523,13 @@ class _Stats:
         return {name: _real(value.get(name)) for name in ("p50", "p99", "max")}
 
 
-def episode_counts(root: Path) -> tuple[int, int, list[str]]:
-    """(logged steps, episodes with at least one step, unreadable files) over the session's episode files: the
-    closed ones, and the steps in the journal of one whose writer died (an actor killed mid-episode)."""
+def episode_counts(root: Path, actor_id: str | None = None) -> tuple[int, int, list[str]]:
+    """(logged steps, episodes with at least one step, unreadable files) over the session's episode files (those
+    of ``actor_id`` alone when it is given): the closed ones, and the steps in the journal of one whose writer
+    died (an actor killed mid-episode)."""
     folder = Path(root) / session.EPISODES
-    names = {path.name for path in episode_files(folder)}
+    names = {path.name for path in episode_files(folder)
+             if actor_id is None or path.name.startswith(f"{actor_id}-")}
     logged, episodes, unreadable = 0, 0, []
     for name in sorted(names):
         try:
@@ -488,7 +543,8 @@ def episode_counts(root: Path) -> tuple[int, int, list[str]]:
 
 
 def summarize(root: Path, *, reason: str, wall_s: float, exit_codes: dict, started_at: dict | None = None,
-              status: dict | None = None, malformed_status: dict | None = None) -> dict:
+              status: dict | None = None, malformed_status: dict | None = None, robots=(None,),
+              robot_ends: dict | None = None) -> dict:
     """summary.json: the session's counters from each process's stats file and the episode files.
 
     Each figure comes from where it is known (``sources`` says where; ``stats_files`` holds each stats file's
@@ -507,57 +563,107 @@ def summarize(root: Path, *, reason: str, wall_s: float, exit_codes: dict, start
     * ``daemon_actor_ticks``: observations the daemon served to the actor (the env steps, plus at most the
       one in flight and the ticks a stopped robot waited for its reset): a cross-check from the robot's side.
     * ``malformed_status``: status messages dropped as malformed, per sender (robotd.status).
+    * A fleet (``robots``: robot0, robot1, ...; [None] for one robot) sums the counts over its robots (the control
+      rate is the slowest robot's, the period error the worst one's), and ``robots`` breaks every figure down per
+      robot: its env, logged, ingested and lost steps (from the learner's count per actor), episodes, outcomes,
+      control figures and how it ended (``robot_ends``).
     """
     started_at = started_at if isinstance(started_at, dict) else {}
-    stats = {name: _Stats(*read_process_stats(root, name, started_at.get(name))) for name in PROCESSES}
-    daemon, actor, learner = (stats[name] for name in PROCESSES)
-    logged, episodes, unreadable = episode_counts(root)
-    sources = {"logged_steps": "episode files", "episodes": "episode files (those with steps)"}
-    env_steps = actor.count("env_steps", None)
-    if env_steps is not None:
-        sources["env_steps"] = "actor stats"
-    else:
-        last = status.get("actor") if isinstance(status, dict) else None
-        reported = _count(last.get("env_steps")) if isinstance(last, dict) else None
-        if reported is not None and reported > logged:
-            env_steps, sources["env_steps"] = reported, f"actor's last status message (actor stats {actor.state})"
-        else:
-            env_steps, sources["env_steps"] = logged, f"episode files (actor stats {actor.state})"
+    robots = list(robots) if robots else [None]
+    fleet = len(robots) > 1
+    names = [*(process_name(kind, robot) for kind in ("daemon", "actor") for robot in robots), "learner"]
+    stats = {name: _Stats(*read_process_stats(root, name, started_at.get(name))) for name in names}
+    learner = stats["learner"]
     ingested = learner.count("ingested_steps", None)
+    by_actor = learner.data.get("ingested_steps_by_actor") if learner.usable else None
+    per_robot, sources = {}, {"logged_steps": "episode files", "episodes": "episode files (those with steps)"}
+    for robot in robots:
+        actor_name = process_name("actor", robot)
+        actor = stats[actor_name]
+        logged, episodes, _ = episode_counts(root, robot if fleet else None)
+        env_steps = actor.count("env_steps", None)
+        if env_steps is not None:
+            source = "actor stats"
+        else:
+            last = status.get(actor_name) if isinstance(status, dict) else None
+            reported = _count(last.get("env_steps")) if isinstance(last, dict) else None
+            if reported is not None and reported > logged:
+                env_steps, source = reported, f"actor's last status message (actor stats {actor.state})"
+            else:
+                env_steps, source = logged, f"episode files (actor stats {actor.state})"
+        sources["env_steps" if not fleet else f"env_steps.{robot}"] = source
+        own = _count(by_actor.get(robot)) if fleet and isinstance(by_actor, dict) else None
+        robot_ingested = own if fleet else ingested
+        if fleet and ingested is not None and robot_ingested is None:
+            robot_ingested = 0                          # the learner has none of this robot's steps
+        per_robot[robot] = {"env_steps": env_steps, "logged_steps": logged, "episodes": episodes,
+                            "ingested_steps": robot_ingested,
+                            "lost_steps": None if robot_ingested is None else max(0, logged - robot_ingested)}
+    logged, episodes, unreadable = episode_counts(root)
+    env_steps = _sum_known(figures["env_steps"] for figures in per_robot.values())
     if ingested is not None:
         sources["ingested_steps"], sources["lost_steps"] = "learner stats", "logged_steps - ingested_steps"
-        lost = max(0, logged - ingested)
+        lost = _sum_known(figures["lost_steps"] for figures in per_robot.values()) if fleet else max(0, logged - ingested)
     else:
         sources["ingested_steps"] = sources["lost_steps"] = f"unknown (learner stats {learner.state})"
         lost = None
-    malformed = [stats[name].count("malformed") for name in PROCESSES]
+    daemons = [stats[process_name("daemon", robot)] for robot in robots]
+    actors = [stats[process_name("actor", robot)] for robot in robots]
+    daemon, actor = daemons[0], actors[0]
+    malformed = [stats[name].count("malformed") for name in names]
     dropped = {str(sender)[:40]: count for sender, count in (malformed_status or {}).items()
                if _count(count) is not None and count > 0} if isinstance(malformed_status, dict) else {}
-    return {**episode_outcomes(root),
+
+    def counted(group: list[_Stats], key: str, default: int | None = 0) -> int | None:
+        return _sum_known(part.count(key, default) for part in group)
+    slowest = min(daemons, key=lambda part: part.real("control_rate_hz") if part.real("control_rate_hz") is not None
+                  else math.inf)
+    worst = max(daemons, key=lambda part: part.period("period_error_ms").get("p99") or -math.inf)
+    summary = {**episode_outcomes(root),
         "env_steps": env_steps, "episodes": episodes, "logged_steps": logged,
         "ingested_steps": ingested, "lost_steps": lost, "stream_gap_steps": learner.count("lost_steps"),
         "duplicate_chunks": learner.count("duplicate_chunks"), "learner_updates": learner.count("learner_updates"),
         "replayed_steps": learner.count("replayed_steps"),
-        "policy_version_max": actor.count("policy_version_max"),
+        "policy_version_max": _max_known(part.count("policy_version_max") for part in actors),
         "published_version": learner.count("published_version"),
-        "control_rate_hz": daemon.real("control_rate_hz"), "target_rate_hz": daemon.real("target_rate_hz"),
-        "period_error_ms": daemon.period("period_error_ms"),
-        "period_error_ms_while_training": daemon.period("period_error_ms_while_training"),
-        "late_steps": actor.count("late_steps"), "stale_readings": daemon.count("stale_readings"),
-        "daemon_late_ticks": daemon.count("late_steps"), "daemon_actor_ticks": daemon.count("actor_ticks", None),
-        "watchdog_stops": daemon.count("watchdog_stops"),
-        "protective_stops": daemon.count("protective_stops"), "safety_clipped": daemon.count("safety_clipped"),
+        "control_rate_hz": slowest.real("control_rate_hz"), "target_rate_hz": daemon.real("target_rate_hz"),
+        "period_error_ms": worst.period("period_error_ms"),
+        "period_error_ms_while_training": worst.period("period_error_ms_while_training"),
+        "late_steps": counted(actors, "late_steps"), "stale_readings": counted(daemons, "stale_readings"),
+        "daemon_late_ticks": counted(daemons, "late_steps"), "daemon_actor_ticks": counted(daemons, "actor_ticks", None),
+        "watchdog_stops": counted(daemons, "watchdog_stops"),
+        "protective_stops": counted(daemons, "protective_stops"), "safety_clipped": counted(daemons, "safety_clipped"),
         "scheduling": daemon.text("scheduling", ""), "pacing": daemon.text("pacing", "realtime"),
-        "unacked_chunks": actor.count("unacked_chunks"),
-        "resent_chunks": actor.count("resent_chunks"),
+        "unacked_chunks": counted(actors, "unacked_chunks"),
+        "resent_chunks": counted(actors, "resent_chunks"),
         "malformed_messages": sum(count for count in malformed if count is not None),
         "malformed_status": dropped, "sources": sources,
-        "stats_files": {name: stats[name].state for name in PROCESSES},
+        "stats_files": {name: stats[name].state for name in names},
         "unreadable_episodes": unreadable, "exit_reason": reason, "exit_codes": exit_codes, "wall_s": round(wall_s, 2),
     }
+    if fleet:
+        ends = robot_ends if isinstance(robot_ends, dict) else {}
+        summary["robots"] = {robot: {
+            **per_robot[robot], **episode_outcomes(root, robot), "ended": ends.get(robot),
+            "control_rate_hz": daemons[i].real("control_rate_hz"), "late_steps": actors[i].count("late_steps"),
+            "stale_readings": daemons[i].count("stale_readings"), "watchdog_stops": daemons[i].count("watchdog_stops"),
+            "protective_stops": daemons[i].count("protective_stops"),
+            "policy_version_max": actors[i].count("policy_version_max")} for i, robot in enumerate(robots)}
+    return summary
 
 
-def episode_outcomes(root: Path) -> dict:
+def _sum_known(values) -> int | None:
+    """The sum of counts, None when any of them is unknown."""
+    values = list(values)
+    return None if any(value is None for value in values) else sum(values)
+
+
+def _max_known(values) -> int | None:
+    values = [value for value in values if value is not None]
+    return max(values) if values else None
+
+
+def episode_outcomes(root: Path, actor_id: str | None = None) -> dict:
     """Return and success of the session's finished episodes (robotd/curves.py), for summary.json.
 
     ``first20`` and ``last20`` hold ``episodes``, ``return_mean`` and ``success_rate`` of the first and last
@@ -565,7 +671,7 @@ def episode_outcomes(root: Path) -> dict:
     and ``episodes_succeeded`` count every finished episode. An episode succeeded when the task reported
     ``is_success`` at its last step; an unreadable file is left out (``unreadable_episodes`` names it)."""
     entries = []
-    for path in sorted(glob.glob(str(root / session.EPISODES / "*.h5"))):
+    for path in sorted(glob.glob(str(root / session.EPISODES / (f"{actor_id}-*.h5" if actor_id else "*.h5")))):
         try:
             entry = curves.finished_entry(read_episode(path), curves.last_step_success)
         except (ValueError, OSError, KeyError):
@@ -631,6 +737,14 @@ def format_summary(summary: dict, root: Path) -> str:
         f"v{_figure(summary.get('policy_version_max'))}",
         _outcome_line(summary),
     ]
+    robots = summary.get("robots")
+    for name, figures in (robots.items() if isinstance(robots, dict) else ()):
+        figures = figures if isinstance(figures, dict) else {}
+        rate = _real(figures.get("control_rate_hz"))
+        lines.append(f"  {str(name)[:40]}: env {_figure(figures.get('env_steps'))}, logged "
+                     f"{_figure(figures.get('logged_steps'))}, ingested {_figure(figures.get('ingested_steps'))}, lost "
+                     f"{_figure(figures.get('lost_steps'))}, episodes {_figure(figures.get('episodes'))}, "
+                     f"{'unknown' if rate is None else f'{rate:.2f}'} Hz; {str(figures.get('ended'))[:200]}")
     states = summary.get("stats_files")
     if isinstance(states, dict) and any(state != "final" for state in states.values()):
         sources = summary.get("sources") if isinstance(summary.get("sources"), dict) else {}

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import time
 from dataclasses import dataclass
 
@@ -28,6 +29,8 @@ log = logging.getLogger("robotd.status")
 
 PROCESSES = ("daemon", "actor", "learner")
 """The process names a status message may carry (what robotd/daemon/loop.py, actor/loop.py and learner/loop.py publish)."""
+ROBOT_NAME = re.compile(r"[A-Za-z0-9_-]{1,32}")
+"""A robot's name in a fleet: its daemon and actor publish as ``daemon.NAME`` and ``actor.NAME``."""
 UNKNOWN = "unknown"
 """The sender a malformed message is counted under when it names no accepted process."""
 MAX_COUNT = 2**53
@@ -82,15 +85,35 @@ COUNTERS: dict[str, dict[str, Counter]] = {
 -1 before its first weights, and below 0 when the learner's clock is ahead of the actor's."""
 
 
+def process_kind(name: object) -> str | None:
+    """The kind of process a status sender name stands for: ``daemon``, ``actor`` or ``learner`` for those names,
+    ``daemon`` or ``actor`` for a fleet robot's ``daemon.NAME`` / ``actor.NAME``; None for anything else."""
+    if not isinstance(name, str):
+        return None
+    if name in PROCESSES:
+        return name
+    kind, dot, robot = name.partition(".")
+    return kind if dot and kind in ("daemon", "actor") and ROBOT_NAME.fullmatch(robot) else None
+
+
+def process_name(kind: str, robot: str | None) -> str:
+    """The name a process publishes status and writes its stats under: ``kind`` alone, or ``kind.ROBOT`` for one
+    robot of a fleet."""
+    return f"{kind}.{robot}" if robot else kind
+
+
 def status_problem(meta, arrays=None) -> tuple[str, str | None]:
     """Checks a decoded status message: returns (sender, None) when it may be used, else (sender, why not).
 
-    The sender is the message's process name when it is one of ``PROCESSES``, else ``UNKNOWN``."""
+    The sender is the message's process name when it is one of ``PROCESSES`` or a fleet robot's
+    ``daemon.NAME`` / ``actor.NAME``, else ``UNKNOWN``."""
     if not isinstance(meta, dict):
         return UNKNOWN, f"meta is a {type(meta).__name__}, expected an object"
     process = meta.get("process")
-    if not isinstance(process, str) or process not in PROCESSES:
-        return UNKNOWN, f"process {wire.shown(process)} is not one of {', '.join(PROCESSES)}"
+    kind = process_kind(process)
+    if kind is None:
+        return UNKNOWN, (f"process {wire.shown(process)} is not one of {', '.join(PROCESSES)} (or daemon.ROBOT, "
+                         f"actor.ROBOT)")
     extra = sorted(str(key) for key in meta if key not in ("process", "counters"))
     if extra:
         return process, f"meta has unexpected field(s) {wire.shown(extra)}; only process and counters are sent"
@@ -99,14 +122,14 @@ def status_problem(meta, arrays=None) -> tuple[str, str | None]:
     counters = meta.get("counters")
     if not isinstance(counters, dict):
         return process, f"counters is {wire.shown(counters)}, expected an object of counters"
-    schema = COUNTERS[process]
+    schema = COUNTERS[kind]
     for name, value in counters.items():
         if name not in schema:
-            return process, f"counter {wire.shown(name)} is not one {process} sends (known: {', '.join(schema)})"
+            return process, f"counter {wire.shown(name)} is not one {kind} sends (known: {', '.join(schema)})"
         problem = schema[name].problem(value)
         if problem is not None:
             return process, f"counter {name!r} {problem}"
-    if process == "actor":
+    if kind == "actor":
         steps, episodes, finished = (counters.get(name) for name in ("env_steps", "episodes", "finished_episodes"))
         if episodes is not None and finished is not None and finished > episodes:
             return process, f"finished_episodes {finished} is more than episodes {episodes}"
@@ -213,6 +236,41 @@ class StatusCollector:
 LINE_WIDTH = 80
 
 
+def _fleet_daemon(daemons: list[dict]) -> dict:
+    """One robot's daemon counters as they are; a fleet's as one: the slowest control rate, the worst p99, the
+    late steps and stale readings summed."""
+    if len(daemons) <= 1:
+        return daemons[0] if daemons else {}
+    rates = [d.get("rate_hz") for d in daemons if _is_number(d.get("rate_hz"))]
+    p99s = [d.get("error_p99_ms") for d in daemons if _is_number(d.get("error_p99_ms"))]
+    fleet = {"rate_hz": min(rates) if rates else None, "late_steps": _sum(daemons, "late_steps")}
+    if p99s:
+        fleet["error_p99_ms"] = max(p99s)
+    return fleet
+
+
+def _fleet_actor(actors: list[dict]) -> dict:
+    """One robot's actor counters as they are; a fleet's as one: steps, episodes and unacknowledged chunks summed,
+    the returns and success rates averaged over the robots with finished episodes, the oldest policy version."""
+    if len(actors) <= 1:
+        return actors[0] if actors else {}
+    finished = [a for a in actors if _is_number(a.get("finished_episodes")) and a["finished_episodes"] > 0]
+
+    def mean(key):
+        values = [a.get(key) for a in finished if _is_number(a.get(key))]
+        return sum(values) / len(values) if values else None
+    versions = [a.get("policy_version") for a in actors if _is_number(a.get("policy_version"))]
+    return {"env_steps": _sum(actors, "env_steps"), "episodes": _sum(actors, "episodes"),
+            "finished_episodes": _sum(actors, "finished_episodes"), "return_mean20": mean("return_mean20"),
+            "success_rate": mean("success_rate"), "policy_version": min(versions) if versions else None,
+            "unacked_chunks": _sum(actors, "unacked_chunks")}
+
+
+def _sum(parts: list[dict], key: str):
+    values = [part.get(key, 0) for part in parts]
+    return sum(values) if all(_is_number(value) for value in values) else None
+
+
 def _is_number(value) -> bool:
     """True for an int or float (not bool) that is finite and small enough to show (below 1e18 in size)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -263,15 +321,22 @@ def format_line(latest: dict[str, dict], now_s: float | None = None, width: int 
     unacknowledged chunks, the train ratio and the published version follow. A counter that is not
     a number (or is 1e18 or more in size) shows as '?'."""
     latest = latest if isinstance(latest, dict) else {}
-    daemon, actor, learner = (latest.get(name) for name in PROCESSES)
-    daemon, actor, learner = (part if isinstance(part, dict) else {} for part in (daemon, actor, learner))
+    learner = latest.get("learner")
+    learner = learner if isinstance(learner, dict) else {}
+    daemons = [part for name, part in latest.items() if process_kind(name) == "daemon" and isinstance(part, dict)]
+    actors = [part for name, part in latest.items() if process_kind(name) == "actor" and isinstance(part, dict)]
+    daemon, actor = _fleet_daemon(daemons), _fleet_actor(actors)
+    robots = max(len(daemons), len(actors))
     # Each group is a list of (text, priority): priority None is always shown, the others in increasing
     # order as long as the line stays within width.
     groups: list[list[tuple[str, int | None]]] = []
     if daemon:
         p99 = daemon.get("error_p99_ms")
-        groups.append([(f"{_rate(daemon.get('rate_hz'))}Hz", None), (f"late {_count(daemon.get('late_steps', 0))}", None),
-                       (f"p99 {_rate(p99, '.2f')}ms", 1)])
+        fleet = [(f"{robots} robots", None)] if robots > 1 else []
+        group = [*fleet, (f"{_rate(daemon.get('rate_hz'))}Hz", None), (f"late {_count(daemon.get('late_steps', 0))}", None)]
+        if p99 is not None or not fleet:
+            group.append((f"p99 {_rate(p99, '.2f')}ms", 1))
+        groups.append(group)
     if actor:
         finished = actor.get("finished_episodes")
         none_yet = _is_number(finished) and finished <= 0

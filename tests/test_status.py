@@ -236,3 +236,26 @@ def test_any_counters_give_a_line_within_the_width(latest):
         assert sender in ("daemon", "actor", "learner", "unknown") and (problem is None or isinstance(problem, str))
         if problem is None:
             json.dumps(counters, allow_nan=False)            # what passes is plain, finite JSON
+
+
+def test_a_fleets_robots_publish_under_their_names_and_others_are_refused():
+    from robotd.status import status_problem
+    assert status_problem({"process": "actor.robot1", "counters": {"env_steps": 3}}) == ("actor.robot1", None)
+    assert status_problem({"process": "daemon.arm-2", "counters": {"ticks": 3}}) == ("daemon.arm-2", None)
+    for name in ("learner.robot1", "actor.", "actor.two words", "actor.robot1.x", "robot1.actor"):
+        sender, problem = status_problem({"process": name, "counters": {}})
+        assert sender == "unknown" and problem is not None, name
+    # a robot's counters are checked against its kind's names
+    assert status_problem({"process": "daemon.robot0", "counters": {"env_steps": 3}})[1] is not None
+
+
+def test_the_status_line_of_a_fleet_sums_its_robots():
+    from robotd.status import format_line
+    latest = {"daemon.robot0": {"rate_hz": 50.0, "late_steps": 2}, "daemon.robot1": {"rate_hz": 48.5, "late_steps": 1},
+              "actor.robot0": {"env_steps": 1200, "episodes": 6, "finished_episodes": 5, "return_mean20": -10.0,
+                               "success_rate": 0.5, "policy_version": 7},
+              "actor.robot1": {"env_steps": 800, "episodes": 4, "finished_episodes": 3, "return_mean20": -20.0,
+                               "success_rate": 0.0, "policy_version": 6},
+              "learner": {"replay_steps": 2000, "updates": 10, "updates_per_s": 2.5}}
+    line = format_line(latest, width=200)
+    assert line.startswith("2 robots 48.5Hz late 3 | st 2000 ep 10 ret -15.0 ok 25% v6 | rb 2000 2.5u/s"), line

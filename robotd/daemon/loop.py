@@ -29,7 +29,7 @@ from robotd.netutil import bind_or_explain
 from robotd.security import SecurityError, client_securer, is_loopback, server_for_every_channel
 from robotd.daemon.robot_io import RobotIO
 from robotd.daemon.safety import ActionWatchdog
-from robotd.status import StatusPublisher
+from robotd.status import StatusPublisher, process_name
 
 log = logging.getLogger("robotd.daemon")
 
@@ -164,9 +164,11 @@ class ActorLink:
 class Daemon:
     """The control loop of one robot and its cameras."""
 
-    def __init__(self, config: Config, *, logdir: str | None = None):
+    def __init__(self, config: Config, *, logdir: str | None = None, robot: str | None = None):
+        """``robot`` names this robot in a fleet: status and stats go out as ``daemon.ROBOT``."""
         self.config = config
         self.logdir = logdir
+        self.process_name = process_name("daemon", robot)
         if not is_loopback(config.network.control) and config.network.auth != "never":
             raise SecurityError(f"network.control {config.network.control} is reachable from other machines: the "
                                 f"daemon takes actions only from this machine; use tcp://127.0.0.1:PORT or ipc://PATH")
@@ -223,7 +225,7 @@ class Daemon:
         if self.curve is not None:
             self.curve.configure(socket)
         bind_or_explain(socket, network.control, "control channel (network.control)")
-        status = StatusPublisher(context, network.status, "daemon", secure=client_securer(network, "daemon"))
+        status = StatusPublisher(context, network.status, self.process_name, secure=client_securer(network, "daemon"))
         self.receiver = receiver = wire.Receiver("daemon", max_bytes=int(self.config.network.max_message_mb * 2**20))
         self.io.connect()
         link = self.link
@@ -304,7 +306,7 @@ class Daemon:
                 self.curve.stop()
             context.term()
             if self.logdir:
-                session.write_stats(self.logdir, "daemon", stats)
+                session.write_stats(self.logdir, self.process_name, stats)
         return stats
 
     def _command_robot(self, act: wire.Message | None, arrays: dict, tick: int) -> None:

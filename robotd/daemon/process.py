@@ -21,13 +21,14 @@ def build_parser() -> argparse.ArgumentParser:
         ("the mock arm at 50 Hz, writing its stats into a session directory",
          "robotd daemon configs/mock_arm.yaml --set control.rate_hz=50 --logdir runs/split"))
     cli.add_common(parser, logdir_help="session directory for the daemon's stats (default: none, nothing is written)")
+    cli.add_robot_id(parser)
     return parser
 
 
-def run(config: Config, *, logdir: str | None = None) -> dict:
+def run(config: Config, *, logdir: str | None = None, robot: str | None = None) -> dict:
     """Runs the daemon until SIGINT/SIGTERM, then stops the robot; returns its counters."""
     from robotd.daemon.loop import Daemon
-    daemon = Daemon(config, logdir=logdir)
+    daemon = Daemon(config, logdir=logdir, robot=robot)
 
     def request_stop(signum, _frame):
         daemon.stop_requested.set()
@@ -43,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
         config = cli.load_config(args)
         if args.logdir:
             session.prepare(args.logdir)
-        stats = run(config, logdir=args.logdir)
+        stats = run(config, logdir=args.logdir, robot=args.robot_id)
     except cli.USER_ERRORS as exc:
         return cli.fail("daemon", exc)
     logging.getLogger("robotd.daemon").info("stopped after %d ticks (%d with an actor), %d late",
