@@ -1,8 +1,9 @@
 """The learner process: Ray, the replay actor, ingest, the trainer loop and weight publishing.
 
 Ray starts locally, on loopback only, unless ``learner.ray_address`` names a cluster (joined with Ray's token
-auth; see learner.ray_start). The replay lives in a Ray
-actor; the ingest thread stores acknowledged chunks in it; the main thread trains. A restarted
+auth; see learner.ray_start). The replay lives in Ray
+actors (``learner.replay_shards``, one by default; see learner.shards); the ingest thread stores acknowledged
+chunks in them; the main thread trains. A restarted
 learner resumes from ``checkpoints/latest.pt`` in its log directory: its weights version,
 update count and optimiser state continue.
 """
@@ -20,7 +21,8 @@ from learner.dreamer import describe_parameters, model_summary
 from learner.ingest import IngestServer
 from learner.ray_start import StartStopped, start_ray
 from learner.refill import refill_from_episodes
-from learner.replay import ReplayBuffer, available_memory_bytes, capacity_warning
+from learner.replay import available_memory_bytes, capacity_warning
+from learner.shards import ShardedReplay
 from learner.trainer import CHECKPOINT_FILE, Prefetcher, Trainer, WeightPublisher, read_checkpoint, resolve_device
 from robotd import session
 from robotd.config import Config
@@ -94,15 +96,20 @@ class Learner:
             return stats
         self.on_ray_started()
         try:
-            # Without task events: Ray's GCS would otherwise keep a record of every replay call (several a second)
-            # and grow through a long session (about 100 MB in 30 minutes).
-            replay = ray.remote(num_cpus=0.25, enable_task_events=False)(ReplayBuffer).remote(
-                config.learner.replay_capacity_steps, config.seed)
+            # learner.replay_shards actors (one by default), placed by learner.replay_node_resources.
+            replay = ShardedReplay.create(ray, config.learner.replay_capacity_steps, config.seed,
+                                          config.learner.replay_shards, config.learner.replay_node_resources)
+            if len(replay) > 1:
+                log.info("replay in %d shards of about %d steps each%s", len(replay),
+                         config.learner.replay_capacity_steps // len(replay),
+                         f" on nodes declaring {', '.join(config.learner.replay_node_resources)}"
+                         if config.learner.replay_node_resources else "")
+
             def store(stream, step, arrays):
-                ray.get(replay.add.remote(stream, step, arrays))
+                replay.add(stream, step, arrays)
 
             def exclude(stream, start, n_steps):
-                return ray.get(replay.exclude.remote(stream, start, n_steps))
+                return replay.exclude(stream, start, n_steps)
             ingest = IngestServer(context, config.network.experience, config_digest=config.digest(), store=store,
                                   weights_port=int(weights_address.rsplit(":", 1)[1]), spec=spec,
                                   on_spec=lambda s: self.spec_ready.set(), max_bytes=max_bytes,
@@ -119,10 +126,10 @@ class Learner:
             log.info("learner up: experience %s, weights %s, device %s, Ray %s", ingest.address, weights_address,
                      self.device, config.learner.ray_address or "local")
             try:
-                self._train_loop(ray, replay, ingest, publisher, status, metrics, checkpoint)
+                self._train_loop(replay, ingest, publisher, status, metrics, checkpoint)
             finally:
                 ingest.stop()
-                stats = self._final_stats(ray, replay, ingest, publisher)
+                stats = self._final_stats(replay, ingest, publisher)
                 status.publish({"replay_steps": stats["replay_steps"], "updates": stats["learner_updates"],
                                 "updates_per_s": 0.0, "published_version": publisher.version}, force=True)
                 status.close()
@@ -139,7 +146,7 @@ class Learner:
             self.curve.stop()
         context.term()
 
-    def _train_loop(self, ray, replay, ingest, publisher, status, metrics, checkpoint) -> None:
+    def _train_loop(self, replay, ingest, publisher, status, metrics, checkpoint) -> None:
         config = self.config.learner
         while not self.spec_ready.wait(0.2):
             status.publish({"replay_steps": 0, "updates": 0, "updates_per_s": 0.0, "published_version": 0})
@@ -148,7 +155,9 @@ class Learner:
         discrete = ingest.action_discrete if ingest.action_discrete is not None else bool(
             (checkpoint or {}).get("action_discrete", False))
         self.trainer = trainer = Trainer(self.config, ingest.spec, self.device, self.logdir, action_discrete=discrete)
-        warning = capacity_warning(ingest.spec, config.replay_capacity_steps, available_memory_bytes())
+        # The memory of this machine: shards placed on other nodes (learner.replay_node_resources) are not checked.
+        warning = None if config.replay_node_resources else capacity_warning(
+            ingest.spec, config.replay_capacity_steps, available_memory_bytes())
         if warning is not None:
             log.warning("%s", warning)
         log.info("agent built (%s preset): %s", config.model.preset,
@@ -161,9 +170,13 @@ class Learner:
         elif config.init_checkpoint:
             self._start_from(trainer, publisher, config.init_checkpoint)
         context = trainer.replay_context
-        prefetch = Prefetcher(lambda: trainer.prepare(ray.get(replay.sample.remote(config.batch_size,
-                                                                                   config.batch_length, context)))
-                              if ray.get(replay.stats.remote())["replay_steps"] >= config.min_replay_steps else None)
+
+        def sample():
+            if replay.stats()["replay_steps"] < config.min_replay_steps:
+                return None
+            batch = replay.sample(config.batch_size, config.batch_length, context)
+            return trainer.prepare(batch) if batch is not None else None
+        prefetch = Prefetcher(sample)
         prefetch.start()
         last_checkpoint = time.monotonic()
         last_report = time.monotonic()
@@ -181,17 +194,17 @@ class Learner:
                     # seen within 50 ms). Cleared after waking, before the ratio is checked again.
                     ingest.new_steps.wait(0.05)
                     ingest.new_steps.clear()
-                    self._status(status, ray, replay, trainer, publisher, updates_per_s)
+                    self._status(status, replay, trainer, publisher, updates_per_s)
                     continue
                 batch = prefetch.get(timeout_s=0.2)
                 if batch is None:
-                    self._status(status, ray, replay, trainer, publisher, updates_per_s)
+                    self._status(status, replay, trainer, publisher, updates_per_s)
                     continue
                 result = trainer.train(batch)
                 writeback = trainer.latent_writeback()
                 if writeback is not None:
-                    # Fire and forget: the replay actor applies it before the next sample it serves.
-                    replay.update_latents.remote(*writeback)
+                    # Fire and forget: each replay actor applies it before the next sample it serves.
+                    replay.update_latents(*writeback)
                 window_updates += 1
                 if trainer.updates % config.publish_every_updates == 0:
                     publisher.publish(trainer.agent.policy_state_dict(), trainer.replayed_steps)
@@ -208,7 +221,7 @@ class Learner:
                 if now - last_checkpoint >= config.checkpoint_every_s:
                     trainer.save(publisher.version)
                     last_checkpoint = now
-                self._status(status, ray, replay, trainer, publisher, updates_per_s)
+                self._status(status, replay, trainer, publisher, updates_per_s)
         finally:
             prefetch.stop()
             if trainer.updates > 0:
@@ -223,19 +236,19 @@ class Learner:
         publisher.publish(trainer.agent.policy_state_dict(), trainer.replayed_steps)
         log.info("started from %s: %d updates, weights v%d published", path, trainer.updates, publisher.version)
 
-    def _status(self, status, ray, replay, trainer, publisher, updates_per_s) -> None:
+    def _status(self, status, replay, trainer, publisher, updates_per_s) -> None:
         if not status.due():
             return
-        replay_steps = ray.get(replay.stats.remote())["replay_steps"]
+        replay_steps = replay.stats()["replay_steps"]
         # Replayed per collected step since training started, the quantity learner.train_ratio holds.
         collected = self.ingested_steps() - self.config.learner.min_replay_steps
         ratio = trainer.replayed_steps / collected if collected > 0 else 0.0
         status.publish({"replay_steps": replay_steps, "updates": trainer.updates, "updates_per_s": updates_per_s,
                         "published_version": publisher.version, "train_ratio": round(ratio, 1)})
 
-    def _final_stats(self, ray, replay, ingest, publisher) -> dict:
+    def _final_stats(self, replay, ingest, publisher) -> dict:
         trainer = self.trainer
-        replay_stats = ray.get(replay.stats.remote())
+        replay_stats = replay.stats()
         return {**ingest.stats(), **replay_stats, "learner_updates": trainer.updates if trainer else 0,
                 "replayed_steps": trainer.replayed_steps if trainer else 0,
                 "published_version": publisher.version, "device": self.device,

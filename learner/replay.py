@@ -191,6 +191,12 @@ class ReplayBuffer:
         """True when some segment holds at least ``length`` steps."""
         return any(s.length >= length for segments in self.segments.values() for s in segments)
 
+    def sequences(self, length: int) -> int:
+        """How many sequences of ``length`` consecutive steps :meth:`sample` draws from (uniformly): the weight
+        of this replay when several are sampled as one (learner.shards)."""
+        return sum(s.length - length + 1 for segments in self.segments.values() for s in segments
+                   if s.length >= length)
+
     def sample(self, batch_size: int, length: int, context: bool = False) -> dict[str, np.ndarray] | None:
         """A batch of ``batch_size`` sequences of ``length`` consecutive steps, (B, T, ...) per key; None if too little data.
 

@@ -161,6 +161,14 @@ class LearnerConfig:
     batch_length: int = spec(32, range=(2, 4096))
     min_replay_steps: int = spec(100, range=(1, 100_000_000), help="steps in replay before training starts")
     replay_capacity_steps: int = spec(1_000_000, range=(100, 1_000_000_000))
+    replay_shards: int = spec(1, range=(1, 64),
+                              help="Ray actors the replay is split over, sharing learner.replay_capacity_steps "
+                                   "equally: a stream's chunks all go to one, several streams spread over them, "
+                                   "and batches are drawn uniformly over the data of all of them")
+    replay_node_resources: list[str] = spec(default_factory=list,
+                                            help="per replay shard, a custom Ray resource its actor asks a sliver "
+                                                 "of, so Ray places it on a node declaring it (ray start "
+                                                 "--resources='{\"replay_a\": 1}'); empty: anywhere")
     train_ratio: float = spec(0.0, range=(0.0, 100_000.0),
                               help="replayed steps per step collected after min_replay_steps; "
                                    "0 trains as fast as possible")
@@ -262,6 +270,7 @@ def _check_cross_field(config: Config) -> None:
     for axis, (lo, hi) in enumerate(zip(config.safety.arm.workspace_min_m, config.safety.arm.workspace_max_m)):
         if lo >= hi:
             raise ConfigError(f"config: safety.arm.workspace_min_m[{axis}] = {lo} is not below workspace_max_m[{axis}] = {hi}: fix the box")
+    check_replay_shards(config.learner)
     names = [config.robot.name] + [c.name for c in config.cameras]
     if len(set(names)) != len(names):
         raise ConfigError(f"config: device names {names} repeat: give every robot and camera its own name")
@@ -269,6 +278,26 @@ def _check_cross_field(config: Config) -> None:
     check_task(config)
     if config.control.pacing == "lockstep":
         check_lockstep(config)
+
+
+RAY_RESERVED_RESOURCES = ("CPU", "GPU", "TPU", "memory", "object_store_memory")
+
+
+def check_replay_shards(learner: LearnerConfig) -> None:
+    """learner.replay_node_resources names one usable resource per shard (or none), and every shard gets at least
+    the smallest replay capacity; else one line."""
+    shards, names = learner.replay_shards, learner.replay_node_resources
+    if names and len(names) != shards:
+        raise ConfigError(f"config: learner.replay_node_resources = {names!r} has {len(names)} name(s) for "
+                          f"learner.replay_shards = {shards}: give one per shard, or none")
+    for index, name in enumerate(names):
+        if not name.strip() or name in RAY_RESERVED_RESOURCES or name.startswith(("node:", "accelerator_type:")):
+            raise ConfigError(f"config: learner.replay_node_resources[{index}] = {name!r} is not a custom Ray "
+                              f"resource name: give the name a node declares with ray start --resources")
+    if learner.replay_capacity_steps < 100 * shards:
+        raise ConfigError(f"config: learner.replay_capacity_steps = {learner.replay_capacity_steps} leaves fewer than "
+                          f"100 steps to each of learner.replay_shards = {shards}: raise the capacity or use fewer "
+                          f"shards")
 
 
 def _devices(config: Config) -> list[tuple[str, DeviceConfig]]:

@@ -1,0 +1,174 @@
+"""Replay sharded over several Ray actors (``learner.replay_shards``), which may live on different nodes.
+
+Each shard is a :class:`learner.replay.ReplayBuffer` in its own Ray actor, holding an equal part of
+``learner.replay_capacity_steps``. A stream's chunks all go to one shard, chosen by a stable hash of the stream
+name (CRC-32, the same in every process and after a restart), so its steps stay contiguous there; different
+streams spread over the shards, which store in parallel what several threads send them (the learner's ingest
+is one thread, one chunk at a time). Sampling stays uniform over every sequence of every shard: the batch is split over the shards by a multinomial draw weighted by each shard's number of
+sampleable sequences, the shards sample their parts in parallel, and the parts are concatenated and shuffled.
+
+Placement: ``learner.replay_node_resources`` names, per shard, a custom Ray resource that the shard's actor
+asks a sliver of (``RESOURCE_SHARE``); Ray then places it on a node that declares that resource (``ray start
+--resources='{"replay_a": 1}'`` on that node). Names survive restarts and are written once in the config, where
+node ids (NodeAffinitySchedulingStrategy) change with every Ray start and cannot be.
+
+Replay keys (``sample(..., context=True)``): a shard's keys are (segment id, first step); the shard's index
+is added above bit ``SHARD_BIT`` of the segment id, so :meth:`ShardedReplay.update_latents` sends every row
+back to the shard it came from. Shard 0's keys, and so all keys with one shard, are the replay's own.
+With one shard every call goes straight to the one actor: the learner behaves exactly as with a bare replay.
+"""
+from __future__ import annotations
+
+import threading
+import zlib
+
+import numpy as np
+
+from learner.replay import ReplayBuffer
+
+__all__ = ["RESOURCE_SHARE", "SHARD_BIT", "ShardedReplay", "shard_capacities", "shard_of"]
+
+SHARD_BIT = 40                       # segment ids of one shard stay far below 2**40
+RESOURCE_SHARE = 0.01                # of a node's custom resource, per shard placed there
+ACTOR_CPUS = 0.25                    # Ray CPUs per shard actor (copies on add, gathers on sample)
+
+
+def shard_of(stream: str, shards: int) -> int:
+    """The shard that stores ``stream``: stable across processes and restarts (Python's hash() is not)."""
+    return zlib.crc32(stream.encode("utf-8")) % shards if shards > 1 else 0
+
+
+def shard_capacities(capacity_steps: int, shards: int) -> list[int]:
+    """``capacity_steps`` split over ``shards`` (the first ones take the remainder); sums to ``capacity_steps``."""
+    base, extra = divmod(capacity_steps, shards)
+    return [base + (1 if index < extra else 0) for index in range(shards)]
+
+
+def check_placement(node_resources: list[str], declared: dict) -> None:
+    """Every named resource is declared by some node of the cluster (else the shard's actor would wait for ever);
+    a ConfigError of one line otherwise."""
+    from robotd.config import ConfigError
+    for index, name in enumerate(node_resources):
+        if declared.get(name, 0) < RESOURCE_SHARE:
+            known = sorted(key for key in declared if key not in ("CPU", "GPU", "memory", "object_store_memory")
+                           and not key.startswith(("node:", "accelerator_type:")))
+            raise ConfigError(
+                f"config: learner.replay_node_resources[{index}] = {name!r} is declared by no node of this Ray "
+                f"cluster (custom resources: {', '.join(known) or 'none'}): start the node meant for replay shard "
+                f"{index} with ray start --resources='{{\"{name}\": 1}}', or leave learner.replay_node_resources "
+                f"empty")
+
+
+class ShardedReplay:
+    """K replay actors behind the interface the learner uses: add, exclude, can_sample, sample, update_latents,
+    stats. Thread-safe (the ingest thread adds, the prefetch thread samples, the trainer writes latents back)."""
+
+    def __init__(self, ray, shards: list, seed: int = 0):
+        self.ray = ray
+        self.shards = list(shards)
+        self.rng = np.random.default_rng([seed, len(self.shards)])
+        self._lock = threading.Lock()
+
+    @classmethod
+    def create(cls, ray, capacity_steps: int, seed: int = 0, shards: int = 1,
+               node_resources: list[str] | tuple = ()) -> "ShardedReplay":
+        """Starts ``shards`` replay actors sharing ``capacity_steps``, shard i on a node declaring
+        ``node_resources[i]`` when given (checked first: see :func:`check_placement`)."""
+        if node_resources:
+            if len(node_resources) != shards:
+                raise ValueError(f"{len(node_resources)} node resources for {shards} replay shards")
+            check_placement(list(node_resources), ray.cluster_resources())
+        actors = []
+        for index, capacity in enumerate(shard_capacities(capacity_steps, shards)):
+            # Without task events: Ray's GCS would otherwise keep a record of every replay call (several a second)
+            # and grow through a long session (about 100 MB in 30 minutes).
+            options = {"num_cpus": ACTOR_CPUS, "enable_task_events": False}
+            if node_resources:
+                options["resources"] = {node_resources[index]: RESOURCE_SHARE}
+            actors.append(ray.remote(**options)(ReplayBuffer).remote(capacity, seed + index))
+        return cls(ray, actors, seed)
+
+    def __len__(self) -> int:
+        return len(self.shards)
+
+    def shard_of(self, stream: str) -> int:
+        """Index of the shard holding ``stream``."""
+        return shard_of(stream, len(self.shards))
+
+    def add(self, stream: str, stream_step: int, arrays: dict[str, np.ndarray]) -> int:
+        """Stores a chunk in its stream's shard (returns once stored: an ack means the data is safe)."""
+        return self.ray.get(self.shards[self.shard_of(stream)].add.remote(stream, stream_step, arrays))
+
+    def exclude(self, stream: str, start: int, n_steps: int) -> bool:
+        """Keeps stream steps out of training, in the stream's shard."""
+        return self.ray.get(self.shards[self.shard_of(stream)].exclude.remote(stream, start, n_steps))
+
+    def can_sample(self, length: int) -> bool:
+        """True when some shard holds a segment of at least ``length`` steps."""
+        return any(self.ray.get([shard.can_sample.remote(length) for shard in self.shards]))
+
+    def sample(self, batch_size: int, length: int, context: bool = False) -> dict[str, np.ndarray] | None:
+        """``batch_size`` sequences drawn uniformly over all sequences of all shards, as ReplayBuffer.sample gives
+        them (replay keys carry the shard index); None while too little data."""
+        if len(self.shards) == 1:
+            return self.ray.get(self.shards[0].sample.remote(batch_size, length, context))
+        counts = np.array(self.ray.get([shard.sequences.remote(length) for shard in self.shards]), np.float64)
+        if counts.sum() <= 0:
+            return None
+        with self._lock:
+            split = self.rng.multinomial(batch_size, counts / counts.sum())
+        drawn = [(index, int(n)) for index, n in enumerate(split) if n > 0]
+        parts = self.ray.get([self.shards[index].sample.remote(n, length, context) for index, n in drawn])
+        if any(part is None for part in parts):       # a shard emptied meanwhile (evictions): try again later
+            return None
+        batch = _concatenate([index for index, _ in drawn], parts)
+        with self._lock:
+            order = self.rng.permutation(batch_size)  # shards mixed, as one replay's batch would be
+        return {key: value[order] for key, value in batch.items()}
+
+    def update_latents(self, replay_keys: np.ndarray, deter: np.ndarray, stoch: np.ndarray, classes: int) -> list:
+        """Sends each row's latents to the shard its key names; fire and forget: returns the calls' object refs
+        (``sum(ray.get(refs))`` is the steps written)."""
+        if len(self.shards) == 1:
+            return [self.shards[0].update_latents.remote(replay_keys, deter, stoch, classes)]
+        keys = np.asarray(replay_keys, np.int64)
+        deter, stoch = np.asarray(deter), np.asarray(stoch)
+        owner = keys[:, 0] >> SHARD_BIT
+        refs = []
+        for index in np.unique(owner).tolist():
+            if not 0 <= index < len(self.shards):
+                continue
+            rows = np.flatnonzero(owner == index)
+            local = keys[rows].copy()
+            local[:, 0] &= (1 << SHARD_BIT) - 1
+            refs.append(self.shards[index].update_latents.remote(local, deter[rows], stoch[rows], classes))
+        return refs
+
+    def stats(self) -> dict:
+        """The shards' counters summed; with several shards also ``replay_shards`` and ``replay_steps_per_shard``."""
+        if len(self.shards) == 1:
+            return self.ray.get(self.shards[0].stats.remote())
+        each = self.ray.get([shard.stats.remote() for shard in self.shards])
+        total = {key: sum(stats[key] for stats in each) for key in each[0]}
+        total["replay_shards"] = len(self.shards)
+        total["replay_steps_per_shard"] = [stats["replay_steps"] for stats in each]
+        return total
+
+
+def _concatenate(indices: list[int], parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """The shards' batches as one; replay keys tagged with their shard. A key some parts lack (context latents of
+    a shard that had no write-back yet, whose rows are then not context_valid) is zeros in those rows."""
+    keys = list(dict.fromkeys(key for part in parts for key in part))
+    batch = {}
+    for key in keys:
+        template = next(part[key] for part in parts if key in part)
+        values = []
+        for index, part in zip(indices, parts):
+            size = len(next(iter(part.values())))
+            value = part[key] if key in part else np.zeros((size, *template.shape[1:]), template.dtype)
+            if key == "replay_keys" and index:
+                value = np.array(value, np.int64)
+                value[:, 0] += index << SHARD_BIT
+            values.append(value)
+        batch[key] = np.concatenate(values)
+    return batch
