@@ -322,6 +322,8 @@ class Dreamer(nn.Module):
                                 betas=(config.beta1, config.beta2), eps=config.eps, agc=config.agc,
                                 warmup=config.warmup)
         self.updates = 0
+        # Data-parallel training (learner.parallel) sets this: called between backward and the optimiser step.
+        self.reduce_gradients = None
         self._last_posterior: tuple[torch.Tensor, torch.Tensor] | None = None
         precision = _resolve_device_choice(config.precision, self.device, "bfloat16", "float32")
         self.autocast_dtype = torch.bfloat16 if precision == "bfloat16" else None
@@ -444,6 +446,8 @@ class Dreamer(nn.Module):
         # Imagination runs without gradients and the actor-critic starts from detached states; the world
         # model's gradients come from its own loss and, with repval_grad, from the replay value loss.
         (model_loss + behaviour_loss).backward()
+        if self.reduce_gradients is not None:          # data-parallel: the mean gradient of all ranks
+            self.reduce_gradients()
         self.optimiser.step()
         self._update_slow_critic()
         self.updates += 1

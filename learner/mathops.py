@@ -141,12 +141,16 @@ class ReturnNormaliser(nn.Module):
         self.register_buffer("quantiles", quantiles, persistent=False)
         self.register_buffer("range_average", torch.zeros(()))
         self.register_buffer("count", torch.zeros((), dtype=torch.long))
+        # Data-parallel training (learner.parallel) sets this to the mean over the ranks, so that every rank
+        # folds in the same batch range and keeps the same scale.
+        self.reduce = None
 
     @torch.no_grad()
     def update(self, returns: torch.Tensor) -> None:
         """Fold the percentile range of ``returns`` (any shape) into the moving average."""
         low, high = torch.quantile(returns.detach().flatten().float(), self.quantiles)
-        self.range_average.mul_(self.decay).add_((1.0 - self.decay) * (high - low))
+        spread = high - low if self.reduce is None else self.reduce(high - low)
+        self.range_average.mul_(self.decay).add_((1.0 - self.decay) * spread)
         self.count.add_(1)
 
     def scale(self) -> torch.Tensor:

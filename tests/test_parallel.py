@@ -1,0 +1,61 @@
+"""Data-parallel training (learner.parallel) on two CPU ranks with the gloo backend: the ranks start from rank
+0's weights, average their gradients and return-normaliser ranges, keep identical weights, and stop together."""
+import torch
+import torch.multiprocessing as mp
+
+from learner.dreamer import Dreamer, preset
+from robotd.netutil import free_tcp_ports
+from tests.test_dreamer import ACTION_DIM, OBS_SPEC, make_batch
+
+UPDATES = 3
+
+
+def run_rank(rank: int, address: str, out: str) -> None:
+    """One rank: its own initial weights (seeded by rank), its own batches; rank 0 stops after UPDATES updates,
+    rank 1 trains until the group says stop."""
+    from learner.parallel import Ranks
+    torch.set_num_threads(1)
+    torch.manual_seed(rank)
+    agent = Dreamer(OBS_SPEC, ACTION_DIM, preset("tiny"))
+    ranks = Ranks(rank, 2, address, timeout_s=120)
+    ranks.attach(agent)
+    if rank == 0:
+        for update in range(UPDATES):
+            assert ranks.go()
+            agent.train_step(make_batch(100 + update))
+        ranks.stop()
+    else:
+        while ranks.go():
+            agent.train_step(make_batch(200 + agent.updates))
+        ranks.close()
+    torch.save({"updates": agent.updates, "state": agent.state_dict(),
+                "scale": agent.return_normaliser.scale()}, out)
+
+
+def test_two_cpu_ranks_keep_identical_weights_and_stop_together(tmp_path):
+    (port,) = free_tcp_ports(1)
+    outs = [str(tmp_path / f"rank{rank}.pt") for rank in (0, 1)]
+    context = mp.get_context("spawn")
+    workers = [context.Process(target=run_rank, args=(rank, f"tcp://127.0.0.1:{port}", outs[rank]))
+               for rank in (0, 1)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(240)
+    assert [worker.exitcode for worker in workers] == [0, 0]
+    results = [torch.load(out) for out in outs]
+    assert [result["updates"] for result in results] == [UPDATES, UPDATES]       # rank 1 stopped with rank 0
+    first, second = (result["state"] for result in results)
+    assert first.keys() == second.keys()
+    different = [name for name in first if not torch.equal(first[name], second[name])]
+    assert different == []
+    assert torch.equal(results[0]["scale"], results[1]["scale"])
+
+    # The averaging did something: rank 0 alone on its own batches ends elsewhere.
+    torch.manual_seed(0)
+    alone = Dreamer(OBS_SPEC, ACTION_DIM, preset("tiny"))
+    for update in range(UPDATES):
+        alone.train_step(make_batch(100 + update))
+    moved = [name for name, value in alone.state_dict().items()
+             if value.is_floating_point() and not torch.equal(value, first[name])]
+    assert moved, "two ranks trained exactly as rank 0 alone: the gradients were not averaged"
