@@ -57,6 +57,8 @@ class Learner:
         self.logdir = session.prepare(logdir)
         self.stop_requested = threading.Event()
         self.trainer: Trainer | None = None
+        self.ray = None
+        self.rank_results: dict | None = None
         self.spec_ready = threading.Event()
         self.device = resolve_device(config.learner.device)
         self.ingested_steps = lambda: 0
@@ -95,6 +97,7 @@ class Learner:
             session.write_stats(self.logdir, "learner", stats)
             return stats
         self.on_ray_started()
+        self.ray = ray
         try:
             # learner.replay_shards actors (one by default), placed by learner.replay_node_resources.
             replay = ShardedReplay.create(ray, config.learner.replay_capacity_steps, config.seed,
@@ -170,6 +173,12 @@ class Learner:
         elif config.init_checkpoint:
             self._start_from(trainer, publisher, config.init_checkpoint)
         context = trainer.replay_context
+        ranks, rank_runs = None, []
+        if config.data_parallel_ranks > 1:
+            from learner.parallel import start_ranks
+            ranks, rank_runs = start_ranks(self.ray, self.config, ingest.spec, discrete, replay, self.device,
+                                           trainer.agent)
+            trainer.ranks = config.data_parallel_ranks
 
         def sample():
             if replay.stats()["replay_steps"] < config.min_replay_steps:
@@ -200,6 +209,9 @@ class Learner:
                 if batch is None:
                     self._status(status, replay, trainer, publisher, updates_per_s)
                     continue
+                if ranks is not None and not ranks.go():
+                    log.error("a data-parallel rank stopped: training ends")
+                    break
                 result = trainer.train(batch)
                 writeback = trainer.latent_writeback()
                 if writeback is not None:
@@ -224,8 +236,32 @@ class Learner:
                 self._status(status, replay, trainer, publisher, updates_per_s)
         finally:
             prefetch.stop()
+            if ranks is not None:
+                self.rank_results = self._stop_ranks(ranks, rank_runs, trainer)
             if trainer.updates > 0:
                 trainer.save(publisher.version)
+
+    def _stop_ranks(self, ranks, runs, trainer) -> dict:
+        """Stops the other data-parallel ranks with this one and checks that every rank ended with the same
+        weights after the same updates (figures for stats/learner.json)."""
+        from learner.parallel import weights_digest
+        try:
+            ranks.stop()
+        except Exception as exc:  # noqa: BLE001 - a rank that died makes the stop fail; the session goes on ending
+            log.error("data-parallel: stopping the ranks failed: %s", exc)
+        results = []
+        for run in runs:
+            try:
+                results.append(self.ray.get(run, timeout=60))
+            except Exception as exc:  # noqa: BLE001
+                log.error("data-parallel: a rank failed: %s", str(exc).splitlines()[0] if str(exc) else exc)
+        mine = weights_digest(trainer.agent)
+        agree = len(results) == len(runs) and all(result["weights"] == mine for result in results)
+        if not agree:
+            log.error("data-parallel: the ranks' weights differ at the end (%s against rank 0's %s)",
+                      [result.get("weights") for result in results], mine)
+        return {"ranks": len(runs) + 1, "rank_updates": [trainer.updates, *(r["updates"] for r in results)],
+                "weights_agree": agree}
 
     def _start_from(self, trainer, publisher, path: str) -> None:
         """Loads ``learner.init_checkpoint`` (e.g. from robotd replay) and publishes its policy at once."""
@@ -254,4 +290,5 @@ class Learner:
                 "published_version": publisher.version, "device": self.device,
                 "refused_connections": self.curve.rejected if self.curve else 0,
                 "parameters": trainer.parameter_count() if trainer else 0,
-                "last_losses": trainer.last_metrics if trainer else {}}
+                "last_losses": trainer.last_metrics if trainer else {},
+                **({"data_parallel": self.rank_results} if self.rank_results else {})}

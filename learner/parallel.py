@@ -19,8 +19,11 @@ all of them leave the loop at the same update, so no rank is left waiting in a c
 from __future__ import annotations
 
 import datetime
+import hashlib
 import logging
+import tempfile
 from collections.abc import Iterable
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -115,3 +118,93 @@ class Ranks:
         dist.all_reduce(flat)
         flat.div_(self.world_size)
         self.reductions += 1
+
+
+# ------------------------------------------------------------------------------------------------
+# The learner's other ranks: Ray actors on the learner's node, each with its own agent and batches.
+
+RANK_TIMEOUT_S = 24 * 3600.0
+"""Collectives may wait this long: rank 0 holds the others at ``go`` while it waits for new steps (a robot that
+is reset or paused); a learner that dies takes its rank actors with it (they are its Ray actors)."""
+
+
+def weights_digest(agent) -> str:
+    """A hash of every parameter's bytes: equal on two ranks exactly when their weights are."""
+    digest = hashlib.sha256()
+    for name, parameter in agent.named_parameters():
+        digest.update(name.encode())
+        digest.update(parameter.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+class RankWorker:
+    """Rank k > 0 of the learner (made a Ray actor by :func:`start_ranks`): trains its own agent on its own replay
+    batches in step with rank 0 until rank 0 stops, then returns its update count and weights digest."""
+
+    def __init__(self, config, spec: dict, action_discrete: bool, rank: int, world_size: int, address: str,
+                 shards: list, device: str, threads: int) -> None:
+        import ray
+
+        from learner.shards import ShardedReplay
+        from learner.trainer import Trainer
+        torch.set_num_threads(threads)
+        self.config, self.rank, self.world_size, self.address = config, rank, world_size, address
+        self.trainer = Trainer(config, spec, device, Path(tempfile.gettempdir()), action_discrete=action_discrete)
+        self.replay = ShardedReplay(ray, shards, seed=config.seed + 1000 * rank)
+
+    def run(self) -> dict:
+        from learner.trainer import Prefetcher
+        learner = self.config.learner
+        trainer = self.trainer
+        context = trainer.replay_context
+
+        def sample():
+            batch = self.replay.sample(learner.batch_size, learner.batch_length, context)
+            return trainer.prepare(batch) if batch is not None else None
+        ranks = Ranks(self.rank, self.world_size, self.address, device=trainer.agent.device,
+                      timeout_s=RANK_TIMEOUT_S)
+        prefetch = Prefetcher(sample)
+        try:
+            ranks.attach(trainer.agent)
+            prefetch.start()
+            while ranks.go():
+                batch = prefetch.get(timeout_s=1.0)
+                while batch is None:                 # rank 0 had a batch, so the replay has data: it comes
+                    batch = prefetch.get(timeout_s=1.0)
+                trainer.train(batch)
+                writeback = trainer.latent_writeback()
+                if writeback is not None:
+                    self.replay.update_latents(*writeback)
+        finally:
+            prefetch.stop()
+            ranks.close()
+        return {"rank": self.rank, "updates": trainer.updates, "weights": weights_digest(trainer.agent)}
+
+
+def start_ranks(ray, config, spec: dict, action_discrete: bool, replay, device: str, agent) -> tuple[Ranks, list]:
+    """Starts ranks 1..K-1 (K = learner.data_parallel_ranks) as Ray actors on this node, joins them as rank 0 with
+    ``agent`` (whose weights they all start from) and returns (this rank's Ranks, the workers' run refs).
+
+    Every rank stays on this node and the group meets on a loopback port: torch.distributed's rendezvous has no
+    authentication, so it never listens beyond loopback (ranks on other machines are not supported)."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    from robotd.netutil import free_tcp_ports
+    world_size = config.learner.data_parallel_ranks
+    (port,) = free_tcp_ports(1)
+    address = f"tcp://127.0.0.1:{port}"
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    options = {"scheduling_strategy": here, "enable_task_events": False}
+    if torch.device(device).type == "cuda":
+        options["num_gpus"] = 1
+    else:
+        options["num_cpus"] = 0.25
+    threads = max(1, config.learner_threads() // world_size)
+    worker = ray.remote(**options)(RankWorker)
+    runs = [worker.remote(config, spec, action_discrete, rank, world_size, address, list(replay.shards),
+                          "cuda" if options.get("num_gpus") else "cpu", threads).run.remote()
+            for rank in range(1, world_size)]
+    ranks = Ranks(0, world_size, address, device=device, timeout_s=RANK_TIMEOUT_S)
+    ranks.attach(agent)
+    log.info("data-parallel: %d ranks on this node (%s), meeting at %s", world_size, backend_for(device), address)
+    return ranks, runs

@@ -112,6 +112,8 @@ class Trainer:
         self.agent = Dreamer(obs_spec, self.action_dim, model_config(config.learner.model), device=device,
                              discrete=self.action_discrete)
         self.replayed_steps = 0
+        # Data-parallel: every update trains on this many batches, one per rank (learner.parallel).
+        self.ranks = 1
         self.last_metrics: dict[str, float] = {}
         self._replay_keys: np.ndarray | None = None
 
@@ -148,7 +150,7 @@ class Trainer:
         metrics = self.agent.train_step(tensors)
         keys = tensors.get("replay_keys")
         self._replay_keys = keys.numpy() if keys is not None and self.replay_context else None
-        self.replayed_steps += int(tensors["reward"].numel())
+        self.replayed_steps += int(tensors["reward"].numel()) * self.ranks
         self.last_metrics = metrics
         return metrics
 

@@ -169,6 +169,10 @@ class LearnerConfig:
                                             help="per replay shard, a custom Ray resource its actor asks a sliver "
                                                  "of, so Ray places it on a node declaring it (ray start "
                                                  "--resources='{\"replay_a\": 1}'); empty: anywhere")
+    data_parallel_ranks: int = spec(1, range=(1, 64),
+                                    help="ranks training the agent together on this node, each on its own batches "
+                                         "(one GPU each on CUDA, gloo on CPU), gradients averaged every update; "
+                                         "rank 0 publishes and checkpoints")
     train_ratio: float = spec(0.0, range=(0.0, 100_000.0),
                               help="replayed steps per step collected after min_replay_steps; "
                                    "0 trains as fast as possible")

@@ -59,3 +59,25 @@ def test_two_cpu_ranks_keep_identical_weights_and_stop_together(tmp_path):
     moved = [name for name, value in alone.state_dict().items()
              if value.is_floating_point() and not torch.equal(value, first[name])]
     assert moved, "two ranks trained exactly as rank 0 alone: the gradients were not averaged"
+
+
+def test_a_session_with_two_data_parallel_ranks_trains_them_in_step_with_equal_weights(tmp_path):
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+    root = Path(__file__).resolve().parent.parent
+    logdir = tmp_path / "ddp"
+    argv = [sys.executable, "-m", "robotd", "train", str(root / "configs" / "mock_arm.yaml"), "--steps", "800",
+            "--logdir", str(logdir), "--set", "control.rate_hz=50", "--set", "control.action_deadline_ms=15",
+            "--set", "actor.prefill_steps=100", "--set", "learner.min_replay_steps=64", "--set",
+            "learner.batch_size=4", "--set", "learner.batch_length=16", "--set", "learner.publish_every_updates=2",
+            "--set", "learner.data_parallel_ranks=2"]
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=400, cwd=root)
+    assert result.returncode == 0, result.stderr[-3000:]
+    learner = json.loads((logdir / "stats" / "learner.json").read_text())
+    parallel = learner["data_parallel"]
+    assert parallel["ranks"] == 2 and parallel["weights_agree"] is True
+    updates = learner["learner_updates"]
+    assert updates > 0 and parallel["rank_updates"] == [updates, updates]
+    assert learner["replayed_steps"] == updates * 4 * 16 * 2          # every update trains on one batch per rank
