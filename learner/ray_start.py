@@ -12,6 +12,7 @@ import ipaddress
 import logging
 import math
 import os
+import re
 import signal
 import stat
 import subprocess
@@ -36,9 +37,12 @@ LOOPBACK = "127.0.0.1"
 RAY_SINGLE_NODE_VAR = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 # Ray's own start-up waits: the GCS port file and GCS connection (its Python side) and the raylet's
 # registration with the GCS (its C++ side). Each attempt sets them to the time left of
-# learner.ray_start_timeout_s, unless the environment sets them already.
+# learner.ray_start_timeout_s (at most JOIN_ATTEMPT_S when joining a cluster), unless the environment sets them.
 RAY_WAIT_VARS = ("RAY_gcs_server_port_wait_time_s", "RAY_raylet_start_wait_time_s")
 MIN_ATTEMPT_S = 10.0
+# Ray's GCS wait for one attempt at joining a cluster: Ray spends all of it retrying a refused token before it
+# reports one, and an attempt that fails for being early (a head still starting) is retried anyway.
+JOIN_ATTEMPT_S = 15.0
 MAX_PAUSE_S = 8.0
 
 
@@ -283,15 +287,41 @@ def _start_local_ray(ray, seconds: float) -> None:
                             f"anything imports Ray, or join a cluster with learner.ray_address")
 
 
-def _join_ray(ray, address: str, seconds: float) -> None:
-    """One attempt at joining the Ray cluster at ``address``."""
+def _auth_refusal(error: BaseException | None) -> str | None:
+    """Ray's words when the cluster refused this driver's token, else None. Ray's ``AuthenticationError`` reaches
+    ``ray.init``'s caller only as text: a RuntimeError quoting its traceback, wrapped in a ConnectionError."""
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if type(error).__name__ == "AuthenticationError":
+            return _first_line(error).split(": ", 1)[-1]
+        match = re.search(r"AuthenticationError: ([^\n]*)", str(error))
+        if match:
+            return match.group(1).split(". ")[0].strip()
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def _token_source(learner: LearnerConfig) -> str:
+    if learner.ray_token_file:
+        return f"the token in learner.ray_token_file={learner.ray_token_file}"
+    return "the token from RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token"
+
+
+def _join_ray(ray, address: str, seconds: float, token_source: str = "its token") -> None:
+    """One attempt at joining the Ray cluster at ``address``, of at most JOIN_ATTEMPT_S seconds; a token the
+    cluster refuses raises a one-line SecurityError (Ray itself retries it, then reports a ConnectionError)."""
     try:
-        with _ray_waits(seconds):
+        with _ray_waits(min(seconds, JOIN_ATTEMPT_S)):
             ray.init(address=address, log_to_driver=False, configure_logging=False)
     except BaseException as exc:
         ray.shutdown()
         if isinstance(exc, SystemExit) and _stopped_by_signal(exc):
             raise StartStopped(f"a stop signal arrived while joining Ray (exit {exc.code})") from None
+        refusal = _auth_refusal(exc)
+        if refusal:
+            raise SecurityError(f"the Ray cluster at {address} refused {token_source} ({refusal}): use the "
+                                f"cluster's token (`ray get-auth-token` on the head prints it)") from None
         raise
 
 
@@ -318,7 +348,8 @@ def start_ray(config: Config, *, sleep: Callable[[float], object] = time.sleep,
                                 f"{address} needs: install a Ray with RAY_AUTH_MODE=token support")
         fatal += (auth_error,)
         what = f"joining Ray at {address} with token auth"
-        retry_start(lambda left: _join_ray(ray, address, left), learner.ray_start_timeout_s, what=what,
+        source = _token_source(learner)
+        retry_start(lambda left: _join_ray(ray, address, left, source), learner.ray_start_timeout_s, what=what,
                     fix="check that the cluster is up at learner.ray_address, or raise learner.ray_start_timeout_s",
                     fatal=fatal, sleep=sleep, stopped=stopped)
         return ray
