@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import uuid
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -121,6 +122,60 @@ class IngestLedger:
                    for stream, i in self.streams.items() if i.spans)
 
 
+MAX_BATCH_CHUNKS = 64
+"""Chunks the ingest takes at once before storing them (one replay call per shard for all of them)."""
+MAX_BATCH_BYTES = 256 * 2**20
+"""...or this many bytes of their steps, whichever comes first."""
+
+
+@dataclass
+class _Job:
+    """A received chunk waiting in a batch: its new steps (``pieces``: (first step, end, arrays)), or none when it
+    is a duplicate; acknowledged once the batch is stored."""
+    identity: bytes
+    stream: str
+    chunk_stream: str
+    seq: int
+    pieces: list
+    duplicate: bool
+    exclude: object
+
+
+class _Batch:
+    """The chunks taken at once, and which of their steps and sequence numbers are waiting (a resent chunk that
+    arrives in the same batch as its first copy is a duplicate of it)."""
+
+    def __init__(self) -> None:
+        self.jobs: list[_Job] = []
+        self.reset()
+
+    def reset(self) -> None:
+        self._steps: dict[str, _Intervals] = {}
+        self._seqs: set[tuple[str, int]] = set()
+        self.nbytes = 0
+
+    def empty(self) -> bool:
+        return not self.jobs
+
+    def full(self) -> bool:
+        return len(self.jobs) >= MAX_BATCH_CHUNKS or self.nbytes >= MAX_BATCH_BYTES
+
+    def holds(self, stream: str, seq: int) -> bool:
+        return (stream, seq) in self._seqs
+
+    def missing(self, stream: str, lo: int, hi: int) -> list[tuple[int, int]]:
+        """The part of [lo, hi) of ``stream`` not waiting in this batch."""
+        waiting = self._steps.get(stream)
+        return waiting.missing(lo, hi) if waiting else [(lo, hi)]
+
+    def add(self, job: _Job) -> None:
+        self.jobs.append(job)
+        self._seqs.add((job.stream, job.seq))
+        for lo, hi, arrays in job.pieces:
+            self._steps.setdefault(job.stream, _Intervals()).add(lo, hi)
+            self.nbytes += sum(array.nbytes for array in arrays.values())
+
+
 class IngestServer(threading.Thread):
     """ROUTER thread of the experience channel."""
 
@@ -128,7 +183,10 @@ class IngestServer(threading.Thread):
                  weights_port: int, spec: dict | None, on_spec: Callable[[dict], None], max_bytes: int,
                  refill: Callable[[dict, "IngestLedger"], int] | None = None,
                  secure: Callable[[zmq.Socket], None] | None = None,
-                 exclude: Callable[[str, int, int], bool] | None = None):
+                 exclude: Callable[[str, int, int], bool] | None = None,
+                 store_many: Callable[[list[tuple[str, int, dict]]], None] | None = None):
+        """``store`` keeps one chunk's new steps in replay; ``store_many`` (default: ``store`` for each) keeps the
+        new steps of every chunk waiting at once, e.g. one replay call per shard for all of them."""
         super().__init__(name="ingest", daemon=True)
         self.socket = context.socket(zmq.ROUTER)
         self.socket.setsockopt(zmq.LINGER, 0)
@@ -138,6 +196,7 @@ class IngestServer(threading.Thread):
         self.address = bind_or_explain(self.socket, address, "experience channel (network.experience / --bind)")
         self.config_digest = config_digest
         self.store = store
+        self.store_many = store_many or (lambda items: [store(stream, step, arrays) for stream, step, arrays in items])
         self.weights_port = weights_port
         self.spec = spec
         self.action_discrete: bool | None = None     # from the first accepted hello (one-hot actions)
@@ -178,21 +237,60 @@ class IngestServer(threading.Thread):
             self.refill = None
 
     def run(self) -> None:
+        """Takes every message waiting (up to MAX_BATCH_CHUNKS chunks or MAX_BATCH_BYTES of them) at once: the
+        chunks' new steps go to replay in one ``store_many`` (one replay call per shard however many streams
+        sent them), and each chunk is acknowledged only once that returned. Any other message first stores what
+        is waiting, so messages take effect in the order they came."""
         self._refill()
         try:
             while not self._halt.is_set():
                 if not self.socket.poll(100):
                     continue
-                frames = self.socket.recv_multipart(copy=False)
-                identity = frames[0].bytes
-                message = self.receiver.decode(frames[1:])
-                if message is not None:
-                    try:
-                        self._handle(identity, message)
-                    except Exception:  # noqa: BLE001 - one bad chunk must not stop ingest
-                        log.exception("ingest: message %s from %r dropped", message.kind.name, identity)
+                batch = _Batch()
+                while True:
+                    frames = self.socket.recv_multipart(copy=False)
+                    identity = frames[0].bytes
+                    message = self.receiver.decode(frames[1:])
+                    if message is not None:
+                        try:
+                            if message.kind == wire.Kind.CHUNK:
+                                self._chunk(identity, message, batch)
+                            else:
+                                self._flush(batch)
+                                self._handle(identity, message)
+                        except Exception:  # noqa: BLE001 - one bad message must not stop ingest
+                            log.exception("ingest: message %s from %r dropped", message.kind.name, identity)
+                    if batch.full() or not self.socket.poll(0):
+                        break
+                self._flush(batch)
         finally:
             self.socket.close(0)
+
+    def _flush(self, batch: "_Batch") -> None:
+        """Stores the batch's new steps in one ``store_many``, records them and acknowledges its chunks; when the
+        store fails nothing is recorded or acknowledged (the actors resend, nothing is lost)."""
+        if batch.empty():
+            return
+        jobs, batch.jobs = batch.jobs, []
+        batch.reset()
+        try:
+            self.store_many([(job.stream, lo, arrays) for job in jobs for lo, _, arrays in job.pieces])
+        except Exception:  # noqa: BLE001 - the replay failed: nothing acknowledged, so the actors resend
+            log.exception("ingest: storing %d chunks failed; not acknowledged, the actors resend them", len(jobs))
+            return
+        with self.lock:
+            for job in jobs:
+                if job.duplicate:
+                    self.ledger.duplicate_chunks += 1
+                    continue
+                for lo, hi, _ in job.pieces:
+                    self.ledger.record(job.stream, job.seq, lo, hi - lo)
+                self.counters["chunks"] += 1
+        if any(job.pieces for job in jobs):
+            self.new_steps.set()
+        for job in jobs:
+            self._excluded(job.stream, job.exclude)
+            self._reply(job.identity, wire.Kind.ACK, {"seq": job.seq, "stream": job.chunk_stream})
 
     def _reply(self, identity: bytes, kind: wire.Kind, meta: dict) -> None:
         try:
@@ -208,7 +306,9 @@ class IngestServer(threading.Thread):
             self.counters["heartbeats"] += 1
             self._reply(identity, wire.Kind.HEARTBEAT, {"instance": self.instance})
         elif kind == wire.Kind.CHUNK:
-            self._chunk(identity, message)
+            batch = _Batch()
+            self._chunk(identity, message, batch)
+            self._flush(batch)
 
     def _hello(self, identity: bytes, meta: dict) -> None:
         reason = None
@@ -256,7 +356,9 @@ class IngestServer(threading.Thread):
         self._reply(identity, wire.Kind.HELLO, {"role": "learner", "session": meta.get("session", ""),
                                                 "instance": self.instance, "weights_port": self.weights_port})
 
-    def _chunk(self, identity: bytes, message: wire.Message) -> None:
+    def _chunk(self, identity: bytes, message: wire.Message, batch: "_Batch") -> None:
+        """Checks a chunk and adds what it holds that is not stored yet (nor waiting in ``batch``) to the batch;
+        it is acknowledged when the batch is stored."""
         meta = message.meta
         peer = self.peers.get(identity)
         if peer is None:
@@ -277,19 +379,16 @@ class IngestServer(threading.Thread):
             log.warning("chunk %s seq %d dropped: %s", stream, seq, problem)
             return
         with self.lock:
-            duplicate = self.ledger.is_duplicate(stream, seq, stream_step, n_steps)
-            if duplicate:
-                self.ledger.duplicate_chunks += 1
-            else:
-                # Only the steps not stored yet: chunks rebuilt from episode files may be cut differently.
-                for lo, hi in self.ledger.missing(stream, stream_step, n_steps):
-                    arrays = {key: np.array(value[lo - stream_step:hi - stream_step])
-                              for key, value in message.arrays.items()}
-                    self.store(stream, lo, arrays)
-                    self.ledger.record(stream, seq, lo, hi - lo)
-                self.counters["chunks"] += 1
-                self.new_steps.set()
-        excluded = meta.get("exclude")
+            duplicate = self.ledger.is_duplicate(stream, seq, stream_step, n_steps) or batch.holds(stream, seq)
+            # Only the steps not stored yet (nor waiting): chunks rebuilt from episode files may be cut differently.
+            ranges = [] if duplicate else [piece for lo, hi in self.ledger.missing(stream, stream_step, n_steps)
+                                           for piece in batch.missing(stream, lo, hi)]
+        pieces = [(lo, hi, {key: np.array(value[lo - stream_step:hi - stream_step])
+                            for key, value in message.arrays.items()}) for lo, hi in ranges]
+        batch.add(_Job(identity, stream, chunk_stream, seq, pieces, duplicate, meta.get("exclude")))
+
+    def _excluded(self, stream: str, excluded) -> None:
+        """A chunk's ``exclude`` (an episode flagged for timing quality): its steps kept out of training."""
         if self.exclude is not None and isinstance(excluded, dict):
             start, count = excluded.get("from"), excluded.get("n")
             if isinstance(start, int) and isinstance(count, int) and start >= 0 and 0 < count <= 10_000_000:
@@ -297,7 +396,6 @@ class IngestServer(threading.Thread):
                     self.counters["excluded_episodes"] += 1
                     log.info("steps %d..%d of %s kept out of training: %s", start, start + count - 1, stream,
                              str(excluded.get("reasons", ""))[:300])
-        self._reply(identity, wire.Kind.ACK, {"seq": seq, "stream": chunk_stream})
 
     def stats(self) -> dict:
         """Counters for status and the session summary."""

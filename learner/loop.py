@@ -114,6 +114,7 @@ class Learner:
             def exclude(stream, start, n_steps):
                 return replay.exclude(stream, start, n_steps)
             ingest = IngestServer(context, config.network.experience, config_digest=config.digest(), store=store,
+                                  store_many=replay.add_many,
                                   weights_port=int(weights_address.rsplit(":", 1)[1]), spec=spec,
                                   on_spec=lambda s: self.spec_ready.set(), max_bytes=max_bytes,
                                   refill=lambda spec, ledger: refill_from_episodes(self.logdir, spec, ledger, store,

@@ -143,6 +143,10 @@ class ReplayBuffer:
         self.latent_sizes: tuple[int, int, int] | None = None
         self.latent_writes = 0
 
+    def add_many(self, items: list[tuple[str, int, dict[str, np.ndarray]]]) -> int:
+        """Stores several chunks, in order, in one call: (stream, stream_step, arrays) each; returns steps stored."""
+        return sum(self.add(stream, stream_step, arrays) for stream, stream_step, arrays in items)
+
     def add(self, stream: str, stream_step: int, arrays: dict[str, np.ndarray]) -> int:
         """Stores a chunk of consecutive steps starting at ``stream_step`` of ``stream``; returns steps stored."""
         n_steps = len(next(iter(arrays.values())))

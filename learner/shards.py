@@ -99,6 +99,14 @@ class ShardedReplay:
         """Stores a chunk in its stream's shard (returns once stored: an ack means the data is safe)."""
         return self.ray.get(self.shards[self.shard_of(stream)].add.remote(stream, stream_step, arrays))
 
+    def add_many(self, items: list[tuple[str, int, dict[str, np.ndarray]]]) -> int:
+        """Stores chunks of several streams with one call per shard, the shards in parallel (returns once every
+        one is stored); a stream's chunks keep their order."""
+        groups: dict[int, list] = {}
+        for item in items:
+            groups.setdefault(self.shard_of(item[0]), []).append(item)
+        return sum(self.ray.get([self.shards[index].add_many.remote(group) for index, group in groups.items()]))
+
     def exclude(self, stream: str, start: int, n_steps: int) -> bool:
         """Keeps stream steps out of training, in the stream's shard."""
         return self.ray.get(self.shards[self.shard_of(stream)].exclude.remote(stream, start, n_steps))

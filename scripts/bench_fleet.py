@@ -407,6 +407,13 @@ def make_ingest_class():
             finally:
                 self.handle_ns += time.perf_counter_ns() - t0
 
+        def _chunk(self, identity, message, batch):
+            t0 = time.perf_counter_ns()
+            try:
+                super()._chunk(identity, message, batch)
+            finally:
+                self.handle_ns += time.perf_counter_ns() - t0
+
         def run(self):
             if self.profile is None:
                 return super().run()
@@ -436,18 +443,23 @@ class StoreRecorder:
         self.per_shard = [0] * len(self.replay)
 
     def __call__(self, stream: str, stream_step: int, arrays: dict) -> None:
+        self.many([(stream, stream_step, arrays)])
+
+    def many(self, items: list) -> None:
+        """The ingest's store_many: every chunk taken at once, one replay call per shard (ShardedReplay.add_many)."""
         t0 = time.monotonic_ns()
         c0 = time.thread_time_ns()
-        self.replay.add(stream, stream_step, arrays)
+        self.replay.add_many(items)
         t1 = time.monotonic_ns()
         self.store_cpu_ns += time.thread_time_ns() - c0
-        ticks = arrays[steps.T_TICK_NS]
-        n = len(ticks)
         self.store_ns += t1 - t0
-        self.latencies.append(t1 - ticks)
-        self.chunks.append((int(ticks[-1]), t0, t1, n))
-        self.stored_steps += n
-        self.per_shard[self.replay.shard_of(stream)] += n
+        for stream, _, arrays in items:
+            ticks = arrays[steps.T_TICK_NS]
+            n = len(ticks)
+            self.latencies.append(t1 - ticks)
+            self.chunks.append((int(ticks[-1]), t0, t1, n))
+            self.stored_steps += n
+            self.per_shard[self.replay.shard_of(stream)] += n
 
 
 def shard_streams(count: int, run: int, shards: int) -> list[tuple[str, str]]:
@@ -471,7 +483,8 @@ def fleet_run(count: int, run: int, args, replay, recorder: StoreRecorder, conte
               spool_dir: Path, check_listeners: bool, profile=None) -> dict:
     TimedIngest = make_ingest_class()
     recorder.reset()
-    ingest = TimedIngest(context, "tcp://127.0.0.1:*", config_digest=CONFIG_DIGEST, store=recorder, weights_port=1,
+    ingest = TimedIngest(context, "tcp://127.0.0.1:*", config_digest=CONFIG_DIGEST, store=recorder,
+                         store_many=recorder.many, weights_port=1,
                          spec=None, on_spec=lambda spec: None, max_bytes=MAX_BYTES, secure=curve.configure)
     ingest.profile = profile
     ingest.start()
@@ -740,6 +753,9 @@ def parse_args(argv):
     parser.add_argument("--out", help="JSON file to write (required)")
     parser.add_argument("--chunk-steps", type=int, default=32)
     parser.add_argument("--window", type=int, default=4, help="chunks a robot keeps unacknowledged at most")
+    parser.add_argument("--ingest-batch", type=int, default=None,
+                        help="chunks the ingest stores at once (learner.ingest.MAX_BATCH_CHUNKS; 1: one Ray call per "
+                             "chunk, as before batching)")
     parser.add_argument("--replay-capacity", type=int, default=60_000, help="replay steps over all shards")
     parser.add_argument("--shards", type=int, default=2)
     parser.add_argument("--object-store-mb", type=int, default=300, help="per Ray node")
@@ -783,9 +799,13 @@ def main(argv=None) -> int:
     from learner.shards import ShardedReplay
     from robotd import security
 
+    from learner import ingest as ingest_module
+    if args.ingest_batch is not None:
+        ingest_module.MAX_BATCH_CHUNKS = max(1, args.ingest_batch)
     spec = step_spec()
     report = {"machine": {"cpus": os.cpu_count(), "load_avg_at_start": [round(x, 2) for x in os.getloadavg()]},
               "settings": {"robots": args.robot_counts, "seconds": args.seconds, "chunk_steps": args.chunk_steps,
+                           "ingest_batch_chunks": ingest_module.MAX_BATCH_CHUNKS,
                            "window_chunks_per_robot": args.window, "step_bytes": step_bytes(spec),
                            "chunk_bytes": step_bytes(spec) * args.chunk_steps,
                            "step_spec": {key: [list(shape), dtype] for key, (shape, dtype) in spec.items()},

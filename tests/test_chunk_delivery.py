@@ -492,3 +492,39 @@ def test_a_restarted_learner_refills_an_episode_only_a_journal_holds(tmp_path):
     loaded = refill_from_episodes(tmp_path, SPEC, IngestLedger(),
                                   lambda stream, step, arrays: stored.append((stream, step, len(arrays[steps.TICK]))))
     assert loaded == 32 and stored == [("a0/s0", 0, 20), ("a0/s0", 20, 12)]
+
+
+def test_chunks_waiting_together_are_stored_in_one_call_acked_after_it_and_resent_when_it_fails(context):
+    """The ingest takes every chunk waiting at once: one store_many for all of them, each acked only after it
+    returned; a copy of a chunk in the same batch is a duplicate (stored once); a failed store acks nothing, and
+    the resends are stored then."""
+    from learner.ingest import _Batch
+    calls, fail = [], [True]
+
+    def store_many(items):
+        if fail[0]:
+            fail[0] = False
+            raise RuntimeError("replay actor died")
+        calls.append([(stream, step, len(arrays[steps.TICK])) for stream, step, arrays in items])
+
+    server = IngestServer(context, "tcp://127.0.0.1:*", config_digest="d1", store=None, store_many=store_many,
+                          weights_port=1, spec=SPEC, on_spec=lambda s: None, max_bytes=2**24)
+    acks = []
+    server._reply = lambda identity, kind, meta: acks.append((kind, meta.get("seq")))
+    server._hello(b"peer", HELLO)
+    acks.clear()
+
+    def take(chunks):
+        batch = _Batch()
+        for frames in chunks:
+            server._chunk(b"peer", wire.decode([zmq.Frame(f) for f in frames]), batch)
+        server._flush(batch)
+
+    chunks = [make_chunk(0, 0), make_chunk(1, 8), make_chunk(1, 8)]        # the last one a resend of the second
+    take(chunks)
+    assert acks == [] and calls == [] and server.ledger.ingested_steps == 0     # the store failed: nothing acked
+    take(chunks)
+    assert calls == [[("a0/s0", 0, 8), ("a0/s0", 8, 8)]]                         # one call, the duplicate left out
+    assert acks == [(wire.Kind.ACK, 0), (wire.Kind.ACK, 1), (wire.Kind.ACK, 1)]
+    assert server.ledger.ingested_steps == 16 and server.ledger.duplicate_chunks == 1
+    server.socket.close(0)
