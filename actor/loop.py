@@ -7,6 +7,7 @@ current chunk. New weights are swapped in between steps.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import socket as pysocket
@@ -27,7 +28,7 @@ from learner.sizes import model_config
 from robotd import session, steps, tasks, wire
 from robotd.config import Config
 from robotd.metrics import MetricsWriter
-from robotd.security import SecurityError, client_securer, configure_client, needs_auth
+from robotd.security import SecurityError, client_securer, configure_client, needs_auth, own_key_name
 from robotd.status import StatusPublisher, process_name
 
 log = logging.getLogger("actor")
@@ -76,6 +77,12 @@ class Actor:
         self.max_steps = max_steps
         self.process_name = process_name("actor", robot)
         self.actor_id = actor_id or robot or f"{pysocket.gethostname()}-{os.getpid()}"
+        key = own_key_name(config.network.keys_dir, config.network.actor_key, actor_id or robot)
+        if key != config.network.actor_key:
+            log.info("actor %s: using its own key pair %r in %s (network.actor_key)", self.actor_id, key,
+                     config.network.keys_dir)
+            self.config = config = dataclasses.replace(
+                config, network=dataclasses.replace(config.network, actor_key=key))
         self.stream_id = uuid.uuid4().hex[:12]
         self.learner_address = learner_address or config.network.experience
         self.stop_requested = threading.Event()

@@ -291,6 +291,22 @@ def load_secret(path: str | Path) -> tuple[bytes, bytes]:
     return public, secret
 
 
+def own_key_name(keys_dir: str | Path, configured: str, actor_id: str | None) -> str:
+    """The actor key to use: ``configured`` (network.actor_key), except that an actor named by --actor-id or
+    --robot-id whose own key pair is in ``keys_dir`` (``robotd keys DIR --actors NAME``) uses it while
+    network.actor_key is left at its default, "actor"."""
+    if configured != "actor" or not actor_id or not keys_dir:
+        return configured
+    try:
+        _check_name(actor_id)
+    except ValueError:
+        return configured
+    keys_dir = Path(keys_dir)
+    found = any(path.exists() for path in (keys_dir / ACTORS_DIR / f"{actor_id}{SECRET_SUFFIX}",
+                                           keys_dir / f"{actor_id}{SECRET_SUFFIX}"))
+    return actor_id if found else configured
+
+
 def configure_client(socket: zmq.Socket, keys_dir: str | Path, actor: str = "actor") -> None:
     """Makes ``socket`` a CURVE client of the learner; call before ``connect``.
 

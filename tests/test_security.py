@@ -359,3 +359,15 @@ def test_an_unauthorised_subscriber_receives_no_weights(context, keys, stranger_
         sub.connect(bound(pub))
         assert not publish_until(pub, sub, SILENCE_S)
         assert server.rejected >= 1
+
+
+def test_an_actor_named_by_its_id_uses_its_own_key_pair_when_network_actor_key_is_left_at_its_default(tmp_path):
+    from robotd.security import init_keys, own_key_name
+    init_keys(tmp_path / "keys", actors=["arm1", "arm2"])
+    keys = tmp_path / "keys"
+    assert own_key_name(keys, "actor", "arm1") == "arm1"           # robotd keys DIR --actors arm1,arm2
+    assert own_key_name(keys, "actor", "arm3") == "actor"          # no such pair: the configured name
+    assert own_key_name(keys, "arm2", "arm1") == "arm2"            # network.actor_key given: it wins
+    assert own_key_name(keys, "actor", None) == "actor"
+    assert own_key_name(keys, "actor", "../learner") == "actor"    # never a path
+    assert own_key_name("", "actor", "arm1") == "actor"
