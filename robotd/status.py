@@ -345,8 +345,14 @@ def format_line(latest: dict[str, dict], now_s: float | None = None, width: int 
         ok = "-" if none_yet else f"{success * 100:.0f}%" if _is_number(success) else "?"
         age = actor.get("policy_age_s")
         unacked = actor.get("unacked_chunks")
-        group = [(f"st {_count(actor.get('env_steps', 0))}", None), (f"ep {_count(actor.get('episodes', 0))}", None),
-                 (f"ret {ret}", None), (f"ok {ok}", None), (f"v{_count(actor.get('policy_version', 0))}", None)]
+        group = [(f"st {_count(actor.get('env_steps', 0))}", None)]
+        if len(actors) > 1:             # a fleet: each robot's steps, in robot order, where room is left
+            by_robot = sorted(((name, part) for name, part in latest.items()
+                               if process_kind(name) == "actor" and isinstance(part, dict)),
+                              key=lambda item: (len(item[0]), item[0]))        # robot2 before robot10
+            group.append((f"({'/'.join(_count(part.get('env_steps', 0)) for _, part in by_robot)})", 6))
+        group += [(f"ep {_count(actor.get('episodes', 0))}", None), (f"ret {ret}", None), (f"ok {ok}", None),
+                  (f"v{_count(actor.get('policy_version', 0))}", None)]
         if _is_number(age) and age >= 0:
             group.append((f"age {age:.0f}s" if age < 9999.5 else f"age {_count(age)}s", 2))
         if _is_number(unacked) and unacked > 0:

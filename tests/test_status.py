@@ -258,4 +258,6 @@ def test_the_status_line_of_a_fleet_sums_its_robots():
                                "success_rate": 0.0, "policy_version": 6},
               "learner": {"replay_steps": 2000, "updates": 10, "updates_per_s": 2.5}}
     line = format_line(latest, width=200)
-    assert line.startswith("2 robots 48.5Hz late 3 | st 2000 ep 10 ret -15.0 ok 25% v6 | rb 2000 2.5u/s"), line
+    assert line.startswith("2 robots 48.5Hz late 3 | st 2000 (1200/800) ep 10 ret -15.0 ok 25% v6 | rb 2000 "
+                           "2.5u/s"), line
+    assert "(1200/800)" not in format_line(latest, width=80)      # the last thing shown, where room is left
