@@ -200,8 +200,7 @@ class RealSense(Camera):
         if not isinstance(name, str) or not name:
             raise ValueError(f"RealSense: name must be a non-empty string, got {name!r}")
         self.name = name
-        owner = f"RealSense {name!r}"
-        self._owner = owner
+        owner = self._owner
         if isinstance(args.get("playback_file"), os.PathLike):
             args["playback_file"] = os.fspath(args["playback_file"])
         a = self.settings(args, owner)
