@@ -55,6 +55,7 @@ class Ranks:
                                 timeout=datetime.timedelta(seconds=timeout_s))
         self._parameters: list[torch.nn.Parameter] = []
         self.reductions = 0
+        self.workers: list = []             # rank 0 of a learner: the other ranks' Ray actors (start_ranks)
 
     @property
     def is_publisher(self) -> bool:
@@ -123,6 +124,8 @@ class Ranks:
 # ------------------------------------------------------------------------------------------------
 # The learner's other ranks: Ray actors on the learner's node, each with its own agent and batches.
 
+RANK_START_S = 300.0
+"""How long rank 0 waits for the other ranks' actors to be built (torch imported, agent made)."""
 RANK_TIMEOUT_S = 24 * 3600.0
 """Collectives may wait this long: rank 0 holds the others at ``go`` while it waits for new steps (a robot that
 is reset or paused); a learner that dies takes its rank actors with it (they are its Ray actors)."""
@@ -151,6 +154,10 @@ class RankWorker:
         self.config, self.rank, self.world_size, self.address = config, rank, world_size, address
         self.trainer = Trainer(config, spec, device, Path(tempfile.gettempdir()), action_discrete=action_discrete)
         self.replay = ShardedReplay(ray, shards, seed=config.seed + 1000 * rank)
+
+    def ready(self) -> int:
+        """Answers once the worker is built (its agent too): rank 0 waits for this before the rendezvous."""
+        return self.rank
 
     def run(self) -> dict:
         from learner.trainer import Prefetcher
@@ -201,10 +208,20 @@ def start_ranks(ray, config, spec: dict, action_discrete: bool, replay, device: 
         options["num_cpus"] = 0.25
     threads = max(1, config.learner_threads() // world_size)
     worker = ray.remote(**options)(RankWorker)
-    runs = [worker.remote(config, spec, action_discrete, rank, world_size, address, list(replay.shards),
-                          "cuda" if options.get("num_gpus") else "cpu", threads).run.remote()
-            for rank in range(1, world_size)]
+    workers = [worker.remote(config, spec, action_discrete, rank, world_size, address, list(replay.shards),
+                             "cuda" if options.get("num_gpus") else "cpu", threads) for rank in range(1, world_size)]
+    # The rendezvous below waits as long as the collectives may (a day): first make sure every rank was built.
+    try:
+        ray.get([w.ready.remote() for w in workers], timeout=RANK_START_S)
+    except Exception as exc:  # noqa: BLE001 - a rank that cannot start (no GPU free, an import error, a timeout)
+        for w in workers:
+            ray.kill(w)
+        reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        raise RuntimeError(f"learner.data_parallel_ranks = {world_size}: a rank could not start within "
+                           f"{RANK_START_S:.0f} s ({reason[:300]}); lower learner.data_parallel_ranks") from None
+    runs = [w.run.remote() for w in workers]
     ranks = Ranks(0, world_size, address, device=device, timeout_s=RANK_TIMEOUT_S)
+    ranks.workers = workers             # their handles live as long as the group: Ray ends an actor with no handle
     ranks.attach(agent)
     log.info("data-parallel: %d ranks on this node (%s), meeting at %s", world_size, backend_for(device), address)
     return ranks, runs

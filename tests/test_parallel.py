@@ -1,5 +1,6 @@
 """Data-parallel training (learner.parallel) on two CPU ranks with the gloo backend: the ranks start from rank
 0's weights, average their gradients and return-normaliser ranges, keep identical weights, and stop together."""
+import pytest
 import torch
 import torch.multiprocessing as mp
 
@@ -61,6 +62,7 @@ def test_two_cpu_ranks_keep_identical_weights_and_stop_together(tmp_path):
     assert moved, "two ranks trained exactly as rank 0 alone: the gradients were not averaged"
 
 
+@pytest.mark.slow  # 27 s (a whole robotd train session); the two ranks' averaging and stop are tested above
 def test_a_session_with_two_data_parallel_ranks_trains_them_in_step_with_equal_weights(tmp_path):
     import json
     import subprocess

@@ -162,6 +162,7 @@ def isolated():
     return command
 
 
+@pytest.mark.slow  # 45 s on a quiet 2-core machine (two Ray nodes in a namespace); the refusal is unit-tested below
 def test_learner_joins_a_two_node_cluster_with_token_auth(tmp_path, isolated):
     # Ray's sockets live under its temp dir, and a Unix socket path is at most 107 bytes: a short one in /tmp.
     temp = tempfile.mkdtemp(prefix="rc-", dir="/tmp")
