@@ -21,6 +21,7 @@ from __future__ import annotations
 import datetime
 import hashlib
 import logging
+import os
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
@@ -39,16 +40,19 @@ def backend_for(device: torch.device | str) -> str:
 class Ranks:
     """This process's place in a data-parallel group (see the module docstring).
 
-    ``address`` is where rank 0 listens for the others, ``tcp://HOST:PORT`` (a free port on rank 0's machine;
-    on one machine, loopback). ``timeout_s`` bounds every collective: a rank that dies mid-training makes the
+    ``address`` is the rendezvous, ``file:///PATH``: a file every rank reads (they all run on one machine). ``timeout_s`` bounds every collective: a rank that dies mid-training makes the
     others fail after it instead of hanging."""
 
     def __init__(self, rank: int, world_size: int, address: str, *, device: torch.device | str = "cpu",
                  timeout_s: float = 600.0) -> None:
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is not in 0..{world_size - 1}")
-        if not address.startswith("tcp://"):
-            raise ValueError(f"data-parallel address {address!r} is not tcp://HOST:PORT")
+        if not address.startswith("file://"):
+            raise ValueError(f"data-parallel rendezvous {address!r} is not file:///PATH (a file every rank can reach)")
+        # Nothing of the group listens beyond loopback: the rendezvous is a file (torch's TCP store would listen on
+        # every interface, without authentication) and the backends' own sockets stay on the loopback interface.
+        os.environ["GLOO_SOCKET_IFNAME"] = "lo"
+        os.environ["NCCL_SOCKET_IFNAME"] = "lo"
         self.rank, self.world_size = rank, world_size
         self.device = torch.device(device)
         dist.init_process_group(backend_for(self.device), init_method=address, rank=rank, world_size=world_size,
@@ -192,14 +196,12 @@ def start_ranks(ray, config, spec: dict, action_discrete: bool, replay, device: 
     """Starts ranks 1..K-1 (K = learner.data_parallel_ranks) as Ray actors on this node, joins them as rank 0 with
     ``agent`` (whose weights they all start from) and returns (this rank's Ranks, the workers' run refs).
 
-    Every rank stays on this node and the group meets on a loopback port: torch.distributed's rendezvous has no
-    authentication, so it never listens beyond loopback (ranks on other machines are not supported)."""
+    Every rank stays on this node and the group meets through a file: torch.distributed's TCP rendezvous has no
+    authentication and listens on every interface, so it is not used (ranks on other machines are not supported)."""
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    from robotd.netutil import free_tcp_ports
     world_size = config.learner.data_parallel_ranks
-    (port,) = free_tcp_ports(1)
-    address = f"tcp://127.0.0.1:{port}"
+    address = f"file://{tempfile.mkdtemp(prefix='robotd-ranks-')}/rendezvous"
     here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
     options = {"scheduling_strategy": here, "enable_task_events": False}
     if torch.device(device).type == "cuda":

@@ -5,7 +5,6 @@ import torch
 import torch.multiprocessing as mp
 
 from learner.dreamer import Dreamer, preset
-from robotd.netutil import free_tcp_ports
 from tests.test_dreamer import ACTION_DIM, OBS_SPEC, make_batch
 
 UPDATES = 3
@@ -34,10 +33,10 @@ def run_rank(rank: int, address: str, out: str) -> None:
 
 
 def test_two_cpu_ranks_keep_identical_weights_and_stop_together(tmp_path):
-    (port,) = free_tcp_ports(1)
+    address = f"file://{tmp_path / 'rendezvous'}"
     outs = [str(tmp_path / f"rank{rank}.pt") for rank in (0, 1)]
     context = mp.get_context("spawn")
-    workers = [context.Process(target=run_rank, args=(rank, f"tcp://127.0.0.1:{port}", outs[rank]))
+    workers = [context.Process(target=run_rank, args=(rank, address, outs[rank]))
                for rank in (0, 1)]
     for worker in workers:
         worker.start()
