@@ -12,10 +12,14 @@ The thread also keeps each stream's acknowledged-through marker in the spool dir
 actor.spool.AckMarkers): this actor's own stream and every earlier stream it sends, written when it
 changed at most once every MARKER_EVERY_S and at exit; an earlier stream's marker goes once all of it
 is acknowledged. A chunk the learner dropped under ``drop_oldest`` counts as settled there, as in the hello.
+
+A chunk put on the queue wakes the thread at once (an eventfd it polls beside the socket), so it leaves within
+microseconds rather than at the thread's next poll timeout.
 """
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 import time
@@ -73,10 +77,22 @@ class ExperienceStream(threading.Thread):
         self._marked: dict[str, tuple[int, int] | None] = {}
         self._marker_s = 0.0
         self._marker_failed = False
+        self._wake: int | None = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self._wake_lock = threading.Lock()
 
     def put(self, seq: int, frames: list, n_steps: int, stream_step: int, episode_id: int | None = None) -> None:
         """Hands a chunk to the stream (called by the control loop; returns at once)."""
         self.inbox.put((seq, frames, n_steps, stream_step, episode_id))
+        self._signal()
+
+    def _signal(self) -> None:
+        """Wakes the thread (a no-op once the stream is closed)."""
+        with self._wake_lock:
+            if self._wake is not None:
+                try:
+                    os.eventfd_write(self._wake, 1)
+                except OSError:          # the counter is full: the thread has plenty of wake-ups waiting already
+                    pass
 
     def write_markers(self) -> None:
         """Writes the acknowledged-through marker of each stream whose value changed since the last write: this
@@ -117,7 +133,13 @@ class ExperienceStream(threading.Thread):
         """Stops after every chunk is acked or ``drain_timeout_s`` passes; True if all were acked."""
         self._drain_deadline = time.monotonic() + drain_timeout_s
         self._halt.set()
+        self._signal()
         self.join(drain_timeout_s + 5.0)
+        if not self.is_alive():
+            with self._wake_lock:
+                if self._wake is not None:
+                    os.close(self._wake)
+                    self._wake = None
         return self.pending == 0
 
     def run(self) -> None:
@@ -127,6 +149,9 @@ class ExperienceStream(threading.Thread):
         if self.secure is not None:
             self.secure(socket)
         socket.connect(self.address)
+        poller = zmq.Poller()
+        poller.register(socket, zmq.POLLIN)
+        poller.register(self._wake, zmq.POLLIN)
         last_hello = last_heartbeat = 0.0
         warned = False
         try:
@@ -151,7 +176,13 @@ class ExperienceStream(threading.Thread):
                     log.warning("learner at %s not answering for %.0f s: is `robotd learner` running there? "
                                 "Experience is kept and sent when it answers", self.address, now - self.last_heard_s)
                     warned = True
-                if socket.poll(10):
+                events = dict(poller.poll(10))
+                if self._wake in events:
+                    try:
+                        os.eventfd_read(self._wake)
+                    except BlockingIOError:
+                        pass
+                if socket in events:
                     while socket.poll(0):
                         message = self.receiver.decode(socket.recv_multipart(copy=False))
                         if message is not None:

@@ -15,7 +15,6 @@ import uuid
 from dataclasses import dataclass
 from typing import Callable
 
-import numpy as np
 import zmq
 
 from robotd import steps, wire
@@ -383,8 +382,10 @@ class IngestServer(threading.Thread):
             # Only the steps not stored yet (nor waiting): chunks rebuilt from episode files may be cut differently.
             ranges = [] if duplicate else [piece for lo, hi in self.ledger.missing(stream, stream_step, n_steps)
                                            for piece in batch.missing(stream, lo, hi)]
-        pieces = [(lo, hi, {key: np.array(value[lo - stream_step:hi - stream_step])
-                            for key, value in message.arrays.items()}) for lo, hi in ranges]
+        # Views of the received frames, not copies: the replay copies what it keeps (a Ray actor's arguments are
+        # serialised anyway), so a copy here would only be a second one.
+        pieces = [(lo, hi, {key: value[lo - stream_step:hi - stream_step] for key, value in message.arrays.items()})
+                  for lo, hi in ranges]
         batch.add(_Job(identity, stream, chunk_stream, seq, pieces, duplicate, meta.get("exclude")))
 
     def _excluded(self, stream: str, excluded) -> None:

@@ -2,7 +2,8 @@
 
 Ray starts locally, on loopback only, unless ``learner.ray_address`` names a cluster (joined with Ray's token
 auth; see learner.ray_start). The replay lives in Ray
-actors (``learner.replay_shards``, one by default; see learner.shards); the ingest thread stores acknowledged
+actors (``learner.replay_shards``, one by default; see learner.shards), its shard 0 in this process with
+``learner.replay_in_learner``; the ingest thread stores acknowledged
 chunks in them; the main thread trains. A restarted
 learner resumes from ``checkpoints/latest.pt`` in its log directory: its weights version,
 update count and optimiser state continue.
@@ -101,7 +102,10 @@ class Learner:
         try:
             # learner.replay_shards actors (one by default), placed by learner.replay_node_resources.
             replay = ShardedReplay.create(ray, config.learner.replay_capacity_steps, config.seed,
-                                          config.learner.replay_shards, config.learner.replay_node_resources)
+                                          config.learner.replay_shards, config.learner.replay_node_resources,
+                                          in_learner=config.learner.replay_in_learner)
+            if replay.in_process:
+                log.info("replay shard 0 in the learner's process (learner.replay_in_learner)")
             if len(replay) > 1:
                 log.info("replay in %d shards of about %d steps each%s", len(replay),
                          config.learner.replay_capacity_steps // len(replay),
@@ -292,4 +296,5 @@ class Learner:
                 "refused_connections": self.curve.rejected if self.curve else 0,
                 "parameters": trainer.parameter_count() if trainer else 0,
                 "last_losses": trainer.last_metrics if trainer else {},
+                "replay_in_learner": replay.in_process,
                 **({"data_parallel": self.rank_results} if self.rank_results else {})}

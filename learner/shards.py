@@ -16,6 +16,12 @@ Replay keys (``sample(..., context=True)``): a shard's keys are (segment id, fir
 is added above bit ``SHARD_BIT`` of the segment id, so :meth:`ShardedReplay.update_latents` sends every row
 back to the shard it came from. Shard 0's keys, and so all keys with one shard, are the replay's own.
 With one shard every call goes straight to the one actor: the learner behaves exactly as with a bare replay.
+
+In the learner's process (``learner.replay_in_learner``): shard 0 is then a ReplayBuffer of the learner's own
+process behind a lock, not a Ray actor, so the chunks stored there and the batches drawn from it skip Ray's
+serialisation, object store and reply (a 401 kB chunk: about 0.3 ms in process against 1-4 ms through an actor on
+a busy 2-core machine; scripts/bench_fleet.py measures both). The other shards stay Ray actors. The learner's
+other data-parallel ranks cannot reach such a shard, so the two do not go together (robotd.config refuses it).
 """
 from __future__ import annotations
 
@@ -26,7 +32,7 @@ import numpy as np
 
 from learner.replay import ReplayBuffer
 
-__all__ = ["RESOURCE_SHARE", "SHARD_BIT", "ShardedReplay", "shard_capacities", "shard_of"]
+__all__ = ["InProcessShard", "RESOURCE_SHARE", "SHARD_BIT", "ShardedReplay", "shard_capacities", "shard_of"]
 
 SHARD_BIT = 40                       # segment ids of one shard stay far below 2**40
 RESOURCE_SHARE = 0.01                # of a node's custom resource, per shard placed there
@@ -44,7 +50,7 @@ def shard_capacities(capacity_steps: int, shards: int) -> list[int]:
     return [base + (1 if index < extra else 0) for index in range(shards)]
 
 
-def check_placement(node_resources: list[str], declared: dict) -> None:
+def check_placement(node_resources: list[str], declared: dict, first_shard: int = 0) -> None:
     """Every named resource is declared by some node of the cluster (else the shard's actor would wait for ever);
     a ConfigError of one line otherwise."""
     from robotd.config import ConfigError
@@ -55,8 +61,30 @@ def check_placement(node_resources: list[str], declared: dict) -> None:
             raise ConfigError(
                 f"config: learner.replay_node_resources[{index}] = {name!r} is declared by no node of this Ray "
                 f"cluster (custom resources: {', '.join(known) or 'none'}): start the node meant for replay shard "
-                f"{index} with ray start --resources='{{\"{name}\": 1}}', or leave learner.replay_node_resources "
+                f"{index + first_shard} with ray start --resources='{{\"{name}\": 1}}', or leave learner.replay_node_resources "
                 f"empty")
+
+
+class InProcessShard:
+    """A ReplayBuffer of this process standing in for a shard's Ray actor: its methods run at once, under a lock
+    (the ingest thread adds while the prefetch thread samples and the trainer writes latents back)."""
+
+    def __init__(self, capacity_steps: int, seed: int = 0):
+        self.buffer = ReplayBuffer(capacity_steps, seed)
+        self.lock = threading.Lock()
+
+    def call(self, method: str, *args):
+        with self.lock:
+            return getattr(self.buffer, method)(*args)
+
+
+class _Done:
+    """The result of a call an InProcessShard ran already, where a Ray actor gives an ObjectRef."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value):
+        self.value = value
 
 
 class ShardedReplay:
@@ -71,25 +99,61 @@ class ShardedReplay:
 
     @classmethod
     def create(cls, ray, capacity_steps: int, seed: int = 0, shards: int = 1,
-               node_resources: list[str] | tuple = ()) -> "ShardedReplay":
+               node_resources: list[str] | tuple = (), in_learner: bool = False) -> "ShardedReplay":
         """Starts ``shards`` replay actors sharing ``capacity_steps``, shard i on a node declaring
-        ``node_resources[i]`` when given (checked first: see :func:`check_placement`)."""
+        ``node_resources[i]`` when given (checked first: see :func:`check_placement`). With ``in_learner`` shard 0
+        is an :class:`InProcessShard` of this process and ``node_resources`` names shards 1.. only."""
+        actor_shards = shards - 1 if in_learner else shards
         if node_resources:
-            if len(node_resources) != shards:
-                raise ValueError(f"{len(node_resources)} node resources for {shards} replay shards")
-            check_placement(list(node_resources), ray.cluster_resources())
-        actors = []
+            if len(node_resources) != actor_shards:
+                raise ValueError(f"{len(node_resources)} node resources for {actor_shards} replay shard actors")
+            check_placement(list(node_resources), ray.cluster_resources(), first_shard=1 if in_learner else 0)
+        placed = ([None] if in_learner else []) + list(node_resources or [None] * actor_shards)
+        members = []
         for index, capacity in enumerate(shard_capacities(capacity_steps, shards)):
+            if in_learner and index == 0:
+                members.append(InProcessShard(capacity, seed))
+                continue
             # Without task events: Ray's GCS would otherwise keep a record of every replay call (several a second)
             # and grow through a long session (about 100 MB in 30 minutes).
             options = {"num_cpus": ACTOR_CPUS, "enable_task_events": False}
-            if node_resources:
-                options["resources"] = {node_resources[index]: RESOURCE_SHARE}
-            actors.append(ray.remote(**options)(ReplayBuffer).remote(capacity, seed + index))
-        return cls(ray, actors, seed)
+            if placed[index]:
+                options["resources"] = {placed[index]: RESOURCE_SHARE}
+            members.append(ray.remote(**options)(ReplayBuffer).remote(capacity, seed + index))
+        return cls(ray, members, seed)
 
     def __len__(self) -> int:
         return len(self.shards)
+
+    @property
+    def in_process(self) -> bool:
+        """True when some shard lives in this process (learner.replay_in_learner)."""
+        return any(isinstance(shard, InProcessShard) for shard in self.shards)
+
+    def _submit(self, index: int, method: str, *args):
+        """Starts ``method`` on shard ``index``: an ObjectRef for a Ray actor; an in-process shard runs it now."""
+        shard = self.shards[index]
+        if isinstance(shard, InProcessShard):
+            return _Done(shard.call(method, *args))
+        return getattr(shard, method).remote(*args)
+
+    def _call(self, index: int, method: str, *args):
+        """``method`` on shard ``index``, returning its result."""
+        return self._gather([self._submit(index, method, *args)])[0]
+
+    def _call_each(self, calls: list[tuple]) -> list:
+        """Several calls (index, method, *args), the actors' in parallel (started before the in-process ones
+        run); their results in order."""
+        order = sorted(range(len(calls)), key=lambda i: isinstance(self.shards[calls[i][0]], InProcessShard))
+        started = [None] * len(calls)
+        for i in order:
+            started[i] = self._submit(*calls[i])
+        return self._gather(started)
+
+    def _gather(self, started: list) -> list:
+        refs = [item for item in started if not isinstance(item, _Done)]
+        values = iter(self.ray.get(refs) if refs else [])
+        return [item.value if isinstance(item, _Done) else next(values) for item in started]
 
     def shard_of(self, stream: str) -> int:
         """Index of the shard holding ``stream``."""
@@ -97,7 +161,7 @@ class ShardedReplay:
 
     def add(self, stream: str, stream_step: int, arrays: dict[str, np.ndarray]) -> int:
         """Stores a chunk in its stream's shard (returns once stored: an ack means the data is safe)."""
-        return self.ray.get(self.shards[self.shard_of(stream)].add.remote(stream, stream_step, arrays))
+        return self._call(self.shard_of(stream), "add", stream, stream_step, arrays)
 
     def add_many(self, items: list[tuple[str, int, dict[str, np.ndarray]]]) -> int:
         """Stores chunks of several streams with one call per shard, the shards in parallel (returns once every
@@ -105,28 +169,29 @@ class ShardedReplay:
         groups: dict[int, list] = {}
         for item in items:
             groups.setdefault(self.shard_of(item[0]), []).append(item)
-        return sum(self.ray.get([self.shards[index].add_many.remote(group) for index, group in groups.items()]))
+        return sum(self._call_each([(index, "add_many", group) for index, group in groups.items()]))
 
     def exclude(self, stream: str, start: int, n_steps: int) -> bool:
         """Keeps stream steps out of training, in the stream's shard."""
-        return self.ray.get(self.shards[self.shard_of(stream)].exclude.remote(stream, start, n_steps))
+        return self._call(self.shard_of(stream), "exclude", stream, start, n_steps)
 
     def can_sample(self, length: int) -> bool:
         """True when some shard holds a segment of at least ``length`` steps."""
-        return any(self.ray.get([shard.can_sample.remote(length) for shard in self.shards]))
+        return any(self._call_each([(index, "can_sample", length) for index in range(len(self.shards))]))
 
     def sample(self, batch_size: int, length: int, context: bool = False) -> dict[str, np.ndarray] | None:
         """``batch_size`` sequences drawn uniformly over all sequences of all shards, as ReplayBuffer.sample gives
         them (replay keys carry the shard index); None while too little data."""
         if len(self.shards) == 1:
-            return self.ray.get(self.shards[0].sample.remote(batch_size, length, context))
-        counts = np.array(self.ray.get([shard.sequences.remote(length) for shard in self.shards]), np.float64)
+            return self._call(0, "sample", batch_size, length, context)
+        counts = np.array(self._call_each([(index, "sequences", length) for index in range(len(self.shards))]),
+                          np.float64)
         if counts.sum() <= 0:
             return None
         with self._lock:
             split = self.rng.multinomial(batch_size, counts / counts.sum())
         drawn = [(index, int(n)) for index, n in enumerate(split) if n > 0]
-        parts = self.ray.get([self.shards[index].sample.remote(n, length, context) for index, n in drawn])
+        parts = self._call_each([(index, "sample", n, length, context) for index, n in drawn])
         if any(part is None for part in parts):       # a shard emptied meanwhile (evictions): try again later
             return None
         batch = _concatenate([index for index, _ in drawn], parts)
@@ -136,9 +201,9 @@ class ShardedReplay:
 
     def update_latents(self, replay_keys: np.ndarray, deter: np.ndarray, stoch: np.ndarray, classes: int) -> list:
         """Sends each row's latents to the shard its key names; fire and forget: returns the calls' object refs
-        (``sum(ray.get(refs))`` is the steps written)."""
+        (``sum(self.written(refs))`` is the steps written; an in-process shard has written them already)."""
         if len(self.shards) == 1:
-            return [self.shards[0].update_latents.remote(replay_keys, deter, stoch, classes)]
+            return [self._submit(0, "update_latents", replay_keys, deter, stoch, classes)]
         keys = np.asarray(replay_keys, np.int64)
         deter, stoch = np.asarray(deter), np.asarray(stoch)
         owner = keys[:, 0] >> SHARD_BIT
@@ -149,14 +214,18 @@ class ShardedReplay:
             rows = np.flatnonzero(owner == index)
             local = keys[rows].copy()
             local[:, 0] &= (1 << SHARD_BIT) - 1
-            refs.append(self.shards[index].update_latents.remote(local, deter[rows], stoch[rows], classes))
+            refs.append(self._submit(index, "update_latents", local, deter[rows], stoch[rows], classes))
         return refs
+
+    def written(self, refs: list) -> list:
+        """What the update_latents calls behind ``refs`` returned (waits for the actors' ones)."""
+        return self._gather(refs)
 
     def stats(self) -> dict:
         """The shards' counters summed; with several shards also ``replay_shards`` and ``replay_steps_per_shard``."""
         if len(self.shards) == 1:
-            return self.ray.get(self.shards[0].stats.remote())
-        each = self.ray.get([shard.stats.remote() for shard in self.shards])
+            return self._call(0, "stats")
+        each = self._call_each([(index, "stats") for index in range(len(self.shards))])
         total = {key: sum(stats[key] for stats in each) for key in each[0]}
         total["replay_shards"] = len(self.shards)
         total["replay_steps_per_shard"] = [stats["replay_steps"] for stats in each]

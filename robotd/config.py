@@ -168,7 +168,13 @@ class LearnerConfig:
     replay_node_resources: list[str] = spec(default_factory=list,
                                             help="per replay shard, a custom Ray resource its actor asks a sliver "
                                                  "of, so Ray places it on a node declaring it (ray start "
-                                                 "--resources='{\"replay_a\": 1}'); empty: anywhere")
+                                                 "--resources='{\"replay_a\": 1}'); empty: anywhere. With "
+                                                 "learner.replay_in_learner, names for shards 1.. only")
+    replay_in_learner: bool = spec(False, help="keep replay shard 0 in the learner's own process instead of a Ray "
+                                               "actor: chunks stored and batches drawn there skip Ray's "
+                                               "serialisation and object store (the fastest ingest on one "
+                                               "machine); other shards stay Ray actors; not with "
+                                               "learner.data_parallel_ranks > 1")
     data_parallel_ranks: int = spec(1, range=(1, 64),
                                     help="ranks training the agent together on this node, each on its own batches "
                                          "(one GPU each on CUDA, gloo on CPU), gradients averaged every update; "
@@ -291,7 +297,17 @@ def check_replay_shards(learner: LearnerConfig) -> None:
     """learner.replay_node_resources names one usable resource per shard (or none), and every shard gets at least
     the smallest replay capacity; else one line."""
     shards, names = learner.replay_shards, learner.replay_node_resources
-    if names and len(names) != shards:
+    if learner.replay_in_learner:
+        if learner.data_parallel_ranks > 1:
+            raise ConfigError(f"config: learner.replay_in_learner = true with learner.data_parallel_ranks = "
+                              f"{learner.data_parallel_ranks}: the other ranks reach replay through Ray and cannot "
+                              f"sample a shard inside the learner's process; turn one of them off")
+        if names and len(names) != shards - 1:
+            raise ConfigError(f"config: learner.replay_node_resources = {names!r} has {len(names)} name(s) for the "
+                              f"{shards - 1} replay shard actor(s) beside the learner's own shard "
+                              f"(learner.replay_in_learner = true, learner.replay_shards = {shards}): give one per "
+                              f"shard from shard 1 on, or none")
+    elif names and len(names) != shards:
         raise ConfigError(f"config: learner.replay_node_resources = {names!r} has {len(names)} name(s) for "
                           f"learner.replay_shards = {shards}: give one per shard, or none")
     for index, name in enumerate(names):

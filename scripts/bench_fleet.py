@@ -20,8 +20,8 @@ Everything on the wire and in replay is the real thing:
 
 A robot sends as fast as its stream takes chunks: it keeps at most ``--window`` chunks unacknowledged (queued or in
 its spool) and builds the next one as soon as one is acknowledged. Each step is stamped with its tick time
-(``timing/t_tick_ns`` = ``time.monotonic_ns()`` when the step is made; CLOCK_MONOTONIC is one clock for every
-process on the machine). The store callback records, per stored step, ``tick_to_replay`` = the moment
+(``timing/t_tick_ns`` = ``time.monotonic_ns()`` when the chunk's steps were made, in one burst of microseconds;
+CLOCK_MONOTONIC is one clock for every process on the machine). The store callback records, per stored step, ``tick_to_replay`` = the moment
 ``ShardedReplay.add`` returned (the chunk is in its shard; the ack leaves right after) minus the step's tick time.
 
 Per robot count (one row each):
@@ -117,10 +117,10 @@ class ChunkMaker:
         arrays = {key: np.zeros((n, *shape), dtype) for key, (shape, dtype) in self.spec.items()}
         ticks = arrays[steps.T_TICK_NS]
         images = arrays[steps.OBS_PREFIX + "image"]
-        picks = self.rng.integers(0, len(self.images), n)
-        for row in range(n):                      # one step per tick: the image is taken, then stamped
-            images[row] = self.images[picks[row]]
-            ticks[row] = time.monotonic_ns()
+        # A chunk's steps are made in one burst (microseconds apart), so they share one tick time: the time the
+        # last of them was made, which is what the latency from the last tick to replay is measured from.
+        images[:] = self.images[self.rng.integers(0, len(self.images), n)]
+        ticks[:] = time.monotonic_ns()
         arrays[steps.OBS_PREFIX + "joints"][:] = self.rng.standard_normal((n, JOINTS), dtype=np.float32)
         arrays[steps.ACTION][:] = self.rng.uniform(-1, 1, (n, ACTION_DIM)).astype(np.float32)
         arrays[steps.APPLIED_ACTION][:] = arrays[steps.ACTION]
@@ -745,6 +745,14 @@ def learner_bench(world: int, args, workdir: Path) -> dict:
 
 # ------------------------------------------------------------------------------------------------
 
+def placement(args) -> list[str]:
+    """The node resources of the shards that are Ray actors: one per node, in order; the learner's own shard (on
+    the head node, where the benchmark's learner process runs) takes none."""
+    if args.shards == 1 and not args.replay_in_learner:
+        return []
+    return RESOURCES[1:args.shards] if args.replay_in_learner else RESOURCES[:args.shards]
+
+
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -758,6 +766,9 @@ def parse_args(argv):
                              "chunk, as before batching)")
     parser.add_argument("--replay-capacity", type=int, default=60_000, help="replay steps over all shards")
     parser.add_argument("--shards", type=int, default=2)
+    parser.add_argument("--replay-in-learner", action="store_true",
+                        help="shard 0 in the learner's process (learner.replay_in_learner), the others Ray actors on "
+                             "the other node")
     parser.add_argument("--object-store-mb", type=int, default=300, help="per Ray node")
     parser.add_argument("--drain-s", type=float, default=30.0)
     parser.add_argument("--resend-after-s", type=float, default=2.0, help="actor.resend_after_s (its default)")
@@ -810,7 +821,8 @@ def main(argv=None) -> int:
                            "chunk_bytes": step_bytes(spec) * args.chunk_steps,
                            "step_spec": {key: [list(shape), dtype] for key, (shape, dtype) in spec.items()},
                            "replay_capacity_steps": args.replay_capacity, "replay_shards": args.shards,
-                           "replay_node_resources": RESOURCES[:args.shards], "transport": "CurveZMQ over tcp 127.0.0.1",
+                           "replay_node_resources": placement(args),
+                           "replay_in_learner": args.replay_in_learner, "transport": "CurveZMQ over tcp 127.0.0.1",
                            "resend_after_s": args.resend_after_s},
               "targets": {"ingest_steps_per_s": TARGET_STEPS_PER_S, "tick_to_replay_ms_p99": TARGET_P99_MS,
                           "lost": 0}}
@@ -828,7 +840,7 @@ def main(argv=None) -> int:
     rows = []
     try:
         replay = ShardedReplay.create(ray, args.replay_capacity, seed=0, shards=args.shards,
-                                      node_resources=RESOURCES[:args.shards] if args.shards > 1 else ())
+                                      node_resources=placement(args), in_learner=args.replay_in_learner)
         replay.stats()                     # the shard actors are up before the first run
         idle0 = cpu_snapshot({}, None)
         time.sleep(2.0)
@@ -856,7 +868,7 @@ def main(argv=None) -> int:
             report["profile"] = {"robots": row["robots"], "ingest_steps_per_s_under_cprofile": row["ingest_steps_per_s"],
                                  "ingest_thread_top_by_tottime": [line.rstrip() for line in text.getvalue().splitlines()
                                                                   if line.strip()][-22:]}
-        if args.micro_repeats > 0:
+        if args.micro_repeats > 0 and not replay.in_process:
             report["ray_micro"] = ray_micro(ray, replay, args.chunk_steps, args.micro_repeats)
     finally:
         curve.stop()

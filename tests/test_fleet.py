@@ -19,9 +19,9 @@ FAST = ["--set", "control.rate_hz=50", "--set", "control.action_deadline_ms=15",
         "--set", "learner.publish_every_updates=2", "--set", "task.episode_steps=100"]
 
 
-def train_argv(logdir: Path, robots: int, steps: int) -> list[str]:
+def train_argv(logdir: Path, robots: int, steps: int, *more: str) -> list[str]:
     return [sys.executable, "-m", "robotd", "train", str(ROOT / "configs" / "mock_arm.yaml"), "--robots",
-            str(robots), "--steps", str(steps), "--logdir", str(logdir), *FAST]
+            str(robots), "--steps", str(steps), "--logdir", str(logdir), *FAST, *more]
 
 
 def robot_files(logdir: Path, robot: str) -> list[Path]:
@@ -30,7 +30,9 @@ def robot_files(logdir: Path, robot: str) -> list[Path]:
 
 def test_two_robots_feed_one_learner_with_exact_per_robot_accounting(tmp_path):
     logdir = tmp_path / "fleet"
-    result = subprocess.run(train_argv(logdir, 2, 801), capture_output=True, text=True, timeout=300, cwd=ROOT)
+    # Replay in two shards, shard 0 in the learner's process (learner.replay_in_learner), shard 1 a Ray actor.
+    result = subprocess.run(train_argv(logdir, 2, 801, "--set", "learner.replay_in_learner=true", "--set",
+                                       "learner.replay_shards=2"), capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((logdir / "summary.json").read_text())
     robots = summary["robots"]
@@ -46,6 +48,8 @@ def test_two_robots_feed_one_learner_with_exact_per_robot_accounting(tmp_path):
     assert summary["lost_steps"] == 0 and summary["exit_reason"] == "steps done"
     learner = json.loads((logdir / "stats" / "learner.json").read_text())
     assert learner["ingested_steps_by_actor"] == {"robot0": 401, "robot1": 400}
+    assert learner["replay_in_learner"] is True and learner["replay_shards"] == 2
+    assert sum(learner["replay_steps_per_shard"]) == learner["replay_steps"] == 801
     for process in ("daemon.robot0", "daemon.robot1", "actor.robot0", "actor.robot1"):
         assert (logdir / "stats" / f"{process}.json").is_file(), process
     # Each robot its own seed: the two mock arms' first observations differ (reset noise is drawn from the seed).

@@ -9,7 +9,7 @@ import pytest
 
 from learner import ray_start
 from learner.replay import ReplayBuffer
-from learner.shards import SHARD_BIT, ShardedReplay, shard_capacities, shard_of
+from learner.shards import SHARD_BIT, InProcessShard, ShardedReplay, shard_capacities, shard_of
 from robotd import config as cfg
 from robotd.config import LearnerConfig
 
@@ -172,6 +172,73 @@ def test_one_shard_is_the_bare_replay(ray):
         ray.kill(sharded.shards[0])
 
 
+def test_a_shard_in_the_learners_process_behaves_as_its_ray_actor(ray):
+    """learner.replay_in_learner: shard 0 is a ReplayBuffer of this process; with the same seeds the replay gives
+    the same batches, counters, exclusions and latent write-backs as with shard 0 a Ray actor."""
+    before = ray.available_resources()
+    local = ShardedReplay.create(ray, 10_000, seed=5, shards=2, node_resources=["replay_b"], in_learner=True)
+    actors = ShardedReplay.create(ray, 10_000, seed=5, shards=2)
+    try:
+        assert isinstance(local.shards[0], InProcessShard) and local.in_process and not actors.in_process
+        after = ray.available_resources()
+        assert after["replay_b"] == pytest.approx(before["replay_b"] - 0.01)   # shard 1 placed as asked
+        assert after["replay_a"] == before["replay_a"]                          # no actor for shard 0
+        for replay in (local, actors):
+            fill(replay, SMALL, 0, 1000)
+            fill(replay, LARGE, 1, 3000)
+            assert replay.add_many([(SMALL, 1000, chunk(0, 1000, 50)), (LARGE, 3000, chunk(1, 3000, 50))]) == 100
+            assert replay.exclude(SMALL, 0, 10) is True and replay.exclude(LARGE, 0, 10) is True
+        assert local.shards[0].buffer.stats()["replay_steps"] == 1050
+        assert local.stats() == actors.stats()
+        assert local.can_sample(1050) and not local.can_sample(3051)
+        for _ in range(3):
+            one, other = local.sample(16, 10, context=True), actors.sample(16, 10, context=True)
+            assert set(one) == set(other) and all(np.array_equal(one[key], other[key]) for key in one)
+            assert set((one["replay_keys"][:, 0] >> SHARD_BIT).tolist()) == {0, 1}
+            deter, stoch = latents_of(one)
+            written = [sum(replay.written(replay.update_latents(one["replay_keys"], deter, stoch, CLASSES)))
+                       for replay in (local, actors)]
+            assert written == [16 * 10, 16 * 10]
+        assert local.stats() == actors.stats() and local.stats()["latent_writes"] == 3 * 16 * 10
+    finally:
+        for replay in (local, actors):
+            for shard in replay.shards:
+                if not isinstance(shard, InProcessShard):
+                    ray.kill(shard)
+
+
+def test_an_in_process_shard_takes_chunks_and_batches_from_several_threads_at_once(ray):
+    import threading
+    replay = ShardedReplay.create(ray, 100_000, seed=1, shards=1, in_learner=True)
+    errors, drawn = [], []
+
+    def add(source):
+        try:
+            for start in range(0, 2000, 20):
+                replay.add_many([(f"arm{source}/0", start, chunk(source, start, 20))])
+        except Exception as exc:  # pragma: no cover - the assertion below reports it
+            errors.append(exc)
+
+    def sample():
+        try:
+            while len(drawn) < 50:
+                batch = replay.sample(8, 16)
+                if batch is not None:
+                    assert np.all(np.diff(batch["index"], axis=1) == 1)
+                    assert np.all(batch["source"] == batch["source"][:, :1])
+                    drawn.append(batch)
+        except Exception as exc:  # pragma: no cover
+            errors.append(exc)
+    threads = [threading.Thread(target=add, args=(source,)) for source in range(3)] + [threading.Thread(target=sample)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert not errors and len(drawn) == 50
+    stats = replay.stats()
+    assert stats["replay_steps"] == stats["added_steps"] == 6000 and stats["streams"] == 3
+
+
 def test_streams_spread_over_the_shards_by_a_stable_hash():
     assert [shard_of(f"arm{i}/0", 4) for i in range(4)] == [0, 3, 2, 1]
     assert {shard_of(f"arm{i}/0", 8) for i in range(64)} == set(range(8))
@@ -196,6 +263,12 @@ def test_a_resource_no_node_declares_is_a_one_line_error(ray):
     (["learner.replay_node_resources=[CPU]"],
      r"config: learner.replay_node_resources\[0\] = 'CPU' is not a custom Ray resource name"),
     (["learner.replay_node_resources=replay_a"], r"learner.replay_node_resources = 'replay_a' is not a list"),
+    (["learner.replay_in_learner=true", "learner.data_parallel_ranks=2"],
+     r"config: learner.replay_in_learner = true with learner.data_parallel_ranks = 2: the other ranks reach replay "
+     r"through Ray"),
+    (["learner.replay_in_learner=true", "learner.replay_shards=2", "learner.replay_node_resources=[a, b]"],
+     r"config: learner.replay_node_resources = \['a', 'b'\] has 2 name\(s\) for the 1 replay shard actor\(s\) "
+     r"beside the learner's own shard"),
     (["learner.replay_shards=4", "learner.replay_capacity_steps=300"],
      r"config: learner.replay_capacity_steps = 300 leaves fewer than 100 steps to each of learner.replay_shards = 4"),
 ])
@@ -210,3 +283,7 @@ def test_replay_shard_settings_default_to_one_unplaced_shard():
     assert (learner.replay_shards, learner.replay_node_resources) == (1, [])
     placed = cfg.load(None, ["learner.replay_shards=2", "learner.replay_node_resources=[replay_a, replay_b]"])
     assert placed.learner.replay_node_resources == ["replay_a", "replay_b"]
+    assert learner.replay_in_learner is False
+    beside = cfg.load(None, ["learner.replay_in_learner=true", "learner.replay_shards=3",
+                             "learner.replay_node_resources=[replay_a, replay_b]"])
+    assert beside.learner.replay_in_learner and beside.learner.replay_node_resources == ["replay_a", "replay_b"]
