@@ -710,15 +710,15 @@ def rank_main(rank: int, world: int, address: str, settings: dict, out: str) -> 
 def learner_bench(world: int, args, workdir: Path) -> dict:
     import torch.multiprocessing as mp
 
-    from robotd.netutil import free_tcp_ports
-    (port,) = free_tcp_ports(1)
+    rendezvous = workdir / f"rendezvous-{world}"          # as the learner's ranks meet: through a file
+    rendezvous.unlink(missing_ok=True)
     threads = max(1, (os.cpu_count() or 1) // world)
     settings = {"threads": threads, "preset": args.learner_preset, "batch": args.batch, "length": args.length,
                 "image": 64, "seconds": args.learner_seconds, "warmup": 1}
     outs = [str(workdir / f"rank{world}-{rank}.json") for rank in range(world)]
     context = mp.get_context("spawn")
     load_start = os.getloadavg()
-    workers = [context.Process(target=rank_main, args=(rank, world, f"tcp://127.0.0.1:{port}", settings, outs[rank]))
+    workers = [context.Process(target=rank_main, args=(rank, world, f"file://{rendezvous}", settings, outs[rank]))
                for rank in range(world)]
     for worker in workers:
         worker.start()
