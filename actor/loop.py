@@ -119,7 +119,7 @@ class Actor:
     def _connect_daemon(self, context):
         socket = context.socket(zmq.DEALER)
         socket.setsockopt(zmq.LINGER, 0)
-        secure = client_securer(self.config.network, self.config.network.actor_key)
+        secure = client_securer(self.config.network, self.config.network.actor_key, self.config.network.control)
         if secure is not None:
             secure(socket)
         socket.connect(self.config.network.control)
@@ -149,6 +149,8 @@ class Actor:
         self.receiver = wire.Receiver("actor", max_bytes=max_bytes)
         import torch
         torch.set_num_threads(config.actor.threads)
+        # Status is CurveZMQ by the experience channel's rule (robotd.security.secures), with this actor's key.
+        status_secure = client_securer(config.network, config.network.actor_key)
         context = zmq.Context()
         daemon, hello = self._connect_daemon(context)
         try:
@@ -191,8 +193,7 @@ class Actor:
                                      task_name=self.task.name, step_spec=self.step_spec, devices=self.devices,
                                      first_episode_id=self.first_episode_id, emit=self.stream.put,
                                      metrics=self.metrics, counters=self.counters)
-        self.status = StatusPublisher(context, config.network.status, self.process_name,
-                                      secure=client_securer(config.network, config.network.actor_key))
+        self.status = StatusPublisher(context, config.network.status, self.process_name, secure=status_secure)
         log.info("actor %s up: task %s, obs %s, action dim %d, learner %s", self.actor_id, self.task.name,
                  sorted(self.obs_spec), self.action_dim, self.learner_address)
         try:

@@ -69,6 +69,8 @@ class Learner:
         config = self.config
         torch.set_num_threads(config.learner_threads())
         max_bytes = int(config.network.max_message_mb * 2**20)
+        # The status channel's keys are checked before any socket is bound or Ray started: missing keys fail at once.
+        status_secure = client_securer(config.network, "learner")
         context = zmq.Context()
         self.curve = _curve_server(config, context)
         secure = self.curve.configure if self.curve else None
@@ -129,7 +131,7 @@ class Learner:
             ingest.start()
             self.ingested_steps = lambda: ingest.ledger.ingested_steps
             status = StatusPublisher(context, config.network.status, "learner",
-                                     secure=client_securer(config.network, "learner"))
+                                     secure=status_secure)
             metrics = MetricsWriter(self.logdir, process="learner")
             log.info("learner up: experience %s, weights %s, device %s, Ray %s", ingest.address, weights_address,
                      self.device, config.learner.ray_address or "local")

@@ -1,4 +1,4 @@
-"""The ``robotd`` command line: train (all three processes on one machine), check, keys; the processes
+"""The ``robotd`` command line: train (all three processes on one machine), watch, check, keys; the processes
 (daemon, actor, learner) and the tools (replay, inspect, eval, export) are programs of their own.
 
 ``robotd`` never imports the actor or learner packages: it starts them as separate processes
@@ -210,6 +210,19 @@ def cmd_train(args) -> int:
         return fail("train", exc)
 
 
+def cmd_watch(args) -> int:
+    from robotd import watch
+    setup_logging("watch")
+    try:
+        watch.check_arguments(address=args.status if args.status is not None else "-", seconds=args.seconds,
+                              silent_after_s=args.silent_after, json_path=args.json, config_path=args.config)
+        config = load_config(args)
+        return watch.run(config, address=args.status, seconds=args.seconds, json_path=args.json,
+                         silent_after_s=args.silent_after, config_path=args.config)
+    except USER_ERRORS as exc:
+        return fail("watch", exc)
+
+
 def cmd_check(args) -> int:
     from robotd.daemon import check
     setup_logging("check")
@@ -282,6 +295,34 @@ def build_parser() -> argparse.ArgumentParser:
                        help="start the learner (and the robot's policy) from this checkpoint, e.g. robotd replay's "
                             "or an earlier session's LOGDIR/checkpoints/latest.pt")
     train.set_defaults(func=cmd_train)
+    watch = _subcommand(
+        sub, "watch", "show the status line of processes running on other machines",
+        "Show the live status line of a session whose daemon, actor and learner run as separate commands, on "
+        "one machine or several: it binds the status collector at network.status (or --status), where every "
+        "process of the session publishes (they set the same network.status), and shows the line robotd train "
+        "shows, about once a second, with the processes that went silent. It stops on Ctrl-C, SIGTERM or after "
+        "--seconds, then prints the last counters of every process, when each was last heard from and the "
+        "malformed messages dropped per sender (--json writes them too).\n\n"
+        "The channel uses CurveZMQ as the experience channel does (network.auth: auto when the address leaves "
+        "this machine, always, never): run it where learner.key_secret is, with network.keys_dir holding it and "
+        "the robots' actors/*.key (the GPU box).",
+        ("on the GPU box, for robot PCs that publish to tcp://10.0.0.5:5570",
+         "robotd watch configs/mock_arm.yaml --status tcp://10.0.0.5:5570 --set network.keys_dir=keys"),
+        ("on one machine, for a minute, keeping the report",
+         "robotd watch configs/mock_arm.yaml --status tcp://127.0.0.1:5570 --seconds 60 --json watch.json"))
+    watch.add_argument("config", nargs="?", default=str(DEFAULT_CONFIG),
+                       help="YAML config file the processes use (see configs/); default: configs/mock_arm.yaml")
+    watch.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override any config key, e.g. --set network.keys_dir=keys (repeatable)")
+    watch.add_argument("--status", default=None, metavar="ADDRESS",
+                       help="address to bind, an address of this machine (default: network.status)")
+    watch.add_argument("--seconds", type=float, default=None,
+                       help="stop after this many seconds; default: until Ctrl-C or SIGTERM")
+    watch.add_argument("--silent-after", type=float, default=5.0, metavar="S",
+                       help="show a process as silent when nothing came from it for S seconds")
+    watch.add_argument("--json", default=None, metavar="FILE",
+                       help="also write the exit report to FILE as JSON")
+    watch.set_defaults(func=cmd_watch)
     check = _subcommand(
         sub, "check", "connect to every configured device and report what was found",
         "Connect to the robot and every camera of a config, read them for a while and report what each one "

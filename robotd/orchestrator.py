@@ -293,8 +293,18 @@ def train(config: Config, *, logdir: str, steps: int | None, minutes: float | No
     python = sys.executable
     common = [str(resolved), "--logdir", str(root)]
     context = zmq.Context()
-    status_curve = security.server_for_every_channel(config.network, context)
-    collector = StatusCollector(context, config.network.status, secure=status_curve.configure if status_curve else None)
+    # The status channel's rule (robotd.security.secures) is the one every publisher follows; robotd train runs
+    # with network.auth=always, so it is CurveZMQ with the session's keys.
+    status_curve = None
+    try:
+        status_curve = security.status_server(config.network, context)
+        collector = StatusCollector(context, config.network.status,
+                                    secure=status_curve.configure if status_curve else None)
+    except BaseException:
+        if status_curve is not None:
+            status_curve.stop()
+        context.term()                      # nothing is left open: the collector closes its socket when it fails
+        raise
     started = time.monotonic()
     interrupted: list[float] = []           # handlers first, so a Ctrl-C while starting still stops everything
     signal.signal(signal.SIGINT, lambda *_: interrupted.append(time.monotonic()))

@@ -21,6 +21,13 @@ Where the files go:
   public key in ``keys_dir/actors/``. Remove an actor's ``.key`` there (and restart the learner) to
   lock that robot out; no actor secret needs to stay on the learner.
 
+The status channel follows the same rule as the experience channel (``secures``: ``auto`` when its address
+leaves the machine, ``always``, ``never``) in every publisher and collector. The collector (``robotd train``,
+``robotd watch``) is the CURVE server with ``learner.key_secret`` and admits ``actors/*.key`` and ``learner.key``
+(``status_server``); the publishers are clients with the pairs they use anyway: the actor its own, the daemon
+``daemon`` where there is one else its robot's (``daemon_key_name``), the learner ``learner`` (``actors/`` in
+``robotd train``'s keys, else its own ``learner.key_secret``).
+
 Files use the ZeroMQ certificate format, so ``zmq.auth.load_certificate`` reads them too.
 """
 from __future__ import annotations
@@ -110,27 +117,54 @@ def needs_auth(mode: str, *addresses: str) -> bool:
 
 
 def secures_every_channel(mode: str) -> bool:
-    """Whether ``network.auth`` asks for CURVE on every channel (control and status too), as ``robotd train``
-    sets it with its per-session keys; ``auto`` secures only the experience and weights channels that leave
-    the machine."""
+    """Whether ``network.auth`` asks for CURVE on every channel, loopback ones included (control and status too),
+    as ``robotd train`` sets it with its per-session keys."""
     return mode == "always"
+
+
+def secures(network, address: str) -> bool:
+    """Whether the channel at ``address`` uses CurveZMQ: the experience channel's rule (``needs_auth``) for the
+    control and status channels too, so that both ends of a channel decide alike. ``auto``: when the address
+    leaves the machine; ``always``: always; ``never``: never. Under ``auto`` an empty address (a channel that is
+    not used, e.g. no network.status) needs nothing."""
+    if network.auth == "auto" and not address:
+        return False
+    return needs_auth(network.auth, address)
 
 
 SESSION_CLIENTS = ("daemon", "learner")
 """Client key names ``robotd train`` makes besides the actor's: the daemon and the learner publish status."""
+DAEMON_KEY = "daemon"
+"""The daemon's own client pair (``robotd train`` makes one per session); see ``daemon_key_name``."""
 
 
-def client_securer(network, name: str):
-    """A function making a socket a CURVE client named ``name`` (its pair in ``network.keys_dir/actors/``), or
-    None when ``network.auth`` does not secure every channel. Unusable keys fail here, in one line."""
-    if not secures_every_channel(network.auth):
+def _channel_name(network, address: str) -> str:
+    """The config key an address comes from, for messages."""
+    for key in ("status", "control", "experience", "weights"):
+        if getattr(network, key, None) == address:
+            return f"network.{key} {address}"
+    return address
+
+
+def client_securer(network, name: str, address: str | None = None):
+    """A function making a socket a CURVE client named ``name`` (its pair ``network.keys_dir/actors/NAME.key_secret``,
+    or ``keys_dir/NAME.key_secret``) of the channel at ``address``, or None when that channel is not secured
+    (``secures``). ``address`` defaults to ``network.status``, the channel every process publishes on. Unusable
+    keys fail here, in one line."""
+    address = network.status if address is None else address
+    if not secures(network, address):
         return None
     if not network.keys_dir:
-        raise SecurityError("network.auth=always secures every channel: set network.keys_dir to a key directory "
-                            "(`robotd keys DIR`; robotd train makes one per session)")
+        if secures_every_channel(network.auth):
+            raise SecurityError("network.auth=always secures every channel: set network.keys_dir to a key directory "
+                                "(`robotd keys DIR`; robotd train makes one per session)")
+        unused = " or leave network.status empty (no status)" if address == network.status else ""
+        raise SecurityError(f"{_channel_name(network, address)} leaves this machine, so it uses CurveZMQ "
+                            f"(network.auth=auto): set network.keys_dir to a key directory (`robotd keys DIR`){unused}, "
+                            f"or network.auth=never on a trusted network")
     if not curve_available():
-        raise SecurityError("network.auth=always needs CurveZMQ, which this libzmq lacks: install pyzmq with "
-                            "libsodium (pip install --force-reinstall pyzmq)")
+        raise SecurityError(f"network.auth={network.auth} needs CurveZMQ on {address}, which this libzmq lacks: "
+                            f"install pyzmq with libsodium (pip install --force-reinstall pyzmq)")
     probe_context = zmq.Context()
     probe = probe_context.socket(zmq.DEALER)
     try:
@@ -141,15 +175,49 @@ def client_securer(network, name: str):
     return lambda socket: configure_client(socket, network.keys_dir, name)
 
 
+def daemon_key_name(keys_dir: str | Path, configured: str, robot: str | None) -> str:
+    """The client pair the daemon publishes status with: its own, ``daemon``, where ``keys_dir`` holds one
+    (``robotd train`` makes one per session), else its robot's, the pair that robot's actor uses
+    (``own_key_name``: network.actor_key, or the pair named by --robot-id while network.actor_key is left at its
+    default). So on a robot PC the daemon and the actor need no more keys than the actor's."""
+    if keys_dir and any(path.exists() for path in (Path(keys_dir) / ACTORS_DIR / f"{DAEMON_KEY}{SECRET_SUFFIX}",
+                                                   Path(keys_dir) / f"{DAEMON_KEY}{SECRET_SUFFIX}")):
+        return DAEMON_KEY
+    return own_key_name(keys_dir, configured, robot)
+
+
 def server_for_every_channel(network, context: zmq.Context) -> CurveServer | None:
-    """A started CurveServer for a process that binds a control or status socket when ``network.auth`` secures
-    every channel (it serves with ``keys_dir/learner.key_secret``, the session's server key), else None."""
+    """A started CurveServer for a process that binds a control socket when ``network.auth`` secures every
+    channel (it serves with ``keys_dir/learner.key_secret``, the session's server key), else None."""
     if not secures_every_channel(network.auth):
         return None
     if not network.keys_dir:
         raise SecurityError("network.auth=always secures every channel: set network.keys_dir to a key directory "
                             "holding learner.key_secret (robotd train makes one per session)")
     server = CurveServer(context, network.keys_dir)
+    server.start()
+    return server
+
+
+def status_server(network, context: zmq.Context, address: str | None = None) -> CurveServer | None:
+    """A started CurveServer for a status collector bound at ``address`` (default ``network.status``) when that
+    channel is secured (``secures``, the rule every publisher follows), else None.
+
+    The collector serves as the learner does: with ``keys_dir/learner.key_secret`` (which the publishers know as
+    ``learner.key``), admitting every ``keys_dir/actors/*.key`` and the learner's own ``learner.key`` (the learner
+    on its own machine publishes with its own pair)."""
+    address = network.status if address is None else address
+    if not secures(network, address):
+        return None
+    if not network.keys_dir:
+        why = ("network.auth=always secures every channel" if secures_every_channel(network.auth) else
+               f"{address} leaves this machine, so status uses CurveZMQ (network.auth=auto)")
+        raise SecurityError(f"{why}: set network.keys_dir to the key directory holding learner.key_secret and the "
+                            f"robots' actors/*.key (the learner's), or network.auth=never on a trusted network")
+    if not curve_available():
+        raise SecurityError(f"network.auth={network.auth} needs CurveZMQ on {address}, which this libzmq lacks: "
+                            f"install pyzmq with libsodium (pip install --force-reinstall pyzmq)")
+    server = CurveServer(context, network.keys_dir, admit_own_key=True)
     server.start()
     return server
 
@@ -343,7 +411,9 @@ class CurveServer:
     after closing the sockets it secures, since libzmq admits every client once no handler runs.
     """
 
-    def __init__(self, context: zmq.Context, keys_dir: str | Path) -> None:
+    def __init__(self, context: zmq.Context, keys_dir: str | Path, *, admit_own_key: bool = False) -> None:
+        """``admit_own_key`` admits the server's own public key too (``learner.key``, as user id ``learner``): a
+        status collector does, since the learner publishes its status with its own pair where it runs alone."""
         keys_dir = Path(keys_dir)
         self._context = context
         self._public, self._secret = load_secret(keys_dir / f"{LEARNER}{SECRET_SUFFIX}")
@@ -354,6 +424,8 @@ class CurveServer:
         if not self._actors:
             raise SecurityError(f"no actor public keys in {actors_dir}: copy each robot's actors/<actor>.key "
                                 f"there (init_keys makes them)")
+        if admit_own_key:
+            self._actors.setdefault(z85.decode(self._public), LEARNER)
         self.rejected = 0
         self.rejected_unkeyed = 0
         self._refused_logged: set[bytes] = set()

@@ -1,4 +1,4 @@
-"""The status channel: every process publishes its counters; ``robotd train`` shows them.
+"""The status channel: every process publishes its counters; ``robotd train`` (or ``robotd watch``) shows them.
 
 Publishers connect a PUB socket to the collector's bound SUB socket, so processes can start in
 any order. Messages are ``wire.Kind.STATUS`` with ``process`` and a flat ``counters`` mapping.
@@ -12,6 +12,9 @@ with each other (finished episodes <= episodes <= env steps). A message that fai
 counted per sender (``malformed``: a known process name, or ``"unknown"`` when the name is missing
 or not accepted), and logged once per sender. The collector keeps its own copy of the checked
 counters, never the received objects.
+
+Whether the channel uses CurveZMQ is decided alike at both ends by robotd.security (``secures``: the
+experience channel's rule): publishers get ``client_securer``, collectors ``status_server``.
 """
 from __future__ import annotations
 
@@ -24,6 +27,7 @@ from dataclasses import dataclass
 import zmq
 
 from robotd import wire
+from robotd.netutil import bind_or_explain
 
 log = logging.getLogger("robotd.status")
 
@@ -183,17 +187,24 @@ class StatusCollector:
     """Binds the SUB side and keeps the newest checked counters of every process.
 
     ``latest`` maps a process name to a copy of its newest accepted counters and ``received_at`` to when they
-    came (time.monotonic()); ``malformed`` counts the dropped messages per sender (see the module docstring)."""
+    came (time.monotonic()); ``malformed`` counts the dropped messages per sender (see the module docstring);
+    ``address`` is the address bound."""
 
-    def __init__(self, context: zmq.Context, address: str, *, secure=None):
-        """``secure`` (e.g. a started CurveServer's configure) makes the socket a CURVE server before it binds."""
+    def __init__(self, context: zmq.Context, address: str, *, secure=None,
+                 what: str = "status collector (network.status)", fix: str = "with --set"):
+        """``secure`` (e.g. a started CurveServer's configure) makes the socket a CURVE server before it binds. An
+        address that cannot be bound raises netutil.AddressError, one line naming ``what`` and ``fix``."""
         self._socket = context.socket(zmq.SUB)
-        self._socket.setsockopt(zmq.LINGER, 0)
-        self._socket.setsockopt(zmq.MAXMSGSIZE, MAX_FRAME_BYTES)
-        self._socket.setsockopt(zmq.SUBSCRIBE, b"")
-        if secure is not None:
-            secure(self._socket)
-        self._socket.bind(address)
+        try:
+            self._socket.setsockopt(zmq.LINGER, 0)
+            self._socket.setsockopt(zmq.MAXMSGSIZE, MAX_FRAME_BYTES)
+            self._socket.setsockopt(zmq.SUBSCRIBE, b"")
+            if secure is not None:
+                secure(self._socket)
+            self.address = bind_or_explain(self._socket, address, what, fix=fix)
+        except BaseException:
+            self._socket.close(0)           # an open socket would keep context.term() waiting
+            raise
         self.latest: dict[str, dict] = {}
         self.received_at: dict[str, float] = {}
         self.malformed: dict[str, int] = {}
@@ -226,7 +237,8 @@ class StatusCollector:
         self.malformed[sender] = self.malformed.get(sender, 0) + 1
         if self.malformed[sender] == 1:
             log.warning("status: dropped a malformed message from %s: %s; fix the sender (further ones from %s "
-                        "are counted in summary.json's malformed_status, not logged)", sender, problem, sender)
+                        "are counted, not logged: summary.json's malformed_status, robotd watch's report)", sender,
+                        problem, sender)
 
     def close(self) -> None:
         """Closes the socket."""
@@ -311,6 +323,11 @@ def _rate(value, small: str = ".1f") -> str:
     return format(value, small) if abs(value) < 99.95 else _count(value)
 
 
+Group = list[tuple[str, int | None]]
+"""One group of the status line: (text, priority) items; priority None is always shown, the others in increasing
+order as long as the line stays within its width (0 would come before the p99, 1; each robot's steps are 6)."""
+
+
 def format_line(latest: dict[str, dict], now_s: float | None = None, width: int = LINE_WIDTH) -> str:
     """The live status line of a session from the newest counters of each process, at most ``width`` columns.
 
@@ -320,6 +337,17 @@ def format_line(latest: dict[str, dict], now_s: float | None = None, width: int 
     updates per second (learner). Where room is left, the period error p99, the policy's age, the
     unacknowledged chunks, the train ratio and the published version follow. A counter that is not
     a number (or is 1e18 or more in size) shows as '?'."""
+    groups = status_groups(latest)
+    if not groups:
+        return "waiting for processes..."
+    line = fit_groups(groups, width)
+    # Only extreme figures fail to fit: the groups close up, and what still does not fit is cut.
+    return line if line is not None else _render(groups, set(), "|")[:width]
+
+
+def status_groups(latest: dict[str, dict]) -> list[Group]:
+    """The groups of the status line (format_line) for the newest counters of each process: the daemon's (a
+    fleet's summed), the actor's (likewise, with each robot's steps) and the learner's; [] when none is known."""
     latest = latest if isinstance(latest, dict) else {}
     learner = latest.get("learner")
     learner = learner if isinstance(learner, dict) else {}
@@ -327,9 +355,7 @@ def format_line(latest: dict[str, dict], now_s: float | None = None, width: int 
     actors = [part for name, part in latest.items() if process_kind(name) == "actor" and isinstance(part, dict)]
     daemon, actor = _fleet_daemon(daemons), _fleet_actor(actors)
     robots = max(len(daemons), len(actors))
-    # Each group is a list of (text, priority): priority None is always shown, the others in increasing
-    # order as long as the line stays within width.
-    groups: list[list[tuple[str, int | None]]] = []
+    groups: list[Group] = []
     if daemon:
         p99 = daemon.get("error_p99_ms")
         fleet = [(f"{robots} robots", None)] if robots > 1 else []
@@ -366,17 +392,20 @@ def format_line(latest: dict[str, dict], now_s: float | None = None, width: int 
             group.append((f"ratio {_count(ratio)}", 4))
         group.append((f"pub v{_count(learner.get('published_version', 0))}", 5))
         groups.append(group)
-    if not groups:
-        return "waiting for processes..."
+    return groups
 
-    def render(shown: set[int], separator: str = " | ") -> str:
-        return separator.join(" ".join(text for text, priority in group if priority is None or priority in shown)
-                              for group in groups)
 
+def _render(groups: list[Group], shown: set[int], separator: str = " | ") -> str:
+    return separator.join(" ".join(text for text, priority in group if priority is None or priority in shown)
+                          for group in groups)
+
+
+def fit_groups(groups: list[Group], width: int) -> str | None:
+    """``groups`` as one line of at most ``width`` columns, with as many of the optional items as fit (in order of
+    priority); None when the items always shown do not fit."""
     shown: set[int] = set()
     for priority in sorted({priority for group in groups for _, priority in group if priority is not None}):
-        if len(render(shown | {priority})) <= width:
+        if len(_render(groups, shown | {priority})) <= width:
             shown.add(priority)
-    line = render(shown)
-    # Only extreme figures come this far: the groups close up, and what still does not fit is cut.
-    return line if len(line) <= width else render(shown, "|")[:width]
+    line = _render(groups, shown)
+    return line if len(line) <= width else None

@@ -59,8 +59,8 @@ def subcommand_parsers() -> dict[str, argparse.ArgumentParser]:
 
 def test_every_subcommand_has_a_description_examples_and_its_defaults_in_its_help():
     parsers = subcommand_parsers()
-    assert set(parsers) >= {"train", "check", "daemon", "actor", "learner", "replay", "inspect", "eval", "export",
-                            "keys"}
+    assert set(parsers) >= {"train", "watch", "check", "daemon", "actor", "learner", "replay", "inspect", "eval",
+                            "export", "keys"}
     for name, parser in parsers.items():
         text = parser.format_help()
         assert parser.prog == f"robotd {name}", name

@@ -1,6 +1,7 @@
 """The live status line of `robotd train`, and the checks on what the status channel receives."""
 import json
 import logging
+import threading
 import time
 
 import numpy as np
@@ -10,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from robotd import wire
-from robotd.netutil import free_tcp_ports
+from robotd.netutil import AddressError, free_tcp_ports
 from robotd.orchestrator import format_summary, summarize
 from robotd.status import LINE_WIDTH, MAX_MESSAGE_BYTES, StatusCollector, format_line, status_problem
 
@@ -261,3 +262,17 @@ def test_the_status_line_of_a_fleet_sums_its_robots():
     assert line.startswith("2 robots 48.5Hz late 3 | st 2000 (1200/800) ep 10 ret -15.0 ok 25% v6 | rb 2000 "
                            "2.5u/s"), line
     assert "(1200/800)" not in format_line(latest, width=80)      # the last thing shown, where room is left
+
+
+def test_a_collector_that_cannot_bind_says_so_in_one_line_and_leaves_no_socket_open():
+    context = zmq.Context()
+    holder = context.socket(zmq.PUB)
+    address = f"tcp://127.0.0.1:{free_tcp_ports(1)[0]}"
+    holder.bind(address)
+    with pytest.raises(AddressError, match=r"status collector \(network.status\): tcp://127.0.0.1:\d+ is already in use"):
+        StatusCollector(context, address)
+    holder.close(0)
+    done = threading.Event()
+    thread = threading.Thread(target=lambda: (context.term(), done.set()), daemon=True)
+    thread.start()
+    assert done.wait(5.0), "context.term() waited on the collector's socket"

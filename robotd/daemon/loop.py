@@ -26,7 +26,7 @@ from robotd import session, wire
 from robotd.daemon.clock import FixedRateClock, LockstepClock, PeriodStats, try_realtime
 from robotd.config import Config, check_lockstep
 from robotd.netutil import bind_or_explain
-from robotd.security import SecurityError, client_securer, is_loopback, server_for_every_channel
+from robotd.security import SecurityError, client_securer, daemon_key_name, is_loopback, server_for_every_channel
 from robotd.daemon.robot_io import RobotIO
 from robotd.daemon.safety import ActionWatchdog
 from robotd.status import StatusPublisher, process_name
@@ -169,6 +169,7 @@ class Daemon:
         self.config = config
         self.logdir = logdir
         self.process_name = process_name("daemon", robot)
+        self.robot_id = robot
         if not is_loopback(config.network.control) and config.network.auth != "never":
             raise SecurityError(f"network.control {config.network.control} is reachable from other machines: the "
                                 f"daemon takes actions only from this machine; use tcp://127.0.0.1:PORT or ipc://PATH")
@@ -215,8 +216,11 @@ class Daemon:
             if control.realtime == "on" and not self.scheduling.startswith("SCHED_FIFO"):
                 raise RuntimeError(f"control.realtime = on but {self.scheduling}: run as root or set control.realtime=auto")
         realtime = self.scheduling.startswith("SCHED_FIFO")
-        context = zmq.Context()
         network = self.config.network
+        # Status is CurveZMQ by the experience channel's rule (robotd.security.secures); unusable keys fail here,
+        # before any socket is open.
+        status_secure = client_securer(network, daemon_key_name(network.keys_dir, network.actor_key, self.robot_id))
+        context = zmq.Context()
         # network.auth=always (robotd train's per-session keys): only holders of the session's keys get in.
         self.curve = server_for_every_channel(network, context)
         socket = context.socket(zmq.ROUTER)
@@ -225,7 +229,7 @@ class Daemon:
         if self.curve is not None:
             self.curve.configure(socket)
         bind_or_explain(socket, network.control, "control channel (network.control)")
-        status = StatusPublisher(context, network.status, self.process_name, secure=client_securer(network, "daemon"))
+        status = StatusPublisher(context, network.status, self.process_name, secure=status_secure)
         self.receiver = receiver = wire.Receiver("daemon", max_bytes=int(self.config.network.max_message_mb * 2**20))
         self.io.connect()
         link = self.link
