@@ -16,8 +16,9 @@ ROW_FIELDS = ("robots", "ingest_steps_per_s", "tick_to_replay_ms_p50", "tick_to_
 def test_two_short_runs_write_complete_rows(tmp_path):
     out = tmp_path / "fleet.json"
     started = time.monotonic()
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--robots", "1,2", "--seconds", "2", "--learner-ranks", "none",
-                           "--micro-repeats", "0", "--out", str(out)],
+    # Shard 0 in the benchmark's learner process (learner.replay_in_learner), shard 1 a Ray actor on the other node.
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--robots", "1,2", "--seconds", "1.5", "--learner-ranks",
+                           "none", "--micro-repeats", "0", "--replay-in-learner", "--out", str(out)],
                           capture_output=True, text=True, cwd=tmp_path, timeout=150)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "steps/s into replay" in proc.stdout and "target ingest_steps_per_s >= 20000" in proc.stdout
@@ -35,7 +36,8 @@ def test_two_short_runs_write_complete_rows(tmp_path):
         assert row["replay_shards"] == 2 and sum(row["steps_per_shard"]) == row["stored_steps"]
         assert row["replay_added_steps"] == row["ingest_ingested_steps"] == row["stored_steps"]
         assert len(row["load_avg"]["start"]) == 3 and len(row["load_avg"]["end"]) == 3
-        assert row["seconds"] == pytest.approx(2.0, abs=0.5)
+        assert row["seconds"] == pytest.approx(1.5, abs=0.5)
     assert all(steps > 0 for steps in rows[1]["steps_per_shard"])       # two robots: one stream in each shard
     assert set(report["targets_met"]) and "learner" not in report
+    assert report["settings"]["replay_in_learner"] is True and report["settings"]["replay_node_resources"] == ["replay_b"]
     print(f"bench_fleet quick run: {time.monotonic() - started:.1f} s")

@@ -137,21 +137,21 @@ def test_unusable_input_fails_in_one_line(recorded_session, tmp_path):
 
 
 # --- the actor flags episodes; robotd train --init ---------------------------------------------
-def test_a_session_started_from_a_replayed_checkpoint_flags_its_stale_episodes(recorded_session, tmp_path):
-    checkpoint_dir = tmp_path / "offline"
-    assert replay(recorded_session, "--updates", 10, "--logdir", checkpoint_dir).returncode == 0
+def test_a_session_started_from_a_checkpoint_flags_its_stale_episodes(recorded_session, tmp_path):
+    # The recorded session's own checkpoint (robotd replay writes the same kind: see the offline training test).
+    checkpoint = recorded_session / "checkpoints" / "latest.pt"
     logdir = tmp_path / "online"
     # control.max_age_ms=1: the 30 fps camera's frames are always older than that at a tick, so every step has a
     # stale camera reading and every episode breaks quality.max_stale_fraction.
     argv = [sys.executable, "-m", "robotd", "train", str(ROOT / "configs" / "mock_arm.yaml"), "--steps", "150",
-            "--logdir", str(logdir), "--init", str(checkpoint_dir / "checkpoints" / "latest.pt"),
+            "--logdir", str(logdir), "--init", str(checkpoint),
             "--set", "control.pacing=lockstep", "--set", "actor.prefill_steps=0", "--set", "learner.min_replay_steps=64",
             "--set", "learner.batch_size=4", "--set", "learner.batch_length=16", "--set", "actor.drain_timeout_s=90",
             "--set", "control.max_age_ms=1"]
     result = subprocess.run(argv, capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert result.returncode == 0, result.stderr[-3000:]
     actor = json.loads((logdir / "stats" / "actor.json").read_text())
-    assert actor["random_steps"] == 0 and actor["network_steps"] == 150     # the replayed policy acted from step 0
+    assert actor["random_steps"] == 0 and actor["network_steps"] == 150     # the checkpoint's policy acted from step 0
     episodes = [read_episode(p) for p in sorted((logdir / "episodes").glob("*.h5"))]
     assert len(episodes) == 2 and actor["flagged_episodes"] == 2
     for episode in episodes:
