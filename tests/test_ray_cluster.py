@@ -1,7 +1,8 @@
 """``robotd learner --ray-address`` against a real two-node Ray cluster (a head and a worker node, both on
 loopback) with Ray's token auth: the learner's join path (learner.ray_start.start_ray) connects, sees both
-nodes, places a replay actor on the node that declares its custom resource, and a wrong or missing token is
-refused in one line.
+nodes, places a replay actor on the node that declares its custom resource (a bare one, and the learner's
+sharded replay through learner.replay_node_resources with shard 0 in its own process), and a wrong or missing
+token is refused in one line.
 
 Ray's worker node takes the machine's own address for a ``127.0.0.1`` head address (it asks the routing table),
 so the whole cluster runs in its own network namespace with only loopback up, and in its own PID namespace:
@@ -118,13 +119,28 @@ class PlacedReplay(ReplayBuffer):
 
 replay = ray.remote(num_cpus=0, resources={"replay_node": 1})(PlacedReplay).remote(1000, 0)
 stats = ray.get(replay.stats.remote(), timeout=90)
+placed_node = ray.get(replay.node_id.remote(), timeout=30)
+ray.kill(replay)
+# The learner's own path: learner.replay_shards=2, learner.replay_in_learner=true and
+# learner.replay_node_resources=[replay_node]: shard 0 in this process, shard 1 a Ray actor on the declaring node.
+import numpy as np
+from learner.shards import ShardedReplay, shard_of
+sharded = ShardedReplay.create(ray, 2000, seed=0, shards=2, node_resources=["replay_node"], in_learner=True)
+streams = [next(f"arm{i}/0" for i in range(100) if shard_of(f"arm{i}/0", 2) == k) for k in (0, 1)]
+for k, stream in enumerate(streams):
+    sharded.add_many([(stream, start, {"x": np.full(50, k, np.int64)}) for start in range(0, 300, 50)])
+drawn = np.concatenate([sharded.sample(8, 10)["x"][:, 0] for _ in range(10)])
+shard_node = ray.get(sharded.shards[1].__ray_call__.remote(lambda actor: ray.get_runtime_context().get_node_id()),
+                     timeout=30)
 print(json.dumps({
     "alive_nodes": len(nodes),
     "worker_node": [n["NodeID"] for n in nodes if n["Resources"].get("replay_node")],
     "head_node": [n["NodeID"] for n in nodes if not n["Resources"].get("replay_node")],
     "driver_node": ray.get_runtime_context().get_node_id(),
-    "replay_node": ray.get(replay.node_id.remote(), timeout=30),
+    "replay_node": placed_node,
     "replay_steps": stats["replay_steps"],
+    "sharded": {"steps_per_shard": sharded.stats()["replay_steps_per_shard"], "shard1_node": shard_node,
+                "drawn_from": sorted(set(drawn.tolist())), "in_process": sharded.in_process},
     "auth": __import__("os").environ.get("RAY_AUTH_MODE"),
 }))
 ray.shutdown()
@@ -205,6 +221,11 @@ def test_learner_joins_a_two_node_cluster_with_token_auth(tmp_path, isolated):
     assert len(right["worker_node"]) == 1 and len(right["head_node"]) == 1
     worker = right["worker_node"][0]
     assert right["replay_node"] == worker                    # the replay actor sits on the declaring node
+    # learner.replay_node_resources through ShardedReplay.create: shard 1 on the declaring node, shard 0 in the
+    # learner's process; batches draw from both.
+    sharded = right["sharded"]
+    assert sharded["shard1_node"] == worker and sharded["in_process"] is True
+    assert sharded["steps_per_shard"] == [300, 300] and sharded["drawn_from"] == [0, 1]
     assert right["driver_node"] == right["head_node"][0]     # the learner drives from this machine's node
     assert right["auth"] == "token"
 
