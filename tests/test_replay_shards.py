@@ -3,6 +3,7 @@ all shards' data, latents go back to the shard they came from, counters sum, cap
 custom Ray resources; one shard behaves as the bare replay. A real local Ray on loopback."""
 import os
 import tempfile
+import time
 
 import numpy as np
 import pytest
@@ -85,6 +86,7 @@ def test_a_stream_lives_in_one_shard_and_the_counters_sum(ray, sharded):
     assert stats["replay_steps"] == stats["added_steps"] == 4000
     assert (stats["streams"], stats["segments"], stats["replay_shards"]) == (2, 2, 2)
     assert stats["replay_steps_per_shard"] == [1000, 3000]
+    assert stats["replay_streams_per_shard"] == [1, 1]
     assert sharded.can_sample(1000) and not sharded.can_sample(3001)
 
 
@@ -180,9 +182,15 @@ def test_a_shard_in_the_learners_process_behaves_as_its_ray_actor(ray):
     actors = ShardedReplay.create(ray, 10_000, seed=5, shards=2)
     try:
         assert isinstance(local.shards[0], InProcessShard) and local.in_process and not actors.in_process
-        after = ray.available_resources()
-        assert after["replay_b"] == pytest.approx(before["replay_b"] - 0.01)   # shard 1 placed as asked
-        assert after["replay_a"] == before["replay_a"]                          # no actor for shard 0
+        # Ray's view of the free resources follows actor starts and kills with a delay: wait for it to settle.
+        expected = {"replay_b": before["replay_b"] - 0.01, "replay_a": before["replay_a"]}   # no actor for shard 0
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            after = ray.available_resources()
+            if all(after.get(name, 0) == pytest.approx(value) for name, value in expected.items()):
+                break
+            time.sleep(0.05)
+        assert {name: after.get(name, 0) for name in expected} == pytest.approx(expected)
         for replay in (local, actors):
             fill(replay, SMALL, 0, 1000)
             fill(replay, LARGE, 1, 3000)
@@ -237,6 +245,29 @@ def test_an_in_process_shard_takes_chunks_and_batches_from_several_threads_at_on
     assert not errors and len(drawn) == 50
     stats = replay.stats()
     assert stats["replay_steps"] == stats["added_steps"] == 6000 and stats["streams"] == 3
+
+
+def test_streams_spread_evenly_over_the_shards_whatever_their_names(ray):
+    # Every one of these names hashes to shard 0 of 2, and of 3: by hash alone one shard would hold them all.
+    names = [name for name in (f"robot{i}/s" for i in range(200)) if shard_of(name, 2) == 0 and shard_of(name, 3) == 0]
+    replay = ShardedReplay.create(ray, 6000, seed=0, shards=3, in_learner=True)
+    try:
+        for name in names[:6]:
+            fill(replay, name, 0, 200)
+        assert replay.streams_per_shard == [2, 2, 2]
+        assert replay.stats()["replay_steps_per_shard"] == [400, 400, 400]
+        assert [replay.shard_of(name) for name in names[:6]] == [0, 1, 2, 0, 1, 2]    # each stays where it went
+        assert replay.exclude("never-seen/0", 0, 10) is False and replay.streams_per_shard == [2, 2, 2]
+        # Among shards holding as many streams, a stream goes to the one its name hashes to.
+        other = ShardedReplay.create(ray, 1000, seed=0, shards=2)
+        try:
+            assert [other.shard_of(LARGE), other.shard_of(SMALL)] == [1, 0]
+        finally:
+            for shard in other.shards:
+                ray.kill(shard)
+    finally:
+        for shard in replay.shards[1:]:
+            ray.kill(shard)
 
 
 def test_streams_spread_over_the_shards_by_a_stable_hash():
