@@ -1,11 +1,10 @@
 """Replay sharded over several Ray actors (``learner.replay_shards``), which may live on different nodes.
 
 Each shard is a :class:`learner.replay.ReplayBuffer` in its own Ray actor, holding an equal part of
-``learner.replay_capacity_steps``. A stream's chunks all go to one shard, so its steps stay contiguous there: a
-stream seen for the first time goes to the shard holding the fewest streams (ties broken by a stable hash of its
-name, CRC-32, so that the choice is the same in every run), and stays there. Streams so spread evenly over the
-shards whatever their names (by hash alone, two robots would share one shard of two half the time, leaving the
-other's capacity unused), and the shards store in parallel what the ingest sends them. Sampling stays uniform over every sequence of every shard: the batch is split over the shards by a multinomial draw weighted by each shard's number of
+``learner.replay_capacity_steps``. A stream's chunks all go to one shard, chosen by a stable hash of the stream
+name (CRC-32, the same in every process and after a restart), so its steps stay contiguous there; different
+streams spread over the shards, which store in parallel what several threads send them (the learner's ingest
+is one thread, one chunk at a time). Sampling stays uniform over every sequence of every shard: the batch is split over the shards by a multinomial draw weighted by each shard's number of
 sampleable sequences, the shards sample their parts in parallel, and the parts are concatenated and shuffled.
 
 Placement: ``learner.replay_node_resources`` names, per shard, a custom Ray resource that the shard's actor
@@ -41,8 +40,7 @@ ACTOR_CPUS = 0.25                    # Ray CPUs per shard actor (copies on add, 
 
 
 def shard_of(stream: str, shards: int) -> int:
-    """The shard ``stream`` prefers: stable across processes and runs (Python's hash() is not). ShardedReplay
-    places a new stream there when no shard holds fewer streams."""
+    """The shard that stores ``stream``: stable across processes and restarts (Python's hash() is not)."""
     return zlib.crc32(stream.encode("utf-8")) % shards if shards > 1 else 0
 
 
@@ -98,8 +96,6 @@ class ShardedReplay:
         self.shards = list(shards)
         self.rng = np.random.default_rng([seed, len(self.shards)])
         self._lock = threading.Lock()
-        self._placed: dict[str, int] = {}            # stream -> its shard, from its first chunk on
-        self._streams_per_shard = [0] * len(self.shards)
 
     @classmethod
     def create(cls, ray, capacity_steps: int, seed: int = 0, shards: int = 1,
@@ -160,23 +156,8 @@ class ShardedReplay:
         return [item.value if isinstance(item, _Done) else next(values) for item in started]
 
     def shard_of(self, stream: str) -> int:
-        """Index of the shard holding ``stream``; a stream not seen before is placed on the shard holding the
-        fewest streams, the one its name hashes to first (``shard_of``) among equals."""
-        with self._lock:
-            index = self._placed.get(stream)
-            if index is None:
-                count = len(self.shards)
-                preferred = shard_of(stream, count)
-                index = min(range(count), key=lambda i: (self._streams_per_shard[i], (i - preferred) % count))
-                self._placed[stream] = index
-                self._streams_per_shard[index] += 1
-            return index
-
-    @property
-    def streams_per_shard(self) -> list[int]:
-        """How many streams each shard holds."""
-        with self._lock:
-            return list(self._streams_per_shard)
+        """Index of the shard holding ``stream``."""
+        return shard_of(stream, len(self.shards))
 
     def add(self, stream: str, stream_step: int, arrays: dict[str, np.ndarray]) -> int:
         """Stores a chunk in its stream's shard (returns once stored: an ack means the data is safe)."""
@@ -192,11 +173,7 @@ class ShardedReplay:
 
     def exclude(self, stream: str, start: int, n_steps: int) -> bool:
         """Keeps stream steps out of training, in the stream's shard."""
-        with self._lock:
-            index = self._placed.get(stream)
-        if index is None and len(self.shards) > 1:
-            return False                              # no shard holds a step of it
-        return self._call(index or 0, "exclude", stream, start, n_steps)
+        return self._call(self.shard_of(stream), "exclude", stream, start, n_steps)
 
     def can_sample(self, length: int) -> bool:
         """True when some shard holds a segment of at least ``length`` steps."""
@@ -245,15 +222,13 @@ class ShardedReplay:
         return self._gather(refs)
 
     def stats(self) -> dict:
-        """The shards' counters summed; with several shards also ``replay_shards``, ``replay_steps_per_shard`` and
-        ``replay_streams_per_shard``."""
+        """The shards' counters summed; with several shards also ``replay_shards`` and ``replay_steps_per_shard``."""
         if len(self.shards) == 1:
             return self._call(0, "stats")
         each = self._call_each([(index, "stats") for index in range(len(self.shards))])
         total = {key: sum(stats[key] for stats in each) for key in each[0]}
         total["replay_shards"] = len(self.shards)
         total["replay_steps_per_shard"] = [stats["replay_steps"] for stats in each]
-        total["replay_streams_per_shard"] = self.streams_per_shard
         return total
 
 

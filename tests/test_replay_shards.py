@@ -86,7 +86,6 @@ def test_a_stream_lives_in_one_shard_and_the_counters_sum(ray, sharded):
     assert stats["replay_steps"] == stats["added_steps"] == 4000
     assert (stats["streams"], stats["segments"], stats["replay_shards"]) == (2, 2, 2)
     assert stats["replay_steps_per_shard"] == [1000, 3000]
-    assert stats["replay_streams_per_shard"] == [1, 1]
     assert sharded.can_sample(1000) and not sharded.can_sample(3001)
 
 
@@ -245,29 +244,6 @@ def test_an_in_process_shard_takes_chunks_and_batches_from_several_threads_at_on
     assert not errors and len(drawn) == 50
     stats = replay.stats()
     assert stats["replay_steps"] == stats["added_steps"] == 6000 and stats["streams"] == 3
-
-
-def test_streams_spread_evenly_over_the_shards_whatever_their_names(ray):
-    # Every one of these names hashes to shard 0 of 2, and of 3: by hash alone one shard would hold them all.
-    names = [name for name in (f"robot{i}/s" for i in range(200)) if shard_of(name, 2) == 0 and shard_of(name, 3) == 0]
-    replay = ShardedReplay.create(ray, 6000, seed=0, shards=3, in_learner=True)
-    try:
-        for name in names[:6]:
-            fill(replay, name, 0, 200)
-        assert replay.streams_per_shard == [2, 2, 2]
-        assert replay.stats()["replay_steps_per_shard"] == [400, 400, 400]
-        assert [replay.shard_of(name) for name in names[:6]] == [0, 1, 2, 0, 1, 2]    # each stays where it went
-        assert replay.exclude("never-seen/0", 0, 10) is False and replay.streams_per_shard == [2, 2, 2]
-        # Among shards holding as many streams, a stream goes to the one its name hashes to.
-        other = ShardedReplay.create(ray, 1000, seed=0, shards=2)
-        try:
-            assert [other.shard_of(LARGE), other.shard_of(SMALL)] == [1, 0]
-        finally:
-            for shard in other.shards:
-                ray.kill(shard)
-    finally:
-        for shard in replay.shards[1:]:
-            ray.kill(shard)
 
 
 def test_streams_spread_over_the_shards_by_a_stable_hash():
