@@ -1,10 +1,12 @@
 """Replay sharded over several Ray actors (``learner.replay_shards``), which may live on different nodes.
 
 Each shard is a :class:`learner.replay.ReplayBuffer` in its own Ray actor, holding an equal part of
-``learner.replay_capacity_steps``. A stream's chunks all go to one shard, chosen by a stable hash of the stream
-name (CRC-32, the same in every process and after a restart), so its steps stay contiguous there; different
-streams spread over the shards, which store in parallel what several threads send them (the learner's ingest
-is one thread, one chunk at a time). Sampling stays uniform over every sequence of every shard: the batch is split over the shards by a multinomial draw weighted by each shard's number of
+``learner.replay_capacity_steps``. A robot's streams (``ACTOR/STREAM``: every stream of one actor id, the
+streams of its restarts included) all go to one shard, so a stream's steps stay contiguous there: an actor seen
+for the first time goes to the shard holding the fewest actors (among equals, the one a CRC-32 of its id picks,
+so the choice is the same in every run) and stays there. Robots so spread evenly over the shards whatever their
+names (CRC-32 alone puts robot0, robot1, robot2 and robot3 all in shard 0 of 2), a restarted actor's new stream
+joins its old ones instead of unbalancing the shards, and the shards store in parallel what the ingest sends. Sampling stays uniform over every sequence of every shard: the batch is split over the shards by a multinomial draw weighted by each shard's number of
 sampleable sequences, the shards sample their parts in parallel, and the parts are concatenated and shuffled.
 
 Placement: ``learner.replay_node_resources`` names, per shard, a custom Ray resource that the shard's actor
@@ -32,7 +34,8 @@ import numpy as np
 
 from learner.replay import ReplayBuffer
 
-__all__ = ["InProcessShard", "RESOURCE_SHARE", "SHARD_BIT", "ShardedReplay", "shard_capacities", "shard_of"]
+__all__ = ["InProcessShard", "RESOURCE_SHARE", "SHARD_BIT", "ShardedReplay", "actor_of", "shard_capacities",
+           "shard_of"]
 
 SHARD_BIT = 40                       # segment ids of one shard stay far below 2**40
 RESOURCE_SHARE = 0.01                # of a node's custom resource, per shard placed there
@@ -40,8 +43,14 @@ ACTOR_CPUS = 0.25                    # Ray CPUs per shard actor (copies on add, 
 
 
 def shard_of(stream: str, shards: int) -> int:
-    """The shard that stores ``stream``: stable across processes and restarts (Python's hash() is not)."""
+    """The shard a name prefers: stable across processes and runs (Python's hash() is not). ShardedReplay puts a
+    new actor there when no shard holds fewer actors."""
     return zlib.crc32(stream.encode("utf-8")) % shards if shards > 1 else 0
+
+
+def actor_of(stream: str) -> str:
+    """The actor id of a replay stream name ``ACTOR/STREAM`` (a name without "/" is its own actor)."""
+    return stream.rsplit("/", 1)[0]
 
 
 def shard_capacities(capacity_steps: int, shards: int) -> list[int]:
@@ -96,6 +105,8 @@ class ShardedReplay:
         self.shards = list(shards)
         self.rng = np.random.default_rng([seed, len(self.shards)])
         self._lock = threading.Lock()
+        self._placed: dict[str, int] = {}            # actor id -> its shard, from its first chunk on
+        self._actors_per_shard = [0] * len(self.shards)
 
     @classmethod
     def create(cls, ray, capacity_steps: int, seed: int = 0, shards: int = 1,
@@ -156,8 +167,26 @@ class ShardedReplay:
         return [item.value if isinstance(item, _Done) else next(values) for item in started]
 
     def shard_of(self, stream: str) -> int:
-        """Index of the shard holding ``stream``."""
-        return shard_of(stream, len(self.shards))
+        """Index of the shard holding ``stream`` (every stream of its actor); an actor not seen before is placed on
+        the shard holding the fewest actors, the one its id hashes to first (``shard_of``) among equals."""
+        count = len(self.shards)
+        if count == 1:
+            return 0
+        actor = actor_of(stream)
+        with self._lock:
+            index = self._placed.get(actor)
+            if index is None:
+                preferred = shard_of(actor, count)
+                index = min(range(count), key=lambda i: (self._actors_per_shard[i], (i - preferred) % count))
+                self._placed[actor] = index
+                self._actors_per_shard[index] += 1
+            return index
+
+    @property
+    def actors_per_shard(self) -> list[int]:
+        """How many actors' streams each shard holds."""
+        with self._lock:
+            return list(self._actors_per_shard)
 
     def add(self, stream: str, stream_step: int, arrays: dict[str, np.ndarray]) -> int:
         """Stores a chunk in its stream's shard (returns once stored: an ack means the data is safe)."""
@@ -222,13 +251,15 @@ class ShardedReplay:
         return self._gather(refs)
 
     def stats(self) -> dict:
-        """The shards' counters summed; with several shards also ``replay_shards`` and ``replay_steps_per_shard``."""
+        """The shards' counters summed; with several shards also ``replay_shards``, ``replay_steps_per_shard`` and
+        ``replay_actors_per_shard``."""
         if len(self.shards) == 1:
             return self._call(0, "stats")
         each = self._call_each([(index, "stats") for index in range(len(self.shards))])
         total = {key: sum(stats[key] for stats in each) for key in each[0]}
         total["replay_shards"] = len(self.shards)
         total["replay_steps_per_shard"] = [stats["replay_steps"] for stats in each]
+        total["replay_actors_per_shard"] = self.actors_per_shard
         return total
 
 

@@ -432,7 +432,10 @@ def ending_report(children: dict, codes: dict, reason: str, *, learner_stopped: 
         lines.append(f"robotd train: {child.exit_message(code, how=how)}")
     if too_short:
         lines.append(before_first_update_message(summary, status, config))
-    failed = any(code not in (0, None) for name, code in codes.items() if not (name == "learner" and too_short))
+    # A process ended by robotd train's own SIGTERM stopped as asked, even when the signal came before its handler
+    # was set or after it had begun to exit (then it dies of the signal): not a failure, as it gets no line above.
+    failed = any(code not in (0, None, -signal.SIGTERM) for name, code in codes.items()
+                 if not (name == "learner" and too_short))
     return lines, failed
 
 

@@ -15,8 +15,8 @@ Everything on the wire and in replay is the real thing:
 * the learner side is a real ``learner.ingest.IngestServer`` whose store callback is ``ShardedReplay.add`` of a
   ``learner.shards.ShardedReplay`` with 2 shards, placed one per node of a ``ray.cluster_utils.Cluster`` (a head
   and one more node, both on 127.0.0.1) by the custom resources ``replay_a`` / ``replay_b``
-  (``learner.replay_node_resources``). Every stream is hashed to its shard (CRC-32 of its name); the robots'
-  stream names are chosen so that they alternate between the two shards.
+  (``learner.replay_node_resources``). Each robot's streams go to one shard, robots spread evenly over the
+  shards (the replay places them: learner.shards).
 
 A robot sends as fast as its stream takes chunks: it keeps at most ``--window`` chunks unacknowledged (queued or in
 its spool) and builds the next one as soon as one is acknowledged. Each step is stamped with its tick time

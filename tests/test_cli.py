@@ -224,6 +224,15 @@ def test_a_learner_that_trained_or_failed_by_itself_is_reported_as_before(tmp_pa
     assert lines == ["robotd train: learner exited with code 2"] and failed
 
 
+def test_a_process_ended_by_robotd_trains_sigterm_is_not_a_failure(tmp_path):
+    # A daemon that dies of the SIGTERM robotd train sent it (it came before its handler was set, or while it was
+    # already exiting) stopped as asked; one killed otherwise did not.
+    lines, failed = _report(tmp_path, {"daemon": -15, "actor": 0, "learner": 0}, summary={"learner_updates": 12})
+    assert lines == [] and not failed
+    lines, failed = _report(tmp_path, {"daemon": -9, "actor": 0, "learner": 0}, summary={"learner_updates": 12})
+    assert lines == ["robotd train: daemon exited with code -9"] and failed
+
+
 @pytest.mark.slow
 def test_a_session_too_short_for_the_learner_to_start_ends_with_a_plain_sentence(tmp_path):
     """Whole processes: 64 steps in lockstep end long before the learner is up."""

@@ -50,6 +50,7 @@ def test_two_robots_feed_one_learner_with_exact_per_robot_accounting(tmp_path):
     assert learner["ingested_steps_by_actor"] == {"robot0": 401, "robot1": 400}
     assert learner["replay_in_learner"] is True and learner["replay_shards"] == 2
     assert sum(learner["replay_steps_per_shard"]) == learner["replay_steps"] == 801
+    assert learner["replay_actors_per_shard"] == [1, 1]          # one robot in each shard
     for process in ("daemon.robot0", "daemon.robot1", "actor.robot0", "actor.robot1"):
         assert (logdir / "stats" / f"{process}.json").is_file(), process
     # Each robot its own seed: the two mock arms' first observations differ (reset noise is drawn from the seed).

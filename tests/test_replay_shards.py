@@ -86,6 +86,7 @@ def test_a_stream_lives_in_one_shard_and_the_counters_sum(ray, sharded):
     assert stats["replay_steps"] == stats["added_steps"] == 4000
     assert (stats["streams"], stats["segments"], stats["replay_shards"]) == (2, 2, 2)
     assert stats["replay_steps_per_shard"] == [1000, 3000]
+    assert stats["replay_actors_per_shard"] == [1, 1]
     assert sharded.can_sample(1000) and not sharded.can_sample(3001)
 
 
@@ -244,6 +245,26 @@ def test_an_in_process_shard_takes_chunks_and_batches_from_several_threads_at_on
     assert not errors and len(drawn) == 50
     stats = replay.stats()
     assert stats["replay_steps"] == stats["added_steps"] == 6000 and stats["streams"] == 3
+
+
+def test_robots_spread_evenly_over_the_shards_and_keep_their_shard_across_streams(ray):
+    # robot0..robot3 all hash to shard 0 of 2: by hash alone one shard would hold every robot.
+    names = [f"robot{i}" for i in range(4)]
+    assert {shard_of(name, 2) for name in names} == {0}
+    replay = ShardedReplay.create(ray, 4000, seed=0, shards=2, in_learner=True)
+    try:
+        for name in names:
+            fill(replay, f"{name}/s0", 0, 200)
+        assert replay.actors_per_shard == [2, 2]
+        assert replay.stats()["replay_steps_per_shard"] == [400, 400]
+        assert [replay.shard_of(f"{name}/s0") for name in names] == [0, 1, 0, 1]
+        # A restarted actor's new stream joins its old one, wherever the new name would hash.
+        fill(replay, "robot1/s1", 0, 100)
+        assert replay.shard_of("robot1/s1") == 1 and replay.actors_per_shard == [2, 2]
+        assert replay.stats()["replay_steps_per_shard"] == [400, 500]
+    finally:
+        for shard in replay.shards[1:]:
+            ray.kill(shard)
 
 
 def test_streams_spread_over_the_shards_by_a_stable_hash():
