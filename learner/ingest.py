@@ -17,6 +17,7 @@ from typing import Callable
 
 import zmq
 
+from learner.shards import actor_of
 from robotd import steps, wire
 from robotd.netutil import bind_or_explain
 
@@ -110,7 +111,7 @@ class IngestLedger:
         """Unique steps stored per actor (a stream is named ACTOR_ID/STREAM)."""
         steps: dict[str, int] = {}
         for stream, intervals in self.streams.items():
-            actor = stream.rsplit("/", 1)[0]
+            actor = actor_of(stream)
             steps[actor] = steps.get(actor, 0) + intervals.covered
         return steps
 

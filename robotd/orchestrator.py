@@ -412,6 +412,11 @@ def train(config: Config, *, logdir: str, steps: int | None, minutes: float | No
     return 130 if reason == "interrupted" else (1 if failed or reason not in COMPLETE else 0)
 
 
+STOPPED_AS_ASKED = (0, -signal.SIGTERM)
+"""Exit statuses of a process that stopped as robotd train asked: a clean exit, or death by its SIGTERM (when the
+signal came before the process's handler was set, or after it had begun to exit)."""
+
+
 def ending_report(children: dict, codes: dict, reason: str, *, learner_stopped: bool, root: Path, summary: dict,
                   status: dict, config: Config) -> tuple[list[str], bool]:
     """What ``robotd train`` says about how its processes ended, and whether any of them failed.
@@ -426,15 +431,13 @@ def ending_report(children: dict, codes: dict, reason: str, *, learner_stopped: 
     lines = []
     for name, child in children.items():
         code = codes.get(name)
-        if reason == "interrupted" or code in (0, -signal.SIGTERM) or (name == "learner" and too_short):
+        if reason == "interrupted" or code in STOPPED_AS_ASKED or (name == "learner" and too_short):
             continue
         how = None if code is not None else "did not stop in time and was killed by robotd train (SIGKILL)"
         lines.append(f"robotd train: {child.exit_message(code, how=how)}")
     if too_short:
         lines.append(before_first_update_message(summary, status, config))
-    # A process ended by robotd train's own SIGTERM stopped as asked, even when the signal came before its handler
-    # was set or after it had begun to exit (then it dies of the signal): not a failure, as it gets no line above.
-    failed = any(code not in (0, None, -signal.SIGTERM) for name, code in codes.items()
+    failed = any(code not in (*STOPPED_AS_ASKED, None) for name, code in codes.items()
                  if not (name == "learner" and too_short))
     return lines, failed
 

@@ -462,17 +462,10 @@ class StoreRecorder:
             self.per_shard[self.replay.shard_of(stream)] += n
 
 
-def shard_streams(count: int, run: int, shards: int) -> list[tuple[str, str]]:
-    """(actor id, stream) of each robot: robot i's stream lands in shard i % shards."""
-    from learner.shards import shard_of
-    out = []
-    for index in range(count):
-        actor = f"robot{index}"
-        k = 0
-        while shard_of(f"{actor}/r{run}s{k}", shards) != index % shards:
-            k += 1
-        out.append((actor, f"r{run}s{k}"))
-    return out
+def robot_streams(count: int, run: int) -> list[tuple[str, str]]:
+    """(actor id, stream) of each robot in run ``run``: a new stream each run, the same actor ids, so the replay
+    keeps each robot in the shard it placed it in (learner.shards: robots spread evenly over the shards)."""
+    return [(f"robot{index}", f"r{run}") for index in range(count)]
 
 
 def percentile_ms(values_ns: np.ndarray, q: float) -> float | None:
@@ -502,7 +495,7 @@ def fleet_run(count: int, run: int, args, replay, recorder: StoreRecorder, conte
 
 def _fleet_run(count, run, args, replay, recorder, ingest, robots, keys_dir, spool_dir, check_listeners, profile):
     before_stats = replay.stats()
-    for index, (actor, stream) in enumerate(shard_streams(count, run, len(replay))):
+    for index, (actor, stream) in enumerate(robot_streams(count, run)):
         settings = {"actor_id": actor, "stream": stream, "address": ingest.address, "keys_dir": str(keys_dir),
                     "spool_dir": str(spool_dir / f"run{run}"), "window": args.window, "chunk_steps": args.chunk_steps,
                     "seed": 1000 * run + index, "drain_s": args.drain_s, "resend_after_s": args.resend_after_s}
