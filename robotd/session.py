@@ -34,9 +34,11 @@ def prepare(logdir: str | Path) -> Path:
     try:
         for sub in ("", EPISODES, CHECKPOINTS, STATS):
             (root / sub).mkdir(parents=True, exist_ok=True)
-        probe = root / ".write-test"
-        probe.write_text("ok")
-        probe.unlink()
+        # A probe of its own (processes of one session prepare the same directory at once: a shared name
+        # let one process unlink another's probe).
+        fd, probe = tempfile.mkstemp(dir=root, prefix=".write-test.")
+        os.close(fd)
+        os.unlink(probe)
     except OSError as exc:
         raise LogdirError(f"log directory {str(root)!r} is not writable ({exc.strerror}): "
                           f"choose another --logdir or fix its permissions") from None

@@ -234,6 +234,26 @@ def test_an_unwritable_logdir_fails_in_one_line(tmp_path):
     assert len(lines) == 1 and "is not writable" in lines[0] and "--logdir" in lines[0]
 
 
+def _prepare_many(logdir: str, times: int) -> None:
+    from robotd import session
+    for _ in range(times):
+        session.prepare(logdir)
+
+
+def test_processes_preparing_one_logdir_at_once_all_succeed(tmp_path):
+    # The daemons of a fleet prepare the session directory at the same moment; a probe file shared between
+    # them let one unlink the other's and fail with "not writable (No such file or directory)".
+    import multiprocessing
+    context = multiprocessing.get_context("fork")
+    workers = [context.Process(target=_prepare_many, args=(str(tmp_path / "fleet"), 300)) for _ in range(4)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(60)
+    assert [worker.exitcode for worker in workers] == [0, 0, 0, 0]
+    assert not [path.name for path in (tmp_path / "fleet").iterdir() if path.name.startswith(".write-test")]
+
+
 def find_learner_pid(logdir: Path) -> int | None:
     return procs.module_pid("learner", str(logdir))
 
