@@ -187,9 +187,16 @@ class Learner:
                                            trainer.agent)
             trainer.ranks = config.data_parallel_ranks
 
+        filled = False
+
         def sample():
-            if replay.stats()["replay_steps"] < config.min_replay_steps:
-                return None
+            # The replay only grows to its capacity: once it holds min_replay_steps it is not asked again
+            # (a stats call is a round trip to every shard).
+            nonlocal filled
+            if not filled:
+                filled = replay.stats()["replay_steps"] >= config.min_replay_steps
+                if not filled:
+                    return None
             batch = replay.sample(config.batch_size, config.batch_length, context)
             return trainer.prepare(batch) if batch is not None else None
         prefetch = Prefetcher(sample)

@@ -268,6 +268,7 @@ def _start_local_ray(ray, seconds: float) -> None:
     """One attempt at a local, loopback-only Ray; a failed one leaves no Ray process behind, and one cut short by
     a stop signal raises StartStopped."""
     temp_dir = tempfile.mkdtemp(prefix="robotd-ray-")
+    log.info("starting a local Ray on %s, its files in %s", LOOPBACK, temp_dir)
     try:
         with _ray_waits(seconds):
             ray.init(address="local", num_cpus=max(1, os.cpu_count() or 1), include_dashboard=False,

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,10 +50,16 @@ def module_pid(module: str, marker: str) -> int | None:
     return None
 
 
-def ray_since(pids_before: set[int]) -> list[str]:
-    """Command lines of Ray's processes (GCS, raylet, workers) started after ``pids_before`` was taken."""
-    return [p.cmdline for p in processes() if p.pid not in pids_before and p.state != "Z"
-            and any(name in p.cmdline for name in ("raylet", "gcs_server", "default_worker"))]
+def ray_of_session(logdir) -> tuple[list[str], list[str]]:
+    """The temporary directories of the local Rays a session's learner started (its log names each) and the command
+    lines of live Ray processes (GCS, raylet, monitors) that name one of them. Other sessions' Rays, such as those
+    of tests running beside this one, are not counted."""
+    text = "".join(path.read_text(errors="replace") for path in sorted(Path(logdir).glob("logs/learner*.log")))
+    dirs = sorted(set(re.findall(r"its files in (\S+)", text)))
+    left = [p.cmdline for p in processes()
+            if p.state != "Z" and any(folder in p.cmdline for folder in dirs)
+            and any(name in p.cmdline for name in ("raylet", "gcs_server", "ray/"))]
+    return dirs, left
 
 
 def pids() -> set[int]:

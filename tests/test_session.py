@@ -47,7 +47,6 @@ def assert_session_invariants(logdir: Path, steps: int | None) -> dict:
 
 
 def test_a_short_arm_session_streams_trains_uses_new_weights_and_survives_faults(tmp_path):
-    pids_before = procs.pids()
     logdir = tmp_path / "arm"
     # The stop 10 s after the robot starts: an actor that a busy machine holds at its start for more than 5 s
     # would find the robot already stopped, before its first episode, which then has nothing to flag.
@@ -74,7 +73,8 @@ def test_a_short_arm_session_streams_trains_uses_new_weights_and_survives_faults
     assert episode.steps["obs/image"].shape[1:] == (64, 64, 3)
     assert episode.steps["is_first"][0] and episode.steps["is_last"][-1]
     assert session_processes(str(logdir)) == []
-    assert procs.ray_since(pids_before) == []
+    ray_dirs, ray_left = procs.ray_of_session(logdir)
+    assert ray_dirs and ray_left == []
     # World-model reports: per-head losses in the learner's metrics, open-loop videos as GIFs.
     reported = [r for r in read_metrics(logdir / "metrics" / "learner.jsonl") if "report/openloop/image" in r]
     assert reported and reported[-1]["report/loss/reward"] >= 0
@@ -101,7 +101,6 @@ def test_a_target_train_ratio_is_held_by_the_learner_while_the_robot_keeps_its_r
 
 
 def test_ctrl_c_stops_everything_and_leaves_a_readable_session(tmp_path):
-    pids_before = procs.pids()
     logdir = tmp_path / "interrupted"
     argv = [sys.executable, "-m", "robotd", "train", str(ROOT / "configs" / "mock_arm.yaml"), "--steps", "100000",
             "--logdir", str(logdir), *FAST]
@@ -122,7 +121,8 @@ def test_ctrl_c_stops_everything_and_leaves_a_readable_session(tmp_path):
     daemon = json.loads((logdir / "stats" / "daemon.json").read_text())
     assert daemon["ticks"] > 0
     assert session_processes(str(logdir)) == []
-    assert procs.ray_since(pids_before) == []
+    ray_dirs, ray_left = procs.ray_of_session(logdir)
+    assert ray_dirs and ray_left == []
 
 
 def knock_as_strangers(logdir: Path, seconds: float = 4.0) -> bool:
@@ -280,7 +280,6 @@ def test_a_learner_that_dies_is_restarted_and_the_session_loses_nothing(tmp_path
 
 
 def test_ctrl_c_while_the_processes_are_still_starting_leaves_nothing_running(tmp_path):
-    pids_before = procs.pids()
     logdir = tmp_path / "early"
     argv = [sys.executable, "-m", "robotd", "train", str(ROOT / "configs" / "mock_arm.yaml"), "--steps", "100000",
             "--logdir", str(logdir), *FAST]
@@ -296,7 +295,7 @@ def test_ctrl_c_while_the_processes_are_still_starting_leaves_nothing_running(tm
     assert summary["exit_reason"] == "interrupted"
     assert summary["logged_steps"] == summary["env_steps"]
     assert session_processes(str(logdir)) == []
-    assert procs.ray_since(pids_before) == []
+    assert procs.ray_of_session(logdir)[1] == []        # a Ray that was starting too
 
 
 # ---- summary.json's return and success, from hand-made episode files (no processes) ------------------------------
@@ -366,7 +365,6 @@ def test_a_killed_robotd_train_takes_its_daemon_actor_and_learner_with_it(tmp_pa
     """SIGKILL gives robotd train no chance to stop its children: each asked the kernel for SIGTERM when its parent
     dies (PR_SET_PDEATHSIG), so the daemon stops the robot, the actor closes its episode and the learner
     checkpoints, and nothing of the session is left running."""
-    pids_before = procs.pids()
     logdir = tmp_path / "killed"
     argv = [sys.executable, "-m", "robotd", "train", str(ROOT / "configs" / "mock_arm.yaml"), "--steps", "100000",
             "--logdir", str(logdir), *FAST]
@@ -384,6 +382,6 @@ def test_a_killed_robotd_train_takes_its_daemon_actor_and_learner_with_it(tmp_pa
     daemon = json.loads((logdir / "stats" / "daemon.json").read_text())
     assert daemon["ticks"] > 0                     # the daemon stopped on its SIGTERM path and wrote its stats
     deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and procs.ray_since(pids_before):
+    while time.monotonic() < deadline and procs.ray_of_session(logdir)[1]:
         time.sleep(0.5)
-    assert procs.ray_since(pids_before) == []
+    assert procs.ray_of_session(logdir)[1] == []
