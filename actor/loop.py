@@ -20,7 +20,7 @@ import numpy as np
 import zmq
 
 from actor.recorder import StepRecorder
-from actor.spool import ChunkSpool, resend_from_episodes
+from actor.spool import ChunkSpool, history_chunks, resend_from_episodes
 from actor.stream import ExperienceStream
 from actor.weights import WeightSubscriber
 from learner.dreamer import Policy
@@ -181,7 +181,7 @@ class Actor:
         self.stream = ExperienceStream(context, self.learner_address, hello_meta, spool,
                                        resend_after_s=config.actor.resend_after_s, max_bytes=max_bytes,
                                        secure=self.secure, spool_full=config.actor.spool_full,
-                                       first_episode_id=self.first_episode_id)
+                                       first_episode_id=self.first_episode_id, history=self._history)
         rebuilt = resend_from_episodes(spool, self.stream.markers, self.logdir / session.EPISODES, self.actor_id,
                                        self.step_spec, config.actor.chunk_steps)
         self._log_resent(adopted, rebuilt, spool)
@@ -203,6 +203,11 @@ class Actor:
             daemon.close(0)
             context.term()
         return self.stats
+
+    def _history(self, limit_steps: int, until: dict[str, int]):
+        """What a learner holding none of this actor's steps asks for: chunks rebuilt from the episode files."""
+        return history_chunks(self.logdir / session.EPISODES, self.actor_id, self.step_spec,
+                              self.config.actor.chunk_steps, limit_steps, until)
 
     def _log_resent(self, adopted: int, rebuilt: dict[str, dict], spool: ChunkSpool) -> None:
         """One line saying what earlier actors left unacknowledged that this one sends first."""
@@ -479,6 +484,8 @@ class Actor:
                       "return_mean20": return_mean, "success_rate20": success_rate,
                       "sent_chunks": self.stream.sent_chunks, "resent_chunks": self.stream.resent_chunks,
                       "acked_chunks": self.stream.acked_chunks, "learner_restarts": self.stream.reconnects,
+                      "history_sent_chunks": self.stream.history_sent_chunks,
+                      "history_acked_steps": self.stream.history_acked_steps,
                       "spilled_chunks": spool.spilled_total, "unacked_steps": spool.pending_steps,
                       "spool_dropped_chunks": spool.dropped_chunks, "spool_dropped_steps": spool.dropped_steps,
                       "adopted_chunks": spool.adopted_chunks, "stop_reason": self.stop_reason,

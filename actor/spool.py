@@ -376,7 +376,6 @@ def resend_from_episodes(spool: ChunkSpool, markers: AckMarkers, episodes_dir: s
     episode's first step), carry the episode's quality exclusion when it was closed flagged, and are numbered by
     ``resend_seq``. Markers of streams with nothing left to send are removed. Returns, per stream given chunks,
     ``{"from": first stream step, "steps": n, "chunks": c}``."""
-    chunk_steps = min(int(chunk_steps), RESEND_SEQ_SPAN - 1)
     points = {stream: value for stream, value in markers.read().items() if stream != spool.stream}
     for stream in spool.other_streams():
         if stream not in points:
@@ -398,43 +397,21 @@ def resend_from_episodes(spool: ChunkSpool, markers: AckMarkers, episodes_dir: s
             held = sum(hi - lo for lo, hi in _merged(by_episode.get(episode_id, ())))
             if held and held >= episodes.count_steps(path):
                 continue                                  # every step is in a pending chunk already
-            episode = episodes.read_episode(path)
         except (OSError, ValueError) as exc:
             log.warning("spool: episode %s not read for resending (%s)", path.name, str(exc).splitlines()[0][:200])
             continue
-        stream = episode.attrs.get("stream")
-        if stream not in points:
+        found = _resendable(path, spec, streams=points)
+        if found is None:
             continue
-        data = episode.steps
-        n_steps = len(data.get(steps.STREAM_STEP, ()))
-        problem = steps.check_against(spec, {key: data[key] for key in spec if key in data}, n_steps) \
-            if n_steps else None
-        if problem is None and n_steps and np.any(np.diff(data[steps.STREAM_STEP]) != 1):
-            problem = "its stream steps are not consecutive"
-        if problem:
-            log.warning("spool: episode %s not resent: %s", path.name, problem)
-            continue
-        if not n_steps:
-            continue
-        start = int(data[steps.STREAM_STEP][0])
-        end = start + n_steps
-        flags = quality.quality_flags(episode.attrs.get("flags", ())) if episode.complete else []
+        episode, stream, start, end = found
         for lo, hi in steps.uncovered(covered[stream], max(start, points[stream][0]), end):
-            at = lo
-            while at < hi:
-                stop = min(hi, start + ((at - start) // chunk_steps + 1) * chunk_steps)
-                arrays = {key: np.ascontiguousarray(data[key][at - start:stop - start]) for key in spec}
-                meta = {"actor_id": actor_id, "stream": stream, "episode_id": episode_id,
-                        "seq": resend_seq(at, stop - at), "n_steps": stop - at, "stream_step": at}
-                if flags and stop == end:
-                    meta["exclude"] = {"from": start, "n": n_steps, "reasons": flags}
-                spool.add(meta["seq"], wire.encode(wire.Kind.CHUNK, meta, arrays), stop - at, at, stream=stream,
+            for meta, frames in _cut(episode, spec, actor_id, episode_id, stream, start, end, lo, hi, chunk_steps):
+                spool.add(meta["seq"], frames, meta["n_steps"], meta["stream_step"], stream=stream,
                           episode_id=episode_id)
-                entry = rebuilt.setdefault(stream, {"from": at, "steps": 0, "chunks": 0})
-                entry["from"] = min(entry["from"], at)
-                entry["steps"] += stop - at
+                entry = rebuilt.setdefault(stream, {"from": meta["stream_step"], "steps": 0, "chunks": 0})
+                entry["from"] = min(entry["from"], meta["stream_step"])
+                entry["steps"] += meta["n_steps"]
                 entry["chunks"] += 1
-                at = stop
     for stream in points:
         if spool.oldest_pending(stream) is None:
             try:
@@ -442,3 +419,79 @@ def resend_from_episodes(spool: ChunkSpool, markers: AckMarkers, episodes_dir: s
             except (OSError, ValueError) as exc:
                 log.warning("spool: marker of stream %s not removed (%s)", stream, exc)
     return rebuilt
+
+
+def _resendable(path: Path, spec: dict, streams=None) -> tuple | None:
+    """(episode, stream, first stream step, end) of an episode file whose steps can be sent again, or None (logged):
+    unreadable, another step spec, stream steps not consecutive, no steps, or a stream not in ``streams``."""
+    try:
+        episode = episodes.read_episode(path)
+    except (OSError, ValueError) as exc:
+        log.warning("spool: episode %s not read for resending (%s)", path.name, str(exc).splitlines()[0][:200])
+        return None
+    stream = episode.attrs.get("stream")
+    if not isinstance(stream, str) or (streams is not None and stream not in streams):
+        return None
+    data = episode.steps
+    n_steps = len(data.get(steps.STREAM_STEP, ()))
+    problem = steps.check_against(spec, {key: data[key] for key in spec if key in data}, n_steps) if n_steps else None
+    if problem is None and n_steps and np.any(np.diff(data[steps.STREAM_STEP]) != 1):
+        problem = "its stream steps are not consecutive"
+    if problem:
+        log.warning("spool: episode %s not resent: %s", path.name, problem)
+        return None
+    if not n_steps:
+        return None
+    start = int(data[steps.STREAM_STEP][0])
+    return episode, stream, start, start + n_steps
+
+
+def _cut(episode, spec: dict, actor_id: str, episode_id: int, stream: str, start: int, end: int, lo: int, hi: int,
+         chunk_steps: int):
+    """Chunks of the episode's stream steps [lo, hi), cut as the actor cuts them (at most ``chunk_steps``, counted
+    from the episode's first step ``start``), numbered by ``resend_seq``; the one holding the episode's last step
+    carries its quality exclusion when it was closed flagged. Yields (meta, frames)."""
+    chunk_steps = min(int(chunk_steps), RESEND_SEQ_SPAN - 1)
+    data = episode.steps
+    flags = quality.quality_flags(episode.attrs.get("flags", ())) if episode.complete else []
+    at = lo
+    while at < hi:
+        stop = min(hi, start + ((at - start) // chunk_steps + 1) * chunk_steps)
+        arrays = {key: np.ascontiguousarray(data[key][at - start:stop - start]) for key in spec}
+        meta = {"actor_id": actor_id, "stream": stream, "episode_id": episode_id,
+                "seq": resend_seq(at, stop - at), "n_steps": stop - at, "stream_step": at}
+        if flags and stop == end:
+            meta["exclude"] = {"from": start, "n": end - start, "reasons": flags}
+        yield meta, wire.encode(wire.Kind.CHUNK, meta, arrays)
+        at = stop
+
+
+def history_chunks(episodes_dir: str | Path, actor_id: str, spec: dict, chunk_steps: int, limit_steps: int,
+                   until: dict[str, int]):
+    """Chunks rebuilt from the episode files of ``actor_id`` for a learner that holds none of its steps (one
+    started again on a machine without this log directory asks for them in its hello answer, ``history_steps``):
+    the steps of the newest episodes, at most ``limit_steps`` of them (the learner's replay capacity), oldest first,
+    so the learner's replay holds what it held before. Of a stream named in ``until`` only the steps below that
+    point are sent (the rest is pending in the spool or still to come). Episodes are read one at a time, when the
+    next chunk is asked for. Yields (stream, seq, frames, n_steps)."""
+    files = _episode_files(Path(episodes_dir), actor_id)
+    chosen, total = [], 0
+    for episode_id, path in reversed(files):
+        if total >= limit_steps:
+            break
+        try:
+            count = episodes.count_steps(path)
+        except (OSError, ValueError):
+            continue
+        chosen.append((episode_id, path))
+        total += count
+    skip = max(0, total - limit_steps)            # of the oldest chosen episode's steps, the first ones
+    for episode_id, path in reversed(chosen):
+        found = _resendable(path, spec)
+        if found is None:
+            continue
+        episode, stream, start, end = found
+        lo, hi = start + skip, min(end, until.get(stream, end))
+        skip = 0
+        for meta, frames in _cut(episode, spec, actor_id, episode_id, stream, start, end, lo, hi, chunk_steps):
+            yield stream, meta["seq"], frames, meta["n_steps"]

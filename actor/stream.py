@@ -13,6 +13,11 @@ actor.spool.AckMarkers): this actor's own stream and every earlier stream it sen
 changed at most once every MARKER_EVERY_S and at exit; an earlier stream's marker goes once all of it
 is acknowledged. A chunk the learner dropped under ``drop_oldest`` counts as settled there, as in the hello.
 
+A learner that holds none of this actor's steps (one started again on a machine without this log directory)
+asks in its hello answer for up to ``history_steps`` of them; the thread then sends, beside the live chunks and
+after them, chunks rebuilt from the episode files (``history``, see actor.spool.history_chunks), a few at a time,
+each until acknowledged. They are not spooled: a learner that restarts again asks again.
+
 A chunk put on the queue wakes the thread at once (an eventfd it polls beside the socket), so it leaves within
 microseconds rather than at the thread's next poll timeout.
 """
@@ -36,6 +41,8 @@ HEARTBEAT_S = 1.0
 UNREACHABLE_WARN_S = 5.0
 SPOOL_FULL_POLICIES = ("stop", "drop_oldest")
 MARKER_EVERY_S = 1.0
+HISTORY_WINDOW = 4
+"""History chunks sent and not yet acknowledged, at most."""
 
 
 class ExperienceStream(threading.Thread):
@@ -43,7 +50,9 @@ class ExperienceStream(threading.Thread):
 
     def __init__(self, context: zmq.Context, address: str, hello_meta: dict, spool: ChunkSpool, *,
                  resend_after_s: float, max_bytes: int, secure=None, spool_full: str = "stop",
-                 first_episode_id: int = 0):
+                 first_episode_id: int = 0, history=None):
+        """``history(limit_steps, until)``: the chunks a learner that holds none of this actor's steps asks for,
+        as an iterator of (stream, seq, frames, n_steps) (actor.spool.history_chunks); None sends none."""
         super().__init__(name="experience-stream", daemon=True)
         self.context = context
         self.address = address
@@ -67,6 +76,12 @@ class ExperienceStream(threading.Thread):
         self.acked_chunks = 0
         self.resent_chunks = 0
         self.reconnects = 0
+        self.history = history
+        self.history_sent_chunks = 0
+        self.history_acked_steps = 0
+        self._history = None                       # the iterator of the history being sent
+        self._history_flight: dict[tuple[str, int], list] = {}     # key -> [frames, n_steps, sent at or None]
+        self._hello_acked = 0                      # acked_through of the last hello: below it, earlier learners'
         self._halt = threading.Event()
         self._drain_deadline: float | None = None
         self._lock = threading.Lock()
@@ -169,6 +184,7 @@ class ExperienceStream(threading.Thread):
                         last_hello = now
                 else:
                     self._send_due(socket, now)
+                    self._send_history(socket, now)
                     if now - last_heartbeat >= HEARTBEAT_S:
                         self._try_send(socket, wire.Kind.HEARTBEAT, {"actor_id": self.hello_meta["actor_id"]})
                         last_heartbeat = now
@@ -208,6 +224,7 @@ class ExperienceStream(threading.Thread):
             lowest = self.spool.lowest_pending_step()
             previous = self.spool.other_streams()
         hello = {**self.hello_meta, "acked_through": self.emitted_steps if lowest is None else lowest}
+        self._hello_acked = hello["acked_through"]
         if previous:
             hello["previous_streams"] = previous
         return hello
@@ -258,12 +275,58 @@ class ExperienceStream(threading.Thread):
             self.sent_chunks += 1
             self.resent_chunks += int(not first_time)
 
+    def _start_history(self, limit_steps: int) -> None:
+        """A new learner answered: drops a history still being sent to an earlier one, and starts one when this
+        learner asks for it. Of this actor's own stream only what earlier learners acknowledged is history, and of
+        an earlier stream with chunks in the spool, what lies below them."""
+        self._history, self._history_flight = None, {}
+        if self.history is None or not limit_steps:
+            return
+        with self._lock:
+            pending = {stream: self.spool.oldest_pending(stream) for stream in self.spool.other_streams()}
+        until = {stream: found[0] for stream, found in pending.items() if found is not None}
+        until[self.spool.stream] = self._hello_acked
+        try:
+            self._history = iter(self.history(limit_steps, until))
+        except Exception as exc:  # noqa: BLE001 - the live stream goes on without it
+            log.warning("learner asked for this actor's history; not sent: %s", exc)
+            return
+        log.info("learner holds none of this actor's steps: sending up to %d of them from the episode files",
+                 limit_steps)
+
+    def _send_history(self, socket, now: float) -> None:
+        """Sends history chunks after the live ones: up to HISTORY_WINDOW unacknowledged, each again after
+        ``resend_after_s`` until acknowledged."""
+        while self._history is not None and len(self._history_flight) < HISTORY_WINDOW:
+            try:
+                stream, seq, frames, n_steps = next(self._history)
+            except StopIteration:
+                self._history = None
+                log.info("history sent: %d chunks", self.history_sent_chunks)
+                break
+            except Exception as exc:  # noqa: BLE001 - a damaged episode file ends the history, not the stream
+                self._history = None
+                log.warning("history stopped after %d chunks: %s", self.history_sent_chunks, exc)
+                break
+            self._history_flight[(stream, seq)] = [frames, n_steps, None]
+        for entry in self._history_flight.values():
+            if entry[2] is None or now - entry[2] >= self.resend_after_s:
+                try:
+                    socket.send_multipart(entry[0], flags=zmq.NOBLOCK, copy=False)
+                except zmq.Again:
+                    return
+                self.history_sent_chunks += int(entry[2] is None)
+                entry[2] = now
+
     def _on_message(self, message: wire.Message) -> None:
         kind, meta = message.kind, message.meta
         if kind == wire.Kind.ACK:
             stream = meta.get("stream")
             with self._lock:
                 self.acked_chunks += int(self.spool.ack(meta["seq"], stream if isinstance(stream, str) else None))
+            entry = self._history_flight.pop((stream, meta["seq"]), None)
+            if entry is not None:
+                self.history_acked_steps += entry[1]
         elif kind == wire.Kind.HELLO:
             self.learner_reply = meta
             instance = meta.get("instance")
@@ -277,6 +340,7 @@ class ExperienceStream(threading.Thread):
             self.accepted.set()
             with self._lock:
                 self.spool.resend_all()
+            self._start_history(meta.get("history_steps", 0))
         elif kind == wire.Kind.HEARTBEAT:
             instance = meta.get("instance")
             if self.instance is not None and instance != self.instance:

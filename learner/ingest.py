@@ -6,6 +6,10 @@ chunk is acked only after replay has stored it, so an ack means the data is safe
 seen before is acked again and dropped, and of a chunk that overlaps stored steps (one an actor
 rebuilt from episode files, cut differently) only the steps not stored yet are stored. Gaps in a stream's step numbering that are never
 filled are what ``lost_steps`` counts.
+
+An actor whose steps this learner holds none of (after refilling from its own log directory) is asked, in the
+answer to its hello, for up to ``history_steps`` of its logged steps: a learner started again on a machine
+without the robot's episode files gets its replay back from the robot (see actor.stream).
 """
 from __future__ import annotations
 
@@ -118,8 +122,17 @@ class IngestLedger:
     @property
     def lost_steps(self) -> int:
         """Steps of each stream, from where this learner took it over to the newest received, that never arrived."""
-        return sum(max(0, i.end - self.bases.get(stream, 0) - i.covered)
-                   for stream, i in self.streams.items() if i.spans)
+        lost = 0
+        for stream, intervals in self.streams.items():
+            base = self.bases.get(stream, 0)
+            if intervals.end > base:      # only what lies above the base: history below it is not a gap filled
+                held = sum(hi - max(lo, base) for lo, hi in intervals.spans if hi > base)
+                lost += intervals.end - base - held
+        return lost
+
+    def holds_actor(self, actor_id: str) -> bool:
+        """True when some step of some stream of ``actor_id`` is stored."""
+        return any(actor_of(stream) == actor_id and intervals.spans for stream, intervals in self.streams.items())
 
 
 MAX_BATCH_CHUNKS = 64
@@ -184,9 +197,11 @@ class IngestServer(threading.Thread):
                  refill: Callable[[dict, "IngestLedger"], int] | None = None,
                  secure: Callable[[zmq.Socket], None] | None = None,
                  exclude: Callable[[str, int, int], bool] | None = None,
-                 store_many: Callable[[list[tuple[str, int, dict]]], None] | None = None):
+                 store_many: Callable[[list[tuple[str, int, dict]]], None] | None = None,
+                 history_steps: int = 0):
         """``store`` keeps one chunk's new steps in replay; ``store_many`` (default: ``store`` for each) keeps the
-        new steps of every chunk waiting at once, e.g. one replay call per shard for all of them."""
+        new steps of every chunk waiting at once, e.g. one replay call per shard for all of them.
+        ``history_steps``: asked of an actor whose steps this learner holds none of (0: never asked)."""
         super().__init__(name="ingest", daemon=True)
         self.socket = context.socket(zmq.ROUTER)
         self.socket.setsockopt(zmq.LINGER, 0)
@@ -205,12 +220,13 @@ class IngestServer(threading.Thread):
         # Keeps a stream's step range out of training (a chunk's "exclude": an episode flagged for timing quality).
         self.exclude = exclude
         self.refilled_steps = 0
+        self.history_steps = history_steps
         self.instance = uuid.uuid4().hex[:12]
         self.receiver = wire.Receiver("ingest", max_bytes=max_bytes)
         self.ledger = IngestLedger()
         self.peers: dict[bytes, dict] = {}
         self.counters = {"chunks": 0, "refused_chunks": 0, "refused_hellos": 0, "heartbeats": 0, "excluded_episodes": 0,
-                         "chunks_before_hello": 0}
+                         "chunks_before_hello": 0, "history_requests": 0}
         self._logged_refusals: set[bytes] = set()      # peers whose refusal was logged (once each, at most 1000)
         self._halt = threading.Event()
         self.lock = threading.Lock()
@@ -350,11 +366,15 @@ class IngestServer(threading.Thread):
                                      acked_through if isinstance(acked_through, int) else 0)
             for name, through in previous.items():       # chunks an earlier actor spilled, sent by this one
                 self.ledger.start_stream(f"{peer['actor_id']}/{name}", through)
+            history = self.history_steps if self.history_steps and not self.ledger.holds_actor(peer["actor_id"]) else 0
         if self.peers.get(identity) != peer:
-            log.info("actor %s (stream %s) connected", meta.get("actor_id"), meta.get("stream"))
+            log.info("actor %s (stream %s) connected%s", meta.get("actor_id"), meta.get("stream"),
+                     f"; none of its steps held here, so it is asked for up to {history} logged ones" if history else "")
+            self.counters["history_requests"] += int(bool(history))
         self.peers[identity] = peer
         self._reply(identity, wire.Kind.HELLO, {"role": "learner", "session": meta.get("session", ""),
-                                                "instance": self.instance, "weights_port": self.weights_port})
+                                                "instance": self.instance, "weights_port": self.weights_port,
+                                                "history_steps": history})
 
     def _chunk(self, identity: bytes, message: wire.Message, batch: "_Batch") -> None:
         """Checks a chunk and adds what it holds that is not stored yet (nor waiting in ``batch``) to the batch;
@@ -379,6 +399,8 @@ class IngestServer(threading.Thread):
             log.warning("chunk %s seq %d dropped: %s", stream, seq, problem)
             return
         with self.lock:
+            # A stream no hello named (an actor's history of an older stream) is counted from its first chunk.
+            self.ledger.start_stream(stream, stream_step)
             duplicate = self.ledger.is_duplicate(stream, seq, stream_step, n_steps) or batch.holds(stream, seq)
             # Only the steps not stored yet (nor waiting): chunks rebuilt from episode files may be cut differently.
             ranges = [] if duplicate else [piece for lo, hi in self.ledger.missing(stream, stream_step, n_steps)

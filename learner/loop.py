@@ -125,7 +125,9 @@ class Learner:
                                   on_spec=lambda s: self.spec_ready.set(), max_bytes=max_bytes,
                                   refill=lambda spec, ledger: refill_from_episodes(self.logdir, spec, ledger, store,
                                                                                    exclude),
-                                  secure=secure, exclude=exclude)
+                                  secure=secure, exclude=exclude,
+                                  history_steps=config.learner.replay_capacity_steps
+                                  if config.learner.history_from_actors else 0)
             if spec is not None:
                 self.spec_ready.set()
             ingest.start()

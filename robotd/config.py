@@ -161,6 +161,9 @@ class LearnerConfig:
     batch_length: int = spec(32, range=(2, 4096))
     min_replay_steps: int = spec(100, range=(1, 100_000_000), help="steps in replay before training starts")
     replay_capacity_steps: int = spec(1_000_000, range=(100, 1_000_000_000))
+    history_from_actors: bool = spec(True, help="ask an actor whose steps this learner holds none of (a learner "
+                                                "started again on a machine without the robot's episodes) to send "
+                                                "its logged history, up to learner.replay_capacity_steps")
     replay_shards: int = spec(1, range=(1, 64),
                               help="Ray actors the replay is split over, sharing learner.replay_capacity_steps "
                                    "equally: a stream's chunks all go to one, several streams spread over them, "

@@ -110,7 +110,7 @@ FIELDS: dict[Kind, dict[str, Field]] = {
                  "robot": _opt(str), "action_dim": _opt(int, 1, 4096), "rate_hz": _opt(_NUMBER, 0.0),
                  "reading_spec": _opt(dict), "robot_name": _opt(str), "cameras": _opt(list), "pacing": _opt(str),
                  # the learner's answer
-                 "instance": _opt(str), "weights_port": _opt(int, 1, 65535)},
+                 "instance": _opt(str), "weights_port": _opt(int, 1, 65535), "history_steps": _opt(int, 0)},
     Kind.OBS: {"tick": _req(int, 0), "t_tick_ns": _req(int), "devices": _opt(dict), "prev": _opt(dict),
                "robot_status": _opt(dict)},
     Kind.ACT: {"tick": _req(int, 0), "policy_version": _req(int, 0), "reset": _opt(bool)},

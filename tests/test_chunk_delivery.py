@@ -528,3 +528,85 @@ def test_chunks_waiting_together_are_stored_in_one_call_acked_after_it_and_resen
     assert acks == [(wire.Kind.ACK, 0), (wire.Kind.ACK, 1), (wire.Kind.ACK, 1)]
     assert server.ledger.ingested_steps == 16 and server.ledger.duplicate_chunks == 1
     server.socket.close(0)
+
+
+# ---- history: a learner that holds none of an actor's steps gets them from its episode files ------------------
+
+def history_ticks(chunks) -> list[tuple[str, int, int]]:
+    """(stream, first tick, steps) of each history chunk, after decoding it as the learner does."""
+    found = []
+    for stream, seq, frames, n_steps in chunks:
+        message = wire.Receiver("test", max_bytes=2**24).decode(frames)
+        assert message.meta["seq"] == seq >= RESEND_SEQ_BASE and message.meta["stream"] == stream
+        ticks = message.arrays[steps.TICK]
+        assert len(ticks) == n_steps and list(ticks) == list(range(ticks[0], ticks[0] + n_steps))
+        found.append((stream, int(ticks[0]), n_steps))
+    return found
+
+
+def test_history_is_the_newest_steps_up_to_the_limit_oldest_first_and_stops_where_the_stream_is_pending(tmp_path):
+    from actor.spool import history_chunks
+    episodes = tmp_path / "episodes"
+    episodes.mkdir()
+    write_episode(episodes, 0, 0, 20, stream="old")           # an earlier actor's stream
+    write_episode(episodes, 1, 20, 20, stream="old")
+    write_episode(episodes, 2, 0, 20, stream="s0")            # this actor's stream
+    write_episode(episodes, 3, 20, 12, stream="s0", close=False)     # still being written (journal only)
+    everything = history_ticks(history_chunks(episodes, "a0", SPEC, 8, 10_000, {}))
+    assert [(s, t) for s, t, _ in everything][:3] == [("old", 0), ("old", 8), ("old", 16)]   # oldest first
+    assert sum(n for _, _, n in everything) == 72
+    # The newest 30 steps: all of episode 3, 18 of episode 2 (its first two cut), in the actor's chunking.
+    newest = history_ticks(history_chunks(episodes, "a0", SPEC, 8, 30, {}))
+    assert newest == [("s0", 2, 6), ("s0", 8, 8), ("s0", 16, 4), ("s0", 20, 8), ("s0", 28, 4)]
+    # Of s0 only what lies below its pending point: steps 0..25.
+    until = history_ticks(history_chunks(episodes, "a0", SPEC, 8, 10_000, {"s0": 26}))
+    assert [(t, n) for s, t, n in until if s == "s0"] == [(0, 8), (8, 8), (16, 4), (20, 6)]
+    assert history_ticks(history_chunks(tmp_path / "none", "a0", SPEC, 8, 100, {})) == []
+
+
+def test_a_learner_holding_none_of_an_actors_steps_gets_its_history_and_counts_nothing_lost(context, tmp_path):
+    from actor.spool import history_chunks
+    episodes = tmp_path / "episodes"
+    episodes.mkdir()
+    write_episode(episodes, 0, 0, 40, stream="old")           # acknowledged by a learner that is gone
+    write_episode(episodes, 1, 0, 24, stream="s0")            # this stream's first 24 steps, acknowledged too
+    (port,) = free_tcp_ports(1)
+    address = f"tcp://127.0.0.1:{port}"
+    learner = Learner(context, address, spec=None)
+    learner.server.history_steps = 1000
+    spool = ChunkSpool(tmp_path / "spool", memory_chunks=64, stream="s0")
+    hello = {**HELLO, "stream": "s0"}
+    stream = ExperienceStream(context, address, hello, spool, resend_after_s=0.2, max_bytes=2**24,
+                              history=lambda limit, until: history_chunks(episodes, "a0", SPEC, 8, limit, until))
+    stream.emitted_steps = 24                 # what the actor had emitted and had acknowledged before
+    stream.start()
+    for seq in range(3, 6):                   # live chunks go on meanwhile
+        stream.put(seq, make_chunk(seq, seq * 8), 8, seq * 8)
+    assert wait_for(lambda: stream.pending == 0 and stream.history_acked_steps == 64, timeout_s=15), \
+        (stream.pending, stream.history_acked_steps)
+    stream.close(1.0)
+    stats = learner.server.stats()
+    assert learner.ticks["a0/old"] == list(range(40))
+    assert sorted(learner.ticks["a0/s0"]) == list(range(48))
+    assert stats["ingested_steps"] == 88 and stats["lost_steps"] == 0 and stats["duplicate_chunks"] == 0
+    assert stats["history_requests"] == 1 and stream.history_sent_chunks == 8
+    # A second actor of the same id (restarted) is not asked again: the learner holds its steps now.
+    again = ExperienceStream(context, address, {**HELLO, "stream": "s1"}, ChunkSpool(tmp_path / "spool2", 8,
+                             stream="s1"), resend_after_s=0.2, max_bytes=2**24,
+                             history=lambda limit, until: history_chunks(episodes, "a0", SPEC, 8, limit, until))
+    again.start()
+    assert again.accepted.wait(10)
+    assert again.learner_reply["history_steps"] == 0
+    again.close(1.0)
+    learner.stop()
+    assert learner.server.stats()["history_requests"] == 1 and again.history_sent_chunks == 0
+
+
+def test_the_ledger_counts_no_gap_below_where_it_took_a_stream_over():
+    ledger = IngestLedger()
+    ledger.start_stream("s", 96)
+    ledger.record("s", 1, 96, 32)
+    ledger.record("s", None, 0, 64)           # history below the point: not a gap being filled
+    assert ledger.lost_steps == 0 and ledger.ingested_steps == 96
+    ledger.record("s", 3, 160, 32)            # a gap above it still counts
+    assert ledger.lost_steps == 32

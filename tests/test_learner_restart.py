@@ -78,3 +78,8 @@ def test_a_killed_learner_restarts_resumes_and_loses_nothing(tmp_path):
     assert "resumed from checkpoint" in (tmp_path / "learner2.log").read_text()
     assert learner_stats["learner_updates"] > 0
     assert learner_stats["lost_steps"] == 0
+    # Its own log directory holds no episodes, so the new learner asked the actor for its history: its replay
+    # holds the whole session again, not only what came after the restart.
+    assert learner_stats["refilled_steps"] == 0 and learner_stats["history_requests"] == 1
+    assert actor_stats["history_acked_steps"] > 0
+    assert learner_stats["ingested_steps"] == learner_stats["replay_steps"] == 1500
