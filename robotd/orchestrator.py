@@ -30,7 +30,8 @@ from robotd import curves, security, session
 from robotd.config import Config, save
 from robotd.episodes import count_steps, episode_files, read_episode
 from robotd.netutil import free_tcp_ports
-from robotd.status import StatusCollector, format_line, process_kind, process_name
+from robotd.status import LINE_WIDTH, StatusCollector, process_kind, process_name
+from robotd.watch import watch_line
 
 log = logging.getLogger("robotd.train")
 
@@ -336,9 +337,9 @@ def train(config: Config, *, logdir: str, steps: int | None, minutes: float | No
             collector.poll(100)
             now = time.monotonic()
             if now - last_print >= (0.5 if tty else 10.0):
-                line = format_line(collector.latest)
+                width = shutil.get_terminal_size((120, 20)).columns - 1 if tty else LINE_WIDTH
+                line = status_line(collector, {name for name, child in children.items() if child.alive}, now, width)
                 if tty:
-                    width = shutil.get_terminal_size((120, 20)).columns - 1
                     print(f"\r{line[:width]:<{width}}", end="", file=sys.stderr, flush=True)
                 else:
                     print(line, file=sys.stderr, flush=True)
@@ -415,6 +416,13 @@ def train(config: Config, *, logdir: str, steps: int | None, minutes: float | No
 STOPPED_AS_ASKED = (0, -signal.SIGTERM)
 """Exit statuses of a process that stopped as robotd train asked: a clean exit, or death by its SIGTERM (when the
 signal came before the process's handler was set, or after it had begun to exit)."""
+
+
+def status_line(collector: StatusCollector, alive: set[str], now: float, width: int) -> str:
+    """robotd train's status line, as robotd watch shows it: a running process not heard for a while is named
+    silent (a hung actor, a learner stuck in a step); one that ended is not (robotd train says how it ended)."""
+    heard = {name: at for name, at in collector.received_at.items() if name in alive}
+    return watch_line(collector.latest, heard, now, width=width)
 
 
 def ending_report(children: dict, codes: dict, reason: str, *, learner_stopped: bool, root: Path, summary: dict,

@@ -186,6 +186,19 @@ def daemon_key_name(keys_dir: str | Path, configured: str, robot: str | None) ->
     return own_key_name(keys_dir, configured, robot)
 
 
+def may_publish_as(key: str, process: str) -> bool:
+    """Whether a status publisher holding the pair named ``key`` (its user id in the CURVE handshake) may publish
+    as ``process``: the learner's pair as the learner only, and only it as the learner; the daemon pair (``robotd
+    train`` makes one) as a daemon; a robot's pair as that robot's processes (``actor.KEY``, ``daemon.KEY``) or as
+    the unnamed ones of a one-robot session (``actor``, ``daemon``), never as another robot's."""
+    kind, _, robot = process.partition(".")
+    if key == LEARNER or kind == LEARNER:
+        return key == LEARNER and kind == LEARNER
+    if key == DAEMON_KEY:
+        return kind == "daemon"
+    return robot in ("", key)
+
+
 def server_for_every_channel(network, context: zmq.Context) -> CurveServer | None:
     """A started CurveServer for a process that binds a control socket when ``network.auth`` secures every
     channel (it serves with ``keys_dir/learner.key_secret``, the session's server key), else None."""

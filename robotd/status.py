@@ -28,6 +28,7 @@ import zmq
 
 from robotd import wire
 from robotd.netutil import bind_or_explain
+from robotd.security import may_publish_as
 
 log = logging.getLogger("robotd.status")
 
@@ -183,6 +184,14 @@ class StatusPublisher:
             self._socket.close(0)
 
 
+def _user_id(frame) -> str | None:
+    """The user id the CURVE handshake gave the frame's sender (its key's name), None when there is none."""
+    try:
+        return frame.get("User-Id") or None
+    except (AttributeError, zmq.ZMQError):
+        return None
+
+
 class StatusCollector:
     """Binds the SUB side and keeps the newest checked counters of every process.
 
@@ -208,6 +217,8 @@ class StatusCollector:
         self.latest: dict[str, dict] = {}
         self.received_at: dict[str, float] = {}
         self.malformed: dict[str, int] = {}
+        # Behind CURVE, a message's sender name must fit the key it was sent with (robotd.security.may_publish_as).
+        self.keyed = secure is not None
 
     def poll(self, timeout_ms: int = 0) -> None:
         """Takes every waiting status message (at most MAX_MESSAGES_PER_POLL in one call)."""
@@ -226,6 +237,10 @@ class StatusCollector:
             self._drop(UNKNOWN, str(exc))
             return False
         sender, problem = status_problem(message.meta, message.arrays)
+        if problem is None and self.keyed:
+            key = _user_id(frames[0])
+            if key is not None and not may_publish_as(key, sender):
+                sender, problem = f"{sender} (key {key})", f"the pair {key!r} may not publish as {sender!r}"
         if problem is not None:
             self._drop(sender, problem)
             return False

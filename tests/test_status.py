@@ -276,3 +276,23 @@ def test_a_collector_that_cannot_bind_says_so_in_one_line_and_leaves_no_socket_o
     thread = threading.Thread(target=lambda: (context.term(), done.set()), daemon=True)
     thread.start()
     assert done.wait(5.0), "context.term() waited on the collector's socket"
+
+
+def test_robotd_trains_line_names_a_running_process_gone_silent_but_not_one_that_ended():
+    from robotd.orchestrator import status_line
+    context = zmq.Context()
+    collector = StatusCollector(context, f"tcp://127.0.0.1:{free_tcp_ports(1)[0]}")
+    try:
+        for name, counters in (("daemon.robot0", {"rate_hz": 50.0, "late_steps": 0}),
+                               ("actor.robot0", {"env_steps": 10, "episodes": 0}),
+                               ("actor.robot1", {"env_steps": 20, "episodes": 0})):
+            assert collector.take(wire.encode(wire.Kind.STATUS, {"process": name, "counters": counters}))
+        now = time.monotonic()
+        collector.received_at["actor.robot1"] = now - 12.0       # last heard 12 s ago
+        collector.received_at["actor.robot0"] = now - 30.0
+        line = status_line(collector, {"daemon.robot0", "actor.robot1", "learner"}, now, 200)
+        assert "1 silent (actor.robot1 12s)" in line            # actor.robot0 ended: robotd train says how
+        assert "silent" not in status_line(collector, {"daemon.robot0"}, now, 200)
+    finally:
+        collector.close()
+        context.term()

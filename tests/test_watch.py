@@ -446,3 +446,45 @@ def test_the_watch_command_line_imports_neither_torch_nor_ray_nor_mujoco():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1] == "0 []"
+
+
+def test_the_rule_tying_status_names_to_keys():
+    assert security.may_publish_as("learner", "learner")
+    assert not security.may_publish_as("learner", "actor") and not security.may_publish_as("learner", "daemon.arm1")
+    assert not security.may_publish_as("arm1", "learner") and not security.may_publish_as("daemon", "learner")
+    assert security.may_publish_as("arm1", "actor.arm1") and security.may_publish_as("arm1", "daemon.arm1")
+    assert not security.may_publish_as("arm1", "actor.arm2") and not security.may_publish_as("arm1", "daemon.arm2")
+    assert security.may_publish_as("actor", "actor") and security.may_publish_as("actor", "daemon")  # one robot
+    assert security.may_publish_as("daemon", "daemon.arm2") and not security.may_publish_as("daemon", "actor.arm2")
+
+
+@pytest.mark.skipif(not security.curve_available(), reason="libzmq without CURVE")
+def test_an_admitted_key_cannot_publish_as_the_learner_or_another_robot(context, tmp_path):
+    keys = tmp_path / "keys"
+    security.init_keys(keys, actors=["robot0", "robot1"])
+    address = loopback_address()
+    net = network(auth="always", keys_dir=keys, status=address)
+    server = security.status_server(net, context)
+    collector = StatusCollector(context, address, secure=server.configure)
+    robot0 = security.client_securer(net, "robot0")
+    publishers = [StatusPublisher(context, address, name, interval_s=0.0, secure=secure)
+                  for name, secure in (("actor.robot0", robot0), ("learner", robot0), ("daemon.robot1", robot0),
+                                       ("learner", security.client_securer(net, "learner")))]
+    try:
+        deadline = time.monotonic() + 5.0
+        while time.monotonic() < deadline and (len(collector.latest) < 2 or len(collector.malformed) < 2):
+            for index, publisher in enumerate(publishers):
+                kind = publisher.process.split(".")[0]
+                publisher.publish({"actor": {"env_steps": index, "episodes": 0},
+                                   "daemon": {"rate_hz": 50.0, "late_steps": index},
+                                   "learner": {"replay_steps": index, "updates": 0, "updates_per_s": 0.0}}[kind])
+            collector.poll(20)
+    finally:
+        for publisher in publishers:
+            publisher.close()
+        collector.close()
+        server.stop()
+    assert sorted(collector.latest) == ["actor.robot0", "learner"]
+    assert collector.latest["learner"]["replay_steps"] == 3                 # the learner's own, not robot0's
+    assert collector.latest["actor.robot0"]["env_steps"] == 0
+    assert sorted(collector.malformed) == ["daemon.robot1 (key robot0)", "learner (key robot0)"]
