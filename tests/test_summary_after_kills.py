@@ -11,7 +11,7 @@ import pytest
 import yaml
 import zmq
 
-from robotd import session, wire
+from robotd import security, session, wire
 from robotd.episodes import count_steps
 from robotd.orchestrator import Child, format_summary, last_log_line, summarize
 from tests import procs
@@ -206,6 +206,10 @@ def test_a_session_whose_actor_is_killed_writes_a_true_summary_and_says_how_the_
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and not (logdir / "config.yaml").exists():
             time.sleep(0.2)
+        # The session's status channel is CurveZMQ with its own keys: the spoofer holds the actor's pair (an
+        # admitted peer sending malformed messages; an unkeyed one would only be refused at the handshake).
+        actor_key = next(path.stem for path in (logdir / "keys" / "actors").glob("*.key") if path.stem != "daemon")
+        security.configure_client(spoofer, logdir / "keys", actor_key)
         spoofer.connect(yaml.safe_load((logdir / "config.yaml").read_text())["network"]["status"])
         # Killed once the learner trains on the actor's steps (Ray can take a while to start on a busy machine).
         deadline = time.monotonic() + 150
