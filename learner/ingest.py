@@ -101,7 +101,9 @@ class IngestLedger:
         return intervals.missing(stream_step, end) if intervals else [(stream_step, end)]
 
     def record(self, stream: str, seq: int | None, stream_step: int, n_steps: int) -> None:
-        """Marks stored steps (``seq`` None for steps refilled from episode files)."""
+        """Marks stored steps (``seq`` None for steps refilled from episode files). A stream that no hello named (an
+        actor's history of an older stream) is counted from its first stored step."""
+        self.bases.setdefault(stream, stream_step)
         if seq is not None:
             self.seqs.setdefault(stream, set()).add(seq)
         self.streams.setdefault(stream, _Intervals()).add(stream_step, stream_step + n_steps)
@@ -399,8 +401,6 @@ class IngestServer(threading.Thread):
             log.warning("chunk %s seq %d dropped: %s", stream, seq, problem)
             return
         with self.lock:
-            # A stream no hello named (an actor's history of an older stream) is counted from its first chunk.
-            self.ledger.start_stream(stream, stream_step)
             duplicate = self.ledger.is_duplicate(stream, seq, stream_step, n_steps) or batch.holds(stream, seq)
             # Only the steps not stored yet (nor waiting): chunks rebuilt from episode files may be cut differently.
             ranges = [] if duplicate else [piece for lo, hi in self.ledger.missing(stream, stream_step, n_steps)
